@@ -1,0 +1,57 @@
+# posescale: the two commands a new user runs are `make demo` and `make test`.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+PY := .venv/bin/python
+DEMO_DATA := data/demo
+DEMO_TRAIN_IMAGES ?= 2000
+DEMO_VAL_IMAGES ?= 300
+
+# Caches that tools write stay inside the project (pose/__init__.py sets the same defaults).
+export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
+export WANDB_DIR ?= $(CURDIR)/.cache/wandb
+export WANDB_CACHE_DIR ?= $(CURDIR)/.cache/wandb/cache
+export WANDB_CONFIG_DIR ?= $(CURDIR)/.cache/wandb/config
+export WANDB_DATA_DIR ?= $(CURDIR)/.cache/wandb/data
+export MPLCONFIGDIR ?= $(CURDIR)/.cache/matplotlib
+export TRITON_CACHE_DIR ?= $(CURDIR)/.cache/triton
+export PIP_CACHE_DIR ?= $(CURDIR)/.cache/pip
+
+.PHONY: install demo demo-data test lint format clean lock
+
+install:
+	bash launch/install.sh
+
+# Generate the synthetic COCO-format dataset once (a stamp records the sizes and seed).
+demo-data: install
+	@stamp="$(DEMO_DATA)/.generated-$(DEMO_TRAIN_IMAGES)-$(DEMO_VAL_IMAGES)-seed0"; \
+	if [ -f "$$stamp" ]; then echo "demo data: $(DEMO_DATA) is up to date"; else \
+	  rm -rf $(DEMO_DATA) && \
+	  $(PY) -m data_prep.synthetic --out $(DEMO_DATA) --seed 0 \
+	    --train-images $(DEMO_TRAIN_IMAGES) --val-images $(DEMO_VAL_IMAGES) && touch "$$stamp"; fi
+
+demo: demo-data
+	@echo
+	@echo "demo: stages not implemented yet (see README.md, 'Status'):"
+	@echo "  shard  (data_prep.shard_coco)  - not there yet"
+	@echo "  train  (launch/train.py)       - not there yet"
+	@echo "  eval   (launch/eval.py)        - not there yet"
+	@echo "demo: ran the stages that exist: install, synthetic data in $(DEMO_DATA)/"
+
+lint: install
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+
+test: lint
+	$(PY) -m pytest
+
+format: install
+	.venv/bin/ruff check --fix .
+	.venv/bin/ruff format .
+
+# Re-resolve the pinned environment after changing a direct dependency in setup.cfg.
+lock: install
+	$(PY) -m pip freeze --exclude-editable | grep -v -e '^pip==' -e '^setuptools==' -e '^wheel==' \
+	  > requirements.lock.new && mv requirements.lock.new requirements.lock
+
+clean:
+	rm -rf .venv .cache runs data .pytest_cache .ruff_cache

@@ -1,0 +1,405 @@
+"""The one typed config tree: dataclass defaults <- YAML file <- dotted CLI overrides.
+
+Every value is type-checked and converted when the tree is built, so a typo or a bad value fails
+before any work starts, with a message that names the key (and the allowed values or keys).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import re
+import tempfile
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config key is unknown or its value is invalid; the message names the key."""
+
+
+# --------------------------------------------------------------------------------------------
+# The tree. Each component receives only its own section.
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DataConfig:
+    train_shards: str = "data/demo/shards/train"
+    val_shards: str = "data/demo/shards/val"
+    val_ann: str = "data/demo/annotations/person_keypoints_val.json"
+    backend: Literal["auto", "dali", "torch"] = "auto"
+    image_size: tuple[int, int] = (256, 192)  # input (height, width)
+    heatmap_stride: int = 4  # heatmap = input / stride
+    num_joints: int = 17
+    sigma: float = 2.0
+    target: Literal["gaussian", "udp"] = "gaussian"
+    scale_factor: float = 0.35
+    rotation_factor: float = 45.0
+    rotation_prob: float = 0.6
+    flip_prob: float = 0.5
+    half_body_prob: float = 0.0
+    num_workers: int = 2
+    bad_sample_policy: Literal["skip", "stop"] = "skip"
+
+    def check(self) -> None:
+        h, w = self.image_size
+        if h <= 0 or w <= 0 or h % 32 or w % 32:
+            _fail("data.image_size", f"{list(self.image_size)} must be positive multiples of 32")
+        if self.heatmap_stride not in (1, 2, 4, 8):
+            _fail("data.heatmap_stride", f"{self.heatmap_stride} is not one of 1, 2, 4, 8")
+        _positive("data.num_joints", self.num_joints)
+        _positive("data.sigma", self.sigma)
+        for key in ("rotation_prob", "flip_prob", "half_body_prob"):
+            _probability(f"data.{key}", getattr(self, key))
+        if not 0 <= self.scale_factor < 1:
+            _fail("data.scale_factor", f"{self.scale_factor} must lie in [0, 1)")
+        _non_negative("data.num_workers", self.num_workers)
+
+    @property
+    def heatmap_size(self) -> tuple[int, int]:
+        """Heatmap (height, width)."""
+        return self.image_size[0] // self.heatmap_stride, self.image_size[1] // self.heatmap_stride
+
+
+@dataclass
+class ModelConfig:
+    backbone: Literal["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"] = "resnet50"
+    attention: Literal["none", "holistic", "partwise"] = "none"
+    deconv_layers: int = 3
+    deconv_filters: int = 256
+    deconv_kernel: Literal[2, 3, 4] = 4
+    attention_kernel: int = 1  # k of the shared mean-field kernel
+    attention_steps: int = 3  # T mean-field iterations
+    pretrained: str = ""  # local path to torchvision ImageNet ResNet weights; "" = random init
+
+    def check(self) -> None:
+        _positive("model.deconv_layers", self.deconv_layers)
+        _positive("model.deconv_filters", self.deconv_filters)
+        if self.attention_kernel <= 0 or self.attention_kernel % 2 == 0:
+            _fail("model.attention_kernel", f"{self.attention_kernel} must be a positive odd size")
+        _positive("model.attention_steps", self.attention_steps)
+        if self.pretrained and not Path(self.pretrained).is_file():
+            _fail(
+                "model.pretrained", f"no file at '{self.pretrained}' (weights are never downloaded)"
+            )
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 140
+    max_steps: int = 0  # stop after this many optimizer steps; 0 = run all epochs
+    batch_size: int = 32  # micro-batch per device
+    grad_accum: int = 1
+    optimizer: Literal["adam", "adamw"] = "adam"
+    lr: float = 1e-3
+    scale_lr: bool = False  # multiply lr by total batch / 256
+    weight_decay: float = 0.0
+    schedule: Literal["multistep", "cosine"] = "multistep"
+    lr_steps: list[int] = field(default_factory=lambda: [90, 120])  # epochs of the x0.1 decays
+    lr_factor: float = 0.1
+    warmup_steps: int = 500
+    grad_clip: float = 0.0  # 0 = off
+    zero_stage: Literal[0, 1, 2] = 0
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    ohkm: bool = False  # online hard keypoint mining
+    ohkm_topk: int = 8
+    log_every: int = 20  # steps
+    checkpoint_every: int = 1000  # steps
+    keep_last: int = 3
+    eval_every: int = 10  # epochs
+
+    def check(self) -> None:
+        for key in ("epochs", "batch_size", "grad_accum", "log_every", "checkpoint_every"):
+            _positive(f"train.{key}", getattr(self, key))
+        for key in ("max_steps", "warmup_steps", "weight_decay", "grad_clip", "eval_every"):
+            _non_negative(f"train.{key}", getattr(self, key))
+        _positive("train.lr", self.lr)
+        _positive("train.keep_last", self.keep_last)
+        if not 0 < self.lr_factor <= 1:
+            _fail("train.lr_factor", f"{self.lr_factor} must lie in (0, 1]")
+        if self.lr_steps != sorted(self.lr_steps) or any(s <= 0 for s in self.lr_steps):
+            _fail("train.lr_steps", f"{self.lr_steps} must be positive and increasing")
+        if self.ohkm and not self.ohkm_topk > 0:
+            _fail("train.ohkm_topk", f"{self.ohkm_topk} must be positive")
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = 64
+    flip_test: bool = True
+    use_gt_boxes: bool = True  # False: person detections from data.val_shards built with --dets
+    decode: Literal["argmax", "dark"] = "argmax"
+    oks_nms_thr: float = 0.9
+    soft_nms: bool = False
+    keypoint_thr: float = 0.2  # rescoring: mean of joint scores above this
+
+    def check(self) -> None:
+        _positive("eval.batch_size", self.batch_size)
+        _probability("eval.oks_nms_thr", self.oks_nms_thr)
+        _probability("eval.keypoint_thr", self.keypoint_thr)
+
+
+@dataclass
+class LogConfig:
+    wandb: Literal["auto", "online", "offline", "off"] = "auto"  # auto: online iff credentials
+    project: str = "posescale"
+    entity: str = ""
+    group: str = ""
+    name: str = ""
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class LaunchConfig:
+    dist_backend: Literal["auto", "nccl", "gloo"] = "auto"  # auto: nccl on GPUs, gloo on CPU
+    max_requeues: int = 3
+
+    def check(self) -> None:
+        _non_negative("launch.max_requeues", self.max_requeues)
+
+
+@dataclass
+class RunConfig:
+    dir: str = ""  # run directory; "" = runs/<config name>
+
+
+@dataclass
+class Config:
+    seed: int = 0
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    launch: LaunchConfig = field(default_factory=LaunchConfig)
+
+
+# --------------------------------------------------------------------------------------------
+# Loading, overriding, saving
+# --------------------------------------------------------------------------------------------
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] = ()) -> Config:
+    """Defaults <- the YAML file at `path` <- dotted `key=value` overrides, validated."""
+    data = to_dict(Config())
+    if path is not None:
+        _merge(data, read_yaml_mapping(path), prefix="", origin=str(path))
+    _merge(data, parse_overrides(overrides), prefix="", origin="command line")
+    return build_config(data)
+
+
+def expand_configs(path: str | os.PathLike | None, runs: list[list[str]]) -> list[Config]:
+    """One config per list of overrides, all from the same base file (what sweeps use)."""
+    return [load_config(path, overrides) for overrides in runs]
+
+
+def build_config(data: dict[str, Any]) -> Config:
+    """Build and validate a Config from a (possibly partial) nested dict."""
+    cfg = _build(Config, data, prefix="")
+    for section in dataclasses.fields(cfg):
+        check = getattr(getattr(cfg, section.name), "check", None)
+        if check is not None:
+            check()
+    return cfg
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain nested dict (tuples as lists) that YAML can write and `build_config` reads back."""
+
+    def plain(value: Any) -> Any:
+        if dataclasses.is_dataclass(value):
+            return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        if isinstance(value, tuple | list):
+            return [plain(v) for v in value]
+        return value
+
+    return plain(cfg)
+
+
+def save_config(cfg: Config, path: str | os.PathLike) -> None:
+    """Write the resolved config as YAML, atomically (write a temporary file, then rename)."""
+    text = yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    atomic_write_text(Path(path), text)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """['train.lr=5e-4', 'model.attention=holistic'] -> nested dict of YAML-parsed values."""
+    nested: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key or not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*", key):
+            raise ConfigError(f"override '{item}' is not of the form section.key=value")
+        value = "" if text.strip() == "" else yaml.load(text, Loader=_StrictLoader)
+        node = nested
+        *parents, leaf = key.split(".")
+        for part in parents:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override '{item}': '{part}' is given both a value and keys")
+            node = child
+        node[leaf] = value
+    return nested
+
+
+def read_yaml_mapping(path: str | os.PathLike) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file '{path}' does not exist")
+    try:
+        data = yaml.load(path.read_text(), Loader=_StrictLoader)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file '{path}' is not valid YAML: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file '{path}' must hold a mapping at the top level")
+    return data
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """YAML 1.2-style scalars: only true/false are booleans ('off' stays a string), and
+    '1e-3' is a float."""
+
+
+_StrictLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+_StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
+    list("-+0123456789."),
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Internals: merging and typed construction
+# --------------------------------------------------------------------------------------------
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any], prefix: str, origin: str) -> None:
+    for key, value in update.items():
+        dotted = f"{prefix}{key}"
+        if key not in base:
+            _unknown_key(dotted, list(base), origin)
+        if isinstance(base[key], dict):
+            if not isinstance(value, dict):
+                raise ConfigError(f"'{dotted}' ({origin}) is a section; give it a mapping")
+            _merge(base[key], value, f"{dotted}.", origin)
+        else:
+            base[key] = value
+
+
+def _unknown_key(dotted: str, known: list[str], origin: str) -> None:
+    leaf = dotted.rsplit(".", 1)[-1]
+    section = dotted.rsplit(".", 1)[0] if "." in dotted else "the top level"
+    hint = difflib.get_close_matches(leaf, known, n=1)
+    maybe = f"; did you mean '{hint[0]}'?" if hint else ""
+    raise ConfigError(
+        f"unknown config key '{dotted}' ({origin}){maybe} Known keys in {section}: "
+        + ", ".join(known)
+    )
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name in data:
+            kwargs[f.name] = _convert(data[f.name], hints[f.name], f"{prefix}{f.name}")
+    unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+        _unknown_key(f"{prefix}{sorted(unknown)[0]}", [f.name for f in dataclasses.fields(cls)], "")
+    return cls(**kwargs)
+
+
+def _convert(value: Any, typ: Any, key: str) -> Any:
+    origin = typing.get_origin(typ)
+    args = typing.get_args(typ)
+    if dataclasses.is_dataclass(typ):
+        if not isinstance(value, dict):
+            _fail(key, f"is a section; got {value!r}")
+        return _build(typ, value, f"{key}.")
+    if origin is Literal:
+        if isinstance(value, bool) or value not in args:
+            allowed = ", ".join(repr(a) if isinstance(a, str) else str(a) for a in args)
+            _fail(key, f"{value!r} is not allowed; choose one of: {allowed}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(value, inner[0], key)
+    if origin in (list, tuple):
+        if not isinstance(value, list | tuple):
+            _fail(key, f"expects a list, got {value!r}")
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                _fail(key, f"expects {len(args)} values, got {len(value)}: {value!r}")
+            return tuple(_convert(v, t, f"{key}[{i}]") for i, (v, t) in enumerate(zip(value, args)))
+        item = args[0] if args else Any
+        items = [_convert(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if typ is bool:
+        if not isinstance(value, bool):
+            _fail(key, f"expects true or false, got {value!r}")
+        return value
+    if typ is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            _fail(key, f"expects an integer, got {value!r}")
+        return value
+    if typ is float:
+        if isinstance(value, bool):
+            _fail(key, f"expects a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            _fail(key, f"expects a number, got {value!r}")
+    if typ is str:
+        if isinstance(value, bool) or value is None or isinstance(value, dict | list):
+            _fail(key, f"expects a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def _fail(key: str, message: str) -> typing.NoReturn:
+    raise ConfigError(f"config key '{key}': {message}")
+
+
+def _positive(key: str, value: float) -> None:
+    if not value > 0:
+        _fail(key, f"{value} must be positive")
+
+
+def _non_negative(key: str, value: float) -> None:
+    if value < 0:
+        _fail(key, f"{value} must not be negative")
+
+
+def _probability(key: str, value: float) -> None:
+    if not 0 <= value <= 1:
+        _fail(key, f"{value} must lie in [0, 1]")

@@ -1,0 +1,136 @@
+from pathlib import Path
+
+import pytest
+
+from pose.config import (
+    Config,
+    ConfigError,
+    build_config,
+    expand_configs,
+    load_config,
+    parse_overrides,
+    save_config,
+    to_dict,
+)
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def test_defaults_are_valid():
+    cfg = load_config()
+    assert cfg == Config()
+    assert cfg.data.heatmap_size == (64, 48)
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml")))
+def test_shipped_configs_load(name):
+    cfg = load_config(CONFIGS / name)
+    assert cfg.data.num_joints == 17
+
+
+def test_paper_recipe_values():
+    cfg = load_config(CONFIGS / "coco_res50_256x192.yaml")
+    assert cfg.model.backbone == "resnet50"
+    assert cfg.data.image_size == (256, 192)
+    assert (cfg.train.optimizer, cfg.train.lr) == ("adam", 1e-3)
+    assert cfg.train.lr_steps == [90, 120] and cfg.train.epochs == 140
+    assert cfg.train.batch_size == 32 and cfg.eval.flip_test
+
+
+def test_overrides_are_typed_and_applied_after_the_file():
+    cfg = load_config(
+        CONFIGS / "coco_res50_256x192.yaml",
+        [
+            "train.lr=5e-4",
+            "model.attention=holistic",
+            "data.image_size=[384, 288]",
+            "train.lr_steps=[10,20]",
+            "eval.flip_test=false",
+            "log.wandb=off",
+            "log.tags=[a, b]",
+            "seed=3",
+            "train.epochs=7",
+        ],
+    )
+    assert cfg.train.lr == 5e-4 and isinstance(cfg.train.lr, float)
+    assert cfg.model.attention == "holistic"
+    assert cfg.data.image_size == (384, 288) and cfg.data.heatmap_size == (96, 72)
+    assert cfg.train.lr_steps == [10, 20]
+    assert cfg.eval.flip_test is False
+    assert cfg.log.wandb == "off"  # YAML 1.1 would have made this False
+    assert cfg.log.tags == ["a", "b"]
+    assert (cfg.seed, cfg.train.epochs) == (3, 7)
+
+
+def test_integer_given_for_float_is_converted():
+    assert load_config(None, ["train.lr=1"]).train.lr == 1.0
+
+
+@pytest.mark.parametrize(
+    ("override", "words"),
+    [
+        ("train.lrr=1e-3", ["train.lrr", "did you mean 'lr'"]),
+        ("trian.lr=1e-3", ["trian", "did you mean 'train'"]),
+        ("model.attention=global", ["model.attention", "'none', 'holistic', 'partwise'"]),
+        ("model.backbone=resnet51", ["model.backbone", "'resnet50'"]),
+        ("train.epochs=ten", ["train.epochs", "integer"]),
+        ("train.epochs=2.5", ["train.epochs", "integer"]),
+        ("train.lr=fast", ["train.lr", "number"]),
+        ("eval.flip_test=maybe", ["eval.flip_test", "true or false"]),
+        ("data.image_size=[256]", ["data.image_size", "2 values"]),
+        ("data.image_size=[250, 192]", ["data.image_size", "multiples of 32"]),
+        ("train.zero_stage=3", ["train.zero_stage", "0, 1, 2"]),
+        ("train.lr_steps=[120, 90]", ["train.lr_steps", "increasing"]),
+        ("data.flip_prob=1.5", ["data.flip_prob", "[0, 1]"]),
+        ("model.pretrained=/no/such/weights.pth", ["model.pretrained", "no file"]),
+        ("train=3", ["'train'", "section"]),
+        ("train.lr", ["train.lr", "section.key=value"]),
+    ],
+)
+def test_bad_overrides_name_the_key(override, words):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    for word in words:
+        assert word in str(err.value)
+
+
+def test_unknown_key_in_yaml_file_names_file_and_key(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("model:\n  backbone: resnet18\n  atention: holistic\n")
+    with pytest.raises(ConfigError, match=r"model\.atention.*bad\.yaml.*attention"):
+        load_config(path)
+
+
+def test_bad_yaml_files(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(tmp_path / "list.yaml")
+    (tmp_path / "broken.yaml").write_text("model: [\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(tmp_path / "broken.yaml")
+
+
+def test_saved_config_round_trips(tmp_path):
+    cfg = load_config(CONFIGS / "demo.yaml", ["model.attention=partwise", "log.tags=[x]"])
+    save_config(cfg, tmp_path / "run" / "config.yaml")
+    again = load_config(tmp_path / "run" / "config.yaml")
+    assert again == cfg
+    assert to_dict(again) == to_dict(cfg)
+    assert not list((tmp_path / "run").glob("*.tmp"))  # atomic write leaves no temp file
+
+
+def test_expand_configs_for_sweeps():
+    runs = [["model.attention=none"], ["model.attention=holistic", "seed=1"]]
+    cfgs = expand_configs(CONFIGS / "demo.yaml", runs)
+    assert [c.model.attention for c in cfgs] == ["none", "holistic"]
+    assert [c.seed for c in cfgs] == [0, 1]
+    assert cfgs[0].data == cfgs[1].data
+
+
+def test_parse_overrides_nests_and_build_config_accepts_partial_dicts():
+    nested = parse_overrides(["a.b.c=1", "a.b.d=x", "e="])
+    assert nested == {"a": {"b": {"c": 1, "d": "x"}}, "e": ""}
+    cfg = build_config({"train": {"lr": 0.5}})
+    assert cfg.train.lr == 0.5 and cfg.model == Config().model
