@@ -30,6 +30,7 @@ demo-data: install
 	    --train-images $(DEMO_TRAIN_IMAGES) --val-images $(DEMO_VAL_IMAGES) && touch "$$stamp"; fi
 
 demo: demo-data
+	$(PY) -m pose.models.summary --config configs/demo.yaml
 	@echo
 	@echo "demo: stages not implemented yet (see README.md, 'Status'):"
 	@echo "  shard  (data_prep.shard_coco)  - not there yet"

@@ -1,0 +1,222 @@
+import json
+import typing
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+from pose.config import ConfigError, ModelConfig, load_config
+from pose.models import BACKBONES, build_model, register_backbone
+from pose.models.attention import MeanFieldAttention, PartAttention
+from pose.models.summary import main as summary_main
+from pose.models.summary import summarize
+from pose.models.weights import WeightsError, load_model_weights
+
+BACKBONE_NAMES = typing.get_args(typing.get_type_hints(ModelConfig)["backbone"])
+ATTENTIONS = ("none", "holistic", "partwise")
+
+
+def tiny(**overrides) -> ModelConfig:
+    return ModelConfig(**{"backbone": "resnet18", "deconv_filters": 32, **overrides})
+
+
+def test_registry_holds_every_configurable_backbone():
+    build_model(tiny(), 17)  # importing the backbones fills the registry
+    assert set(BACKBONES) == set(BACKBONE_NAMES)
+    with pytest.raises(ValueError, match="registered twice"):
+        register_backbone("resnet18")(lambda: None)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("attention", ATTENTIONS)
+@pytest.mark.parametrize("backbone", BACKBONE_NAMES)
+def test_forward_backward_every_variant(backbone, attention):
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(backbone=backbone, attention=attention), num_joints=17)
+    for h, w in ((256, 192), (384, 288)):
+        model.zero_grad()
+        heatmaps, maps = model(torch.randn(2, 3, h, w), return_attention=True)
+        assert heatmaps.shape == (2, 17, h // 4, w // 4)
+        heatmaps.square().mean().backward()
+        assert model.final_layer.weight.grad.abs().sum() > 0
+        if attention == "none":
+            assert maps == {}
+            continue
+        for name in ("stage1", "stage2", "stage3"):
+            assert maps[name].min() > 0 and maps[name].max() < 1
+        assert maps["holistic"].shape == (2, 1, h // 4, w // 4)
+        attention_grads = [p.grad for p in model.holistic.parameters()]
+        assert all(g is not None and g.abs().sum() > 0 for g in attention_grads)
+        if attention == "partwise":
+            assert maps["parts"].shape == (2, 17, h // 4, w // 4)
+            assert maps["parts"].min() > 0 and maps["parts"].max() < 1
+            assert all(p.grad.abs().sum() > 0 for p in model.parts.parameters())
+
+
+def test_joint_count_comes_from_the_caller():
+    assert build_model(tiny(), num_joints=5)(torch.randn(1, 3, 64, 64)).shape == (1, 5, 16, 16)
+
+
+@pytest.mark.parametrize(
+    ("backbone", "params_m", "gmacs"),
+    [("resnet50", 34.00, 5.43), ("resnet101", 52.99, 9.06), ("resnet152", 68.64, 12.70)],
+)
+def test_published_parameter_counts_and_true_multiply_adds(backbone, params_m, gmacs):
+    row = summarize(ModelConfig(backbone=backbone), 17, (256, 192))
+    assert round(row["params"] / 1e6, 2) == params_m
+    assert abs(row["gmacs"] - gmacs) < 0.006
+    assert row["heatmap"] == [64, 48]
+
+
+def test_attention_overhead_is_small_and_counted():
+    base = summarize(ModelConfig(), 17, (256, 192))
+    holistic = summarize(ModelConfig(attention="holistic"), 17, (256, 192))
+    partwise = summarize(ModelConfig(attention="partwise"), 17, (256, 192))
+    assert base["params"] < holistic["params"] < partwise["params"] < base["params"] * 1.01
+    assert base["gmacs"] < holistic["gmacs"] < partwise["gmacs"] < base["gmacs"] * 1.05
+    # holistic adds, per stage, a 3x3 conv 256->1 (+bias) and a 1x1 mean-field kernel
+    assert holistic["params"] - base["params"] == 3 * (256 * 9 + 1 + 1)
+
+
+def test_head_initialisation_follows_the_reference():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(backbone="resnet18"), 17)
+    deconvs = [m for m in model.deconv_layers if isinstance(m, nn.ConvTranspose2d)]
+    bns = [m for m in model.deconv_layers if isinstance(m, nn.BatchNorm2d)]
+    assert len(deconvs) == 3 and all(d.bias is None for d in deconvs)
+    for d in deconvs:
+        assert abs(d.weight.std().item() - 0.001) < 1e-4
+    assert all(torch.all(b.weight == 1) and torch.all(b.bias == 0) for b in bns)
+    assert abs(model.final_layer.weight.std().item() - 0.001) < 2e-4
+    assert torch.all(model.final_layer.bias == 0)
+
+
+def test_mean_field_attention_follows_the_equations():
+    torch.manual_seed(0)
+    att = MeanFieldAttention(8, maps=2, kernel=3, steps=3)
+    for p in att.parameters():
+        nn.init.normal_(p, std=0.3)
+    f = torch.randn(2, 8, 10, 7)
+    u = F.conv2d(f, att.unary.weight, att.unary.bias, padding=1)
+
+    def pairwise(s):
+        return F.conv2d(s, att.pairwise.weight, padding=1, groups=2)
+
+    s = torch.sigmoid(pairwise(u) + u)
+    s = torch.sigmoid(pairwise(s) + u)
+    s = torch.sigmoid(pairwise(s) + u)
+    torch.testing.assert_close(att(f), s)
+
+
+def test_part_attention_equals_per_joint_feature_products():
+    torch.manual_seed(0)
+    parts = PartAttention(6, joints=3, kernel=1, steps=2)
+    final = nn.Conv2d(6, 3, 1)
+    f = torch.randn(2, 6, 5, 4)
+    heatmaps, maps = parts(f, final)
+    naive = torch.stack(
+        [F.conv2d(f * maps[:, k : k + 1], final.weight[k : k + 1], final.bias[k : k + 1])[:, 0]
+         for k in range(3)], dim=1,
+    )  # fmt: skip
+    torch.testing.assert_close(heatmaps, naive)
+
+
+def test_holistic_map_is_the_sum_of_each_stage_map_upsampled():
+    torch.manual_seed(0)
+    model = build_model(tiny(attention="holistic"), 17).eval()
+    for p in model.holistic.parameters():
+        nn.init.normal_(p, std=0.5)
+    captured = []
+    hooks = [model.deconv_layers[i].register_forward_hook(lambda m, i, o: captured.append(o))
+             for i in (2, 5, 8)]  # fmt: skip
+    _, maps = model(torch.randn(1, 3, 64, 64), return_attention=True)
+    for h in hooks:
+        h.remove()
+    expected = torch.zeros_like(maps["holistic"])
+    for i, (stage, feats) in enumerate(zip(model.holistic.stages, captured), start=1):
+        own = stage(feats)
+        torch.testing.assert_close(maps[f"stage{i}"], own)
+        expected += F.interpolate(own, size=(16, 16), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(maps["holistic"], expected)
+
+
+def test_channels_last_and_bf16_autocast_on_cpu_match_fp32():
+    torch.manual_seed(0)
+    model = build_model(tiny(attention="partwise"), 17).eval()
+    for p in model.parameters():  # heatmaps of a visible size, not the 1e-4 of the init
+        if p.dim() > 1:
+            nn.init.normal_(p, std=0.05)
+    x = torch.randn(2, 3, 64, 48)
+    with torch.no_grad():
+        ref = model(x)
+        last = model.to(memory_format=torch.channels_last)(x.to(memory_format=torch.channels_last))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model(x)
+    scale = ref.abs().max()
+    assert torch.isfinite(last).all() and torch.isfinite(low).all()
+    assert (last - ref).abs().max() / scale < 1e-4
+    assert (low.float() - ref).norm() / ref.norm() < 0.05  # bf16 keeps ~3 significant digits
+
+
+def test_imagenet_backbone_weights_load_from_a_local_file(tmp_path):
+    torch.manual_seed(1)
+    imagenet = torchvision.models.resnet18(weights=None)
+    path = tmp_path / "resnet18.pth"
+    torch.save(imagenet.state_dict(), path)  # torchvision's naming, classifier included
+    cfg = load_config(None, ["model.backbone=resnet18", f"model.pretrained={path}"]).model
+    model = build_model(cfg, 17)
+    torch.testing.assert_close(
+        model.backbone.layer3[1].conv2.weight, imagenet.layer3[1].conv2.weight
+    )
+    torch.testing.assert_close(model.backbone.bn1.running_mean, imagenet.bn1.running_mean)
+
+
+def test_backbone_weight_errors_name_the_problem(tmp_path):
+    path = tmp_path / "resnet18.pth"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
+    with pytest.raises(WeightsError, match=r"wrong shape: .*layer1\.0\.conv1\.weight"):
+        build_model(ModelConfig(backbone="resnet50", pretrained=str(path)), 17)
+    with pytest.raises(WeightsError, match="does not exist"):
+        build_model(ModelConfig(pretrained=str(tmp_path / "none.pth")), 17)
+    with pytest.raises(ConfigError, match=r"model\.pretrained"):
+        load_config(None, [f"model.pretrained={tmp_path / 'none.pth'}"])
+    torch.save({"not": "tensors"}, tmp_path / "junk.pth")
+    with pytest.raises(WeightsError, match="state dict of tensors"):
+        build_model(ModelConfig(backbone="resnet18", pretrained=str(tmp_path / "junk.pth")), 17)
+    torch.save(nn.Linear(2, 2), tmp_path / "pickled_module.pth")  # needs full unpickling
+    with pytest.raises(WeightsError, match="could not be read"):
+        build_model(
+            ModelConfig(backbone="resnet18", pretrained=str(tmp_path / "pickled_module.pth")), 17
+        )
+
+
+def test_reference_pose_resnet_checkpoint_loads_into_the_plain_model(tmp_path):
+    torch.manual_seed(2)
+    source = build_model(ModelConfig(backbone="resnet18"), 17).eval()
+    for p in source.parameters():
+        nn.init.normal_(p, std=0.05)
+    # The reference saves `conv1.weight`, `layer1...`, `deconv_layers.0.weight`,
+    # `final_layer.weight`, often under DataParallel's `module.` prefix.
+    reference = {f"module.{k.removeprefix('backbone.')}": v for k, v in source.state_dict().items()}
+    assert "module.conv1.weight" in reference and "module.deconv_layers.3.weight" in reference
+    path = tmp_path / "pose_resnet_18_256x192.pth"
+    torch.save(reference, path)
+    target = build_model(ModelConfig(backbone="resnet18"), 17).eval()
+    load_model_weights(target, path)
+    x = torch.randn(1, 3, 128, 96)
+    torch.testing.assert_close(target(x), source(x))
+    del reference["module.final_layer.bias"]
+    with pytest.raises(WeightsError, match=r"missing: final_layer\.bias"):
+        load_model_weights(target, {k.removeprefix("module."): v for k, v in reference.items()})
+
+
+def test_summary_cli_writes_json(tmp_path, capsys):
+    out = tmp_path / "summary.json"
+    assert summary_main(["--sizes", "256x192", "384x288", "--json", str(out),
+                         "model.attention=partwise"]) == 0  # fmt: skip
+    data = json.loads(out.read_text())
+    assert data["input"] == [256, 192] and len(data["sizes"]) == 2
+    assert 34.0e6 < data["params"] < 34.1e6 and 5.4 < data["gmacs"] < 5.7
+    assert "true multiply-adds" in capsys.readouterr().out
