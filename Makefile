@@ -16,7 +16,7 @@ export MPLCONFIGDIR ?= $(CURDIR)/.cache/matplotlib
 export TRITON_CACHE_DIR ?= $(CURDIR)/.cache/triton
 export PIP_CACHE_DIR ?= $(CURDIR)/.cache/pip
 
-.PHONY: install demo demo-data test lint format clean lock
+.PHONY: install demo demo-data demo-shards test lint format clean lock
 
 install:
 	bash launch/install.sh
@@ -29,14 +29,25 @@ demo-data: install
 	  $(PY) -m data_prep.synthetic --out $(DEMO_DATA) --seed 0 \
 	    --train-images $(DEMO_TRAIN_IMAGES) --val-images $(DEMO_VAL_IMAGES) && touch "$$stamp"; fi
 
-demo: demo-data
+# Crop every person once into WebDataset shards (a finished folder is left as it is).
+demo-shards: demo-data
+	$(PY) -m data_prep.shard_coco --ann $(DEMO_DATA)/annotations/person_keypoints_train.json \
+	  --images $(DEMO_DATA)/images/train --out $(DEMO_DATA)/shards/train --split train \
+	  --detail 128x96 --workers 2
+	$(PY) -m data_prep.shard_coco --ann $(DEMO_DATA)/annotations/person_keypoints_val.json \
+	  --images $(DEMO_DATA)/images/val --out $(DEMO_DATA)/shards/val --split val --detail 128x96
+	$(PY) -m data_prep.shard_coco --ann $(DEMO_DATA)/annotations/person_keypoints_val.json \
+	  --images $(DEMO_DATA)/images/val --out $(DEMO_DATA)/shards/val_dets --split val \
+	  --dets $(DEMO_DATA)/annotations/person_detections_val.json --detail 128x96
+	$(PY) -m data_prep.verify $(DEMO_DATA)/shards/train
+
+demo: demo-shards
 	$(PY) -m pose.models.summary --config configs/demo.yaml
 	@echo
 	@echo "demo: stages not implemented yet (see README.md, 'Status'):"
-	@echo "  shard  (data_prep.shard_coco)  - not there yet"
 	@echo "  train  (launch/train.py)       - not there yet"
 	@echo "  eval   (launch/eval.py)        - not there yet"
-	@echo "demo: ran the stages that exist: install, synthetic data in $(DEMO_DATA)/"
+	@echo "demo: ran the stages that exist: install, synthetic data and shards in $(DEMO_DATA)/"
 
 lint: install
 	.venv/bin/ruff check .

@@ -1,0 +1,248 @@
+import json
+import shutil
+
+import numpy as np
+import pytest
+from wds2idx import IndexCreator
+
+from data_prep import shard_coco
+from data_prep.verify import main as verify_main
+from data_prep.verify import verify
+from pose.data.coco import load_coco, training_instances
+from pose.data.geometry import affine_points
+from pose.data.shards import decode_npy, iter_samples, read_manifest
+
+
+def shard(ann, images, out, *extra):
+    argv = ["--ann", str(ann), "--images", str(images), "--out", str(out), *map(str, extra)]
+    return shard_coco.main(argv)
+
+
+def samples_of(out):
+    manifest = read_manifest(out)
+    for entry in manifest["shards"]:
+        yield from iter_samples(out / entry["name"])
+
+
+@pytest.fixture(scope="module")
+def synthetic_train(synthetic_dataset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("shards") / "train"
+    ann = synthetic_dataset / "annotations" / "person_keypoints_train.json"
+    assert shard(ann, synthetic_dataset / "images" / "train", out, "--shard-size", 16,
+                 "--detail", "128x96") == 0  # fmt: skip
+    return out
+
+
+def test_real_fixtures_keypoints_map_back_within_half_a_pixel(coco_fixtures, tmp_path):
+    out = tmp_path / "fixtures"
+    assert shard(coco_fixtures / "test_coco.json", coco_fixtures, out, "--shard-size", 5) == 0
+    manifest = read_manifest(out)
+    assert manifest["num_samples"] == 12
+    assert [s["num_samples"] for s in manifest["shards"]] == [5, 5, 2]
+    assert manifest["skipped"] == {"no_keypoints": 2}
+    coco = load_coco(coco_fixtures / "test_coco.json")
+    seen, labelled = set(), 0
+    for key, parts in samples_of(out):
+        record = json.loads(parts["json"])
+        original = np.asarray(coco.anns[record["ann_id"]]["keypoints"], float).reshape(17, 3)
+        kpts, affine = decode_npy(parts["kpts.npy"]), decode_npy(parts["affine.npy"])
+        assert kpts.dtype == np.float32 and affine.dtype == np.float32 and "." not in key
+        mask = original[:, 2] > 0
+        back = affine_points(affine, kpts[mask, :2])
+        assert np.abs(back - original[mask, :2]).max() < 0.5
+        np.testing.assert_array_equal(kpts[:, 2], original[:, 2])
+        assert np.all(kpts[~mask] == 0)
+        assert affine[0, 0] >= 1 - 1e-6  # crops are never upsampled beyond the source
+        labelled += int(mask.sum())
+        seen.add(record["ann_id"])
+        assert record["image_size"] == [coco.imgs[record["image_id"]]["width"],
+                                        coco.imgs[record["image_id"]]["height"]]  # fmt: skip
+    assert len(seen) == 12 and labelled == 181
+    assert verify(out) == []
+
+
+def test_real_fixtures_detection_boxes(coco_fixtures, tmp_path):
+    dets_path = coco_fixtures / "test_coco_det_AP_H_56.json"
+    dets = json.loads(dets_path.read_text())
+    out = tmp_path / "dets"
+    assert shard(coco_fixtures / "test_coco.json", coco_fixtures, out, "--split", "val",
+                 "--dets", dets_path, "--det-thr", 0.3) == 0  # fmt: skip
+    manifest = read_manifest(out)
+    expected = sum(d["score"] >= 0.3 for d in dets)
+    assert manifest["num_samples"] == expected
+    assert manifest["skipped"] == {"below_score_threshold": len(dets) - expected}
+    det_ids = set()
+    for _, parts in samples_of(out):
+        record = json.loads(parts["json"])
+        det = dets[record["det_id"]]
+        assert (
+            record["score"] == pytest.approx(det["score"]) and record["image_id"] == det["image_id"]
+        )
+        assert np.all(decode_npy(parts["kpts.npy"]) == 0)
+        det_ids.add(record["det_id"])
+    assert len(det_ids) == expected
+
+
+def test_synthetic_end_to_end(synthetic_dataset, synthetic_train):
+    coco = load_coco(synthetic_dataset / "annotations" / "person_keypoints_train.json")
+    instances, skipped = training_instances(coco)
+    manifest = read_manifest(synthetic_train)
+    assert manifest["num_samples"] == len(instances)
+    assert manifest["skipped"] == dict(skipped)
+    assert manifest["params"]["detail"] == [128, 96]
+    assert manifest["params"]["annotations_sha256"]
+    for entry in manifest["shards"]:
+        assert entry["bytes"] == (synthetic_train / entry["name"]).stat().st_size
+        reference_index = synthetic_train / "reference.idx"  # DALI's own wds2idx agrees
+        with IndexCreator(str(synthetic_train / entry["name"]), str(reference_index), False) as ic:
+            ic.create_index()
+        assert reference_index.read_text() == (synthetic_train / entry["index"]).read_text()
+        reference_index.unlink()
+    images = [json.loads(p["json"])["image_id"] for _, p in samples_of(synthetic_train)]
+    assert images != sorted(images)  # shuffled across shards, not runs of one image
+    assert verify(synthetic_train) == []
+    assert (
+        not list(synthetic_train.glob(".*.tmp"))
+        and not (synthetic_train / ".progress.json").exists()
+    )
+
+
+def test_same_input_same_shards_any_worker_count(synthetic_dataset, synthetic_train, tmp_path):
+    ann = synthetic_dataset / "annotations" / "person_keypoints_train.json"
+    images = synthetic_dataset / "images" / "train"
+    assert shard(ann, images, tmp_path / "again", "--shard-size", 16, "--detail", "128x96",
+                 "--workers", 2) == 0  # fmt: skip
+    first, again = read_manifest(synthetic_train), read_manifest(tmp_path / "again")
+    assert [s["sha256"] for s in first["shards"]] == [s["sha256"] for s in again["shards"]]
+    assert shard(ann, images, tmp_path / "seed1", "--shard-size", 16, "--detail", "128x96",
+                 "--seed", 1) == 0  # fmt: skip
+    other = read_manifest(tmp_path / "seed1")
+    assert [s["sha256"] for s in other["shards"]] != [s["sha256"] for s in first["shards"]]
+
+
+def test_interrupted_run_resumes_to_the_same_result(synthetic_dataset, synthetic_train, tmp_path,
+                                                     monkeypatch, capsys):  # fmt: skip
+    ann = synthetic_dataset / "annotations" / "person_keypoints_train.json"
+    images = synthetic_dataset / "images" / "train"
+    args = ("--shard-size", 16, "--detail", "128x96")
+    real_write = shard_coco.write_shard
+    calls = []
+
+    def dies_on_third_shard(job):
+        calls.append(job[0])
+        if len(calls) == 3:
+            (tmp_path / "out" / f".train-{job[0]:06d}.tar.tmp").write_bytes(b"half a shard")
+            raise KeyboardInterrupt  # what a kill mid-run looks like to the process
+        return real_write(job)
+
+    monkeypatch.setattr(shard_coco, "write_shard", dies_on_third_shard)
+    with pytest.raises(KeyboardInterrupt):
+        shard(ann, images, tmp_path / "out", *args)
+    assert not (tmp_path / "out" / "manifest.json").exists()
+    assert len(list((tmp_path / "out").glob("*.tar"))) == 2
+    monkeypatch.setattr(shard_coco, "write_shard", real_write)
+    assert shard(ann, images, tmp_path / "out", *args) == 0
+    assert "resuming, 2 of" in capsys.readouterr().out
+    resumed, clean = read_manifest(tmp_path / "out"), read_manifest(synthetic_train)
+    assert resumed["shards"] == clean["shards"] and resumed["num_samples"] == clean["num_samples"]
+    assert verify(tmp_path / "out") == []
+    assert shard(ann, images, tmp_path / "out", *args) == 0  # finished: nothing to do
+    assert "nothing to do" in capsys.readouterr().out
+
+
+def _corrupted_copy(synthetic_dataset, tmp_path):
+    """A copy of the synthetic train split with one of each kind of bad input."""
+    root = tmp_path / "bad"
+    shutil.copytree(synthetic_dataset / "images" / "train", root / "images")
+    data = json.loads(
+        (synthetic_dataset / "annotations" / "person_keypoints_train.json").read_text()
+    )
+    people = {}
+    for ann in data["annotations"]:
+        if ann["num_keypoints"] > 0:
+            people.setdefault(ann["image_id"], []).append(ann)
+    image_ids = sorted(people)
+    files = {img["id"]: img["file_name"] for img in data["images"]}
+    expected = {}
+    (root / "images" / files[image_ids[0]]).unlink()
+    expected["missing_image"] = len(people[image_ids[0]])
+    jpeg = root / "images" / files[image_ids[1]]
+    jpeg.write_bytes(jpeg.read_bytes()[: jpeg.stat().st_size // 2])
+    expected["truncated_image"] = len(people[image_ids[1]])
+    (root / "images" / files[image_ids[2]]).write_bytes(b"\xff\xd8 not a jpeg at all \xff\xd9")
+    expected["corrupt_image"] = len(people[image_ids[2]])
+    victims = [a for i in image_ids[3:] for a in people[i]]
+    victims[0]["bbox"][2] = 0
+    victims[1]["bbox"][0] = 10_000
+    victims[2]["keypoints"][0:3] = [float("nan"), 5.0, 2]
+    victims[3]["keypoints"][3:6] = [50_000.0, 10.0, 2]
+    del victims[4]["keypoints"]
+    expected |= {"invalid_box": 2, "bad_keypoints": 1, "keypoints_outside_image": 1,
+                 "missing_fields": 1}  # fmt: skip
+    ann = root / "ann.json"
+    ann.write_text(json.dumps(data))
+    return ann, root / "images", expected, victims
+
+
+def test_bad_input_is_skipped_and_counted(synthetic_dataset, tmp_path, capsys):
+    ann, images, expected, _ = _corrupted_copy(synthetic_dataset, tmp_path)
+    assert shard(ann, images, tmp_path / "out", "--detail", "128x96") == 0
+    skipped = read_manifest(tmp_path / "out")["skipped"]
+    assert {k: skipped.get(k) for k in expected} == expected
+    assert "skipped" in capsys.readouterr().out
+    assert verify(tmp_path / "out") == []
+
+
+def test_strict_turns_bad_input_into_errors_naming_it(synthetic_dataset, tmp_path, capsys):
+    ann, images, _, victims = _corrupted_copy(synthetic_dataset, tmp_path)
+    assert shard(ann, images, tmp_path / "out", "--strict") == 2
+    err = capsys.readouterr().err
+    assert f"annotation {victims[0]['id']}" in err and "invalid_box" in err
+    data = json.loads(ann.read_text())  # repair the annotations: now the images fail
+    for victim in victims:
+        data["annotations"] = [a for a in data["annotations"] if a["id"] != victim["id"]]
+    ann.write_text(json.dumps(data))
+    assert shard(ann, images, tmp_path / "out2", "--strict", "--workers", 2) == 2
+    err = capsys.readouterr().err
+    assert "image '" in err and ("missing_image" in err or "_image" in err)
+
+
+def test_clear_errors_before_any_work(synthetic_dataset, synthetic_train, tmp_path, capsys):
+    ann = synthetic_dataset / "annotations" / "person_keypoints_train.json"
+    images = synthetic_dataset / "images" / "train"
+    assert shard(tmp_path / "none.json", images, tmp_path / "o1") == 2
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "broken.json").write_text("{")
+    assert shard(tmp_path / "broken.json", images, tmp_path / "o2") == 2
+    assert "not valid JSON" in capsys.readouterr().err
+    empty = json.loads(ann.read_text()) | {"annotations": []}
+    (tmp_path / "empty.json").write_text(json.dumps(empty))
+    assert shard(tmp_path / "empty.json", images, tmp_path / "o3") == 2
+    assert "no instances" in capsys.readouterr().err
+    copy = tmp_path / "copy"
+    shutil.copytree(synthetic_train, copy)
+    before = sorted(p.name for p in copy.iterdir())
+    assert shard(ann, images, copy, "--shard-size", 8, "--detail", "128x96") == 2
+    err = capsys.readouterr().err
+    assert "other parameters" in err and "shard_size: 16 -> 8" in err
+    assert sorted(p.name for p in copy.iterdir()) == before  # nothing overwritten
+    assert shard(ann, images, tmp_path / "o4", "--dets", ann) == 2
+    assert "evaluation splits" in capsys.readouterr().err
+
+
+def test_verify_reports_damage_with_shard_and_key(synthetic_train, tmp_path, capsys):
+    copy = tmp_path / "copy"
+    shutil.copytree(synthetic_train, copy)
+    manifest = read_manifest(copy)
+    victim = copy / manifest["shards"][1]["name"]
+    data = bytearray(victim.read_bytes())
+    first_key, _ = next(iter_samples(victim))
+    start = data.index(b"\xff\xd8\xff")  # the first JPEG's data
+    data[start : start + 64] = b"\x00" * 64
+    victim.write_bytes(bytes(data))
+    (copy / manifest["shards"][2]["name"]).unlink()
+    assert verify_main([str(copy)]) == 1
+    out = capsys.readouterr().out
+    assert f"{victim.name}: size or sha256 differs" in out
+    assert f"{victim.name} {first_key}: jpg does not decode" in out
+    assert f"{manifest['shards'][2]['name']}: missing" in out
