@@ -44,7 +44,9 @@ from pose.data.geometry import (
     window_to_image_affine,
 )
 from pose.data.shards import (
+    COMPONENTS,
     MANIFEST,
+    META_FIELDS,
     Sample,
     build_shard,
     read_manifest,
@@ -53,7 +55,7 @@ from pose.data.shards import (
     write_file_atomic,
 )
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 PROGRESS = ".progress.json"  # the parameters of an unfinished run, for resuming
 META_DIR = ".meta"  # one record per finished shard
 
@@ -157,7 +159,18 @@ def crop_sample(image: np.ndarray, inst: PersonInstance, params: ShardParams) ->
         "score": float(inst.score),
         **({"ann_id": inst.ann_id} if inst.ann_id is not None else {"det_id": inst.det_id}),
     }
-    return Sample(inst.key, jpg.tobytes(), keypoints.astype(np.float32), to_image, record)
+    box_center = affine_points(invert_affine(to_image), center[None])[0]
+    meta = np.array([
+        inst.image_id,
+        -1 if inst.ann_id is None else inst.ann_id,
+        -1 if inst.det_id is None else inst.det_id,
+        inst.score,
+        inst.area,
+        *box_center,
+        scale[0] / to_image[0, 0],  # the padded box in crop pixels
+        scale[1] / to_image[1, 1],
+    ], dtype=np.float64)  # fmt: skip
+    return Sample(inst.key, jpg.tobytes(), keypoints.astype(np.float32), to_image, meta, record)
 
 
 # ------------------------------------------------------------------------------------------
@@ -393,7 +406,8 @@ def write_manifest(out: Path, params: ShardParams, records: list[dict], skipped:
         "shards": shards,
         "skipped": dict(sorted(total_skipped.items())),
         "params": params.as_json(),
-        "components": ["jpg", "kpts.npy", "affine.npy", "json"],
+        "components": list(COMPONENTS),
+        "meta_fields": list(META_FIELDS),
     }
     atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=1))
     (out / PROGRESS).unlink(missing_ok=True)

@@ -19,6 +19,7 @@ from tqdm import tqdm
 from pose.data.shards import (
     COMPONENTS,
     INDEX_VERSION,
+    META_FIELDS,
     ShardError,
     decode_npy,
     iter_samples,
@@ -74,10 +75,13 @@ def _check_sample(parts: dict[str, bytes], decode_images: bool) -> list[str]:
             problems.append("jpg does not decode")
     try:
         kpts, affine = decode_npy(parts["kpts.npy"]), decode_npy(parts["affine.npy"])
+        meta = decode_npy(parts["meta.npy"])
         if kpts.ndim != 2 or kpts.shape[1] != 3 or affine.shape != (2, 3):
             problems.append(f"keypoints {kpts.shape} / affine {affine.shape} have wrong shapes")
-        elif not (np.isfinite(kpts).all() and np.isfinite(affine).all()):
-            problems.append("keypoints or affine are not finite")
+        elif meta.shape != (len(META_FIELDS),):
+            problems.append(f"meta has shape {meta.shape}, expected ({len(META_FIELDS)},)")
+        elif not all(np.isfinite(a).all() for a in (kpts, affine, meta)):
+            problems.append("keypoints, affine or meta are not finite")
         record = json.loads(parts["json"])
         if "image_id" not in record or not ({"ann_id", "det_id"} & set(record)):
             problems.append("json record lacks image_id or ann_id/det_id")

@@ -53,6 +53,10 @@ def test_real_fixtures_keypoints_map_back_within_half_a_pixel(coco_fixtures, tmp
         np.testing.assert_array_equal(kpts[:, 2], original[:, 2])
         assert np.all(kpts[~mask] == 0)
         assert affine[0, 0] >= 1 - 1e-6  # crops are never upsampled beyond the source
+        meta = decode_npy(parts["meta.npy"])  # the padded box in crop pixels, and the ids
+        np.testing.assert_allclose(affine_points(affine, meta[5:7]), record["center"], atol=1e-3)
+        np.testing.assert_allclose(meta[7:9] * affine.diagonal(), record["scale"], rtol=1e-5)
+        assert (meta[0], meta[1], meta[2], meta[3]) == (record["image_id"], record["ann_id"], -1, 1)
         labelled += int(mask.sum())
         seen.add(record["ann_id"])
         assert record["image_size"] == [coco.imgs[record["image_id"]]["width"],

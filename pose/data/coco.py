@@ -1,0 +1,257 @@
+"""COCO person keypoints: the format's constants, reading annotation files, choosing training
+instances, and box -> (center, scale) as the reference Simple Baselines code does it."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+KEYPOINT_NAMES = (
+    "nose",
+    "left_eye",
+    "right_eye",
+    "left_ear",
+    "right_ear",
+    "left_shoulder",
+    "right_shoulder",
+    "left_elbow",
+    "right_elbow",
+    "left_wrist",
+    "right_wrist",
+    "left_hip",
+    "right_hip",
+    "left_knee",
+    "right_knee",
+    "left_ankle",
+    "right_ankle",
+)
+# 1-based joint index pairs, as in COCO's categories block.
+SKELETON = (
+    (16, 14), (14, 12), (17, 15), (15, 13), (12, 13), (6, 12), (7, 13), (6, 7), (6, 8),
+    (7, 9), (8, 10), (9, 11), (2, 3), (1, 2), (1, 3), (2, 4), (3, 5), (4, 6), (5, 7),
+)  # fmt: skip
+# Per-joint OKS constants (COCO's sigmas).
+SIGMAS = np.array(
+    [0.26, 0.25, 0.25, 0.35, 0.35, 0.79, 0.79, 0.72, 0.72, 0.62, 0.62, 1.07, 1.07, 0.87, 0.87,
+     0.89, 0.89]
+) / 10.0  # fmt: skip
+PERSON_CATEGORY = {
+    "supercategory": "person",
+    "id": 1,
+    "name": "person",
+    "keypoints": list(KEYPOINT_NAMES),
+    "skeleton": [list(pair) for pair in SKELETON],
+}
+REQUIRED_ANN_FIELDS = ("id", "image_id", "bbox", "keypoints", "num_keypoints", "iscrowd")
+
+
+class CocoFormatError(ValueError):
+    """An annotation file is missing, unreadable or not in COCO person-keypoints format."""
+
+
+@dataclass(frozen=True)
+class PersonInstance:
+    """One annotated person, ready to crop: cleaned box and keypoints in image pixels."""
+
+    image_id: int
+    file_name: str
+    image_size: tuple[int, int]  # (width, height)
+    ann_id: int | None  # ground-truth boxes
+    bbox: tuple[float, float, float, float]  # cleaned x, y, w, h (detections: as given)
+    keypoints: np.ndarray  # (K, 3) float32: x, y, visibility (zeros for detections)
+    area: float
+    num_keypoints: int
+    det_id: int | None = None  # detections: index in the detections file
+    score: float = 1.0  # detection score (1 for ground-truth boxes)
+
+    @property
+    def key(self) -> str:
+        """Unique sample key without dots: image id and annotation (or detection) id."""
+        if self.ann_id is not None:
+            return f"{self.image_id:012d}_a{self.ann_id}"
+        return f"{self.image_id:012d}_d{self.det_id}"
+
+
+def load_coco(path: str | Path):
+    """Load a COCO keypoints annotation file with pycocotools, with clear errors."""
+    from pycocotools.coco import COCO
+
+    path = Path(path)
+    if not path.is_file():
+        raise CocoFormatError(f"annotation file '{path}' does not exist")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CocoFormatError(f"annotation file '{path}' is not valid JSON: {e}") from None
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data, dict) or key not in data:
+            raise CocoFormatError(f"annotation file '{path}' has no '{key}' list")
+    if not any(c.get("id") == 1 and "keypoints" in c for c in data["categories"]):
+        raise CocoFormatError(f"annotation file '{path}' has no person category with keypoints")
+    coco = COCO()
+    coco.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
+        coco.createIndex()
+    return coco
+
+
+def clean_bbox(
+    bbox: list[float], width: int, height: int
+) -> tuple[float, float, float, float] | None:
+    """Clip an x, y, w, h box to the image as the reference does; None if nothing is left."""
+    x, y, w, h = (float(v) for v in bbox)
+    x1, y1 = max(0.0, x), max(0.0, y)
+    x2 = min(width - 1.0, x1 + max(0.0, w - 1.0))
+    y2 = min(height - 1.0, y1 + max(0.0, h - 1.0))
+    if w <= 0 or h <= 0 or x2 < x1 or y2 < y1:
+        return None
+    return x1, y1, x2 - x1, y2 - y1
+
+
+def box_to_center_scale(
+    bbox: tuple[float, float, float, float], aspect_ratio: float, padding: float = 1.25
+) -> tuple[np.ndarray, np.ndarray]:
+    """Center and (width, height) in pixels of the box widened to `aspect_ratio` (w / h) and
+    padded. The reference keeps scale in units of 200 px; we keep pixels."""
+    x, y, w, h = bbox
+    center = np.array([x + w * 0.5, y + h * 0.5], dtype=np.float32)
+    if w > aspect_ratio * h:
+        h = w / aspect_ratio
+    elif w < aspect_ratio * h:
+        w = h * aspect_ratio
+    return center, np.array([w * padding, h * padding], dtype=np.float32)
+
+
+OnSkip = Callable[[str, str], None]  # (reason, what) -> None; may raise to make skips errors
+
+
+def training_instances(coco, on_skip: OnSkip | None = None) -> tuple[list[PersonInstance], Counter]:
+    """Annotations with num_keypoints > 0, iscrowd == 0 and a valid cleaned box.
+
+    Returns the instances and a counter of skipped annotations by reason; `on_skip` hears of
+    each skip first (strict callers raise there)."""
+    skipped: Counter = Counter()
+    instances = []
+    for ann_id in sorted(coco.anns):
+        ann = coco.anns[ann_id]
+        reason = _skip_reason(coco, ann)
+        img = coco.imgs.get(ann.get("image_id"))
+        if not reason and clean_bbox(ann["bbox"], img["width"], img["height"]) is None:
+            reason = "invalid_box"
+        if reason:
+            if on_skip and reason not in ("crowd", "no_keypoints", "not_person"):
+                on_skip(reason, f"annotation {ann_id}")
+            skipped[reason] += 1
+            continue
+        box = clean_bbox(ann["bbox"], img["width"], img["height"])
+        kpts = np.asarray(ann["keypoints"], dtype=np.float32).reshape(-1, 3)
+        instances.append(
+            PersonInstance(
+                image_id=ann["image_id"],
+                file_name=img["file_name"],
+                image_size=(img["width"], img["height"]),
+                ann_id=ann_id,
+                bbox=box,
+                keypoints=kpts,
+                area=float(ann.get("area", box[2] * box[3])),
+                num_keypoints=int(ann["num_keypoints"]),
+            )
+        )
+    return instances, skipped
+
+
+def _skip_reason(coco, ann: dict) -> str | None:
+    missing = [k for k in REQUIRED_ANN_FIELDS if k not in ann]
+    if missing:
+        return "missing_fields"
+    if ann.get("category_id", 1) != 1:
+        return "not_person"
+    if ann["iscrowd"]:
+        return "crowd"
+    if ann["num_keypoints"] <= 0:
+        return "no_keypoints"
+    if ann["image_id"] not in coco.imgs:
+        return "unknown_image"
+    kpts = np.asarray(ann["keypoints"], dtype=np.float64)
+    if kpts.size % 3 or not np.isfinite(kpts).all():
+        return "bad_keypoints"
+    img = coco.imgs[ann["image_id"]]
+    labelled = kpts.reshape(-1, 3)[kpts.reshape(-1, 3)[:, 2] > 0]
+    width, height = img["width"], img["height"]
+    far_x = (labelled[:, 0] < -0.5 * width) | (labelled[:, 0] > 1.5 * width)
+    far_y = (labelled[:, 1] < -0.5 * height) | (labelled[:, 1] > 1.5 * height)
+    if np.any(far_x | far_y):
+        return "keypoints_outside_image"
+    return None
+
+
+def detection_instances(
+    coco,
+    dets_path: str | Path,
+    score_threshold: float,
+    num_joints: int = 17,
+    on_skip: OnSkip | None = None,
+) -> tuple[list[PersonInstance], Counter]:
+    """Person detections (COCO results format) with score >= threshold, as instances to crop.
+
+    Returns the instances and a counter of skipped detections by reason."""
+    path = Path(dets_path)
+    if not path.is_file():
+        raise CocoFormatError(f"detections file '{path}' does not exist")
+    try:
+        dets = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CocoFormatError(f"detections file '{path}' is not valid JSON: {e}") from None
+    if not isinstance(dets, list):
+        raise CocoFormatError(f"detections file '{path}' must hold a list of detections")
+    skipped: Counter = Counter()
+    instances = []
+    for det_id, det in enumerate(dets):
+        reason = _detection_skip_reason(coco, det, score_threshold)
+        if reason:
+            if on_skip and reason not in ("below_score_threshold", "not_person"):
+                on_skip(reason, f"detection {det_id}")
+            skipped[reason] += 1
+            continue
+        img = coco.imgs[det["image_id"]]
+        x, y, w, h = (float(v) for v in det["bbox"])
+        instances.append(
+            PersonInstance(
+                image_id=det["image_id"],
+                file_name=img["file_name"],
+                image_size=(img["width"], img["height"]),
+                ann_id=None,
+                bbox=(x, y, w, h),
+                keypoints=np.zeros((num_joints, 3), np.float32),
+                area=w * h,
+                num_keypoints=0,
+                det_id=det_id,
+                score=float(det["score"]),
+            )
+        )
+    return instances, skipped
+
+
+def _detection_skip_reason(coco, det: dict, score_threshold: float) -> str | None:
+    if not isinstance(det, dict) or any(k not in det for k in ("image_id", "bbox", "score")):
+        return "missing_fields"
+    if det.get("category_id", 1) != 1:
+        return "not_person"
+    if det["score"] < score_threshold:
+        return "below_score_threshold"
+    if det["image_id"] not in coco.imgs:
+        return "unknown_image"
+    box = np.asarray(det["bbox"], dtype=np.float64)
+    if box.shape != (4,) or not np.isfinite(box).all() or box[2] <= 0 or box[3] <= 0:
+        return "invalid_box"
+    img = coco.imgs[det["image_id"]]
+    if box[0] >= img["width"] or box[1] >= img["height"] or box[0] + box[2] <= 0 or box[1] + box[3] <= 0:
+        return "invalid_box"
+    return None

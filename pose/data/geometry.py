@@ -1,0 +1,114 @@
+"""Affine geometry in the cv2 pixel convention (pixel centres at integer coordinates), as the
+reference Simple Baselines code uses it: crop transforms, their inverse, the window each shard
+sample stores, left/right joint pairs, and the conversion for DALI's pixel-corner convention."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def get_affine_transform(
+    center: Sequence[float],
+    scale: Sequence[float],
+    rotation: float,
+    output_size: Sequence[int],
+    inverse: bool = False,
+) -> np.ndarray:
+    """2x3 matrix taking image pixels to output pixels: `center` goes to the output centre, a
+    length of `scale[0]` image pixels to `output_size[0]` (width) output pixels, and the image is
+    turned by `rotation` degrees (counter-clockwise on screen for positive values).
+
+    This is the closed form of the reference's three-point `get_affine_transform`; `scale` is in
+    pixels (the reference's scale x 200)."""
+    cx, cy = float(center[0]), float(center[1])
+    ratio = float(output_size[0]) / float(scale[0])
+    theta = math.radians(rotation)
+    cos, sin = math.cos(theta) * ratio, math.sin(theta) * ratio
+    # output = ratio * R(-theta) (p - center) + output_centre
+    ox, oy = output_size[0] * 0.5, output_size[1] * 0.5
+    matrix = np.array(
+        [[cos, sin, ox - cos * cx - sin * cy], [-sin, cos, oy + sin * cx - cos * cy]],
+        dtype=np.float64,
+    )
+    return invert_affine(matrix) if inverse else matrix
+
+
+def invert_affine(matrix: np.ndarray) -> np.ndarray:
+    """Inverse of a 2x3 affine matrix."""
+    a = np.asarray(matrix, dtype=np.float64)
+    linear = np.linalg.inv(a[:, :2])
+    return np.concatenate([linear, -linear @ a[:, 2:]], axis=1)
+
+
+def compose_affine(outer: np.ndarray, inner: np.ndarray) -> np.ndarray:
+    """The 2x3 matrix of `outer` applied after `inner`."""
+    o, i = np.asarray(outer, np.float64), np.asarray(inner, np.float64)
+    return np.concatenate([o[:, :2] @ i[:, :2], o[:, :2] @ i[:, 2:] + o[:, 2:]], axis=1)
+
+
+def affine_points(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Apply a 2x3 matrix to points (..., 2)."""
+    m = np.asarray(matrix, dtype=np.float64)
+    p = np.asarray(points, dtype=np.float64)
+    return p @ m[:, :2].T + m[:, 2]
+
+
+def to_dali_matrix(matrix: np.ndarray) -> np.ndarray:
+    """A cv2-convention matrix for DALI, whose pixel (0, 0) spans [0, 1): T(+0.5) M T(-0.5)."""
+    m = np.asarray(matrix, dtype=np.float64).copy()
+    m[:, 2] += 0.5 - 0.5 * m[:, :2].sum(axis=1)
+    return m
+
+
+def augmentation_context(
+    aspect_ratio: float, max_scale: float, max_rotation: float
+) -> tuple[float, float]:
+    """Factors (x, y) by which a window must exceed the padded box (of width/height
+    `aspect_ratio`) to hold that box scaled by `max_scale` and turned by up to `max_rotation`
+    degrees: the extent of the scaled, rotated rectangle."""
+    t = math.radians(min(abs(max_rotation), 90.0))
+    fx = max_scale * (math.cos(t) + math.sin(t) / aspect_ratio)
+    fy = max_scale * (aspect_ratio * math.sin(t) + math.cos(t))
+    return max(fx, 1.0), max(fy, 1.0)
+
+
+def crop_window(
+    center: Sequence[float],
+    scale: Sequence[float],
+    context: tuple[float, float],
+    detail_height: float,
+) -> tuple[tuple[int, int, int, int], tuple[int, int]]:
+    """Integer window (x0, y0, x1, y1) in image pixels around `center`, `context` times the
+    padded box `scale`, and the size (w, h) to store it at: `detail_height` pixels for the box
+    height, never more pixels than the source has."""
+    w, h = scale[0] * context[0], scale[1] * context[1]
+    x0, y0 = math.floor(center[0] - w / 2), math.floor(center[1] - h / 2)
+    x1, y1 = math.ceil(center[0] + w / 2), math.ceil(center[1] + h / 2)
+    ratio = min(1.0, detail_height / float(scale[1]))
+    size = (max(1, round((x1 - x0) * ratio)), max(1, round((y1 - y0) * ratio)))
+    return (x0, y0, x1, y1), size
+
+
+def window_to_image_affine(
+    window: tuple[int, int, int, int], size: tuple[int, int]
+) -> np.ndarray:
+    """2x3 matrix taking crop pixels back to image pixels, for a window resized to `size` with
+    cv2's pixel-centre convention (crop u <-> image x0 + (u + 0.5) / r - 0.5)."""
+    x0, y0, x1, y1 = window
+    rx, ry = size[0] / (x1 - x0), size[1] / (y1 - y0)
+    return np.array(
+        [[1 / rx, 0.0, x0 + 0.5 / rx - 0.5], [0.0, 1 / ry, y0 + 0.5 / ry - 0.5]], dtype=np.float64
+    )
+
+
+def flip_pairs(keypoint_names: Sequence[str]) -> list[tuple[int, int]]:
+    """Index pairs (left, right) of joints named `left_*` / `right_*`."""
+    index = {name: i for i, name in enumerate(keypoint_names)}
+    return [
+        (i, index["right_" + name[5:]])
+        for i, name in enumerate(keypoint_names)
+        if name.startswith("left_") and "right_" + name[5:] in index
+    ]

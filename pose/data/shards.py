@@ -1,0 +1,139 @@
+"""WebDataset shards of person crops: the sample layout, writing a shard with its DALI index,
+reading shards back, and the manifest that tells every rank the epoch length.
+
+A sample is five tar members sharing a key without dots (DALI takes the extension from the first
+dot): `KEY.jpg` (the crop), `KEY.kpts.npy` (K x 3 float32: x, y in crop pixels, visibility),
+`KEY.affine.npy` (2 x 3 float32: crop pixels -> original image pixels), `KEY.meta.npy` (the
+numbers a pipeline needs, float64, laid out as META_FIELDS: a variable-length JSON cannot pass
+through DALI's iterator) and `KEY.json` (ids, box, center, scale, image size, area, score)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+COMPONENTS = ("jpg", "kpts.npy", "affine.npy", "meta.npy", "json")
+# meta.npy: ids and scores for evaluation, and the padded box in crop pixels for augmentation.
+META_FIELDS = ("image_id", "ann_id", "det_id", "score", "area", "center_x", "center_y",
+               "scale_w", "scale_h")  # fmt: skip
+META = {name: i for i, name in enumerate(META_FIELDS)}
+MANIFEST = "manifest.json"
+INDEX_VERSION = "v1.2"  # DALI's wds2idx format
+TAR_BLOCK = 512
+
+
+class ShardError(RuntimeError):
+    """A shard folder or shard is unusable; the message names the shard (and key)."""
+
+
+@dataclass
+class Sample:
+    key: str
+    jpg: bytes
+    keypoints: np.ndarray  # (K, 3) float32
+    affine: np.ndarray  # (2, 3) float32
+    meta: np.ndarray  # (len(META_FIELDS),) float64
+    record: dict
+
+    def members(self) -> list[tuple[str, bytes]]:
+        return [
+            (f"{self.key}.jpg", self.jpg),
+            (f"{self.key}.kpts.npy", npy_bytes(self.keypoints.astype(np.float32))),
+            (f"{self.key}.affine.npy", npy_bytes(self.affine.astype(np.float32))),
+            (f"{self.key}.meta.npy", npy_bytes(self.meta.astype(np.float64))),
+            (f"{self.key}.json", json.dumps(self.record, sort_keys=True).encode()),
+        ]
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def build_shard(samples: list[Sample]) -> tuple[bytes, str]:
+    """The tar bytes of `samples` and its DALI index text (offsets of each member's data)."""
+    buffer = io.BytesIO()
+    lines = [f"{INDEX_VERSION} {len(samples)}"]
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for sample in samples:
+            fields = []
+            for name, data in sample.members():
+                info = tarfile.TarInfo(name)
+                info.size, info.mode, info.mtime = len(data), 0o644, 0
+                header_offset = buffer.tell()
+                tar.addfile(info, io.BytesIO(data))
+                extension = name.split(".", 1)[1]
+                fields.append(f"{extension} {header_offset + TAR_BLOCK} {len(data)} {name}")
+            lines.append(" ".join(fields))
+    return buffer.getvalue(), "\n".join(lines) + "\n"
+
+
+def write_file_atomic(path: Path, data: bytes) -> None:
+    """Write to a temporary name in the same folder, flush to disk, then rename."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_manifest(folder: str | Path) -> dict:
+    """The manifest of a shard folder, with a clear error when there is none."""
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        raise ShardError(f"'{folder}' has no {MANIFEST}: not a finished shard folder")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ShardError(f"'{path}' is not valid JSON: {e}") from None
+    for key in ("num_samples", "shards", "params"):
+        if key not in manifest:
+            raise ShardError(f"'{path}' has no '{key}'")
+    return manifest
+
+
+def iter_samples(path: str | Path) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """(key, {extension: bytes}) for each sample of a shard, in order; raises ShardError naming
+    the shard on a damaged tar."""
+    try:
+        with tarfile.open(path, mode="r:") as tar:
+            key, parts = None, {}
+            for member in tar:
+                if not member.isfile():
+                    continue
+                name_key, _, extension = member.name.partition(".")
+                if key is not None and name_key != key:
+                    yield key, parts
+                    parts = {}
+                key = name_key
+                parts[extension] = tar.extractfile(member).read()
+            if key is not None:
+                yield key, parts
+    except (tarfile.TarError, OSError) as e:
+        raise ShardError(f"shard '{path}' cannot be read: {e}") from None
+
+
+def decode_npy(data: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(data), allow_pickle=False)
