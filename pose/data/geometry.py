@@ -112,3 +112,47 @@ def flip_pairs(keypoint_names: Sequence[str]) -> list[tuple[int, int]]:
         for i, name in enumerate(keypoint_names)
         if name.startswith("left_") and "right_" + name[5:] in index
     ]
+
+
+def augmented_transform(
+    center: Sequence[float],
+    scale: Sequence[float],
+    scale_factor: float,
+    rotation: float,
+    flip: bool,
+    crop_width: int,
+    output_size: Sequence[int],
+) -> np.ndarray:
+    """The reference's training transform of a crop, as one 2x3 matrix (cv2 convention): flip
+    the crop first (x' = width - 1 - x, and so the centre), then crop the box `scale` x
+    `scale_factor` around the centre, turned by `rotation` degrees, to `output_size` (w, h)."""
+    cx = crop_width - 1 - center[0] if flip else center[0]
+    matrix = get_affine_transform(
+        (cx, center[1]), (scale[0] * scale_factor, scale[1] * scale_factor), rotation, output_size
+    )
+    if flip:
+        matrix = compose_affine(matrix, np.array([[-1.0, 0.0, crop_width - 1.0], [0.0, 1.0, 0.0]]))
+    return matrix
+
+
+UPPER_BODY_JOINTS = 11  # COCO joints 0..10: face, shoulders, elbows, wrists
+HALF_BODY_MIN_JOINTS = 8  # half-body needs more labelled joints than this
+
+
+def half_body_box(
+    keypoints: np.ndarray, aspect_ratio: float, prefer_upper: bool
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """HRNet's half-body augmentation: the box (center, scale in pixels) of the labelled upper
+    (or lower) body joints, widened to `aspect_ratio` and x1.5; None when it does not apply."""
+    labelled = keypoints[:, 2] > 0
+    if labelled.sum() <= HALF_BODY_MIN_JOINTS:
+        return None
+    is_upper = np.arange(len(keypoints)) < UPPER_BODY_JOINTS
+    upper, lower = keypoints[labelled & is_upper, :2], keypoints[labelled & ~is_upper, :2]
+    chosen = upper if (prefer_upper and len(upper) > 2) or len(lower) <= 2 else lower
+    if len(chosen) < 2:
+        return None
+    center = chosen.mean(axis=0)
+    w, h = chosen.max(axis=0) - chosen.min(axis=0)
+    w, h = max(w, aspect_ratio * h), max(h, w / aspect_ratio)
+    return center, np.array([w, h]) * 1.5
