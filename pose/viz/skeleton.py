@@ -1,0 +1,60 @@
+"""Drawing keypoints as a skeleton over an image, and heatmaps as a colour overlay."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from pose.data.coco import KEYPOINT_NAMES, SKELETON
+
+# Left joints and limbs orange, right ones blue, the rest green (BGR).
+LEFT, RIGHT, MIDDLE = (0, 140, 255), (255, 120, 0), (60, 200, 60)
+
+
+def _side(index: int) -> tuple[int, int, int]:
+    name = KEYPOINT_NAMES[index] if index < len(KEYPOINT_NAMES) else ""
+    return LEFT if name.startswith("left_") else RIGHT if name.startswith("right_") else MIDDLE
+
+
+def draw_skeleton(image: np.ndarray, keypoints: np.ndarray, min_score: float = 0.0,
+                  thickness: int = 2) -> np.ndarray:  # fmt: skip
+    """A copy of a BGR uint8 image with keypoints (K, 3: x, y, visibility or score) drawn;
+    joints whose third value is <= min_score are left out, occluded ones (1) drawn hollow."""
+    out = image.copy()
+    kpts = np.asarray(keypoints, dtype=np.float64)
+    shown = kpts[:, 2] > min_score
+    for a, b in SKELETON:
+        i, j = a - 1, b - 1
+        if i < len(kpts) and j < len(kpts) and shown[i] and shown[j]:
+            colour = _side(i) if _side(i) == _side(j) else MIDDLE
+            cv2.line(out, _pt(kpts[i]), _pt(kpts[j]), colour, thickness, cv2.LINE_AA)
+    for i, (x, y, v) in enumerate(kpts):
+        if shown[i]:
+            filled = -1 if v != 1 else 1
+            cv2.circle(out, _pt((x, y)), thickness + 1, _side(i), filled, cv2.LINE_AA)
+    return out
+
+
+def overlay_heatmap(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """A BGR image with a [0, 1] heatmap (any size) blended over it in the jet colour map."""
+    h, w = image.shape[:2]
+    scaled = cv2.resize(
+        np.clip(heatmap, 0, 1).astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR
+    )
+    colour = cv2.applyColorMap((scaled * 255).astype(np.uint8), cv2.COLORMAP_JET)
+    return cv2.addWeighted(image, 1 - alpha, colour, alpha, 0)
+
+
+def tile(images: list[np.ndarray], columns: int) -> np.ndarray:
+    """Images of one size in a grid, row by row (blank cells at the end)."""
+    h, w = images[0].shape[:2]
+    rows = -(-len(images) // columns)
+    grid = np.zeros((rows * h, columns * w, 3), np.uint8)
+    for n, img in enumerate(images):
+        r, c = divmod(n, columns)
+        grid[r * h : (r + 1) * h, c * w : (c + 1) * w] = img
+    return grid
+
+
+def _pt(p) -> tuple[int, int]:
+    return round(float(p[0])), round(float(p[1]))
