@@ -11,6 +11,7 @@ measured between the first and last pixel centres.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 
 def encode_heatmaps(
@@ -53,3 +54,103 @@ def encode_heatmaps(
     gy = torch.exp(-((ys - centre[..., 1:]) ** 2) / (2 * sigma**2)) * in_y
     targets = gy[..., :, None] * gx[..., None, :] * weights[..., None, None]
     return targets, weights
+
+
+# --------------------------------------------------------------------------------------------
+# Decoding
+# --------------------------------------------------------------------------------------------
+
+
+def decode_heatmaps(heatmaps: torch.Tensor, kind: str = "argmax") -> tuple[torch.Tensor, torch.Tensor]:
+    """Joint positions (N, K, 2) in heatmap pixels and confidences (N, K) from heatmaps
+    (N, K, h, w), on their device.
+
+    `argmax`: the reference `get_final_preds`: the maximum, moved a quarter pixel toward the
+    larger neighbour when it is not on the border (1 < x < w - 1). `dark`: distribution-aware
+    refinement (Zhang et al. 2020): blur with an 11-pixel Gaussian keeping each maximum, take the
+    log, and move by one Newton step of its second-order Taylor expansion."""
+    if kind not in ("argmax", "dark"):
+        raise ValueError(f"unknown heatmap decoding '{kind}' (argmax or dark)")
+    hm = heatmaps.float()
+    n, k, h, w = hm.shape
+    flat = hm.reshape(n, k, -1)
+    scores, index = flat.max(dim=-1)
+    coords = torch.stack([index % w, index // w], dim=-1).float()
+    coords = coords * (scores > 0).unsqueeze(-1)  # the reference zeroes non-positive maxima
+    if kind == "argmax":
+        return coords + _quarter_offset(hm, coords), scores
+    return coords + _dark_offset(hm, coords), scores
+
+
+def _values_at(hm: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """hm[n, k, y, x] for integer index tensors of shape (N, K), clamped into the map."""
+    h, w = hm.shape[-2:]
+    flat_index = (y.clamp(0, h - 1) * w + x.clamp(0, w - 1)).long()
+    return hm.reshape(*hm.shape[:2], -1).gather(-1, flat_index.unsqueeze(-1)).squeeze(-1)
+
+
+def _quarter_offset(hm: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+    h, w = hm.shape[-2:]
+    px = torch.floor(coords[..., 0] + 0.5)
+    py = torch.floor(coords[..., 1] + 0.5)
+    inside = ((px > 1) & (px < w - 1) & (py > 1) & (py < h - 1)).float()
+    dx = _values_at(hm, px + 1, py) - _values_at(hm, px - 1, py)
+    dy = _values_at(hm, px, py + 1) - _values_at(hm, px, py - 1)
+    return torch.stack([torch.sign(dx), torch.sign(dy)], dim=-1) * 0.25 * inside.unsqueeze(-1)
+
+
+def gaussian_blur(hm: torch.Tensor, kernel: int = 11) -> torch.Tensor:
+    """cv2.GaussianBlur((kernel, kernel), sigma 0) per map, reflect-101 borders, each map
+    rescaled to keep its maximum (DARK's modulation)."""
+    sigma = 0.3 * ((kernel - 1) * 0.5 - 1) + 0.8
+    x = torch.arange(kernel, dtype=hm.dtype, device=hm.device) - (kernel - 1) / 2
+    g = torch.exp(-(x**2) / (2 * sigma**2))
+    g = g / g.sum()
+    n, k, h, w = hm.shape
+    flat = hm.reshape(n * k, 1, h, w)
+    pad = kernel // 2
+    blurred = F.conv2d(F.pad(flat, (pad, pad, 0, 0), mode="reflect"), g.view(1, 1, 1, -1))
+    blurred = F.conv2d(F.pad(blurred, (0, 0, pad, pad), mode="reflect"), g.view(1, 1, -1, 1))
+    blurred = blurred.reshape(n, k, h, w)
+    peak = hm.amax(dim=(-2, -1), keepdim=True)
+    return blurred * peak / blurred.amax(dim=(-2, -1), keepdim=True).clamp_min(1e-12)
+
+
+def _dark_offset(hm: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+    h, w = hm.shape[-2:]
+    log = torch.log(gaussian_blur(hm).clamp_min(1e-10))
+    px, py = coords[..., 0], coords[..., 1]
+    inside = (px > 1) & (px < w - 2) & (py > 1) & (py < h - 2)
+
+    def at(dx: int, dy: int) -> torch.Tensor:
+        return _values_at(log, px + dx, py + dy)
+
+    centre = at(0, 0)
+    dx = 0.5 * (at(1, 0) - at(-1, 0))
+    dy = 0.5 * (at(0, 1) - at(0, -1))
+    dxx = 0.25 * (at(2, 0) - 2 * centre + at(-2, 0))
+    dxy = 0.25 * (at(1, 1) - at(1, -1) - at(-1, 1) + at(-1, -1))
+    dyy = 0.25 * (at(0, 2) - 2 * centre + at(0, -2))
+    det = dxx * dyy - dxy**2
+    ok = inside & (det != 0)
+    safe = torch.where(ok, det, torch.ones_like(det))
+    # offset = -H^-1 g, with H^-1 = [[dyy, -dxy], [-dxy, dxx]] / det
+    ox = -(dyy * dx - dxy * dy) / safe
+    oy = -(-dxy * dx + dxx * dy) / safe
+    return torch.stack([ox, oy], dim=-1) * ok.unsqueeze(-1)
+
+
+def flip_back(heatmaps: torch.Tensor, permutation: torch.Tensor, shift: bool = True) -> torch.Tensor:
+    """Heatmaps of a horizontally flipped input, flipped back with left/right joints swapped
+    and, as the reference does (SHIFT_HEATMAP), moved one pixel to the right."""
+    back = heatmaps.flip(-1)[:, permutation]
+    if shift:
+        back = torch.cat([back[..., :1], back[..., :-1]], dim=-1)
+    return back
+
+
+def heatmap_to_image(coords: torch.Tensor, to_image: torch.Tensor, stride: float) -> torch.Tensor:
+    """Heatmap pixels (N, K, 2) -> original image pixels, through the input-pixel affine
+    `to_image` (N, 2, 3); heatmap pixel u is input pixel u * stride (both grids centre the box)."""
+    pts = coords.double() * stride
+    return pts @ to_image[:, :, :2].transpose(1, 2) + to_image[:, None, :, 2]

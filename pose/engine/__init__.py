@@ -1,0 +1,1 @@
+"""The training engine: distribution, the DeepSpeed wrapper, the loop, checkpoints, loss."""

@@ -1,0 +1,131 @@
+"""The one place that decides distribution, from the environment: torchrun's variables, Slurm's
+(`srun`, one task per device), or none (a single process). Nothing else reads RANK or SLURM_*.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from pose.config import LaunchConfig
+
+TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+class DistributedSetupError(RuntimeError):
+    """The environment describes a distributed run only in part."""
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    backend: str
+    source: str  # "torchrun", "slurm" or "single"
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def describe_environment(env: dict[str, str] | None = None) -> dict[str, str]:
+    """RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT and the source they came from,
+    derived from torchrun's variables, Slurm's, or a single process; fails clearly when the
+    environment is half set."""
+    env = dict(os.environ if env is None else env)
+    present = [v for v in TORCHRUN_VARS if v in env]
+    if present:
+        missing = [v for v in TORCHRUN_VARS if v not in env]
+        if missing:
+            raise DistributedSetupError(
+                f"distributed environment is half set: {', '.join(present)} given but "
+                f"{', '.join(missing)} missing (start with torchrun, srun, or set all of "
+                f"{', '.join(TORCHRUN_VARS)})"
+            )
+        return {v: env[v] for v in TORCHRUN_VARS} | {"SOURCE": "torchrun"}
+    if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
+        nodes = env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST")
+        if not nodes:
+            raise DistributedSetupError(
+                "Slurm task without SLURM_JOB_NODELIST: cannot find the master"
+            )
+        job = int(env.get("SLURM_JOB_ID", "0"))
+        return {
+            "RANK": env["SLURM_PROCID"],
+            "WORLD_SIZE": env["SLURM_NTASKS"],
+            "LOCAL_RANK": env.get("SLURM_LOCALID", "0"),
+            "MASTER_ADDR": first_host(nodes),
+            "MASTER_PORT": env.get("MASTER_PORT", str(20000 + job % 20000)),
+            "SOURCE": "slurm",
+        }
+    return {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(free_port()), "SOURCE": "single"}  # fmt: skip
+
+
+def init_distributed(cfg: LaunchConfig, timeout_minutes: float = 30) -> DistEnv:
+    """Read the environment, export torchrun-style variables (DeepSpeed reads them too), pick the
+    device and backend (nccl on GPUs, gloo on CPU), and start torch.distributed when world > 1."""
+    found = describe_environment()
+    for var in TORCHRUN_VARS:
+        os.environ[var] = found[var]
+    rank, world, local = int(found["RANK"]), int(found["WORLD_SIZE"]), int(found["LOCAL_RANK"])
+    if torch.cuda.is_available():
+        device = torch.device("cuda", local % torch.cuda.device_count())
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    backend = cfg.dist_backend if cfg.dist_backend != "auto" else (
+        "nccl" if device.type == "cuda" else "gloo"
+    )  # fmt: skip
+    if backend == "nccl" and device.type != "cuda":
+        raise DistributedSetupError("launch.dist_backend=nccl needs GPUs; use gloo on a CPU")
+    if world > 1 and not dist.is_initialized():
+        from datetime import timedelta
+
+        dist.init_process_group(backend, rank=rank, world_size=world,
+                                timeout=timedelta(minutes=timeout_minutes))  # fmt: skip
+    return DistEnv(rank, world, local, device, backend, found["SOURCE"])
+
+
+def first_host(nodelist: str) -> str:
+    """The first host of a Slurm node list ('node[03-05,9],gpu1' -> 'node03'); uses
+    `scontrol show hostnames` when available, else parses the common forms."""
+    try:
+        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True,
+                             text=True, timeout=10, check=True).stdout.split()  # fmt: skip
+        if out:
+            return out[0]
+    except (OSError, subprocess.SubprocessError):
+        pass
+    head = re.match(r"([^,\[]+)(\[([^\]]+)\])?", nodelist)
+    if not head:
+        raise DistributedSetupError(f"cannot read the Slurm node list '{nodelist}'")
+    prefix, ranges = head.group(1), head.group(3)
+    if not ranges:
+        return prefix
+    first = ranges.split(",")[0].split("-")[0]
+    return f"{prefix}{first}"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def shutdown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

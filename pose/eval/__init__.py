@@ -1,0 +1,1 @@
+"""Evaluation: decoding to image coordinates, rescoring, OKS NMS, COCO AP, gathering."""

@@ -1,0 +1,140 @@
+"""From per-instance predictions to COCO keypoint AP, as the reference does it: rescoring
+(box score x mean joint confidence above a threshold), OKS NMS per image, COCO results JSON,
+pycocotools `COCOeval(..., 'keypoints')`."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pose.data.coco import SIGMAS, load_coco
+
+METRIC_NAMES = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
+
+
+@dataclass
+class Prediction:
+    """One person: keypoints in original image pixels with per-joint confidence."""
+
+    image_id: int
+    keypoints: np.ndarray  # (K, 3): x, y, confidence
+    box_score: float
+    area: float  # of the padded box, for OKS in NMS
+    instance: str  # "a<ann_id>" or "d<det_id>": which sample it came from
+
+
+def rescore(pred: Prediction, keypoint_thr: float) -> float:
+    """Box score x mean of the joint confidences above `keypoint_thr` (the reference's)."""
+    confident = pred.keypoints[:, 2][pred.keypoints[:, 2] > keypoint_thr]
+    return (float(confident.mean()) if confident.size else 0.0) * pred.box_score
+
+
+def oks_iou(g: np.ndarray, d: np.ndarray, area_g: float, area_d: np.ndarray,
+            sigmas: np.ndarray = SIGMAS) -> np.ndarray:  # fmt: skip
+    """OKS of keypoints `g` (K, 3) against each of `d` (M, K, 3), as the reference's nms.py
+    (which is pycocotools' formula with the mean of the two areas, over all joints)."""
+    variances = (sigmas * 2) ** 2
+    dx = d[:, :, 0] - g[None, :, 0]
+    dy = d[:, :, 1] - g[None, :, 1]
+    scale = (area_g + np.asarray(area_d))[:, None] / 2 + np.spacing(1)
+    e = (dx**2 + dy**2) / variances[None] / scale / 2
+    return np.exp(-e).mean(axis=1)
+
+
+def oks_nms(
+    keypoints: np.ndarray, scores: np.ndarray, areas: np.ndarray, threshold: float
+) -> list[int]:
+    """Greedy NMS by OKS: indices kept, best first."""
+    order = np.argsort(-scores, kind="stable")
+    keep = []
+    while order.size:
+        i = order[0]
+        keep.append(int(i))
+        overlap = oks_iou(keypoints[i], keypoints[order[1:]], areas[i], areas[order[1:]])
+        order = order[1:][overlap <= threshold]
+    return keep
+
+
+def soft_oks_nms(
+    keypoints: np.ndarray,
+    scores: np.ndarray,
+    areas: np.ndarray,
+    threshold: float = 0.3,
+    max_dets: int = 20,
+) -> tuple[list[int], np.ndarray]:
+    """Soft NMS by OKS (Gaussian decay exp(-oks^2 / threshold), as mmpose): indices kept, best
+    first, and the decayed scores of all instances."""
+    scores = scores.astype(np.float64).copy()
+    order = list(np.argsort(-scores, kind="stable"))
+    keep = []
+    while order and len(keep) < max_dets:
+        i = order.pop(0)
+        keep.append(int(i))
+        if not order:
+            break
+        rest = np.array(order)
+        overlap = oks_iou(keypoints[i], keypoints[rest], areas[i], areas[rest])
+        scores[rest] *= np.exp(-(overlap**2) / threshold)
+        order = list(rest[np.argsort(-scores[rest], kind="stable")])
+    return keep, scores
+
+
+def coco_results(predictions: list[Prediction], keypoint_thr: float, nms_thr: float,
+                 soft: bool = False) -> list[dict]:  # fmt: skip
+    """Rescored, NMS-filtered predictions in COCO results format."""
+    by_image: dict[int, list[Prediction]] = defaultdict(list)
+    for pred in predictions:
+        by_image[pred.image_id].append(pred)
+    results = []
+    for image_id, preds in sorted(by_image.items()):
+        kpts = np.stack([p.keypoints for p in preds])
+        scores = np.array([rescore(p, keypoint_thr) for p in preds])
+        areas = np.array([p.area for p in preds])
+        if soft:
+            keep, scores = soft_oks_nms(kpts, scores, areas)
+        else:
+            keep = oks_nms(kpts, scores, areas, nms_thr)
+        for i in keep:
+            results.append({
+                "image_id": int(image_id),
+                "category_id": 1,
+                "keypoints": [round(float(v), 3) for v in kpts[i].reshape(-1)],
+                "score": float(scores[i]),
+            })  # fmt: skip
+    return results
+
+
+def score_results(ann_file: str | Path, results: list[dict]) -> dict[str, float]:
+    """pycocotools keypoint metrics of `results` against an annotation file."""
+    from pycocotools.cocoeval import COCOeval
+
+    gt = load_coco(ann_file)
+    if not results:
+        return dict.fromkeys(METRIC_NAMES, 0.0)
+    with contextlib.redirect_stdout(io.StringIO()):
+        dt = gt.loadRes(results)
+        evaluator = COCOeval(gt, dt, "keypoints")
+        evaluator.params.useSegm = None
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return {name: float(v) for name, v in zip(METRIC_NAMES, evaluator.stats)}
+
+
+def format_table(metrics: dict[str, float]) -> str:
+    names = [n for n in METRIC_NAMES if n in metrics]
+    head = " | ".join(f"{n:>6}" for n in names)
+    row = " | ".join(f"{metrics[n]:>6.3f}" for n in names)
+    return f"| {head} |\n|{'|'.join('-' * 8 for _ in names)}|\n| {row} |"
+
+
+def write_json(path: str | Path, data) -> None:
+    from pose.config import atomic_write_text
+
+    atomic_write_text(Path(path), json.dumps(data, indent=1))

@@ -1,0 +1,200 @@
+import contextlib
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from data_prep import shard_coco
+from pose.config import load_config
+from pose.data.coco import box_to_center_scale, load_coco, training_instances
+from pose.data.codec import decode_heatmaps, encode_heatmaps, flip_back, heatmap_to_image
+from pose.data.geometry import affine_points, get_affine_transform
+from pose.data.loader import build_loader, flip_permutation
+from pose.eval.coco_eval import (
+    Prediction,
+    coco_results,
+    oks_iou,
+    oks_nms,
+    score_results,
+    soft_oks_nms,
+)
+from pose.eval.evaluate import EvaluationError, _score, evaluate, predict_heatmaps
+
+
+def test_ground_truth_scores_ap_1_exactly(coco_fixtures):
+    coco = load_coco(coco_fixtures / "test_coco.json")
+    results = [{"image_id": a["image_id"], "category_id": 1, "keypoints": a["keypoints"],
+                "score": 1.0} for a in coco.anns.values() if a["num_keypoints"] > 0]  # fmt: skip
+    assert score_results(coco_fixtures / "test_coco.json", results)["AP"] == 1.0
+
+
+def test_gt_through_encode_decode_from_gt_boxes(coco_fixtures):
+    """Keypoints -> 256x192 crop of the GT box -> targets -> decode -> image: AP >= 0.95."""
+    coco = load_coco(coco_fixtures / "test_coco.json")
+    instances, _ = training_instances(coco)
+    results = []
+    for inst in instances:
+        center, scale = box_to_center_scale(inst.bbox, 0.75)
+        m = get_affine_transform(center, scale, 0, (192, 256))
+        kpts = inst.keypoints.copy()
+        kpts[:, :2] = affine_points(m, kpts[:, :2])
+        targets, _ = encode_heatmaps(torch.from_numpy(kpts)[None], (256, 192), (64, 48), 2.0)
+        coords, scores = decode_heatmaps(targets)
+        inverse = torch.from_numpy(get_affine_transform(center, scale, 0, (192, 256), inverse=True))
+        xy = heatmap_to_image(coords, inverse[None], 4.0)[0].numpy()
+        preds = np.concatenate([xy, scores[0, :, None].numpy()], 1)
+        results.append({"image_id": inst.image_id, "category_id": 1,
+                        "keypoints": preds.reshape(-1).tolist(), "score": 1.0})  # fmt: skip
+    ap = score_results(coco_fixtures / "test_coco.json", results)["AP"]
+    print(f"GT boxes, encode/decode at 256x192: AP {ap:.4f}")
+    assert ap >= 0.95
+
+
+def test_gt_through_the_sharded_crops_and_the_loader(coco_fixtures, tmp_path):
+    out = tmp_path / "val"
+    ann = str(coco_fixtures / "test_coco.json")
+    argv = ["--ann", ann, "--images", str(coco_fixtures), "--out", str(out), "--split", "val"]
+    assert shard_coco.main(argv) == 0
+    cfg = load_config(None, [f"data.val_shards={out}",
+                             f"data.val_ann={coco_fixtures / 'test_coco.json'}"])  # fmt: skip
+    metrics = evaluate(None, build_loader(cfg.data, "val", 5), cfg, gt_as_predictions=True,
+                       progress=False)  # fmt: skip
+    print(f"GT through shards, encode/decode at 256x192: AP {metrics['AP']:.4f}")
+    assert metrics["AP"] >= 0.95 and metrics["instances"] == 12
+
+
+def _gaussian(cx, cy, h=64, w=48, sigma=2.0):
+    ys, xs = np.mgrid[0:h, 0:w]
+    return np.exp(-((xs - cx) ** 2 + (ys - cy) ** 2) / (2 * sigma**2)).astype(np.float32)
+
+
+def test_decoding_recovers_a_subpixel_peak():
+    rng = np.random.default_rng(0)
+    centres = rng.uniform([6, 6], [42, 58], (50, 2))
+    maps = torch.from_numpy(np.stack([_gaussian(x, y) for x, y in centres]))[None]
+    for kind, tolerance in (("argmax", 0.25), ("dark", 0.05)):
+        coords, _ = decode_heatmaps(maps, kind)
+        error = np.abs(coords[0].numpy() - centres).max()
+        assert error <= tolerance, (kind, error)
+    plain, _ = decode_heatmaps(maps, "argmax")
+    assert np.abs(plain[0].numpy() - centres).mean() > 0.05  # DARK's bound is not trivial
+
+
+def test_flip_test_of_a_symmetric_input_equals_no_flip():
+    """Joints mirrored about the centre (x -> W - x, the augmentation's flip) on a mirror-
+    symmetric input: the flipped-back heatmaps (pairs swapped, shifted one pixel) coincide."""
+    perm = flip_permutation(17)
+    kpts = np.zeros((17, 3), np.float32)
+    kpts[:, 2] = 2
+    kpts[0, :2] = (96.0, 12.0)
+    for left in range(1, 17, 2):
+        right = perm[left]
+        kpts[[left, right], 1] = 20 + 12.3 * left
+        kpts[left, 0], kpts[right, 0] = 96 + 5.3 * left, 96 - 5.3 * left
+    targets, _ = encode_heatmaps(torch.from_numpy(kpts)[None], (256, 192), (64, 48), 2.0)
+    image = torch.rand(1, 3, 256, 192)
+    symmetric = (image + image.flip(-1)) / 2
+
+    def model(x):  # an ideal model: these heatmaps for this (symmetric) input, flipped or not
+        assert torch.equal(x, symmetric) or torch.equal(x, symmetric.flip(-1))
+        return targets
+
+    plain = predict_heatmaps(model, symmetric, flip_test=False, shift=True)
+    flipped = predict_heatmaps(model, symmetric, flip_test=True, shift=True)
+    torch.testing.assert_close(decode_heatmaps(flipped)[0], decode_heatmaps(plain)[0])
+    unshifted = predict_heatmaps(model, symmetric, flip_test=True, shift=False)
+    assert not torch.allclose(decode_heatmaps(unshifted)[0], decode_heatmaps(plain)[0])
+    back = flip_back(targets, torch.as_tensor(perm))
+    torch.testing.assert_close(back[..., 1:-1], targets[..., 1:-1])
+
+
+def _pycocotools_oks(g, d, area):
+    """OKS by pycocotools' own computeOks."""
+    gt, dt = COCO(), COCO()
+    gt.dataset = {"images": [{"id": 1}], "categories": [{"id": 1}],
+                  "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "area": area,
+                                   "bbox": [0, 0, 100, 100], "keypoints": g.reshape(-1).tolist(),
+                                   "num_keypoints": 17, "iscrowd": 0}]}  # fmt: skip
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt.createIndex()
+        dt = gt.loadRes([{"image_id": 1, "category_id": 1, "keypoints": x.reshape(-1).tolist(),
+                          "score": 1.0} for x in d])  # fmt: skip
+        ev = COCOeval(gt, dt, "keypoints")
+        ev.evaluate()
+    return np.array(ev.ious[(1, 1)]).reshape(-1)
+
+
+def test_oks_nms_keeps_and_drops_the_right_instances():
+    rng = np.random.default_rng(1)
+    a = np.concatenate([rng.uniform(0, 100, (17, 2)), np.full((17, 1), 2.0)], 1)
+    near = a.copy()
+    near[:, :2] += 0.5  # a duplicate: OKS ~ 0.99
+    middle = a.copy()
+    middle[:, :2] += 6.0  # OKS well below 0.9
+    far = a.copy()
+    far[:, 0] += 300
+    dets = np.stack([a, near, middle, far])
+    areas = np.full(4, 5000.0)
+    ours = oks_iou(a, dets, 5000.0, areas)
+    theirs = _pycocotools_oks(a, dets, 5000.0)
+    # pycocotools orders detections by score, all 1.0 here: compare as sets of values
+    np.testing.assert_allclose(np.sort(ours), np.sort(theirs), rtol=1e-6)
+    assert ours[1] > 0.9 and ours[2] < 0.9 and ours[3] < 1e-6
+    scores = np.array([0.9, 0.8, 0.7, 0.6])
+    assert oks_nms(dets, scores, areas, 0.9) == [0, 2, 3]
+    assert oks_nms(dets, scores[[1, 0, 2, 3]], areas, 0.9) == [1, 2, 3]  # the better one stays
+    keep, decayed = soft_oks_nms(dets, scores, areas)
+    assert sorted(keep) == [0, 1, 2, 3] and decayed[1] < 0.8 * np.exp(-(0.9**2) / 0.3) + 1e-9
+    assert decayed[3] == pytest.approx(0.6)
+
+
+def test_rescoring_and_results_format():
+    kpts = np.zeros((17, 3))
+    kpts[:, 2] = np.linspace(0, 1, 17)
+    pred = Prediction(5, kpts, box_score=0.5, area=1000.0, instance="d3")
+    (result,) = coco_results([pred], keypoint_thr=0.2, nms_thr=0.9)
+    expected = kpts[:, 2][kpts[:, 2] > 0.2].mean() * 0.5
+    assert result["score"] == pytest.approx(expected)
+    assert result["image_id"] == 5 and len(result["keypoints"]) == 51
+
+
+def test_gathered_predictions_must_match_the_manifest():
+    class Loader:
+        class shards:
+            num_samples = 2
+            folder = "x"
+
+        bad_samples = 0
+
+    p = Prediction(1, np.zeros((17, 3)), 1.0, 1.0, "a1")
+    cfg = load_config(None)
+    with pytest.raises(EvaluationError, match="2 predictions \\(1 distinct\\)"):
+        _score([p, p], Loader, cfg, None)
+    with pytest.raises(EvaluationError, match="1 predictions"):
+        _score([p], Loader, cfg, None)
+
+
+def test_eval_cli_gt_as_predictions_and_a_state_dict(coco_fixtures, tmp_path, capsys):
+    from launch.eval import main as eval_main
+    from pose.models import build_model
+
+    out = tmp_path / "val"
+    ann = coco_fixtures / "test_coco.json"
+    shard_coco.main(["--ann", str(ann), "--images", str(coco_fixtures), "--out", str(out),
+                     "--split", "val", "--detail", "128x96"])  # fmt: skip
+    common = ["--config", "configs/demo.yaml", f"data.val_shards={out}", f"data.val_ann={ann}"]
+    assert eval_main([*common, "--gt-as-predictions", "--out", str(tmp_path / "gt.json")]) == 0
+    metrics = json.loads((tmp_path / "gt.json").read_text())
+    assert {"AP", "AP50", "AP75", "APm", "APl", "AR", "instances"} <= set(metrics)
+    assert metrics["instances"] == 12 and metrics["AP"] > 0.8
+    cfg = load_config("configs/demo.yaml")
+    torch.save(build_model(cfg.model, 17).state_dict(), tmp_path / "weights.pth")
+    assert eval_main([*common, "--checkpoint", str(tmp_path / "weights.pth"),
+                      "--out", str(tmp_path / "m.json")]) == 0  # fmt: skip
+    assert json.loads((tmp_path / "m.json").read_text())["instances"] == 12
+    assert eval_main([*common, "--checkpoint", str(tmp_path)]) == 2
+    assert "neither a state-dict file" in capsys.readouterr().err
