@@ -42,13 +42,17 @@ demo-shards: demo-data
 	$(PY) -m data_prep.verify $(DEMO_DATA)/shards/train
 
 demo: demo-shards
-	$(PY) -m data_prep.preview --config configs/demo.yaml --out runs/demo/input_preview.png
-	$(PY) -m pose.models.summary --config configs/demo.yaml
-	@echo
-	@echo "demo: stages not implemented yet (see README.md, 'Status'):"
-	@echo "  train  (launch/train.py)       - not there yet"
-	@echo "  eval   (launch/eval.py)        - not there yet"
-	@echo "demo: ran the stages that exist: install, synthetic data and shards in $(DEMO_DATA)/"
+	@start=$$(date +%s); \
+	$(PY) -m data_prep.preview --config configs/demo.yaml --out runs/demo/input_preview.png && \
+	$(PY) -m pose.models.summary --config configs/demo.yaml && \
+	$(PY) launch/train.py --config configs/demo.yaml && \
+	$(PY) launch/eval.py --config configs/demo.yaml --checkpoint runs/demo \
+	  --out runs/demo/metrics.json && \
+	$(PY) launch/predict.py --checkpoint runs/demo --image $(DEMO_DATA)/images/val \
+	  --boxes $(DEMO_DATA)/annotations/person_detections_val.json --box-thr 0.5 \
+	  --out runs/demo/pictures/predict --limit 6 && \
+	echo "demo: trained, evaluated and drew pictures in $$(( $$(date +%s) - start )) s;" \
+	  "see runs/demo/ (metrics.json, pictures/, input_preview.png)"
 
 lint: install
 	.venv/bin/ruff check .

@@ -13,22 +13,13 @@ import time
 from pathlib import Path
 
 import cv2
-import numpy as np
 import torch
 
 from pose.config import ConfigError, load_config
 from pose.data.codec import encode_heatmaps
-from pose.data.loader import IMAGENET_MEAN, IMAGENET_STD, build_loader, resolve_backend
+from pose.data.loader import build_loader, resolve_backend
 from pose.data.shards import ShardError
-from pose.viz.skeleton import draw_skeleton, overlay_heatmap, tile
-
-
-def to_bgr(image: torch.Tensor) -> np.ndarray:
-    """A normalised (3, H, W) RGB tensor back to a uint8 BGR image."""
-    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    rgb = (image.float().cpu() * std + mean).clamp(0, 1).mul(255).byte()
-    return np.ascontiguousarray(rgb.permute(1, 2, 0).numpy()[:, :, ::-1])
+from pose.viz.skeleton import draw_skeleton, overlay_heatmap, tile, to_bgr
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -198,3 +198,31 @@ def test_eval_cli_gt_as_predictions_and_a_state_dict(coco_fixtures, tmp_path, ca
     assert json.loads((tmp_path / "m.json").read_text())["instances"] == 12
     assert eval_main([*common, "--checkpoint", str(tmp_path)]) == 2
     assert "neither a state-dict file" in capsys.readouterr().err
+
+
+def test_predict_writes_pictures_and_coco_json(coco_fixtures, tmp_path):
+    from launch.predict import main as predict_main
+    from pose.models import build_model
+
+    cfg = load_config("configs/demo.yaml", ["model.attention=partwise"])
+    torch.save(build_model(cfg.model, 17).state_dict(), tmp_path / "w.pth")
+    image = coco_fixtures / "000000000785.jpg"
+    boxes = tmp_path / "boxes.json"
+    boxes.write_text(json.dumps([[280.79, 44.73, 218.7, 346.68, 0.9]]))
+    out = tmp_path / "out"
+    assert predict_main(["--checkpoint", str(tmp_path / "w.pth"), "--image", str(image),
+                         "--out", str(out), "--boxes", str(boxes), "--config", "configs/demo.yaml",
+                         "model.attention=partwise"]) == 0  # fmt: skip
+    import cv2
+
+    drawn = cv2.imread(str(out / "000000000785_pose.png"))
+    assert drawn.shape == cv2.imread(str(image)).shape
+    results = json.loads((out / "keypoints.json").read_text())
+    assert len(results) == 1 and results[0]["image_id"] == 785
+    gt = load_coco(coco_fixtures / "test_coco.json")
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt.loadRes(results)  # pycocotools accepts it
+    panel = cv2.imread(str(out / "000000000785_person0_attention.png"))
+    assert panel is not None and panel.shape[0] == 3 * 128  # 3 stages + sum + 17 joints, 7 a row
+    assert predict_main(["--checkpoint", str(tmp_path / "w.pth"), "--image", str(tmp_path / "no"),
+                         "--out", str(out)]) == 2  # fmt: skip

@@ -58,3 +58,15 @@ def tile(images: list[np.ndarray], columns: int) -> np.ndarray:
 
 def _pt(p) -> tuple[int, int]:
     return round(float(p[0])), round(float(p[1]))
+
+
+def to_bgr(image) -> np.ndarray:
+    """A normalised (3, H, W) RGB tensor back to a uint8 BGR image."""
+    import torch
+
+    from pose.data.loader import IMAGENET_MEAN, IMAGENET_STD
+
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    rgb = (image.float().cpu() * std + mean).clamp(0, 1).mul(255).byte()
+    return np.ascontiguousarray(rgb.permute(1, 2, 0).numpy()[:, :, ::-1])

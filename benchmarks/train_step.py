@@ -1,0 +1,119 @@
+"""Training throughput, side by side in one run, same model, batch and precision:
+
+- torch:   a plain PyTorch loop (forward, JointsMSELoss, backward, Adam) on a fixed batch
+- engine:  the DeepSpeed engine's step (pose.engine.train.train_step) on the same fixed batch
+- loop:    the engine's step fed by the real input pipeline (shards -> loader -> targets)
+
+engine / torch is the engine's overhead; 1 - loop / engine is the share of time spent waiting
+for data. On a GPU it also prints absolute images/s per GPU.
+
+    python benchmarks/train_step.py [--config configs/demo.yaml] [--steps 20] [--json OUT]
+        [overrides, e.g. model.backbone=resnet50 data.image_size=[256,192]]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from pose.config import load_config
+from pose.data.codec import encode_heatmaps
+from pose.data.loader import build_loader
+from pose.engine.deepspeed_config import deepspeed_config, resolve_precision
+from pose.engine.distributed import init_distributed
+from pose.engine.loss import joints_mse_loss
+from pose.engine.train import train_step
+from pose.models import build_model
+
+
+def timed(step, steps: int, warmup: int = 3) -> float:
+    """Seconds per step after a warm-up (synchronising a GPU at both ends)."""
+    for _ in range(warmup):
+        step()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / steps
+
+
+def main() -> None:
+    import deepspeed
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default="configs/demo.yaml")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--json", help="write the results here")
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args()
+    cfg = load_config(args.config, ["log.wandb=off", *args.overrides])
+    env = init_distributed(cfg.launch)
+    precision = resolve_precision(cfg.train.precision, env.device)
+    loader = build_loader(cfg.data, "train", cfg.train.batch_size, device=env.device)
+    batch = next(iter(loader.epoch(0)))
+    data = cfg.data
+    autocast = torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+    torch.manual_seed(0)
+    plain = build_model(cfg.model, data.num_joints).to(env.device).train()
+    optimizer = torch.optim.Adam(plain.parameters(), lr=cfg.train.lr)
+
+    def torch_step():
+        targets, weights = encode_heatmaps(batch["keypoints"], data.image_size, data.heatmap_size,
+                                           data.sigma, data.target)  # fmt: skip
+        with autocast:
+            heatmaps = plain(batch["image"])
+        loss = joints_mse_loss(heatmaps, targets, weights)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    torch.manual_seed(0)
+    model = build_model(cfg.model, data.num_joints).to(env.device)
+    engine, *_ = deepspeed.initialize(
+        model=model, optimizer=torch.optim.Adam(model.parameters(), lr=cfg.train.lr),
+        config=deepspeed_config(cfg, env.world_size, precision),
+    )  # fmt: skip
+    batches = iter(())
+
+    def loop_step():
+        nonlocal batches
+        try:
+            real = next(batches)
+        except StopIteration:
+            batches = iter(loader.epoch(1))
+            real = next(batches)
+        train_step(engine, real, cfg)
+
+    n = batch["image"].shape[0]
+    seconds = {
+        "torch": timed(torch_step, args.steps),
+        "engine": timed(lambda: train_step(engine, batch, cfg), args.steps),
+        "loop": timed(loop_step, args.steps),
+    }
+    rows = {k: {"seconds_per_step": round(v, 4), "images_per_s": round(n / v, 1)}
+            for k, v in seconds.items()}  # fmt: skip
+    overhead = seconds["engine"] / seconds["torch"] - 1
+    data_wait = 1 - seconds["engine"] / seconds["loop"]
+    size = "x".join(map(str, data.image_size))
+    name = f"{cfg.model.backbone} attention={cfg.model.attention} {size}"
+    print(f"{name}, batch {n}, {precision}, {env.device}")
+    for key, row in rows.items():
+        print(f"{key:>8}: {row['images_per_s']:>8} images/s ({row['seconds_per_step']} s/step)")
+    print(f"engine overhead vs plain torch: {overhead:+.1%}; data-wait fraction of the loop: "
+          f"{data_wait:.1%}")  # fmt: skip
+    if args.json:
+        Path(args.json).write_text(json.dumps({"setup": name, "precision": precision, **rows,
+                                               "engine_overhead": overhead,
+                                               "data_wait": data_wait}, indent=1))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

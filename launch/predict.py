@@ -1,0 +1,135 @@
+"""Pose of the people in JPEG or PNG images: skeletons drawn over each image (PNG), keypoints in
+COCO results format (JSON), and, for the attention variants, the attention maps over each crop.
+
+    python launch/predict.py --checkpoint CKPT --image IMG_OR_DIR --out DIR
+        [--boxes BOXES.json --box-thr 0.0] [--config CFG] [--gif] [overrides]
+
+CKPT is a run directory (its config is used unless --config is given), a DeepSpeed checkpoint
+folder or a state dict. BOXES.json holds person boxes [x, y, w, h(, score)]: a list (one image),
+{file name: list}, or a COCO detections file; without boxes the whole image is one person.
+--gif animates the attention pictures (or the skeletons) over a folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import cv2
+import torch
+from tqdm import tqdm
+
+from pose.config import ConfigError, load_config
+from pose.eval.coco_eval import write_json
+from pose.eval.inference import predict_people
+from pose.models import build_model
+from pose.models.weights import WeightsError, load_model_weights, resolve_checkpoint
+from pose.viz.attention import attention_panels
+from pose.viz.skeleton import draw_skeleton
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
+
+
+def list_images(path: Path) -> list[Path]:
+    if path.is_dir():
+        return sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not path.is_file():
+        raise FileNotFoundError(f"no image or folder at '{path}'")
+    return [path]
+
+
+def read_boxes(path: str | None, images: list[Path], threshold: float) -> dict:
+    """Boxes by file name or image id, from a list (one image), {file name: list}, or a COCO
+    detections file (list of {image_id, bbox, score}); detections below `threshold` dropped."""
+    if not path:
+        return {}
+    data = json.loads(Path(path).read_text())
+    if isinstance(data, list) and data and isinstance(data[0], dict):
+        grouped: dict = {}
+        for det in data:
+            if det.get("score", 1.0) >= threshold:
+                grouped.setdefault(det["image_id"], []).append(
+                    [*det["bbox"], det.get("score", 1.0)]
+                )
+        return grouped
+    if isinstance(data, list):
+        if len(images) != 1:
+            raise ValueError("--boxes holds a list, which fits one image; use {file name: boxes}")
+        return {images[0].name: data}
+    return data
+
+
+def image_id(path: Path, index: int) -> int:
+    """COCO-style ids from file names like 000000000785.jpg, else the position in the list."""
+    return int(path.stem) if path.stem.isdigit() else index
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--image", required=True, help="an image, or a folder of images")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--boxes", help="person boxes JSON")
+    parser.add_argument("--box-thr", type=float, default=0.0, help="drop boxes scored below this")
+    parser.add_argument("--config", help="config (default: the run directory's config.yaml)")
+    parser.add_argument("--gif", action="store_true", help="an animation over the images")
+    parser.add_argument("--limit", type=int, default=0, help="only the first N images")
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args(argv)
+    try:
+        config = args.config or Path(args.checkpoint) / "config.yaml"
+        cfg = load_config(config if Path(config).is_file() else None, args.overrides)
+        model = build_model(cfg.model, cfg.data.num_joints)
+        load_model_weights(model, resolve_checkpoint(args.checkpoint))
+        images = list_images(Path(args.image))[: args.limit or None]
+        boxes = read_boxes(args.boxes, images, args.box_thr)
+    except (ConfigError, WeightsError, FileNotFoundError, ValueError) as e:
+        print(f"predict: error: {e}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = torch.device("cpu")
+    results, frames = [], []
+    for index, path in enumerate(tqdm(images, desc="predict", disable=len(images) < 2)):
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if image is None:
+            print(f"predict: skipped '{path}': not a readable image", file=sys.stderr)
+            continue
+        found = boxes.get(path.name) or boxes.get(image_id(path, index))
+        people = predict_people(model, image, found, cfg, device)
+        drawn = image
+        for n, person in enumerate(people):
+            drawn = draw_skeleton(drawn, person.keypoints, min_score=cfg.eval.keypoint_thr)
+            results.append({"image_id": image_id(path, index), "category_id": 1,
+                            "keypoints": [round(float(v), 2) for v in person.keypoints.reshape(-1)],
+                            "score": person.score})  # fmt: skip
+            panel = attention_panels(person.crop, person.attention)
+            if panel is not None:
+                cv2.imwrite(str(out / f"{path.stem}_person{n}_attention.png"), panel)
+                frames.append(panel)
+        cv2.imwrite(str(out / f"{path.stem}_pose.png"), drawn)
+        if not any(p.attention for p in people):
+            frames.append(drawn)
+    write_json(out / "keypoints.json", results)
+    if args.gif and frames:
+        save_gif(frames, out / "animation.gif")
+    print(f"predict: {len(results)} people in {len(images)} images -> {out}")
+    return 0
+
+
+def save_gif(frames: list, path: Path, fps: float = 2.0) -> None:
+    from PIL import Image  # pillow comes with matplotlib and torchvision
+
+    height = max(f.shape[0] for f in frames)
+    width = max(f.shape[1] for f in frames)
+    padded = [cv2.copyMakeBorder(f, 0, height - f.shape[0], 0, width - f.shape[1],
+                                 cv2.BORDER_CONSTANT) for f in frames]  # fmt: skip
+    pictures = [Image.fromarray(f[:, :, ::-1]) for f in padded]
+    pictures[0].save(path, save_all=True, append_images=pictures[1:], duration=int(1000 / fps),
+                     loop=0)  # fmt: skip
+
+
+if __name__ == "__main__":
+    sys.exit(main())

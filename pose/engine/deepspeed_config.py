@@ -1,0 +1,55 @@
+"""The DeepSpeed configuration, generated from our config tree (never hand-kept), and the
+choice of precision.
+
+Mixed precision uses DeepSpeed's `torch_autocast` section, not its `bf16`/`fp16` sections: those
+cast the whole module, BatchNorm included (its running statistics then break), while autocast
+keeps fp32 weights and BatchNorm in fp32 and runs convolutions in the lower precision.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from pose.config import Config, ConfigError
+
+
+def resolve_precision(requested: str, device: torch.device) -> str:
+    """`auto`: bf16 on a GPU that has it, else fp32 (this kind of CPU has no bf16 instructions:
+    bf16 convolutions run ~25x slower than fp32). fp16 needs a GPU."""
+    if requested == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return "bf16"
+        return "fp32"
+    if requested == "fp16" and device.type != "cuda":
+        raise ConfigError("config key 'train.precision': fp16 needs a GPU; use fp32 or bf16")
+    return requested
+
+
+def deepspeed_config(cfg: Config, world_size: int, precision: str) -> dict:
+    train = cfg.train
+    if precision == "fp16" and train.zero_stage != 0:
+        raise ConfigError(
+            "config key 'train.precision': fp16 takes its dynamic loss scaling from DeepSpeed's "
+            "autocast grad scaler, which exists for train.zero_stage=0 only; use bf16 with ZeRO"
+        )
+    config = {
+        "train_micro_batch_size_per_gpu": train.batch_size,
+        "gradient_accumulation_steps": train.grad_accum,
+        "train_batch_size": train.batch_size * train.grad_accum * world_size,
+        "zero_optimization": {"stage": train.zero_stage},
+        "steps_per_print": 10**9,  # we log ourselves
+        "wall_clock_breakdown": False,
+    }
+    if train.grad_clip > 0:
+        config["gradient_clipping"] = train.grad_clip
+    if precision in ("bf16", "fp16"):
+        config["torch_autocast"] = {
+            "enabled": True,
+            "dtype": "bfloat16" if precision == "bf16" else "float16",
+            "lower_precision_safe_modules": [
+                "torch.nn.modules.conv.Conv2d",
+                "torch.nn.modules.conv.ConvTranspose2d",
+                "torch.nn.modules.linear.Linear",
+            ],
+        }
+    return config

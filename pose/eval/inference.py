@@ -1,0 +1,65 @@
+"""Pose of people in any image, from boxes (or the whole image as one box): crop each box as the
+pipelines do, run the model (with flip test), decode, map back to image pixels. Also returns the
+crops and attention maps, for pictures."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+
+from pose.config import Config
+from pose.data.coco import box_to_center_scale
+from pose.data.codec import decode_heatmaps, flip_back, heatmap_to_image
+from pose.data.geometry import get_affine_transform
+from pose.data.loader import flip_permutation, normalise
+
+
+@dataclass
+class PersonPose:
+    box: tuple[float, float, float, float]
+    keypoints: np.ndarray  # (K, 3): x, y in image pixels, confidence
+    score: float  # box score x mean confident joint score
+    crop: np.ndarray  # the model's input, BGR uint8
+    attention: dict[str, np.ndarray]  # name -> (maps, h, w) in [0, 1]
+
+
+def predict_people(model: torch.nn.Module, image_bgr: np.ndarray,
+                   boxes: list[tuple[float, ...]] | None, cfg: Config,
+                   device: torch.device) -> list[PersonPose]:  # fmt: skip
+    """One PersonPose per box (x, y, w, h[, score]); no boxes: the whole image is one box."""
+    height, width = image_bgr.shape[:2]
+    boxes = boxes or [(0.0, 0.0, float(width), float(height), 1.0)]
+    in_h, in_w = cfg.data.image_size
+    crops, inverses, scores = [], [], []
+    for box in boxes:
+        center, scale = box_to_center_scale(tuple(box[:4]), in_w / in_h)
+        matrix = get_affine_transform(center, scale, 0.0, (in_w, in_h))
+        crops.append(cv2.warpAffine(image_bgr, matrix, (in_w, in_h), flags=cv2.INTER_LINEAR))
+        inverses.append(get_affine_transform(center, scale, 0.0, (in_w, in_h), inverse=True))
+        scores.append(float(box[4]) if len(box) > 4 else 1.0)
+    rgb = torch.from_numpy(np.stack([c[:, :, ::-1] for c in crops]).copy()).to(device)
+    images = normalise(rgb)
+    model.eval()
+    with torch.no_grad():
+        heatmaps, maps = model(images, return_attention=True)
+        heatmaps = heatmaps.float()
+        if cfg.eval.flip_test:
+            permutation = torch.as_tensor(flip_permutation(heatmaps.shape[1]), device=device)
+            flipped = model(images.flip(-1)).float()
+            shift = cfg.data.target != "udp"
+            heatmaps = (heatmaps + flip_back(flipped, permutation, shift=shift)) * 0.5
+    coords, confidence = decode_heatmaps(heatmaps, cfg.eval.decode)
+    to_image = torch.as_tensor(np.stack(inverses), device=coords.device)
+    xy = heatmap_to_image(coords, to_image, in_w / heatmaps.shape[-1]).cpu().numpy()
+    confidence = confidence.cpu().numpy()
+    people = []
+    for i, box in enumerate(boxes):
+        kpts = np.concatenate([xy[i], confidence[i][:, None]], axis=1)
+        confident = confidence[i][confidence[i] > cfg.eval.keypoint_thr]
+        score = scores[i] * (float(confident.mean()) if confident.size else 0.0)
+        attention = {k: v[i].float().cpu().numpy() for k, v in maps.items()}
+        people.append(PersonPose(tuple(box[:4]), kpts, score, crops[i], attention))
+    return people

@@ -1,0 +1,83 @@
+"""Run logging behind one small interface: `metrics.jsonl` in the run directory (always; the
+source for local tools and tests) and wandb (online with credentials, else offline; never
+blocking; `log.wandb: off` disables it). Only rank 0 logs."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from pose.config import Config, to_dict
+
+
+def wandb_mode(setting: str, env: dict | None = None) -> str:
+    """auto: online when an API key or a netrc entry is there, else offline."""
+    if setting != "auto":
+        return setting
+    env = os.environ if env is None else env
+    if env.get("WANDB_API_KEY"):
+        return "online"
+    netrc = Path(env.get("NETRC", Path.home() / ".netrc"))
+    try:
+        return "online" if "api.wandb.ai" in netrc.read_text() else "offline"
+    except OSError:
+        return "offline"
+
+
+class Tracker:
+    def __init__(self, cfg: Config, run_dir: Path, enabled: bool, name: str | None = None):
+        self.enabled = enabled
+        self.path = run_dir / "metrics.jsonl"
+        self.run = None
+        if not enabled:
+            return
+        mode = wandb_mode(cfg.log.wandb)
+        if mode != "off":
+            import wandb
+
+            self.run = wandb.init(
+                project=cfg.log.project, entity=cfg.log.entity or None,
+                group=cfg.log.group or None, name=cfg.log.name or name or run_dir.name,
+                tags=cfg.log.tags or None, config=to_dict(cfg), dir=str(run_dir), mode=mode,
+                resume="allow", id=_run_id(run_dir),
+                settings=wandb.Settings(init_timeout=60, silent=True),
+            )  # fmt: skip
+
+    def log(self, record: dict) -> None:
+        """Append one record (needs `step`, `epoch`, `split`) to metrics.jsonl and wandb."""
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:  # a resumed run appends, never truncates
+            f.write(json.dumps(record) + "\n")
+        if self.run is not None:
+            split = record["split"]
+            values = {f"{split}/{k}": v for k, v in record.items()
+                      if k not in ("step", "split") and isinstance(v, int | float)}  # fmt: skip
+            self.run.log(values, step=record["step"])
+
+    def log_images(self, step: int, images: dict) -> None:
+        """PNG pictures (name -> path) to wandb."""
+        if self.run is not None:
+            import wandb
+
+            self.run.log({k: wandb.Image(str(v)) for k, v in images.items()}, step=step)
+
+    def finish(self) -> None:
+        if self.run is not None:
+            self.run.finish()
+
+
+def _run_id(run_dir: Path) -> str:
+    """A stable wandb run id per run directory, so a resumed run continues the same run."""
+    path = run_dir / "wandb_id.txt"
+    if not path.is_file():
+        import secrets
+
+        path.write_text(secrets.token_hex(4))
+    return path.read_text().strip()
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

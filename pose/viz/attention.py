@@ -1,0 +1,35 @@
+"""Attention pictures as the seed project shows them: maps overlaid on the person's crop.
+Holistic: one panel per deconvolution stage and the multi-resolution sum; part-wise: a grid of
+the per-joint maps."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from pose.data.coco import KEYPOINT_NAMES
+from pose.viz.skeleton import overlay_heatmap, tile
+
+
+def _label(image: np.ndarray, text: str) -> np.ndarray:
+    out = image.copy()
+    cv2.putText(out, text, (3, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (255, 255, 255), 1, cv2.LINE_AA)
+    return out
+
+
+def attention_panels(crop: np.ndarray, maps: dict[str, np.ndarray]) -> np.ndarray | None:
+    """One picture of a person's attention maps over its crop (None without attention)."""
+    panels = []
+    stages = sorted(k for k in maps if k.startswith("stage"))
+    for name in stages:
+        panels.append(_label(overlay_heatmap(crop, maps[name][0]), name))
+    if "holistic" in maps:
+        total = maps["holistic"][0]
+        panels.append(_label(overlay_heatmap(crop, total / max(len(stages), 1)), "sum"))
+    if "parts" in maps:
+        for j, part in enumerate(maps["parts"]):
+            name = KEYPOINT_NAMES[j] if j < len(KEYPOINT_NAMES) else str(j)
+            panels.append(_label(overlay_heatmap(crop, part), name))
+    if not panels:
+        return None
+    return tile(panels, columns=min(len(panels), 7 if "parts" in maps else 4))
