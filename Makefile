@@ -21,9 +21,11 @@ export PIP_CACHE_DIR ?= $(CURDIR)/.cache/pip
 install:
 	bash launch/install.sh
 
-# Generate the synthetic COCO-format dataset once (a stamp records the sizes and seed).
+# Generate the synthetic COCO-format dataset once (a stamp records the sizes, the seed and the
+# generator's source hash, so a changed generator regenerates).
 demo-data: install
-	@stamp="$(DEMO_DATA)/.generated-$(DEMO_TRAIN_IMAGES)-$(DEMO_VAL_IMAGES)-seed0"; \
+	@gen=$$(sha256sum data_prep/synthetic.py | cut -c1-12); \
+	stamp="$(DEMO_DATA)/.generated-$(DEMO_TRAIN_IMAGES)-$(DEMO_VAL_IMAGES)-seed0-$$gen"; \
 	if [ -f "$$stamp" ]; then echo "demo data: $(DEMO_DATA) is up to date"; else \
 	  rm -rf $(DEMO_DATA) && \
 	  $(PY) -m data_prep.synthetic --out $(DEMO_DATA) --seed 0 \

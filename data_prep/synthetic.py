@@ -92,16 +92,19 @@ def sample_person(rng: np.random.Generator, height_px: float, center: np.ndarray
     for side, name in ((1.0, "left"), (-1.0, "right")):
         k[J[f"{name}_shoulder"]] = (side * sw, shoulder_y, 0.0)
         k[J[f"{name}_hip"]] = (side * hw, 0.0, 0.0)
-        upper = _direction(rng.uniform(deg(-15), deg(150)), rng.uniform(deg(-40), deg(110)), side)
-        bend = rng.uniform(0.0, deg(130))
+        abduction = rng.uniform(deg(-10), deg(110))
+        upper = _direction(abduction, rng.uniform(deg(-30), deg(75)), side)
+        bend = rng.uniform(0.0, deg(110))  # the elbow bends forward, from the upper arm
         fore = _direction(
-            rng.uniform(deg(-30), deg(160)), np.arcsin(np.clip(upper[2], -1, 1)) + bend, side
+            abduction + rng.uniform(deg(-35), deg(35)),
+            np.arcsin(np.clip(upper[2], -1, 1)) + bend,
+            side,
         )
         k[J[f"{name}_elbow"]] = k[J[f"{name}_shoulder"]] + 0.17 * upper
         k[J[f"{name}_wrist"]] = k[J[f"{name}_elbow"]] + 0.15 * fore
-        hip_flex = rng.uniform(deg(-20), deg(75))
-        thigh = _direction(rng.uniform(deg(-8), deg(35)), hip_flex, side)
-        shin = _direction(rng.uniform(deg(-10), deg(20)), hip_flex - rng.uniform(0, deg(100)), side)
+        hip_flex = rng.uniform(deg(-15), deg(55))
+        thigh = _direction(rng.uniform(deg(-5), deg(25)), hip_flex, side)
+        shin = _direction(rng.uniform(deg(-8), deg(15)), hip_flex - rng.uniform(0, deg(75)), side)
         k[J[f"{name}_knee"]] = k[J[f"{name}_hip"]] + 0.24 * thigh
         k[J[f"{name}_ankle"]] = k[J[f"{name}_knee"]] + 0.23 * shin
     # Lean the upper body about the pelvis (rotation about the body's x axis).
@@ -324,7 +327,7 @@ def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray
            else np.repeat(ramp[None], height, 0)).astype(np.float32)  # fmt: skip
     blobs = rng.normal(0, rng.uniform(5, 30), (rng.integers(3, 9), rng.integers(3, 9), 3))
     img += cv2.resize(blobs.astype(np.float32), (width, height), interpolation=cv2.INTER_CUBIC)
-    for _ in range(rng.integers(4, 16)):  # distractor shapes, some limb-like
+    for _ in range(rng.integers(3, 11)):  # distractor shapes, some limb-like
         color = tuple(float(c) for c in rng.uniform(0, 255, 3))
         kind = rng.integers(4)
         p = (int(rng.integers(0, width)), int(rng.integers(0, height)))
@@ -343,7 +346,7 @@ def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray
 
 
 def _sample_people(rng: np.random.Generator, width: int, height: int) -> list[Person]:
-    count = int(rng.choice([1, 2, 3, 4], p=[0.3, 0.3, 0.25, 0.15]))
+    count = int(rng.choice([1, 2, 3, 4], p=[0.4, 0.3, 0.2, 0.1]))
     people = []
     for _ in range(count):
         if rng.random() < 0.1:

@@ -71,7 +71,7 @@ def test_visibility_mix_and_people_per_image(synthetic_dataset):
     counts = np.bincount(flags.astype(int), minlength=3)
     assert all(counts > 0.05 * counts.sum()), counts  # 0, 1 and 2 all occur, none rare
     people = [len(coco.getAnnIds(imgIds=i)) for i in coco.imgs]
-    assert max(people) >= 3 and min(people) >= 1
+    assert max(people) >= 3 and sum(n >= 1 for n in people) >= 0.9 * len(people)
     assert any(a["num_keypoints"] == 0 for a in coco.anns.values())  # tiny far-away people
     instances, _ = training_instances(coco)
     assert len(instances) >= 30

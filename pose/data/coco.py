@@ -79,17 +79,22 @@ class PersonInstance:
         return f"{self.image_id:012d}_d{self.det_id}"
 
 
+def read_json(path: Path, what: str):
+    """A JSON file's content, or a CocoFormatError saying what is wrong with it."""
+    if not path.is_file():
+        raise CocoFormatError(f"{what} '{path}' does not exist")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CocoFormatError(f"{what} '{path}' is not valid JSON: {e}") from None
+
+
 def load_coco(path: str | Path):
     """Load a COCO keypoints annotation file with pycocotools, with clear errors."""
     from pycocotools.coco import COCO
 
     path = Path(path)
-    if not path.is_file():
-        raise CocoFormatError(f"annotation file '{path}' does not exist")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CocoFormatError(f"annotation file '{path}' is not valid JSON: {e}") from None
+    data = read_json(path, "annotation file")
     for key in ("images", "annotations", "categories"):
         if not isinstance(data, dict) or key not in data:
             raise CocoFormatError(f"annotation file '{path}' has no '{key}' list")
@@ -203,12 +208,7 @@ def detection_instances(
 
     Returns the instances and a counter of skipped detections by reason."""
     path = Path(dets_path)
-    if not path.is_file():
-        raise CocoFormatError(f"detections file '{path}' does not exist")
-    try:
-        dets = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CocoFormatError(f"detections file '{path}' is not valid JSON: {e}") from None
+    dets = read_json(path, "detections file")
     if not isinstance(dets, list):
         raise CocoFormatError(f"detections file '{path}' must hold a list of detections")
     skipped: Counter = Counter()
