@@ -23,7 +23,7 @@ import torch
 from pose.config import load_config
 from pose.data.codec import encode_heatmaps
 from pose.data.loader import build_loader
-from pose.engine.deepspeed_config import deepspeed_config, resolve_precision
+from pose.engine.deepspeed_config import build_engine, resolve_precision
 from pose.engine.distributed import init_distributed
 from pose.engine.loss import joints_mse_loss
 from pose.engine.train import train_step
@@ -45,8 +45,6 @@ def timed(step, steps: int, warmup: int = 3) -> float:
 
 
 def main() -> None:
-    import deepspeed
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="configs/demo.yaml")
     parser.add_argument("--steps", type=int, default=20)
@@ -77,10 +75,8 @@ def main() -> None:
 
     torch.manual_seed(0)
     model = build_model(cfg.model, data.num_joints).to(env.device)
-    engine, *_ = deepspeed.initialize(
-        model=model, optimizer=torch.optim.Adam(model.parameters(), lr=cfg.train.lr),
-        config=deepspeed_config(cfg, env.world_size, precision),
-    )  # fmt: skip
+    adam = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+    engine = build_engine(model, adam, None, cfg, env.world_size, precision)
     batches = iter(())
 
     def loop_step():

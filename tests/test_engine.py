@@ -120,8 +120,7 @@ def test_killed_run_resumes_to_the_same_weights(shards, tmp_path):
 
 
 def test_gradient_accumulation_matches_a_larger_batch(shards, tmp_path):
-    import deepspeed
-
+    from pose.engine.deepspeed_config import build_engine
     from pose.engine.distributed import init_distributed
     from pose.engine.train import train_step
     from pose.models import build_model
@@ -138,8 +137,7 @@ def test_gradient_accumulation_matches_a_larger_batch(shards, tmp_path):
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.eval()
         opt = torch.optim.SGD(model.parameters(), lr=0.5)
-        engine, *_ = deepspeed.initialize(model=model, optimizer=opt,
-                                          config=deepspeed_config(cfg, 1, "fp32"))  # fmt: skip
+        engine = build_engine(model, opt, None, cfg, 1, "fp32")
         if batch is None:
             from pose.data.loader import build_loader
 

@@ -18,14 +18,16 @@ CHECKPOINTS = "checkpoints"
 CLIENT_KEY = "posescale"  # our state inside DeepSpeed's client state
 
 
-def tag_for(global_step: int) -> str:
-    return f"step-{global_step:09d}"
+def tag_for(global_step: int, suffix: str = "") -> str:
+    return f"step-{global_step:09d}{suffix}"
 
 
 def save_checkpoint(engine, run_dir: Path, global_step: int, state: dict, keep_last: int,
-                    is_main: bool) -> str:  # fmt: skip
-    """Save on every rank (a collective), then prune on rank 0. Returns the tag."""
-    tag = tag_for(global_step)
+                    is_main: bool, suffix: str = "") -> str:  # fmt: skip
+    """Save on every rank (a collective), then prune on rank 0. Returns the tag. A finished
+    checkpoint is never rewritten in place (a kill then would leave `latest` pointing at a
+    half-written file): a second save at the same step takes a `suffix`."""
+    tag = tag_for(global_step, suffix)
     client = {CLIENT_KEY: {**state, "rng": rng_state()}}
     engine.save_checkpoint(str(run_dir / CHECKPOINTS), tag=tag, client_state=client)
     if is_main:

@@ -53,3 +53,18 @@ def deepspeed_config(cfg: Config, world_size: int, precision: str) -> dict:
             ],
         }
     return config
+
+
+def build_engine(model, optimizer, scheduler, cfg: Config, world_size: int, precision: str):
+    """The one function that wraps a plain model in DeepSpeed (with our torch optimizer and
+    per-iteration schedule). With one rank there is nothing to all-reduce, so DeepSpeed's
+    gradient bucketing (flattening and copying every gradient each step) is switched off."""
+    import deepspeed
+
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, optimizer=optimizer, lr_scheduler=scheduler,
+        config=deepspeed_config(cfg, world_size, precision),
+    )  # fmt: skip
+    if world_size == 1:
+        engine.enable_backward_allreduce = False
+    return engine

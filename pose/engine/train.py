@@ -17,7 +17,7 @@ from pose.config import Config, save_config
 from pose.data.codec import encode_heatmaps
 from pose.data.loader import build_loader
 from pose.engine import checkpoint as ckpt
-from pose.engine.deepspeed_config import deepspeed_config, resolve_precision
+from pose.engine.deepspeed_config import build_engine, resolve_precision
 from pose.engine.distributed import DistEnv, barrier, init_distributed
 from pose.engine.loss import joints_mse_loss
 from pose.engine.schedule import base_lr, lr_factor
@@ -55,8 +55,6 @@ class StopRequest:
 def train(cfg: Config, run_dir: str | Path, env: DistEnv | None = None) -> dict:
     """Train as `cfg` says in `run_dir` (resuming from its latest checkpoint if any); returns a
     summary with the final state and the last evaluation."""
-    import deepspeed
-
     env = env or init_distributed(cfg.launch)
     run_dir = Path(run_dir)
     if env.is_main:
@@ -77,9 +75,7 @@ def train(cfg: Config, run_dir: str | Path, env: DistEnv | None = None) -> dict:
     optimizer = optimizer_cls(model.parameters(), lr=base_lr(cfg.train, env.world_size),
                               weight_decay=cfg.train.weight_decay)  # fmt: skip
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg.train, steps_per_epoch))
-    ds_config = deepspeed_config(cfg, env.world_size, precision)
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
-                                           lr_scheduler=scheduler, config=ds_config)  # fmt: skip
+    engine = build_engine(model, optimizer, scheduler, cfg, env.world_size, precision)
 
     state = RunState()
     if ckpt.has_checkpoint(run_dir):
@@ -94,6 +90,7 @@ def train(cfg: Config, run_dir: str | Path, env: DistEnv | None = None) -> dict:
     last_eval: dict = {}
     window = _Window(env.device)
     finished = state.global_step >= total_steps
+    saved_at = state.global_step if ckpt.has_checkpoint(run_dir) else -1
     while not finished and state.epoch < cfg.train.epochs:
         data_start = time.perf_counter()
         for batch in train_loader.epoch(state.epoch, state.step_in_epoch):
@@ -114,6 +111,7 @@ def train(cfg: Config, run_dir: str | Path, env: DistEnv | None = None) -> dict:
             bar.update(1)
             if state.global_step % cfg.train.checkpoint_every == 0 or stop.requested:
                 _save(engine, run_dir, state, cfg, env)
+                saved_at = state.global_step
             if finished or stop.requested:
                 break
             data_start = time.perf_counter()
@@ -129,7 +127,9 @@ def train(cfg: Config, run_dir: str | Path, env: DistEnv | None = None) -> dict:
                 last_eval = _evaluate(engine, val_loader, cfg, run_dir, state, tracker, autocast)
                 improved = last_eval["AP"] >= state.best_ap  # the same on every rank
                 state.best_ap = max(state.best_ap, last_eval["AP"])
-            tag = _save(engine, run_dir, state, cfg, env)
+            again = "-epoch-end" if saved_at == state.global_step else ""
+            tag = _save(engine, run_dir, state, cfg, env, again)
+            saved_at = state.global_step
             if improved and env.is_main:
                 ckpt.mark_best(run_dir, tag)
     bar.close()
@@ -203,9 +203,10 @@ def _memory_gb(device: torch.device) -> float:
     return psutil.Process().memory_info().rss / 2**30
 
 
-def _save(engine, run_dir: Path, state: RunState, cfg: Config, env: DistEnv) -> str:
+def _save(engine, run_dir: Path, state: RunState, cfg: Config, env: DistEnv,
+          suffix: str = "") -> str:  # fmt: skip
     return ckpt.save_checkpoint(engine, run_dir, state.global_step, dict(state.__dict__),
-                                cfg.train.keep_last, env.is_main)  # fmt: skip
+                                cfg.train.keep_last, env.is_main, suffix)  # fmt: skip
 
 
 def _evaluate(engine, loader, cfg: Config, run_dir: Path, state: RunState, tracker: Tracker,
