@@ -253,3 +253,51 @@ def test_export_a_run_to_a_plain_state_dict_and_torchscript(shards, tmp_path):
     x = torch.randn(2, 3, 96, 64)
     with torch.no_grad():
         torch.testing.assert_close(scripted(x), model(x))
+
+
+def test_fp16_overflow_steps_are_counted_not_fatal():
+    """fp16 needs a GPU; the counting is checked with a stand-in for DeepSpeed's engine whose
+    grad scaler halves its scale on an overflowing step, as torch's GradScaler does."""
+    from types import SimpleNamespace
+
+    from pose.engine.train import _Window, train_step
+
+    class FakeEngine:
+        def __init__(self):
+            self.net = torch.nn.Conv2d(3, 17, 1)
+            self.torch_autocast_z0_gradscaler = SimpleNamespace(_scale=torch.tensor(65536.0))
+            self.overflow = False
+
+        def __call__(self, x):
+            return self.net(x)[..., ::4, ::4]
+
+        def backward(self, loss):
+            pass
+
+        def step(self):
+            if self.overflow:
+                self.torch_autocast_z0_gradscaler._scale = (
+                    self.torch_autocast_z0_gradscaler._scale / 2
+                )
+
+    cfg = load_config(None, ["data.image_size=[64,32]"])
+    batch = {"image": torch.randn(2, 3, 64, 32), "keypoints": torch.rand(2, 17, 3) * 30}
+    engine = FakeEngine()
+    _, skipped = train_step(engine, batch, cfg)
+    assert skipped.item() == 0
+    engine.overflow = True
+    _, skipped = train_step(engine, batch, cfg)
+    assert skipped.item() == 1
+    window = _Window(torch.device("cpu"))
+    window.add(torch.tensor(float("inf")), torch.tensor(1.0), 2, 5)  # skipped: counted
+    window.add(torch.tensor(0.5), torch.tensor(0.0), 2, 6)
+    env = SimpleNamespace(world_size=1, device=torch.device("cpu"))
+    optimizer = SimpleNamespace(param_groups=[{"lr": 1e-3}])
+    state = SimpleNamespace(global_step=7, epoch=0)
+    record = window.flush(state, optimizer, env, False)
+    assert record["skipped_steps"] == 1
+    window.add(torch.tensor(float("nan")), torch.tensor(0.0), 2, 8)  # not skipped: fatal
+    from pose.engine.train import TrainingError
+
+    with pytest.raises(TrainingError, match="not finite at step 9"):
+        window.flush(state, optimizer, env, False)

@@ -95,9 +95,9 @@ def train(cfg: Config, run_dir: str | Path, env: DistEnv | None = None) -> dict:
         data_start = time.perf_counter()
         for batch in train_loader.epoch(state.epoch, state.step_in_epoch):
             window.data_time += time.perf_counter() - data_start
-            loss = train_step(engine, batch, cfg)
+            loss, skipped = train_step(engine, batch, cfg)
             state.step_in_epoch += 1
-            window.add(loss, batch["image"].shape[0], state.global_step)
+            window.add(loss, skipped, batch["image"].shape[0], state.global_step)
             if engine.global_steps == state.global_step:  # accumulating: no optimizer step yet
                 data_start = time.perf_counter()
                 continue
@@ -138,17 +138,29 @@ def train(cfg: Config, run_dir: str | Path, env: DistEnv | None = None) -> dict:
             "stopped": stop.requested, "module": engine.module}  # fmt: skip
 
 
-def train_step(engine, batch: dict, cfg: Config) -> torch.Tensor:
+def train_step(engine, batch: dict, cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward, JointsMSELoss on device-made targets, backward, optimizer step (DeepSpeed
-    applies it at the gradient-accumulation boundary). Returns the loss, on the device."""
+    applies it at the gradient-accumulation boundary). Returns the loss and whether fp16 loss
+    scaling skipped the step (1) or not (0), both on the device."""
     data = cfg.data
     targets, weights = encode_heatmaps(batch["keypoints"], data.image_size, data.heatmap_size,
                                        data.sigma, data.target)  # fmt: skip
     heatmaps = engine(batch["image"])
     loss = joints_mse_loss(heatmaps, targets, weights, cfg.train.ohkm_topk if cfg.train.ohkm else 0)
     engine.backward(loss)
+    scale_before = _loss_scale(engine)
     engine.step()
-    return loss.detach()
+    skipped = torch.zeros((), device=loss.device)
+    if scale_before is not None:  # the scaler halves its scale when it skips an overflow
+        skipped = (_loss_scale(engine) < scale_before).float()
+    return loss.detach(), skipped
+
+
+def _loss_scale(engine) -> torch.Tensor | None:
+    """The fp16 grad scaler's current scale (a device tensor, no sync), or None without one."""
+    scaler = getattr(engine, "torch_autocast_z0_gradscaler", None)
+    scale = getattr(scaler, "_scale", None) if scaler is not None else None
+    return scale.clone() if scale is not None else None
 
 
 class _Window:
@@ -160,13 +172,16 @@ class _Window:
 
     def reset(self) -> None:
         self.loss_sum = torch.zeros((), device=self.device)
+        self.skipped = torch.zeros((), device=self.device)
         self.first_bad = torch.full((), -1, device=self.device, dtype=torch.long)
         self.batches = self.images = 0
         self.data_time = 0.0
         self.start = time.perf_counter()
 
-    def add(self, loss: torch.Tensor, images: int, step: int) -> None:
-        bad = ~torch.isfinite(loss) & (self.first_bad < 0)
+    def add(self, loss: torch.Tensor, skipped: torch.Tensor, images: int, step: int) -> None:
+        self.skipped += skipped
+        # A step the fp16 loss scaler skipped is counted, not fatal.
+        bad = ~torch.isfinite(loss) & (skipped == 0) & (self.first_bad < 0)
         self.first_bad = torch.where(bad, torch.full_like(self.first_bad, step + 1), self.first_bad)
         self.loss_sum += loss
         self.batches += 1
@@ -187,6 +202,7 @@ class _Window:
             "data_wait": min(1.0, self.data_time / seconds),
             "step_time": seconds / max(self.batches, 1),
             "memory_gb": _memory_gb(env.device),
+            "skipped_steps": int(self.skipped),  # fp16 overflows skipped by the loss scaler
         }  # fmt: skip
         self.reset()
         return record
