@@ -8,6 +8,7 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 
 
 def get_affine_transform(
@@ -47,6 +48,18 @@ def compose_affine(outer: np.ndarray, inner: np.ndarray) -> np.ndarray:
     """The 2x3 matrix of `outer` applied after `inner`."""
     o, i = np.asarray(outer, np.float64), np.asarray(inner, np.float64)
     return np.concatenate([o[:, :2] @ i[:, :2], o[:, :2] @ i[:, 2:] + o[:, 2:]], axis=1)
+
+
+def invert_affine_batch(m: torch.Tensor) -> torch.Tensor:
+    """Inverse of a batch of 2x3 affine matrices."""
+    linear = torch.linalg.inv(m[..., :2])
+    return torch.cat([linear, -linear @ m[..., 2:]], dim=-1)
+
+
+def compose_affine_batch(outer: torch.Tensor, inner: torch.Tensor) -> torch.Tensor:
+    """Batch of 2x3 matrices: `outer` after `inner`."""
+    return torch.cat([outer[..., :2] @ inner[..., :2], outer[..., :2] @ inner[..., 2:] + outer[..., 2:]],
+                     dim=-1)  # fmt: skip
 
 
 def affine_points(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:

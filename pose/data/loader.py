@@ -11,7 +11,6 @@ A batch is a dict of tensors on the training device:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import torch
 
 from pose.config import DataConfig
 from pose.data.coco import KEYPOINT_NAMES
-from pose.data.geometry import flip_pairs
+from pose.data.geometry import compose_affine_batch, flip_pairs, invert_affine_batch
 from pose.data.shards import ShardError, read_manifest
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # RGB
@@ -103,7 +102,8 @@ def finish_batch(batch: dict[str, torch.Tensor], device: torch.device, bf16: boo
     if bf16:
         out["image"] = out["image"].to(torch.bfloat16)
     if "affine" in out and "matrix" in out:
-        out["to_image"] = compose(out.pop("affine").double(), invert(out.pop("matrix").double()))
+        inverse = invert_affine_batch(out.pop("matrix").double())
+        out["to_image"] = compose_affine_batch(out.pop("affine").double(), inverse)
     return out
 
 
@@ -113,18 +113,6 @@ def normalise(images: torch.Tensor) -> torch.Tensor:
     mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1) * 255.0
     inv_std = 1.0 / (torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1) * 255.0)
     return images.permute(0, 3, 1, 2).float().sub_(mean).mul_(inv_std)
-
-
-def invert(m: torch.Tensor) -> torch.Tensor:
-    """Inverse of a batch of 2x3 affine matrices."""
-    linear = torch.linalg.inv(m[..., :2])
-    return torch.cat([linear, -linear @ m[..., 2:]], dim=-1)
-
-
-def compose(outer: torch.Tensor, inner: torch.Tensor) -> torch.Tensor:
-    """Batch of 2x3 matrices: `outer` after `inner`."""
-    return torch.cat([outer[..., :2] @ inner[..., :2], outer[..., :2] @ inner[..., 2:] + outer[..., 2:]],
-                     dim=-1)  # fmt: skip
 
 
 def resolve_backend(cfg: DataConfig, device: torch.device) -> str:
@@ -160,7 +148,3 @@ def build_loader(
     from pose.data.torch_loader import TorchLoader
 
     return TorchLoader(**options)
-
-
-Batch = dict[str, torch.Tensor]
-BatchIterator = Iterator[Batch]
