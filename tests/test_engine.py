@@ -294,10 +294,10 @@ def test_fp16_overflow_steps_are_counted_not_fatal():
     env = SimpleNamespace(world_size=1, device=torch.device("cpu"))
     optimizer = SimpleNamespace(param_groups=[{"lr": 1e-3}])
     state = SimpleNamespace(global_step=7, epoch=0)
-    record = window.flush(state, optimizer, env, False)
+    record = window.flush(state, optimizer, env)
     assert record["skipped_steps"] == 1
     window.add(torch.tensor(float("nan")), torch.tensor(0.0), 2, 8)  # not skipped: fatal
     from pose.engine.train import TrainingError
 
     with pytest.raises(TrainingError, match="not finite at step 9"):
-        window.flush(state, optimizer, env, False)
+        window.flush(state, optimizer, env)

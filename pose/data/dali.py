@@ -219,7 +219,8 @@ class DaliLoader:
             policy = LastBatchPolicy.DROP if self.training else LastBatchPolicy.PARTIAL
             iterator = DALIGenericIterator(pipe, OUTPUTS, reader_name=READER,
                                            last_batch_policy=policy, auto_reset=False)  # fmt: skip
-            steps = self.steps_per_epoch if self.training else self._eval_steps()
+            steps = (self.steps_per_epoch if self.training
+                     else self.shards.rank_steps(self.rank, self.world, self.batch_size))  # fmt: skip
             for step, outputs in enumerate(iterator):
                 if step >= steps:
                     break  # ranks whose part is one sample longer stop with the others
@@ -234,7 +235,3 @@ class DaliLoader:
             found = "; ".join(problems[:5]) or "no damaged sample found by data_prep.verify"
             raise ShardError(f"DALI could not read the shards in '{self.shards.folder}': {found} "
                              f"(DALI said: {str(e).splitlines()[-3:]})") from e  # fmt: skip
-
-    def _eval_steps(self) -> int:
-        start, stop = self.shards.rank_range(self.rank, self.world)
-        return math.ceil((stop - start) / self.batch_size)

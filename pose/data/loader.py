@@ -57,6 +57,11 @@ class ShardSet:
         n = self.num_samples
         return n * rank // world, n * (rank + 1) // world
 
+    def rank_steps(self, rank: int, world: int, batch_size: int) -> int:
+        """Batches that read a rank's whole range once, the last one partial (evaluation)."""
+        start, stop = self.rank_range(rank, world)
+        return math.ceil((stop - start) / batch_size)
+
     def rank_segments(self, rank: int, world: int) -> list[tuple[int, int, int]]:
         """(shard, first, stop) sample ranges inside each shard that make up a rank's range."""
         start, stop = self.rank_range(rank, world)

@@ -114,14 +114,13 @@ def transform_sample(
 class _EpochBatches(IterableDataset):
     """Yields the batches of one epoch (for one rank); each worker builds every n-th batch."""
 
-    def __init__(self, shards, cfg, training, batch_size, rank, world, seed, epoch, start_step,
-                 steps):  # fmt: skip
-        self.shards, self.cfg, self.training = shards, cfg, training
+    def __init__(self, shards, indices, cfg, training, batch_size, rank, world, seed, epoch,
+                 start_step, steps):  # fmt: skip
+        self.shards, self.indices, self.cfg, self.training = shards, indices, cfg, training
         self.batch_size, self.start_step, self.steps = batch_size, start_step, steps
         self.seed = epoch_seed(seed, epoch, rank)
         self.permutation = flip_permutation(cfg.num_joints) if training else None
         self.order = self._epoch_order(shards.rank_segments(rank, world))
-        self.indices: list[ShardIndex] | None = None
 
     def _epoch_order(self, segments) -> np.ndarray:
         """(shard, sample) pairs in this epoch's order."""
@@ -141,8 +140,6 @@ class _EpochBatches(IterableDataset):
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        if self.indices is None:
-            self.indices = [ShardIndex(p) for p in self.shards.indices]
         for step in range(self.start_step, self.steps):
             if step % workers == worker:
                 yield self._batch(step)
@@ -168,18 +165,18 @@ class _EpochBatches(IterableDataset):
         return batch
 
     def _read(self, wanted: np.ndarray) -> list[tuple[str, dict[str, bytes]]]:
-        """The samples `wanted` (shard, index) pairs name, in that order, as (key, parts)."""
-        samples = []
+        """The samples `wanted` (shard, index) pairs name, in that order, as (key, parts);
+        each shard file is opened once per batch."""
+        found = {}
         for shard in np.unique(wanted[:, 0]):
             index = self.indices[shard]
             with open(self.shards.tars[shard], "rb") as stream:
-                for s, i in wanted[wanted[:, 0] == shard]:
+                for i in wanted[wanted[:, 0] == shard, 1]:
                     try:
-                        samples.append(((int(s), int(i)), index.read(stream, int(i))))
+                        found[(int(shard), int(i))] = index.read(stream, int(i))
                     except (OSError, ShardError) as e:
                         raise ShardError(f"shard '{self.shards.tars[shard]}': {e}") from e
-        order = {pair: n for n, (pair, _) in enumerate(samples)}
-        return [(self.indices[s].keys[i], samples[order[(int(s), int(i))]][1]) for s, i in wanted]
+        return [(self.indices[s].keys[i], found[(int(s), int(i))]) for s, i in wanted]
 
 
 class TorchLoader:
@@ -192,6 +189,7 @@ class TorchLoader:
         self.batch_size, self.rank, self.world = batch_size, rank, world
         self.device, self.seed, self.bf16 = device, seed, bf16
         self.steps_per_epoch = steps_per_epoch(shards.num_samples, world, batch_size, training)
+        self.indices = [ShardIndex(p) for p in shards.indices]  # parsed once, not every epoch
         self.bad_samples = 0
         if training and self.steps_per_epoch == 0:
             raise ShardError(f"{shards.num_samples} samples are fewer than one batch of "
@@ -200,10 +198,10 @@ class TorchLoader:
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[dict]:
         steps = self.steps_per_epoch
         if not self.training:  # this rank's own part, to its last (partial) batch
-            start, stop = self.shards.rank_range(self.rank, self.world)
-            steps = math.ceil((stop - start) / self.batch_size)
-        dataset = _EpochBatches(self.shards, self.cfg, self.training, self.batch_size, self.rank,
-                                self.world, self.seed, epoch, start_step, steps)  # fmt: skip
+            steps = self.shards.rank_steps(self.rank, self.world, self.batch_size)
+        dataset = _EpochBatches(self.shards, self.indices, self.cfg, self.training,
+                                self.batch_size, self.rank, self.world, self.seed, epoch,
+                                start_step, steps)  # fmt: skip
         workers = min(self.cfg.num_workers, max(steps - start_step, 0))
         loader = DataLoader(dataset, batch_size=None, num_workers=workers,
                             pin_memory=self.device.type == "cuda",

@@ -104,7 +104,7 @@ def train(cfg: Config, run_dir: str | Path, env: DistEnv | None = None) -> dict:
             state.global_step = engine.global_steps
             finished = state.global_step >= total_steps
             if state.global_step % cfg.train.log_every == 0 or finished:
-                record = window.flush(state, optimizer, env, stop.requested)  # host sync
+                record = window.flush(state, optimizer, env)  # host sync
                 tracker.log(record)
                 bar.set_postfix(loss=f"{record['loss']:.3g}", lr=f"{record['lr']:.2e}",
                                 img_s=f"{record['images_per_s']:.0f}")  # fmt: skip
@@ -135,7 +135,7 @@ def train(cfg: Config, run_dir: str | Path, env: DistEnv | None = None) -> dict:
     bar.close()
     tracker.finish()
     return {"state": state.__dict__, "eval": last_eval, "precision": precision,
-            "stopped": stop.requested, "module": engine.module}  # fmt: skip
+            "stopped": stop.requested}  # fmt: skip
 
 
 def train_step(engine, batch: dict, cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:
@@ -187,7 +187,7 @@ class _Window:
         self.batches += 1
         self.images += images
 
-    def flush(self, state: RunState, optimizer, env: DistEnv, stopping: bool) -> dict:
+    def flush(self, state: RunState, optimizer, env: DistEnv) -> dict:
         first_bad = int(self.first_bad)  # the host sync of this log interval
         if first_bad >= 0:
             raise TrainingError(f"loss is not finite at step {first_bad}; the last good "

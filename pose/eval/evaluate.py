@@ -25,15 +25,19 @@ class EvaluationError(RuntimeError):
 
 
 def predict_heatmaps(model: torch.nn.Module, images: torch.Tensor, flip_test: bool,
-                     shift: bool) -> torch.Tensor:  # fmt: skip
+                     shift: bool, return_attention: bool = False):  # fmt: skip
     """Heatmaps of a batch; with `flip_test`, averaged with those of the mirrored batch flipped
-    back (pairs swapped, shifted one pixel as the reference does; no shift for UDP)."""
-    heatmaps = model(images).float()
+    back (pairs swapped, shifted one pixel as the reference does; no shift for UDP). With
+    `return_attention`, also the unflipped pass's attention maps."""
+    heatmaps, maps = (
+        model(images, return_attention=True) if return_attention else (model(images), {})
+    )
+    heatmaps = heatmaps.float()
     if flip_test:
         permutation = torch.as_tensor(flip_permutation(heatmaps.shape[1]), device=heatmaps.device)
         flipped = model(images.flip(-1)).float()
         heatmaps = (heatmaps + flip_back(flipped, permutation, shift=shift)) * 0.5
-    return heatmaps
+    return (heatmaps, maps) if return_attention else heatmaps
 
 
 def batch_predictions(heatmaps: torch.Tensor, batch: dict, cfg: Config) -> list[Prediction]:

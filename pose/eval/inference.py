@@ -12,9 +12,10 @@ import torch
 
 from pose.config import Config
 from pose.data.coco import box_to_center_scale
-from pose.data.codec import decode_heatmaps, flip_back, heatmap_to_image
+from pose.data.codec import decode_heatmaps, heatmap_to_image
 from pose.data.geometry import get_affine_transform
-from pose.data.loader import flip_permutation, normalise
+from pose.data.loader import normalise
+from pose.eval.evaluate import predict_heatmaps
 
 
 @dataclass
@@ -44,13 +45,9 @@ def predict_people(model: torch.nn.Module, image_bgr: np.ndarray,
     images = normalise(rgb)
     model.eval()
     with torch.no_grad():
-        heatmaps, maps = model(images, return_attention=True)
-        heatmaps = heatmaps.float()
-        if cfg.eval.flip_test:
-            permutation = torch.as_tensor(flip_permutation(heatmaps.shape[1]), device=device)
-            flipped = model(images.flip(-1)).float()
-            shift = cfg.data.target != "udp"
-            heatmaps = (heatmaps + flip_back(flipped, permutation, shift=shift)) * 0.5
+        shift = cfg.data.target != "udp"
+        heatmaps, maps = predict_heatmaps(model, images, cfg.eval.flip_test, shift,
+                                          return_attention=True)  # fmt: skip
     coords, confidence = decode_heatmaps(heatmaps, cfg.eval.decode)
     to_image = torch.as_tensor(np.stack(inverses), device=coords.device)
     xy = heatmap_to_image(coords, to_image, in_w / heatmaps.shape[-1]).cpu().numpy()
