@@ -203,12 +203,27 @@ def expand_configs(path: str | os.PathLike | None, runs: list[list[str]]) -> lis
 
 def build_config(data: dict[str, Any]) -> Config:
     """Build and validate a Config from a (possibly partial) nested dict."""
-    cfg = _build(Config, data, prefix="")
-    for section in dataclasses.fields(cfg):
-        check = getattr(getattr(cfg, section.name), "check", None)
-        if check is not None:
-            check()
-    return cfg
+    return build_dataclass(Config, data)
+
+
+def build_dataclass(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    """Any dataclass tree of this module's kind (sweep files use it too) from a nested dict:
+    typed conversion, unknown keys named, then every section's `check()`."""
+    if not isinstance(data, dict):
+        _fail(prefix.rstrip(".") or "the top level", f"must be a mapping, got {data!r}")
+    obj = _build(cls, data, prefix)
+    _check_tree(obj)
+    return obj
+
+
+def _check_tree(obj: Any) -> None:
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            _check_tree(value)
+    check = getattr(obj, "check", None)
+    if check is not None:
+        check()
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -355,6 +370,11 @@ def _convert(value: Any, typ: Any, key: str) -> Any:
             return None
         inner = [a for a in args if a is not type(None)]
         return _convert(value, inner[0], key)
+    if origin is dict:
+        if not isinstance(value, dict):
+            _fail(key, f"expects a mapping, got {value!r}")
+        return {str(k): _convert(v, args[1], f"{key}.{k}") if args else v
+                for k, v in value.items()}  # fmt: skip
     if origin in (list, tuple):
         if not isinstance(value, list | tuple):
             _fail(key, f"expects a list, got {value!r}")

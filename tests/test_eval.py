@@ -226,3 +226,24 @@ def test_predict_writes_pictures_and_coco_json(coco_fixtures, tmp_path):
     assert panel is not None and panel.shape[0] == 3 * 128  # 3 stages + sum + 17 joints, 7 a row
     assert predict_main(["--checkpoint", str(tmp_path / "w.pth"), "--image", str(tmp_path / "no"),
                          "--out", str(out)]) == 2  # fmt: skip
+
+
+@pytest.mark.parametrize("attention, height", [("none", 128), ("holistic", 128),
+                                               ("partwise", 3 * 128)])  # fmt: skip
+def test_training_panel_lays_out_every_attention_variant(attention, height, tmp_path):
+    """The picture each eval logs: crops, skeletons and (a part-wise grid taller than the
+    crop) attention maps, one row per person."""
+    import cv2
+
+    from pose.config import ModelConfig
+    from pose.models import build_model
+    from pose.viz.panels import prediction_panel
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(backbone="resnet18", attention=attention,
+                                    deconv_filters=32), 17)  # fmt: skip
+    batch = {"image": torch.randn(3, 3, 128, 96)}
+    path = prediction_panel(model, batch, tmp_path / "panel.png", count=2)
+    panel = cv2.imread(str(path))
+    assert panel.shape[0] == 2 * height
+    assert panel.shape[1] >= 96 and panel.reshape(-1, 3).std(0).min() > 0

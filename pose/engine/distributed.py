@@ -82,6 +82,9 @@ def init_distributed(cfg: LaunchConfig, timeout_minutes: float = 30) -> DistEnv:
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
+        cpus = os.environ.get("SLURM_CPUS_PER_TASK", "")
+        if cpus.isdigit():  # one intra-op thread per CPU Slurm gave this task
+            torch.set_num_threads(int(cpus))
     backend = cfg.dist_backend if cfg.dist_backend != "auto" else (
         "nccl" if device.type == "cuda" else "gloo"
     )  # fmt: skip

@@ -40,16 +40,39 @@ class RunState:
 
 
 class StopRequest:
-    """SIGTERM / SIGUSR1 (what Slurm sends before a preemption or time-out) ask the loop to
-    checkpoint and stop at the next step boundary."""
+    """SIGTERM, SIGUSR1 and SIGUSR2 (what Slurm and submitit send before a preemption, a requeue
+    or a time-out) ask the loop to checkpoint and stop at the next step boundary. With several
+    ranks the request is agreed on at log intervals, so that every rank stops at the same step.
+    `restore()` puts back the handlers that were there before (submitit's, say), so a caller
+    can hand them the signal after the checkpoint is written."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 
     def __init__(self):
-        self.requested = False
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
-            signal.signal(sig, self._handle)
+        self.signum: int | None = None
+        self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
 
     def _handle(self, signum, frame) -> None:
-        self.requested = True
+        self.signum = self.signum or signum
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    def agreed(self, env: DistEnv, at_log_step: bool) -> bool:
+        """Whether all ranks stop now (one rank alone stops at once)."""
+        if env.world_size == 1:
+            return self.requested
+        if not at_log_step:
+            return False
+        flag = torch.tensor([self.signum or 0], device=env.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        self.signum = int(flag.item()) or None
+        return self.requested
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
 
 def train(cfg: Config, run_dir: str | Path, env: DistEnv | None = None) -> dict:
@@ -78,9 +101,18 @@ def train(cfg: Config, run_dir: str | Path, env: DistEnv | None = None) -> dict:
     engine = build_engine(model, optimizer, scheduler, cfg, env.world_size, precision)
 
     state = RunState()
-    if ckpt.has_checkpoint(run_dir):
+    resumed = ckpt.has_checkpoint(run_dir)
+    if resumed:
         state = RunState(**ckpt.load_latest(engine, run_dir))
+        if env.is_main:
+            print(f"train: resuming {run_dir} at step {state.global_step} (epoch {state.epoch}, "
+                  f"batch {state.step_in_epoch})", flush=True)  # fmt: skip
     tracker = Tracker(cfg, run_dir, enabled=env.is_main)
+    # One record per (re)start: what compare and sweep status read besides the metrics.
+    tracker.log({"step": state.global_step, "epoch": state.epoch, "split": "run",
+                 "params": sum(p.numel() for p in model.parameters()),
+                 "steps_per_epoch": steps_per_epoch, "world_size": env.world_size,
+                 "precision": precision, "launcher": env.source, "resumed": resumed})  # fmt: skip
     stop = StopRequest()
     autocast = torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     total_steps = cfg.train.epochs * steps_per_epoch
@@ -90,6 +122,7 @@ def train(cfg: Config, run_dir: str | Path, env: DistEnv | None = None) -> dict:
     last_eval: dict = {}
     window = _Window(env.device)
     finished = state.global_step >= total_steps
+    stopping = False
     saved_at = state.global_step if ckpt.has_checkpoint(run_dir) else -1
     while not finished and state.epoch < cfg.train.epochs:
         data_start = time.perf_counter()
@@ -109,13 +142,14 @@ def train(cfg: Config, run_dir: str | Path, env: DistEnv | None = None) -> dict:
                 bar.set_postfix(loss=f"{record['loss']:.3g}", lr=f"{record['lr']:.2e}",
                                 img_s=f"{record['images_per_s']:.0f}")  # fmt: skip
             bar.update(1)
-            if state.global_step % cfg.train.checkpoint_every == 0 or stop.requested:
+            stopping = stop.agreed(env, at_log_step=state.global_step % cfg.train.log_every == 0)
+            if state.global_step % cfg.train.checkpoint_every == 0 or stopping:
                 _save(engine, run_dir, state, cfg, env)
                 saved_at = state.global_step
-            if finished or stop.requested:
+            if finished or stopping:
                 break
             data_start = time.perf_counter()
-        if stop.requested:
+        if stopping:
             break
         if state.step_in_epoch >= train_loader.steps_per_epoch:
             state.epoch, state.step_in_epoch = state.epoch + 1, 0
@@ -134,8 +168,9 @@ def train(cfg: Config, run_dir: str | Path, env: DistEnv | None = None) -> dict:
                 ckpt.mark_best(run_dir, tag)
     bar.close()
     tracker.finish()
+    stop.restore()
     return {"state": state.__dict__, "eval": last_eval, "precision": precision,
-            "stopped": stop.requested}  # fmt: skip
+            "stopped": stopping, "stop_signal": stop.signum if stopping else None}  # fmt: skip
 
 
 def train_step(engine, batch: dict, cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:

@@ -30,11 +30,18 @@ def prediction_panel(model: torch.nn.Module, batch: dict, path: Path, count: int
         )
         row = [draw_skeleton(crop, kpts, min_score=min_score, thickness=1)]
         attention = attention_panels(crop, {k: v[i].float().cpu().numpy() for k, v in maps.items()})
-        if attention is not None:
+        if attention is not None:  # a part-wise grid is taller than the crop
             row.append(attention)
-        rows.append(np.concatenate(row, axis=1) if len(row) > 1 else row[0])
-    width = max(r.shape[1] for r in rows)
-    rows = [cv2.copyMakeBorder(r, 0, 0, 0, width - r.shape[1], cv2.BORDER_CONSTANT) for r in rows]
+        rows.append(np.concatenate(_pad_to(row, axis=0), axis=1))
+    rows = _pad_to(rows, axis=1)
     path.parent.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(path), tile(rows, columns=1))
     return path
+
+
+def _pad_to(images: list[np.ndarray], axis: int) -> list[np.ndarray]:
+    """Pad images with black at the bottom (axis 0) or right (axis 1) to the largest size."""
+    size = max(im.shape[axis] for im in images)
+    pads = [(0, size - im.shape[0], 0, 0) if axis == 0 else (0, 0, 0, size - im.shape[1])
+            for im in images]  # fmt: skip
+    return [cv2.copyMakeBorder(im, *pad, cv2.BORDER_CONSTANT) for im, pad in zip(images, pads)]

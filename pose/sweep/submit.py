@@ -1,0 +1,320 @@
+"""Submitting a sweep (one Slurm job array through submitit's AutoExecutor, or submitit's local
+executor), its manifest, and what `status`, `wait` and `cancel` read back from Slurm and from
+the run folders.
+
+A sweep folder holds:
+    sweep.json          the manifest: each run's name, overrides, run folder and job id
+    sweep.yaml          the sweep file as submitted
+    runs/<name>/        each run's folder (config.yaml, metrics.jsonl, checkpoints/, pictures/)
+    submitit/           submitit's pickles and the jobs' stdout/stderr
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pose.config import atomic_write_text
+from pose.sweep.job import TrainingJob
+from pose.sweep.spec import Sweep, run_overrides
+from pose.tracking import read_metrics
+
+MANIFEST = "sweep.json"
+FINAL_STATES = ("done", "failed", "cancelled")
+
+
+class SweepError(RuntimeError):
+    """A sweep cannot be submitted or read (no Slurm, a missing manifest, ...)."""
+
+
+def slurm_available() -> bool:
+    return shutil.which("srun") is not None and shutil.which("sbatch") is not None
+
+
+def executor_parameters(sweep: Sweep, local: bool) -> dict[str, Any]:
+    """AutoExecutor parameters from the sweep's resources: shared names where submitit has
+    them, `slurm_*` for the rest. With `local`, one process per run on this machine."""
+    res = sweep.spec.slurm
+    params: dict[str, Any] = {"name": sweep.name, "timeout_min": res.time_min}
+    if local:
+        return params | {"tasks_per_node": 1, "gpus_per_node": min(res.gpus_per_node, 1)}
+    params |= {"nodes": res.nodes, "tasks_per_node": res.tasks, "cpus_per_task": res.cpus_per_task,
+               "slurm_signal_delay_s": res.signal_delay_s}  # fmt: skip
+    if res.gpus_per_node:
+        params["gpus_per_node"] = res.gpus_per_node
+    if res.mem_gb:
+        params["mem_gb"] = res.mem_gb
+    for key in ("partition", "account", "qos", "constraint"):
+        if getattr(res, key):
+            params[f"slurm_{key}"] = getattr(res, key)
+    if res.max_running:
+        params["slurm_array_parallelism"] = res.max_running
+    # Requeueable, so that a preemption or a node failure requeues rather than ends the run.
+    params["slurm_additional_parameters"] = {"requeue": True} | {
+        k.replace("_", "-"): v for k, v in res.sbatch.items()}  # fmt: skip
+    if res.setup:
+        params["slurm_setup"] = list(res.setup)
+    return params
+
+
+def sbatch_preview(sweep: Sweep, folder: Path) -> str:
+    """The `#SBATCH` lines submitit will write for this sweep's job array (for --dry-run; needs
+    no Slurm)."""
+    from submitit.slurm import slurm
+
+    translate = {"name": "job_name", "timeout_min": "time", "tasks_per_node": "ntasks_per_node",
+                 "mem_gb": "mem"}  # fmt: skip
+    params = {}
+    for key, value in executor_parameters(sweep, local=False).items():
+        key = translate.get(key, key.removeprefix("slurm_"))
+        params[key] = slurm._convert_mem(value) if key == "mem" else value
+    text = slurm._make_sbatch_string(command=f"{sys.executable} -u -m submitit.core._submit "
+                                     f"{folder}", folder=folder, map_count=len(sweep.runs),
+                                     **params)  # fmt: skip
+    return text
+
+
+def submit(sweep: Sweep, out: Path, local: bool = False, resubmit: bool = False) -> dict:
+    """Submit every run of `sweep` as one job array; writes and returns the manifest."""
+    out = out.resolve()
+    if (out / MANIFEST).is_file() and not resubmit:
+        raise SweepError(f"{out} already holds a sweep (see `sweep.py status {out}`); pass "
+                         f"--resubmit to submit its runs again (they resume from their "
+                         f"checkpoints) or choose another --out")  # fmt: skip
+    if not local and not slurm_available():
+        raise SweepError(
+            "no Slurm here (srun/sbatch not on PATH); use --local to run the "
+            "sweep on this machine, or --dry-run to see what would be submitted"
+        )
+    if local and sweep.spec.slurm.nodes * sweep.spec.slurm.tasks > 1:
+        print(f"sweep: --local runs each run as one process (the sweep asks for "
+              f"{sweep.spec.slurm.nodes} node(s) x {sweep.spec.slurm.tasks} task(s))",
+              file=sys.stderr)  # fmt: skip
+    import submitit
+
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(sweep.path, out / "sweep.yaml")
+    executor = submitit.AutoExecutor(
+        folder=out / "submitit" / "%j", cluster="local" if local else "slurm",
+        slurm_max_num_timeout=sweep.spec.slurm.max_requeues,
+    )  # fmt: skip
+    executor.update_parameters(**executor_parameters(sweep, local))
+    jobs_to_run, rows = [], []
+    for run in sweep.runs:
+        run_dir = out / "runs" / run.name
+        overrides = tuple(run.overrides) + tuple(run_overrides(sweep, run, run_dir))
+        jobs_to_run.append(TrainingJob(str(sweep.base), overrides, os.getcwd(),
+                                       sweep.spec.slurm.max_requeues))  # fmt: skip
+        rows.append({"name": run.name, "overrides": list(overrides), "varying": run.varying,
+                     "run_dir": str(run_dir)})  # fmt: skip
+    jobs = executor.submit_array(jobs_to_run)
+    for row, job in zip(rows, jobs):
+        row["job_id"] = str(job.job_id)
+    manifest = {"name": sweep.name, "sweep_file": str(sweep.path.resolve()),
+                "base": str(sweep.base), "executor": "local" if local else "slurm",
+                "submitit_folder": str(out / "submitit"), "submitted": time.time(),
+                "runs": rows}  # fmt: skip
+    atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=1) + "\n")
+    return manifest
+
+
+def read_manifest(sweep_dir: Path) -> dict:
+    path = Path(sweep_dir) / MANIFEST
+    if not path.is_file():
+        raise SweepError(f"no sweep manifest at {path} (is this the folder sweep.py submitted to?)")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise SweepError(f"{path} is not valid JSON: {e}") from None
+
+
+@dataclass
+class RunStatus:
+    name: str
+    job_id: str
+    state: str  # pending, running, requeued, done, failed, cancelled, unknown
+    detail: str  # Slurm's own state, or why
+    restarts: int  # starts after the first (resumed from a checkpoint)
+    epoch: int | None
+    step: int | None
+    best_ap: float | None
+    run_dir: str
+
+
+def sweep_status(sweep_dir: Path) -> list[RunStatus]:
+    """Each run's state, from Slurm's accounting (or submitit's result files for local runs),
+    and its progress from the run folder."""
+    manifest = read_manifest(sweep_dir)
+    runs = manifest["runs"]
+    slurm_states = _slurm_states([r["job_id"] for r in runs]) if manifest["executor"] == "slurm" \
+        else {}  # fmt: skip
+    out = []
+    for run in runs:
+        result = _result_state(Path(manifest["submitit_folder"]), run["job_id"])
+        state, detail = slurm_states.get(run["job_id"], (None, ""))
+        if state is None:
+            state, detail = result or _local_state(run["job_id"])
+        elif state == "done" and result and result[0] == "failed":
+            state, detail = result
+        progress = _progress(Path(run["run_dir"]))
+        out.append(RunStatus(run["name"], run["job_id"], state, detail, **progress,
+                             run_dir=run["run_dir"]))  # fmt: skip
+    return out
+
+
+def format_status(rows: list[RunStatus]) -> str:
+    header = ("run", "job", "state", "restarts", "epoch", "step", "best AP", "detail")
+    lines = [header]
+    for r in rows:
+        lines.append((r.name, r.job_id, r.state, str(r.restarts), _dash(r.epoch), _dash(r.step),
+                      "-" if r.best_ap is None else f"{r.best_ap:.3f}", r.detail))  # fmt: skip
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines)
+
+
+def wait(sweep_dir: Path, poll_s: float = 5.0, timeout_s: float | None = None,
+         echo: bool = True) -> list[RunStatus]:  # fmt: skip
+    """Block until every run is done, failed or cancelled; prints state changes."""
+    start, seen = time.time(), {}
+    while True:
+        rows = sweep_status(sweep_dir)
+        for r in rows:
+            if echo and seen.get(r.name) != r.state:
+                print(f"sweep: {r.name}: {r.state}" + (f" ({r.detail})" if r.detail else ""),
+                      flush=True)  # fmt: skip
+            seen[r.name] = r.state
+        if all(r.state in FINAL_STATES for r in rows):
+            return rows
+        if timeout_s is not None and time.time() - start > timeout_s:
+            raise SweepError(f"sweep {sweep_dir} not finished after {timeout_s:.0f} s")
+        time.sleep(poll_s)
+
+
+def cancel(sweep_dir: Path) -> list[str]:
+    """Cancel the sweep's jobs that have not ended; returns their ids. A cancelled run keeps
+    its checkpoints (it saves one on the way out) and can be submitted again."""
+    manifest = read_manifest(sweep_dir)
+    live = [r for r in sweep_status(sweep_dir) if r.state not in FINAL_STATES]
+    ids = [r.job_id for r in live]
+    if not ids:
+        return []
+    if manifest["executor"] == "slurm":
+        subprocess.run(["scancel", *ids], check=True, capture_output=True, text=True, timeout=60)
+    else:
+        for job_id in ids:
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(job_id), signal.SIGTERM)
+    return ids
+
+
+# --------------------------------------------------------------------------------------------
+
+
+SLURM_STATES = {
+    "PENDING": "pending", "CONFIGURING": "running", "RUNNING": "running",
+    "COMPLETING": "running", "SUSPENDED": "running", "COMPLETED": "done",
+    "REQUEUED": "requeued", "REQUEUE_HOLD": "requeued", "REQUEUE_FED": "requeued",
+    "RESIZING": "running", "CANCELLED": "cancelled",
+}  # fmt: skip
+
+
+def _slurm_states(job_ids: list[str]) -> dict[str, tuple[str, str]]:
+    """job id -> (our state, Slurm's) from `sacct` (all attempts, so a requeued run shows as
+    such while it waits), with `squeue` for what accounting does not know yet."""
+    states: dict[str, list[str]] = {}
+    arrays = sorted({j.split("_")[0] for j in job_ids})
+    try:
+        out = subprocess.run(["sacct", "-X", "-P", "-n", "--duplicates", "-o", "JobID,State",
+                              "-j", ",".join(arrays)], capture_output=True, text=True,
+                             timeout=60, check=True).stdout  # fmt: skip
+        for line in out.splitlines():
+            job, _, state = line.partition("|")
+            states.setdefault(job, []).append(state.split()[0] if state else "UNKNOWN")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    try:
+        out = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%T", "-j", ",".join(arrays)],
+                             capture_output=True, text=True, timeout=60).stdout  # fmt: skip
+        for line in out.splitlines():
+            job, _, state = line.partition("|")
+            if job in job_ids and not states.get(job):
+                states[job] = [state]
+    except (OSError, subprocess.SubprocessError):
+        pass
+    result = {}
+    for job in job_ids:
+        attempts = states.get(job)
+        if not attempts:
+            continue
+        last = attempts[-1]
+        ours = SLURM_STATES.get(last, "failed")  # FAILED, TIMEOUT, NODE_FAIL, OUT_OF_MEMORY...
+        if ours == "pending" and ("REQUEUED" in attempts or _held_after_requeue(job)):
+            ours = "requeued"
+        result[job] = (ours, last if len(attempts) == 1 else f"{last}, attempt {len(attempts)}")
+    return result
+
+
+def _held_after_requeue(job_id: str) -> bool:
+    try:
+        out = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True,
+                             timeout=30).stdout  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return any(f.startswith("Restarts=") and f != "Restarts=0" for f in out.split())
+
+
+def _result_state(folder: Path, job_id: str) -> tuple[str, str] | None:
+    """From submitit's result file: ('done', '') or ('failed', the error's last line)."""
+    from submitit.core.utils import JobPaths
+
+    path = JobPaths(folder / "%j", job_id=job_id, task_id=0).result_pickle
+    if not path.is_file():
+        return None
+    import pickle
+
+    try:
+        kind, value = pickle.loads(path.read_bytes())
+    except Exception as e:  # a result pickle from another environment
+        return "unknown", f"unreadable result: {e}"
+    if kind == "success":
+        return "done", ""
+    return "failed", str(value).strip().splitlines()[-1][:200]
+
+
+def _local_state(job_id: str) -> tuple[str, str]:
+    """A local job is its process: alive means running; gone without a result means it was
+    stopped (cancelled or killed)."""
+    try:
+        os.kill(int(job_id), 0)
+        return "running", ""
+    except (ProcessLookupError, ValueError):
+        return "cancelled", "process ended without a result"
+    except PermissionError:
+        return "running", ""
+
+
+def _progress(run_dir: Path) -> dict[str, Any]:
+    try:
+        records = read_metrics(run_dir)
+    except (OSError, json.JSONDecodeError):
+        return {"restarts": 0, "epoch": None, "step": None, "best_ap": None}
+    starts = [r for r in records if r["split"] == "run"]
+    progress = [r for r in records if r["split"] in ("train", "val")]
+    aps = [r["AP"] for r in records if r["split"] == "val" and "AP" in r]
+    return {"restarts": max(len(starts) - 1, 0),
+            "epoch": progress[-1]["epoch"] if progress else None,
+            "step": progress[-1]["step"] if progress else None,
+            "best_ap": max(aps) if aps else None}  # fmt: skip
+
+
+def _dash(value: Any) -> str:
+    return "-" if value is None else str(value)
