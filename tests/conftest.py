@@ -40,3 +40,39 @@ def synthetic_dataset(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("synthetic")
     generate(out, seed=7, train_images=24, val_images=12, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def shards(synthetic_dataset, tmp_path_factory):
+    """The synthetic set sharded at a small detail, for training runs."""
+    from data_prep import shard_coco
+
+    out = tmp_path_factory.mktemp("engine")
+    for split in ("train", "val"):
+        ann = synthetic_dataset / "annotations" / f"person_keypoints_{split}.json"
+        images = synthetic_dataset / "images" / split
+        assert shard_coco.main(["--ann", str(ann), "--images", str(images), "--out",
+                                str(out / split), "--split", split,
+                                "--detail", "96x64"]) == 0  # fmt: skip
+    return out
+
+
+def tiny_overrides(shards, run_dir, **extra):
+    values = {
+        "data.train_shards": shards / "train", "data.val_shards": shards / "val",
+        "data.val_ann": shards.parent.parent / "dummy", "data.image_size": "[96,64]",
+        "data.num_workers": 0, "model.backbone": "resnet18", "model.deconv_filters": 32,
+        "train.batch_size": 8, "train.warmup_steps": 2, "train.log_every": 2,
+        "train.checkpoint_every": 4, "train.eval_every": 0, "train.precision": "fp32",
+        "log.wandb": "off", "run.dir": run_dir,
+    }  # fmt: skip
+    values.update(extra)
+    return [f"{k}={v}" for k, v in values.items()]
+
+
+def clean_env(**extra) -> dict:
+    """This process's environment without the distributed variables an in-process test set."""
+    from pose.engine.distributed import TORCHRUN_VARS
+
+    env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_VARS}
+    return {**env, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **extra}

@@ -1,5 +1,4 @@
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -8,12 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import clean_env, tiny_overrides
 
-from data_prep import shard_coco
 from pose.config import ConfigError, load_config
 from pose.engine.deepspeed_config import deepspeed_config, resolve_precision
 from pose.engine.distributed import (
-    TORCHRUN_VARS,
     DistributedSetupError,
     describe_environment,
     first_host,
@@ -24,37 +22,6 @@ from pose.engine.schedule import lr_factor
 from pose.tracking import read_metrics, wandb_mode
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def shards(synthetic_dataset, tmp_path_factory):
-    out = tmp_path_factory.mktemp("engine")
-    for split in ("train", "val"):
-        ann = synthetic_dataset / "annotations" / f"person_keypoints_{split}.json"
-        images = synthetic_dataset / "images" / split
-        assert shard_coco.main(["--ann", str(ann), "--images", str(images), "--out",
-                                str(out / split), "--split", split,
-                                "--detail", "96x64"]) == 0  # fmt: skip
-    return out
-
-
-def tiny_overrides(shards, run_dir, **extra):
-    values = {
-        "data.train_shards": shards / "train", "data.val_shards": shards / "val",
-        "data.val_ann": shards.parent.parent / "dummy", "data.image_size": "[96,64]",
-        "data.num_workers": 0, "model.backbone": "resnet18", "model.deconv_filters": 32,
-        "train.batch_size": 8, "train.warmup_steps": 2, "train.log_every": 2,
-        "train.checkpoint_every": 4, "train.eval_every": 0, "train.precision": "fp32",
-        "log.wandb": "off", "run.dir": run_dir,
-    }  # fmt: skip
-    values.update(extra)
-    return [f"{k}={v}" for k, v in values.items()]
-
-
-def clean_env(**extra) -> dict:
-    """This process's environment without the distributed variables an in-process test set."""
-    env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_VARS}
-    return {**env, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **extra}
 
 
 def run_train(args, env=None, timeout=600):

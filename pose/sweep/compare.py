@@ -1,0 +1,208 @@
+"""Comparing the runs of a sweep: a markdown table of final and best AP and friends (mean and
+spread over seeds) and PNG curves, from the runs' own `metrics.jsonl` (offline, no wandb needed)
+or from the wandb API."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from pose.eval.coco_eval import METRIC_NAMES
+from pose.tracking import read_metrics
+from pose.viz.curves import spread_plot
+
+TABLE_METRICS = ("AP", "AP50", "AP75", "APm", "APl", "AR")
+NOT_VARIANTS = ("seed", "run.dir", "log.")  # keys that never tell variants apart
+
+
+class CompareError(RuntimeError):
+    """Nothing to compare, or a comparison key that the runs do not have."""
+
+
+@dataclass
+class RunRecord:
+    name: str
+    config: dict[str, Any]  # the resolved config, nested
+    records: list[dict] = field(default_factory=list)  # metrics.jsonl lines
+
+    def value(self, dotted: str) -> Any:
+        node: Any = self.config
+        for part in dotted.split("."):
+            if not isinstance(node, dict) or part not in node:
+                raise CompareError(f"run '{self.name}' has no config key '{dotted}'")
+            node = node[part]
+        return node
+
+    def of(self, split: str) -> list[dict]:
+        return [r for r in self.records if r.get("split") == split]
+
+    @property
+    def steps_per_epoch(self) -> int:
+        starts = self.of("run")
+        return int(starts[-1].get("steps_per_epoch", 0)) if starts else 0
+
+    def epoch_of(self, record: dict) -> float:
+        spe = self.steps_per_epoch
+        return record["step"] / spe if spe else float(record["epoch"])
+
+
+def local_runs(sweep_dir: Path) -> list[RunRecord]:
+    """Every run folder under `sweep_dir` (the manifest's, else any with metrics.jsonl)."""
+    sweep_dir = Path(sweep_dir)
+    manifest = sweep_dir / "sweep.json"
+    if manifest.is_file():
+        folders = [Path(r["run_dir"]) for r in json.loads(manifest.read_text())["runs"]]
+    else:
+        folders = sorted(p.parent for p in sweep_dir.rglob("metrics.jsonl"))
+    runs = []
+    for folder in folders:
+        if not (folder / "metrics.jsonl").is_file():
+            continue  # not started yet
+        config = yaml.safe_load((folder / "config.yaml").read_text())
+        runs.append(RunRecord(folder.name, config, read_metrics(folder)))
+    if not runs:
+        raise CompareError(f"no run under {sweep_dir} has written metrics.jsonl yet")
+    return runs
+
+
+def wandb_runs(path: str) -> list[RunRecord]:
+    """The runs of one wandb group, `ENTITY/PROJECT/GROUP`, with their history turned back into
+    metrics.jsonl-style records (wandb keys are `split/metric`)."""
+    parts = path.split("/")
+    if len(parts) != 3 or not all(parts):
+        raise CompareError(f"--wandb wants ENTITY/PROJECT/GROUP, got '{path}'")
+    import wandb
+
+    entity, project, group = parts
+    api = wandb.Api(timeout=60)
+    runs = []
+    for run in api.runs(f"{entity}/{project}", filters={"group": group}):
+        records = []
+        for row in run.scan_history():
+            for split in ("run", "train", "val"):
+                values = {k.split("/", 1)[1]: v for k, v in row.items()
+                          if k.startswith(f"{split}/") and v is not None}  # fmt: skip
+                if values:
+                    records.append({"step": row.get("_step", 0), "split": split, **values})
+        runs.append(RunRecord(run.name.rsplit("/", 1)[-1], dict(run.config), records))
+    if not runs:
+        raise CompareError(f"wandb group '{path}' has no runs")
+    return runs
+
+
+def varying_keys(runs: list[RunRecord]) -> list[str]:
+    """Config keys whose values differ between runs, seeds and bookkeeping left out."""
+
+    def flat(node: Any, prefix: str = "") -> dict[str, Any]:
+        if isinstance(node, dict):
+            out = {}
+            for k, v in node.items():
+                out |= flat(v, f"{prefix}{k}.")
+            return out
+        return {prefix.rstrip("."): json.dumps(node)}
+
+    flats = [flat(r.config) for r in runs]
+    keys = dict.fromkeys(k for f in flats for k in f)
+    return [k for k in keys if len({f.get(k) for f in flats}) > 1
+            and not any(k == n or k.startswith(n) for n in NOT_VARIANTS)]  # fmt: skip
+
+
+@dataclass
+class Variant:
+    label: str
+    runs: list[RunRecord]
+
+
+def group_runs(runs: list[RunRecord], by: list[str] | None) -> tuple[list[str], list[Variant]]:
+    by = by or varying_keys(runs)
+    groups: dict[str, list[RunRecord]] = {}
+    for run in runs:
+        label = ", ".join(f"{k.rsplit('.', 1)[-1]}={run.value(k)}" for k in by) or "all runs"
+        groups.setdefault(label, []).append(run)
+    return by, [Variant(label, members) for label, members in groups.items()]
+
+
+def summarise(run: RunRecord) -> dict[str, float]:
+    """Final metrics (the last evaluation), best AP, parameters and training images/s."""
+    evals = [r for r in run.of("val") if "AP" in r]
+    out: dict[str, float] = {}
+    if evals:
+        out |= {m: float(evals[-1][m]) for m in METRIC_NAMES if m in evals[-1]}
+        out["best AP"] = max(float(r["AP"]) for r in evals)
+        out["epochs"] = max(run.epoch_of(r) for r in evals)
+    starts = run.of("run")
+    if starts and "params" in starts[-1]:
+        out["params"] = float(starts[-1]["params"])
+    speeds = [r["images_per_s"] for r in run.of("train")[1:] if "images_per_s" in r]
+    if speeds:
+        out["images/s"] = float(np.median(speeds))
+    return out
+
+
+def comparison_table(variants: list[Variant]) -> str:
+    """Markdown: one row per variant, mean ± std over its runs (seeds)."""
+    columns = ["final AP", "best AP", *TABLE_METRICS[1:], "params (M)", "images/s"]
+    source = {"final AP": "AP", "params (M)": "params"}
+    lines = ["| variant | runs | " + " | ".join(columns) + " |",
+             "|---|---:|" + "---:|" * len(columns)]  # fmt: skip
+    for variant in variants:
+        summaries = [summarise(r) for r in variant.runs]
+        cells = []
+        for column in columns:
+            values = [s[source.get(column, column)] for s in summaries
+                      if source.get(column, column) in s]  # fmt: skip
+            scale = 1e-6 if column == "params (M)" else 1.0
+            cells.append(_mean_std([v * scale for v in values], column))
+        lines.append(f"| {variant.label} | {len(variant.runs)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def comparison_plots(variants: list[Variant], out: Path) -> list[Path]:
+    """ap.png (AP on val against epoch) and loss.png (training loss against epoch)."""
+    ap = {v.label: [([v_run.epoch_of(r) for r in v_run.of("val") if "AP" in r],
+                     [r["AP"] for r in v_run.of("val") if "AP" in r]) for v_run in v.runs]
+          for v in variants}  # fmt: skip
+    loss = {v.label: [([v_run.epoch_of(r) for r in v_run.of("train")],
+                       [r["loss"] for r in v_run.of("train")]) for v_run in v.runs]
+            for v in variants}  # fmt: skip
+    return [
+        spread_plot(ap, out / "ap.png", "val AP (band: lowest to highest seed)", "epoch", "AP"),
+        spread_plot(loss, out / "loss.png", "training loss (band: lowest to highest seed)",
+                    "epoch", "JointsMSE loss", log_y=True),
+    ]  # fmt: skip
+
+
+def log_to_wandb(table: str, plots: list[Path], variants: list[Variant], mode: str,
+                 project: str, entity: str, group: str, folder: Path) -> str | None:  # fmt: skip
+    """The table and plots as one summary run in the sweep's wandb group; returns its folder."""
+    if mode == "off":
+        return None
+    import wandb
+
+    rows = [line.strip("|").split("|") for line in table.splitlines()[2:]]
+    header = [c.strip() for c in table.splitlines()[0].strip("|").split("|")]
+    run = wandb.init(project=project, entity=entity or None, group=group or None,
+                     name=f"{group or 'sweep'}-comparison", job_type="comparison", mode=mode,
+                     dir=str(folder), settings=wandb.Settings(init_timeout=60, silent=True),
+                     config={"variants": [v.label for v in variants]})  # fmt: skip
+    run.log({"comparison": wandb.Table(columns=header, data=[[c.strip() for c in r] for r in rows]),
+             **{f"plots/{p.stem}": wandb.Image(str(p)) for p in plots}})  # fmt: skip
+    run.finish()
+    return str(Path(run.dir).parent)
+
+
+def _mean_std(values: list[float], column: str) -> str:
+    values = [v for v in values if not math.isnan(v)]
+    if not values:
+        return "-"
+    digits = 0 if column == "images/s" else 2 if column == "params (M)" else 3
+    mean = float(np.mean(values))
+    if len(values) == 1:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {float(np.std(values, ddof=1)):.{digits}f}"
