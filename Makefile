@@ -16,7 +16,7 @@ export MPLCONFIGDIR ?= $(CURDIR)/.cache/matplotlib
 export TRITON_CACHE_DIR ?= $(CURDIR)/.cache/triton
 export PIP_CACHE_DIR ?= $(CURDIR)/.cache/pip
 
-.PHONY: install demo demo-data demo-shards test lint format clean lock
+.PHONY: install demo demo-data demo-shards demo-sweep test lint format clean lock
 
 install:
 	bash launch/install.sh
@@ -55,6 +55,18 @@ demo: demo-shards
 	  --out runs/demo/pictures/predict --limit 6 && \
 	echo "demo: trained, evaluated and drew pictures in $$(( $$(date +%s) - start )) s;" \
 	  "see runs/demo/ (metrics.json, pictures/, input_preview.png)"
+
+# The three attention variants as one sweep: through Slurm when a cluster answers (for one on
+# this machine: `slurm/local-cluster.sh start`, then export the SLURM_CONF line it prints),
+# otherwise with submitit's local executor; then the comparison table and plots.
+demo-sweep: demo-shards
+	@start=$$(date +%s); rm -rf runs/sweeps/demo-attention; \
+	if command -v sinfo >/dev/null && sinfo -h >/dev/null 2>&1; then mode=--wait; \
+	  echo "demo-sweep: submitting to Slurm ($$(sinfo -h -o '%P %D node(s)' | head -n 1))"; \
+	else mode=--local; echo "demo-sweep: no Slurm cluster answers; running with --local"; fi; \
+	$(PY) launch/sweep.py configs/sweeps/demo.yaml --out runs/sweeps/demo-attention $$mode && \
+	$(PY) launch/compare.py runs/sweeps/demo-attention --by model.attention && \
+	echo "demo-sweep: done in $$(( $$(date +%s) - start )) s; see runs/sweeps/demo-attention/compare/"
 
 lint: install
 	.venv/bin/ruff check .

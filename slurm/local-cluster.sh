@@ -190,7 +190,38 @@ start() {
     print_env
 }
 
+end_jobs() {  # cancel this cluster's jobs, then end what is left of their processes
+    export SLURM_CONF=$DIR/etc/slurm.conf
+    if pid_of slurmctld >/dev/null; then
+        local jobs
+        jobs=$(squeue -h -o %A 2>/dev/null | sort -u | tr '\n' ' ') || jobs=
+        if [[ -n ${jobs// /} ]]; then
+            # shellcheck disable=SC2086
+            scancel $jobs 2>/dev/null || true
+            for ((i = 0; i < 150; i++)); do
+                [[ -z $(squeue -h -o %A 2>/dev/null) ]] && break
+                sleep 0.2
+            done
+        fi
+    fi
+    # What is left: this cluster's slurmstepd processes (they run in $DIR/log) and everything
+    # below them.
+    local steps=() pid
+    for pid in $(pgrep -x slurmstepd); do
+        [[ $(readlink "/proc/$pid/cwd") == "$DIR"/* ]] && steps+=("$pid")
+    done
+    ((${#steps[@]})) || return 0
+    local tree=("${steps[@]}") table
+    table=$(ps -e -o pid=,ppid=)
+    for ((i = 0; i < ${#tree[@]}; i++)); do
+        tree+=($(awk -v p="${tree[i]}" '$2 == p {print $1}' <<<"$table"))
+    done
+    kill -9 "${tree[@]}" 2>/dev/null || true
+    log "ended ${#tree[@]} leftover job process(es)"
+}
+
 stop() {
+    end_jobs
     local stopped=()
     for daemon in "${DAEMONS[@]}"; do
         local pid

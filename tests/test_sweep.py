@@ -158,12 +158,12 @@ def test_local_sweep_runs_and_compares_without_slurm(shards, val_ann, tmp_path):
         assert (out / "compare" / name).stat().st_size > 0
 
 
-def test_compare_table_means_and_spreads_over_seeds(tmp_path):
-    """Two variants, two seeds each, written by hand: the table holds their mean ± std."""
+def write_fake_runs(folder: Path) -> None:
+    """Two variants, two seeds each, as a training run writes them."""
     for variant, aps in (("none", (0.5, 0.7)), ("partwise", (0.6, 0.6))):
         for seed, ap in enumerate(aps):
-            run = tmp_path / f"{variant}-{seed}"
-            run.mkdir()
+            run = folder / f"{variant}-{seed}"
+            run.mkdir(parents=True)
             config = {"seed": seed, "model": {"attention": variant}, "run": {"dir": str(run)},
                       "log": {"wandb": "off", "name": run.name}}  # fmt: skip
             (run / "config.yaml").write_text(yaml.safe_dump(config))
@@ -174,6 +174,10 @@ def test_compare_table_means_and_spreads_over_seeds(tmp_path):
                      {"step": 10, "epoch": 1, "split": "val", "AP": ap + 0.1, "AP50": 0.9},
                      {"step": 20, "epoch": 2, "split": "val", "AP": ap, "AP50": 0.8}]  # fmt: skip
             (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+
+
+def test_compare_table_means_and_spreads_over_seeds(tmp_path):
+    write_fake_runs(tmp_path)
     runs = local_runs(tmp_path)
     keys, variants = group_runs(runs, None)
     assert keys == ["model.attention"] and [v.label for v in variants] == [
@@ -185,6 +189,21 @@ def test_compare_table_means_and_spreads_over_seeds(tmp_path):
     assert table[2] == ("| attention=none | 2 | 0.600 ± 0.141 | 0.700 ± 0.141 | 0.800 ± 0.000 "
                         "| - | - | - | - | 2.00 ± 0.00 | 115 ± 0 |")  # fmt: skip
     assert table[3].startswith("| attention=partwise | 2 | 0.600 ± 0.000 | 0.700 ± 0.000 |")
+
+
+def test_compare_logs_a_summary_run_to_wandb_offline(tmp_path):
+    write_fake_runs(tmp_path / "runs")
+    out = tmp_path / "cmp"
+    done = subprocess.run([sys.executable, "launch/compare.py", str(tmp_path / "runs"), "--out",
+                           str(out), "--log-wandb", "offline"], cwd=ROOT,
+                          env=clean_env(WANDB_DIR=str(tmp_path / "wandb")), capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "logged to wandb (offline)" in done.stdout
+    offline = list((out / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(offline) == 1 and offline[0].stat().st_size > 0
+    images = list((out / "wandb").glob("offline-run-*/files/media/images/plots/*.png"))
+    assert len(images) == 2, "ap.png and loss.png logged"
 
 
 # --------------------------------------------------------------------------------------------
@@ -266,14 +285,21 @@ def status_of(out: Path, slurm) -> dict[str, str]:
 
 
 def start_now(slurm, job_id: str) -> bool:
-    """Slurm holds a requeued job for 120 s (its begin time is set once the old instance has
-    ended); move the begin time up until the job runs."""
-    state = slurm_run(slurm, "squeue", "-h", "-j", job_id, "-o", "%T").strip()
-    if state == "RUNNING":
+    """Slurm holds a requeued job for 120 s; bring its begin time to two seconds from now (not
+    `now`: a job started while the node still clears the old instance fails with "credential
+    revoked" and is held again). `scontrol show job`, as squeue hides a job while Slurm
+    requeues it."""
+    from datetime import datetime
+
+    fields = dict(f.split("=", 1) for f in slurm_run(slurm, "scontrol", "show", "job", "-o",
+                                                      job_id).split() if "=" in f)  # fmt: skip
+    if fields.get("JobState") == "RUNNING" and fields.get("Restarts", "0") != "0":
         return True
-    if state == "PENDING":
-        subprocess.run(["scontrol", "update", f"jobid={job_id}", "starttime=now"],
-                       env=clean_env(**slurm), capture_output=True, timeout=60)  # fmt: skip
+    if fields.get("JobState") == "PENDING" and fields.get("Reason") == "BeginTime":
+        eligible = datetime.fromisoformat(fields["EligibleTime"])
+        if (eligible - datetime.now()).total_seconds() > 5:
+            subprocess.run(["scontrol", "update", f"jobid={job_id}", "starttime=now+2"],
+                           env=clean_env(**slurm), capture_output=True, timeout=60)  # fmt: skip
     return False
 
 
@@ -370,3 +396,44 @@ def test_requeued_and_timed_out_jobs_resume_from_their_checkpoints(slurm, shards
     states = wait_until(lambda: (s := status_of(out, slurm)) and all(
         v == "cancelled" for v in s.values()) and s, 120, "the runs to be cancelled")  # fmt: skip
     assert set(states.values()) == {"cancelled"}
+
+
+@pytest.mark.slow
+def test_sbatch_template_runs_torchrun_and_requeues_near_the_time_limit(slurm, shards, val_ann,
+                                                                         tmp_path):  # fmt: skip
+    """slurm/train.sbatch without submitit: srun starts torchrun with two processes; the
+    time-limit signal (USR1 to the batch shell) makes them checkpoint, the script requeues the
+    job, and the requeued job resumes in the same run folder."""
+    run_dir = tmp_path / "run"
+    overrides = tiny_overrides(shards, run_dir, **{"data.val_ann": val_ann, "train.epochs": 500,
+                                                   "train.zero_stage": 1})  # fmt: skip
+    env = clean_env(**slurm, CONFIG="configs/demo.yaml", PROCS_PER_NODE="2",
+                    RUN_DIR=str(run_dir))  # fmt: skip
+    log = tmp_path / "job.out"
+    submitted = subprocess.run(["sbatch", "--parsable", "--nodes=1", "--gpus-per-node=0",
+                                "--cpus-per-task=2", "--mem=4G", f"--output={log}",
+                                "slurm/train.sbatch", *overrides], cwd=ROOT, env=env,
+                               capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert submitted.returncode == 0, submitted.stderr
+    job = submitted.stdout.strip()
+    wait_until(lambda: len(train_steps(run_dir)) >= 2, 240, f"training to start\n{_tail(log)}")
+    slurm_run(slurm, "scancel", "--batch", "--signal=USR1", job)
+    wait_until(lambda: "requeueing job" in _tail(log), 120, f"the requeue\n{_tail(log)}")
+    wait_until(lambda: start_now(slurm, job), 120, "the requeued job to start\n"
+               + slurm_run(slurm, "scontrol", "show", "job", job) + _tail(log))  # fmt: skip
+    wait_until(lambda: sum(r["split"] == "run" for r in read_metrics(run_dir)) == 2
+               and train_steps(run_dir)[-1] > [r for r in read_metrics(run_dir)
+                                               if r["split"] == "run"][1]["step"],
+               240, f"the run to resume\n{_tail(log)}")  # fmt: skip
+    slurm_run(slurm, "scancel", job)
+    starts = [r for r in read_metrics(run_dir) if r["split"] == "run"]
+    assert [(s["world_size"], s["launcher"], s["resumed"]) for s in starts] == [
+        (2, "torchrun", False), (2, "torchrun", True)]  # fmt: skip
+    assert starts[1]["step"] > 0 and starts[1]["step"] % 2 == 0, "ranks agree at a log step"
+    steps = train_steps(run_dir)
+    assert steps == sorted(set(steps))
+    assert "(restart 1)" in _tail(log)
+
+
+def _tail(path: Path) -> str:
+    return path.read_text(errors="replace")[-4000:] if path.is_file() else ""
