@@ -7,7 +7,8 @@
 engine / torch is the engine's overhead; 1 - loop / engine is the share of time spent waiting
 for data. On a GPU it also prints absolute images/s per GPU.
 
-    python benchmarks/train_step.py [--config configs/demo.yaml] [--steps 20] [--json OUT]
+    python benchmarks/train_step.py [--config configs/demo.yaml] [--steps 5] [--rounds 5]
+        [--json OUT]
         [overrides, e.g. model.backbone=resnet50 data.image_size=[256,192]]
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 from pathlib import Path
 
@@ -30,10 +32,8 @@ from pose.engine.train import train_step
 from pose.models import build_model
 
 
-def timed(step, steps: int, warmup: int = 3) -> float:
-    """Seconds per step after a warm-up (synchronising a GPU at both ends)."""
-    for _ in range(warmup):
-        step()
+def timed(step, steps: int) -> float:
+    """Seconds per step over `steps` steps (synchronising a GPU at both ends)."""
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     start = time.perf_counter()
@@ -44,10 +44,25 @@ def timed(step, steps: int, warmup: int = 3) -> float:
     return (time.perf_counter() - start) / steps
 
 
+def interleaved(variants: dict, steps: int, rounds: int, warmup: int = 3) -> dict[str, float]:
+    """Median seconds per step of each variant over `rounds` rounds, the variants taking turns
+    in every round (so drift of the machine - clocks, caches, the other core - hits them all
+    alike rather than whichever was measured last)."""
+    for step in variants.values():
+        for _ in range(warmup):
+            step()
+    samples = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, step in variants.items():
+            samples[name].append(timed(step, steps))
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="configs/demo.yaml")
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=5, help="steps per variant per round")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of the variants in turn")
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
@@ -89,11 +104,8 @@ def main() -> None:
         train_step(engine, real, cfg)
 
     n = batch["image"].shape[0]
-    seconds = {
-        "torch": timed(torch_step, args.steps),
-        "engine": timed(lambda: train_step(engine, batch, cfg), args.steps),
-        "loop": timed(loop_step, args.steps),
-    }
+    seconds = interleaved({"torch": torch_step, "engine": lambda: train_step(engine, batch, cfg),
+                           "loop": loop_step}, args.steps, args.rounds)  # fmt: skip
     rows = {k: {"seconds_per_step": round(v, 4), "images_per_s": round(n / v, 1)}
             for k, v in seconds.items()}  # fmt: skip
     overhead = seconds["engine"] / seconds["torch"] - 1

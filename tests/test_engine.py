@@ -17,6 +17,7 @@ from pose.engine.distributed import (
     first_host,
     free_port,
 )
+from pose.data.codec import encode_heatmaps
 from pose.engine.loss import joints_mse_loss
 from pose.engine.schedule import lr_factor
 from pose.tracking import read_metrics, wandb_mode
@@ -116,6 +117,42 @@ def test_gradient_accumulation_matches_a_larger_batch(shards, tmp_path):
         results.append({k: v.clone() for k, v in engine.module.state_dict().items()})
     for key in results[0]:
         torch.testing.assert_close(results[0][key], results[1][key], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("clip", [0.0, 0.002])
+def test_engine_step_equals_a_plain_torch_step_and_clips_only_when_asked(shards, tmp_path, clip):
+    """DeepSpeed clips gradients at norm 1.0 unless told otherwise; `train.grad_clip: 0` must
+    mean no clipping (the reference recipe has none), and a set value must clip as torch does."""
+    from pose.engine.deepspeed_config import build_engine
+    from pose.engine.distributed import init_distributed
+    from pose.engine.train import train_step
+    from pose.models import build_model
+
+    cfg = load_config("configs/demo.yaml", tiny_overrides(shards, tmp_path / "x", **{
+        "train.grad_clip": clip}))  # fmt: skip
+    init_distributed(cfg.launch)
+    from pose.data.loader import build_loader
+
+    batch = next(iter(build_loader(cfg.data, "train", 8).epoch(0)))
+    weights = []
+    for use_engine in (False, True):
+        torch.manual_seed(0)
+        model = build_model(cfg.model, 17)
+        opt = torch.optim.SGD(model.parameters(), lr=10.0)
+        if use_engine:
+            engine = build_engine(model, opt, None, cfg, 1, "fp32")
+            assert engine.gradient_clipping() == clip
+            train_step(engine, batch, cfg)
+        else:
+            targets, target_weights = encode_heatmaps(batch["keypoints"], cfg.data.image_size,
+                                                      cfg.data.heatmap_size, cfg.data.sigma)  # fmt: skip
+            joints_mse_loss(model(batch["image"]), targets, target_weights).backward()
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip or float("inf"))
+            assert clip == 0 or norm > 10 * clip, "the gradients are large enough to be clipped"
+            opt.step()
+        weights.append({k: v.clone() for k, v in model.state_dict().items()})
+    for key in weights[0]:
+        torch.testing.assert_close(weights[1][key], weights[0][key], rtol=1e-5, atol=1e-7)
 
 
 def test_config_errors_are_rejected_clearly():

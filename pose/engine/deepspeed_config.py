@@ -39,9 +39,9 @@ def deepspeed_config(cfg: Config, world_size: int, precision: str) -> dict:
         "zero_optimization": {"stage": train.zero_stage},
         "steps_per_print": 10**9,  # we log ourselves
         "wall_clock_breakdown": False,
+        # Always written: DeepSpeed's default clips at norm 1.0, and 0 must mean no clipping.
+        "gradient_clipping": train.grad_clip,
     }
-    if train.grad_clip > 0:
-        config["gradient_clipping"] = train.grad_clip
     if precision in ("bf16", "fp16"):
         config["torch_autocast"] = {
             "enabled": True,
@@ -58,7 +58,8 @@ def deepspeed_config(cfg: Config, world_size: int, precision: str) -> dict:
 def build_engine(model, optimizer, scheduler, cfg: Config, world_size: int, precision: str):
     """The one function that wraps a plain model in DeepSpeed (with our torch optimizer and
     per-iteration schedule). With one rank there is nothing to all-reduce, so DeepSpeed's
-    gradient bucketing (flattening and copying every gradient each step) is switched off."""
+    gradient bucketing (flattening and copying every gradient each step) is switched off; without
+    ZeRO, gradients are zeroed in place rather than freed."""
     import deepspeed
 
     engine, _, _, _ = deepspeed.initialize(
@@ -67,4 +68,21 @@ def build_engine(model, optimizer, scheduler, cfg: Config, world_size: int, prec
     )  # fmt: skip
     if world_size == 1:
         engine.enable_backward_allreduce = False
+    if not engine.zero_optimization():
+        engine.zero_grad = _zero_grads_in_place(engine.module)
     return engine
+
+
+def _zero_grads_in_place(module: torch.nn.Module):
+    """DeepSpeed frees every gradient after the optimizer step (grad = None), so the next
+    backward allocates them afresh, after the forward has taken the freed memory: on a CPU that
+    costs page faults, 7% of a ResNet-50 step here. Zeroing them in place keeps the buffers (a
+    parameter that never got a gradient keeps None, so the optimizer still skips it)."""
+    params = [p for p in module.parameters() if p.requires_grad]
+
+    def zero_grad() -> None:
+        grads = [p.grad for p in params if p.grad is not None]
+        if grads:
+            torch._foreach_zero_(grads)
+
+    return zero_grad
