@@ -10,6 +10,7 @@ import torch
 from conftest import clean_env, tiny_overrides
 
 from pose.config import ConfigError, load_config
+from pose.data.codec import encode_heatmaps
 from pose.engine.deepspeed_config import deepspeed_config, resolve_precision
 from pose.engine.distributed import (
     DistributedSetupError,
@@ -17,7 +18,6 @@ from pose.engine.distributed import (
     first_host,
     free_port,
 )
-from pose.data.codec import encode_heatmaps
 from pose.engine.loss import joints_mse_loss
 from pose.engine.schedule import lr_factor
 from pose.tracking import read_metrics, wandb_mode
@@ -144,8 +144,9 @@ def test_engine_step_equals_a_plain_torch_step_and_clips_only_when_asked(shards,
             assert engine.gradient_clipping() == clip
             train_step(engine, batch, cfg)
         else:
-            targets, target_weights = encode_heatmaps(batch["keypoints"], cfg.data.image_size,
-                                                      cfg.data.heatmap_size, cfg.data.sigma)  # fmt: skip
+            data = cfg.data
+            targets, target_weights = encode_heatmaps(batch["keypoints"], data.image_size,
+                                                      data.heatmap_size, data.sigma)  # fmt: skip
             joints_mse_loss(model(batch["image"]), targets, target_weights).backward()
             norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip or float("inf"))
             assert clip == 0 or norm > 10 * clip, "the gradients are large enough to be clipped"
