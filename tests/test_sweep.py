@@ -437,3 +437,50 @@ def test_sbatch_template_runs_torchrun_and_requeues_near_the_time_limit(slurm, s
 
 def _tail(path: Path) -> str:
     return path.read_text(errors="replace")[-4000:] if path.is_file() else ""
+
+
+def test_compare_reads_runs_back_from_the_wandb_api(monkeypatch):
+    """`--wandb ENTITY/PROJECT/GROUP`: the history rows wandb keeps (`split/metric` keys) come
+    back as metrics.jsonl records, so the same table is made from either source (the API is
+    replaced here: this machine has no network)."""
+    import wandb
+
+    from pose.sweep.compare import CompareError, wandb_runs
+
+    class FakeRun:
+        def __init__(self, name, attention, ap):
+            self.name = f"sweep/{name}"
+            self.config = {"seed": 0, "model": {"attention": attention}, "log": {"wandb": "online"}}
+            self.rows = [{"_step": 0, "run/params": 3e6, "run/steps_per_epoch": 10},
+                         {"_step": 10, "train/loss": 0.5, "train/images_per_s": 90.0,
+                          "train/epoch": 1, "val/AP": None},
+                         {"_step": 20, "train/loss": 0.4, "train/images_per_s": 100.0},
+                         {"_step": 20, "val/AP": ap, "val/AP50": 0.9, "val/epoch": 2}]  # fmt: skip
+
+        def scan_history(self):
+            return iter(self.rows)
+
+    asked = {}
+
+    class FakeApi:
+        def __init__(self, timeout):
+            pass
+
+        def runs(self, path, filters):
+            asked.update(path=path, filters=filters)
+            return [FakeRun("attention-none", "none", 0.4),
+                    FakeRun("attention-partwise", "partwise", 0.5)]  # fmt: skip
+
+    monkeypatch.setattr(wandb, "Api", FakeApi)
+    runs = wandb_runs("me/posescale/attention")
+    assert asked == {"path": "me/posescale", "filters": {"group": "attention"}}
+    assert [r.name for r in runs] == ["attention-none", "attention-partwise"]
+    assert runs[0].of("val") == [{"step": 20, "split": "val", "AP": 0.4, "AP50": 0.9,
+                                  "epoch": 2}]  # fmt: skip
+    keys, variants = group_runs(runs, None)
+    assert keys == ["model.attention"]
+    summary = summarise(variants[1].runs[0])
+    assert (summary["AP"], summary["params"], summary["images/s"], summary["epochs"]) == (
+        0.5, 3e6, 100.0, 2.0)  # fmt: skip
+    with pytest.raises(CompareError, match="ENTITY/PROJECT/GROUP"):
+        wandb_runs("me/posescale")
