@@ -149,6 +149,13 @@ def test_local_sweep_runs_and_compares_without_slurm(shards, val_ann, tmp_path):
         assert records[0]["split"] == "run" and records[0]["launcher"] == "single"
         assert [r["step"] for r in records if r["split"] == "train"][-1] == 6
         assert any(r["split"] == "val" and "AP" in r for r in records)
+    again = sweep_cli(path, "--local", "--out", out)
+    assert again.returncode == 2 and "already holds a sweep" in again.stderr
+    again = sweep_cli(path, "--local", "--out", out, "--resubmit")  # finished runs end at once
+    assert again.returncode == 0, again.stdout + again.stderr
+    for run in read_manifest(out)["runs"]:
+        starts = [r for r in read_metrics(run["run_dir"]) if r["split"] == "run"]
+        assert [(s["step"], s["resumed"]) for s in starts] == [(0, False), (6, True)]
     compared = subprocess.run([sys.executable, "launch/compare.py", str(out)], cwd=ROOT,
                               env=clean_env(), capture_output=True, text=True)  # fmt: skip
     assert compared.returncode == 0, compared.stderr
