@@ -491,3 +491,40 @@ def test_compare_reads_runs_back_from_the_wandb_api(monkeypatch):
         0.5, 3e6, 100.0, 2.0)  # fmt: skip
     with pytest.raises(CompareError, match="ENTITY/PROJECT/GROUP"):
         wandb_runs("me/posescale")
+
+
+def test_status_reads_results_processes_and_progress(tmp_path, monkeypatch):
+    """Without Slurm at hand: submitit's result files say done or failed (with the error's
+    last line), a local job whose process is gone is cancelled, a Slurm job nobody knows is
+    unknown; progress comes from the run folders."""
+    import cloudpickle
+
+    from pose.sweep.submit import format_status, sweep_status
+
+    monkeypatch.setenv("PATH", "/usr/local/bin:/bin")  # no sacct/squeue, whatever is here
+    folder = tmp_path / "submitit"
+    runs = []
+    for name, job_id, result in (("a", "101", ("success", {})),
+                                 ("b", "102", ("error", "Traceback...\nValueError: bad shard")),
+                                 ("c", "99999999", None)):  # fmt: skip
+        run_dir = tmp_path / "runs" / name
+        run_dir.mkdir(parents=True)
+        records = [{"step": 0, "epoch": 0, "split": "run"}, {"step": 5, "epoch": 1, "split": "run"},
+                   {"step": 8, "epoch": 1, "split": "train", "loss": 1.0},
+                   {"step": 8, "epoch": 2, "split": "val", "AP": 0.25}]  # fmt: skip
+        (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        if result:
+            job_folder = folder / job_id
+            job_folder.mkdir(parents=True)
+            (job_folder / f"{job_id}_0_result.pkl").write_bytes(cloudpickle.dumps(result))
+        runs.append({"name": name, "job_id": job_id, "run_dir": str(run_dir), "overrides": []})
+    manifest = {"executor": "local", "submitit_folder": str(folder), "runs": runs}
+    (tmp_path / "sweep.json").write_text(json.dumps(manifest))
+    rows = sweep_status(tmp_path)
+    assert [(r.state, r.detail) for r in rows] == [
+        ("done", ""), ("failed", "ValueError: bad shard"),
+        ("cancelled", "process ended without a result")]  # fmt: skip
+    assert (rows[0].restarts, rows[0].epoch, rows[0].step, rows[0].best_ap) == (1, 2, 8, 0.25)
+    assert "0.250" in format_status(rows)
+    (tmp_path / "sweep.json").write_text(json.dumps(manifest | {"executor": "slurm"}))
+    assert [r.state for r in sweep_status(tmp_path)] == ["done", "failed", "unknown"]

@@ -161,7 +161,9 @@ def sweep_status(sweep_dir: Path) -> list[RunStatus]:
     for run in runs:
         result = _result_state(Path(manifest["submitit_folder"]), run["job_id"])
         state, detail = slurm_states.get(run["job_id"], (None, ""))
-        if state is None:
+        if state is None and manifest["executor"] == "slurm":
+            state, detail = result or ("unknown", "neither sacct nor squeue knows this job")
+        elif state is None:
             state, detail = result or _local_state(run["job_id"])
         elif state == "done" and result and result[0] == "failed":
             state, detail = result
@@ -184,9 +186,15 @@ def format_status(rows: list[RunStatus]) -> str:
 def wait(sweep_dir: Path, poll_s: float = 5.0, timeout_s: float | None = None,
          echo: bool = True) -> list[RunStatus]:  # fmt: skip
     """Block until every run is done, failed or cancelled; prints state changes."""
-    start, seen = time.time(), {}
+    start, seen, unknown_polls = time.time(), {}, 0
     while True:
         rows = sweep_status(sweep_dir)
+        unknown_polls = unknown_polls + 1 if any(r.state == "unknown" for r in rows) else 0
+        if unknown_polls * poll_s > 120:  # Slurm's accounting lost them, or it is down
+            raise SweepError(
+                f"Slurm has not known some jobs of {sweep_dir} for two minutes: "
+                + ", ".join(r.job_id for r in rows if r.state == "unknown")
+            )
         for r in rows:
             if echo and seen.get(r.name) != r.state:
                 print(f"sweep: {r.name}: {r.state}" + (f" ({r.detail})" if r.detail else ""),
