@@ -51,16 +51,16 @@ class DataConfig:
     def check(self) -> None:
         h, w = self.image_size
         if h <= 0 or w <= 0 or h % 32 or w % 32:
-            _fail("data.image_size", f"{list(self.image_size)} must be positive multiples of 32")
+            fail_key("data.image_size", f"{list(self.image_size)} must be positive multiples of 32")
         if self.heatmap_stride not in (1, 2, 4, 8):
-            _fail("data.heatmap_stride", f"{self.heatmap_stride} is not one of 1, 2, 4, 8")
-        _positive("data.num_joints", self.num_joints)
-        _positive("data.sigma", self.sigma)
+            fail_key("data.heatmap_stride", f"{self.heatmap_stride} is not one of 1, 2, 4, 8")
+        check_positive("data.num_joints", self.num_joints)
+        check_positive("data.sigma", self.sigma)
         for key in ("rotation_prob", "flip_prob", "half_body_prob"):
-            _probability(f"data.{key}", getattr(self, key))
+            check_probability(f"data.{key}", getattr(self, key))
         if not 0 <= self.scale_factor < 1:
-            _fail("data.scale_factor", f"{self.scale_factor} must lie in [0, 1)")
-        _non_negative("data.num_workers", self.num_workers)
+            fail_key("data.scale_factor", f"{self.scale_factor} must lie in [0, 1)")
+        check_non_negative("data.num_workers", self.num_workers)
 
     @property
     def heatmap_size(self) -> tuple[int, int]:
@@ -80,13 +80,14 @@ class ModelConfig:
     pretrained: str = ""  # local path to torchvision ImageNet ResNet weights; "" = random init
 
     def check(self) -> None:
-        _positive("model.deconv_layers", self.deconv_layers)
-        _positive("model.deconv_filters", self.deconv_filters)
+        check_positive("model.deconv_layers", self.deconv_layers)
+        check_positive("model.deconv_filters", self.deconv_filters)
         if self.attention_kernel <= 0 or self.attention_kernel % 2 == 0:
-            _fail("model.attention_kernel", f"{self.attention_kernel} must be a positive odd size")
-        _positive("model.attention_steps", self.attention_steps)
+            fail_key("model.attention_kernel",
+                     f"{self.attention_kernel} must be a positive odd size")  # fmt: skip
+        check_positive("model.attention_steps", self.attention_steps)
         if self.pretrained and not Path(self.pretrained).is_file():
-            _fail(
+            fail_key(
                 "model.pretrained", f"no file at '{self.pretrained}' (weights are never downloaded)"
             )
 
@@ -117,17 +118,17 @@ class TrainConfig:
 
     def check(self) -> None:
         for key in ("epochs", "batch_size", "grad_accum", "log_every", "checkpoint_every"):
-            _positive(f"train.{key}", getattr(self, key))
+            check_positive(f"train.{key}", getattr(self, key))
         for key in ("max_steps", "warmup_steps", "weight_decay", "grad_clip", "eval_every"):
-            _non_negative(f"train.{key}", getattr(self, key))
-        _positive("train.lr", self.lr)
-        _positive("train.keep_last", self.keep_last)
+            check_non_negative(f"train.{key}", getattr(self, key))
+        check_positive("train.lr", self.lr)
+        check_positive("train.keep_last", self.keep_last)
         if not 0 < self.lr_factor <= 1:
-            _fail("train.lr_factor", f"{self.lr_factor} must lie in (0, 1]")
+            fail_key("train.lr_factor", f"{self.lr_factor} must lie in (0, 1]")
         if self.lr_steps != sorted(self.lr_steps) or any(s <= 0 for s in self.lr_steps):
-            _fail("train.lr_steps", f"{self.lr_steps} must be positive and increasing")
+            fail_key("train.lr_steps", f"{self.lr_steps} must be positive and increasing")
         if self.ohkm and not self.ohkm_topk > 0:
-            _fail("train.ohkm_topk", f"{self.ohkm_topk} must be positive")
+            fail_key("train.ohkm_topk", f"{self.ohkm_topk} must be positive")
 
 
 @dataclass
@@ -141,9 +142,9 @@ class EvalConfig:
     keypoint_thr: float = 0.2  # rescoring: mean of joint scores above this
 
     def check(self) -> None:
-        _positive("eval.batch_size", self.batch_size)
-        _probability("eval.oks_nms_thr", self.oks_nms_thr)
-        _probability("eval.keypoint_thr", self.keypoint_thr)
+        check_positive("eval.batch_size", self.batch_size)
+        check_probability("eval.oks_nms_thr", self.oks_nms_thr)
+        check_probability("eval.keypoint_thr", self.keypoint_thr)
 
 
 @dataclass
@@ -162,7 +163,7 @@ class LaunchConfig:
     max_requeues: int = 3
 
     def check(self) -> None:
-        _non_negative("launch.max_requeues", self.max_requeues)
+        check_non_negative("launch.max_requeues", self.max_requeues)
 
 
 @dataclass
@@ -210,7 +211,7 @@ def build_dataclass(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     """Any dataclass tree of this module's kind (sweep files use it too) from a nested dict:
     typed conversion, unknown keys named, then every section's `check()`."""
     if not isinstance(data, dict):
-        _fail(prefix.rstrip(".") or "the top level", f"must be a mapping, got {data!r}")
+        fail_key(prefix.rstrip(".") or "the top level", f"must be a mapping, got {data!r}")
     obj = _build(cls, data, prefix)
     _check_tree(obj)
     return obj
@@ -358,12 +359,12 @@ def _convert(value: Any, typ: Any, key: str) -> Any:
     args = typing.get_args(typ)
     if dataclasses.is_dataclass(typ):
         if not isinstance(value, dict):
-            _fail(key, f"is a section; got {value!r}")
+            fail_key(key, f"is a section; got {value!r}")
         return _build(typ, value, f"{key}.")
     if origin is Literal:
         if isinstance(value, bool) or value not in args:
             allowed = ", ".join(repr(a) if isinstance(a, str) else str(a) for a in args)
-            _fail(key, f"{value!r} is not allowed; choose one of: {allowed}")
+            fail_key(key, f"{value!r} is not allowed; choose one of: {allowed}")
         return value
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
@@ -372,55 +373,55 @@ def _convert(value: Any, typ: Any, key: str) -> Any:
         return _convert(value, inner[0], key)
     if origin is dict:
         if not isinstance(value, dict):
-            _fail(key, f"expects a mapping, got {value!r}")
+            fail_key(key, f"expects a mapping, got {value!r}")
         return {str(k): _convert(v, args[1], f"{key}.{k}") if args else v
                 for k, v in value.items()}  # fmt: skip
     if origin in (list, tuple):
         if not isinstance(value, list | tuple):
-            _fail(key, f"expects a list, got {value!r}")
+            fail_key(key, f"expects a list, got {value!r}")
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(value) != len(args):
-                _fail(key, f"expects {len(args)} values, got {len(value)}: {value!r}")
+                fail_key(key, f"expects {len(args)} values, got {len(value)}: {value!r}")
             return tuple(_convert(v, t, f"{key}[{i}]") for i, (v, t) in enumerate(zip(value, args)))
         item = args[0] if args else Any
         items = [_convert(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
     if typ is bool:
         if not isinstance(value, bool):
-            _fail(key, f"expects true or false, got {value!r}")
+            fail_key(key, f"expects true or false, got {value!r}")
         return value
     if typ is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            _fail(key, f"expects an integer, got {value!r}")
+            fail_key(key, f"expects an integer, got {value!r}")
         return value
     if typ is float:
         if isinstance(value, bool):
-            _fail(key, f"expects a number, got {value!r}")
+            fail_key(key, f"expects a number, got {value!r}")
         try:
             return float(value)
         except (TypeError, ValueError):
-            _fail(key, f"expects a number, got {value!r}")
+            fail_key(key, f"expects a number, got {value!r}")
     if typ is str:
         if isinstance(value, bool) or value is None or isinstance(value, dict | list):
-            _fail(key, f"expects a string, got {value!r}")
+            fail_key(key, f"expects a string, got {value!r}")
         return str(value)
     return value
 
 
-def _fail(key: str, message: str) -> typing.NoReturn:
+def fail_key(key: str, message: str) -> typing.NoReturn:
     raise ConfigError(f"config key '{key}': {message}")
 
 
-def _positive(key: str, value: float) -> None:
+def check_positive(key: str, value: float) -> None:
     if not value > 0:
-        _fail(key, f"{value} must be positive")
+        fail_key(key, f"{value} must be positive")
 
 
-def _non_negative(key: str, value: float) -> None:
+def check_non_negative(key: str, value: float) -> None:
     if value < 0:
-        _fail(key, f"{value} must not be negative")
+        fail_key(key, f"{value} must not be negative")
 
 
-def _probability(key: str, value: float) -> None:
+def check_probability(key: str, value: float) -> None:
     if not 0 <= value <= 1:
-        _fail(key, f"{value} must lie in [0, 1]")
+        fail_key(key, f"{value} must lie in [0, 1]")

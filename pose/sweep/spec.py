@@ -24,10 +24,10 @@ import yaml
 from pose.config import (
     Config,
     ConfigError,
-    _fail,
-    _non_negative,
-    _positive,
     build_dataclass,
+    check_non_negative,
+    check_positive,
+    fail_key,
     load_config,
     read_yaml_mapping,
 )
@@ -56,12 +56,12 @@ class SlurmResources:
 
     def check(self) -> None:
         for key in ("nodes", "cpus_per_task", "time_min"):
-            _positive(f"slurm.{key}", getattr(self, key))
+            check_positive(f"slurm.{key}", getattr(self, key))
         for key in ("gpus_per_node", "tasks_per_node", "mem_gb", "max_running", "max_requeues",
                     "signal_delay_s"):  # fmt: skip
-            _non_negative(f"slurm.{key}", getattr(self, key))
+            check_non_negative(f"slurm.{key}", getattr(self, key))
         if self.gpus_per_node and self.tasks_per_node not in (0, self.gpus_per_node):
-            _fail("slurm.tasks_per_node", f"{self.tasks_per_node}: runs use one task per GPU, "
+            fail_key("slurm.tasks_per_node", f"{self.tasks_per_node}: runs use one task per GPU, "
                   f"so leave it 0 or set it to gpus_per_node ({self.gpus_per_node})")  # fmt: skip
 
     @property
@@ -81,10 +81,10 @@ class SweepFile:
 
     def check(self) -> None:
         if not self.base:
-            _fail("base", "name the base config file (e.g. configs/demo.yaml)")
+            fail_key("base", "name the base config file (e.g. configs/demo.yaml)")
         for key, values in self.grid.items():
             if not values:
-                _fail(f"grid.{key}", "needs at least one value")
+                fail_key(f"grid.{key}", "needs at least one value")
 
 
 @dataclass(frozen=True)
