@@ -28,9 +28,14 @@ class TrainingJob:
     workdir: str  # relative paths in the config are relative to this folder
     max_requeues: int = 3
     requeues: int = 0
+    threads: int = 0  # intra-op threads; 0 = as the launcher says (Slurm's CPUs per task)
 
     def __call__(self) -> dict:
         os.chdir(self.workdir)
+        if self.threads:
+            import torch
+
+            torch.set_num_threads(self.threads)
         cfg = load_config(self.config_path, list(self.overrides))
         env = init_distributed(cfg.launch)
         try:

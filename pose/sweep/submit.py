@@ -108,12 +108,14 @@ def submit(sweep: Sweep, out: Path, local: bool = False, resubmit: bool = False)
         slurm_max_num_timeout=sweep.spec.slurm.max_requeues,
     )  # fmt: skip
     executor.update_parameters(**executor_parameters(sweep, local))
+    # The local executor starts every run at once: share this machine's cores between them.
+    threads = max(1, (os.cpu_count() or 1) // len(sweep.runs)) if local else 0
     jobs_to_run, rows = [], []
     for run in sweep.runs:
         run_dir = out / "runs" / run.name
         overrides = tuple(run.overrides) + tuple(run_overrides(sweep, run, run_dir))
         jobs_to_run.append(TrainingJob(str(sweep.base), overrides, os.getcwd(),
-                                       sweep.spec.slurm.max_requeues))  # fmt: skip
+                                       sweep.spec.slurm.max_requeues, threads=threads))  # fmt: skip
         rows.append({"name": run.name, "overrides": list(overrides), "varying": run.varying,
                      "run_dir": str(run_dir)})  # fmt: skip
     jobs = executor.submit_array(jobs_to_run)
