@@ -263,11 +263,7 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     """['train.lr=5e-4', 'model.attention=holistic'] -> nested dict of YAML-parsed values."""
     nested: dict[str, Any] = {}
     for item in overrides:
-        key, sep, text = item.partition("=")
-        key = key.strip()
-        if not sep or not key or not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*", key):
-            raise ConfigError(f"override '{item}' is not of the form section.key=value")
-        value = "" if text.strip() == "" else yaml.load(text, Loader=_StrictLoader)
+        key, value = parse_override(item)
         node = nested
         *parents, leaf = key.split(".")
         for part in parents:
@@ -277,6 +273,15 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
             node = child
         node[leaf] = value
     return nested
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """'train.lr=5e-4' -> ('train.lr', 0.0005), the value read as the config files are."""
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key or not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*", key):
+        raise ConfigError(f"override '{item}' is not of the form section.key=value")
+    return key, "" if text.strip() == "" else yaml.load(text, Loader=_StrictLoader)
 
 
 def read_yaml_mapping(path: str | os.PathLike) -> dict[str, Any]:

@@ -173,6 +173,10 @@ start() {
     fi
     stop >/dev/null 2>&1 || true
     install_packages
+    # Only ever remove a folder this script made (or an empty one).
+    if [[ -d $DIR && -n $(ls -A "$DIR") && ! -f $DIR/etc/slurm.conf ]]; then
+        die "$DIR exists and is not a cluster folder of this script; set POSESCALE_SLURM_DIR elsewhere"
+    fi
     rm -rf "$DIR"
     mkdir -p "$DIR"/{etc,run,log,munge,db,state/ctld,state/slurmd}
     write_configs

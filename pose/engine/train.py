@@ -123,7 +123,7 @@ def train(cfg: Config, run_dir: str | Path, env: DistEnv | None = None) -> dict:
     window = _Window(env.device)
     finished = state.global_step >= total_steps
     stopping = False
-    saved_at = state.global_step if ckpt.has_checkpoint(run_dir) else -1
+    saved_at = state.global_step if resumed else -1
     while not finished and state.epoch < cfg.train.epochs:
         data_start = time.perf_counter()
         for batch in train_loader.epoch(state.epoch, state.step_in_epoch):

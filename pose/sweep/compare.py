@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
+from pose.config import read_yaml_mapping
 from pose.eval.coco_eval import METRIC_NAMES
 from pose.tracking import read_metrics
 from pose.viz.curves import spread_plot
@@ -64,7 +64,7 @@ def local_runs(sweep_dir: Path) -> list[RunRecord]:
     for folder in folders:
         if not (folder / "metrics.jsonl").is_file():
             continue  # not started yet
-        config = yaml.safe_load((folder / "config.yaml").read_text())
+        config = read_yaml_mapping(folder / "config.yaml")
         runs.append(RunRecord(folder.name, config, read_metrics(folder)))
     if not runs:
         raise CompareError(f"no run under {sweep_dir} has written metrics.jsonl yet")
@@ -145,22 +145,27 @@ def summarise(run: RunRecord) -> dict[str, float]:
     return out
 
 
-def comparison_table(variants: list[Variant]) -> str:
-    """Markdown: one row per variant, mean ± std over its runs (seeds)."""
+def comparison_rows(variants: list[Variant]) -> tuple[list[str], list[list[str]]]:
+    """Header and one row of cells per variant, mean ± std over its runs (seeds)."""
     columns = ["final AP", "best AP", *TABLE_METRICS[1:], "params (M)", "images/s"]
     source = {"final AP": "AP", "params (M)": "params"}
-    lines = ["| variant | runs | " + " | ".join(columns) + " |",
-             "|---|---:|" + "---:|" * len(columns)]  # fmt: skip
+    rows = []
     for variant in variants:
         summaries = [summarise(r) for r in variant.runs]
-        cells = []
+        cells = [variant.label, str(len(variant.runs))]
         for column in columns:
-            values = [s[source.get(column, column)] for s in summaries
-                      if source.get(column, column) in s]  # fmt: skip
+            key = source.get(column, column)
             scale = 1e-6 if column == "params (M)" else 1.0
-            cells.append(_mean_std([v * scale for v in values], column))
-        lines.append(f"| {variant.label} | {len(variant.runs)} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+            cells.append(_mean_std([s[key] * scale for s in summaries if key in s], column))
+        rows.append(cells)
+    return ["variant", "runs", *columns], rows
+
+
+def comparison_table(variants: list[Variant]) -> str:
+    """The rows as a markdown table."""
+    header, rows = comparison_rows(variants)
+    lines = ["| " + " | ".join(header) + " |", "|---|---:|" + "---:|" * (len(header) - 2)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 
 def comparison_plots(variants: list[Variant], out: Path) -> list[Path]:
@@ -178,20 +183,19 @@ def comparison_plots(variants: list[Variant], out: Path) -> list[Path]:
     ]  # fmt: skip
 
 
-def log_to_wandb(table: str, plots: list[Path], variants: list[Variant], mode: str,
-                 project: str, entity: str, group: str, folder: Path) -> str | None:  # fmt: skip
+def log_to_wandb(plots: list[Path], variants: list[Variant], mode: str, project: str,
+                 entity: str, group: str, folder: Path) -> str | None:  # fmt: skip
     """The table and plots as one summary run in the sweep's wandb group; returns its folder."""
     if mode == "off":
         return None
     import wandb
 
-    rows = [line.strip("|").split("|") for line in table.splitlines()[2:]]
-    header = [c.strip() for c in table.splitlines()[0].strip("|").split("|")]
+    header, rows = comparison_rows(variants)
     run = wandb.init(project=project, entity=entity or None, group=group or None,
                      name=f"{group or 'sweep'}-comparison", job_type="comparison", mode=mode,
                      dir=str(folder), settings=wandb.Settings(init_timeout=60, silent=True),
                      config={"variants": [v.label for v in variants]})  # fmt: skip
-    run.log({"comparison": wandb.Table(columns=header, data=[[c.strip() for c in r] for r in rows]),
+    run.log({"comparison": wandb.Table(columns=header, data=rows),
              **{f"plots/{p.stem}": wandb.Image(str(p)) for p in plots}})  # fmt: skip
     run.finish()
     return str(Path(run.dir).parent)

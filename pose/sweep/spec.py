@@ -29,6 +29,7 @@ from pose.config import (
     check_positive,
     fail_key,
     load_config,
+    parse_override,
     read_yaml_mapping,
 )
 
@@ -131,7 +132,7 @@ def plan_runs(spec: SweepFile, extra_overrides: list[str] = ()) -> list[PlannedR
         for extra in listed:
             own = [f"{k}={_yaml_value(v)}" for k, v in point.items()] + list(extra)
             combos.append(own)
-    parsed = [dict(_split(o) for o in own) for own in combos]
+    parsed = [dict(parse_override(o) for o in own) for own in combos]
     varying_keys = [k for k in dict.fromkeys(k for p in parsed for k in p)
                     if len({repr(p.get(k)) for p in parsed}) > 1]  # fmt: skip
     names = _names([{k: p[k] for k in varying_keys if k in p} for p in parsed])
@@ -143,15 +144,16 @@ def plan_runs(spec: SweepFile, extra_overrides: list[str] = ()) -> list[PlannedR
 
 
 def run_config(sweep: Sweep, run: PlannedRun, run_dir: Path) -> Config:
-    return load_config(sweep.base, list(run.overrides) + list(run_overrides(sweep, run, run_dir)))
+    return load_config(sweep.base, run_overrides(sweep, run, run_dir))
 
 
 def run_overrides(sweep: Sweep, run: PlannedRun, run_dir: Path) -> list[str]:
-    """What the sweep sets on each run: its folder, and the wandb group, name and tags (the
-    varying values, e.g. attention=holistic), so the wandb UI can group and compare runs."""
+    """All of a run's overrides of the base config: the sweep's and its own, then what the
+    sweep sets on each run: its folder, and the wandb group, name and tags (the varying values,
+    e.g. attention=holistic), so the wandb UI can group and compare runs."""
     tags = [f"{k.rsplit('.', 1)[-1]}={v}" for k, v in run.varying.items()]
-    return [f"run.dir={run_dir}", f"log.group={sweep.name}", f"log.name={sweep.name}/{run.name}",
-            f"log.tags={yaml.safe_dump(tags, default_flow_style=True).strip()}"]  # fmt: skip
+    return [*run.overrides, f"run.dir={run_dir}", f"log.group={sweep.name}",
+            f"log.name={sweep.name}/{run.name}", f"log.tags={_yaml_value(tags)}"]  # fmt: skip
 
 
 def _resolve_base(base: str, sweep_path: Path) -> Path:
@@ -161,13 +163,6 @@ def _resolve_base(base: str, sweep_path: Path) -> Path:
             return candidate.resolve()
     raise ConfigError(f"sweep '{sweep_path}': base config '{base}' not found (looked in the "
                       f"current folder and beside the sweep file)")  # fmt: skip
-
-
-def _split(override: str) -> tuple[str, Any]:
-    key, sep, text = override.partition("=")
-    if not sep:
-        raise ConfigError(f"sweep override '{override}' is not of the form section.key=value")
-    return key.strip(), yaml.safe_load(text) if text.strip() else ""
 
 
 def _yaml_value(value: Any) -> str:

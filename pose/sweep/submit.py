@@ -113,7 +113,7 @@ def submit(sweep: Sweep, out: Path, local: bool = False, resubmit: bool = False)
     jobs_to_run, rows = [], []
     for run in sweep.runs:
         run_dir = out / "runs" / run.name
-        overrides = tuple(run.overrides) + tuple(run_overrides(sweep, run, run_dir))
+        overrides = tuple(run_overrides(sweep, run, run_dir))
         jobs_to_run.append(TrainingJob(str(sweep.base), overrides, os.getcwd(),
                                        sweep.spec.slurm.max_requeues, threads=threads))  # fmt: skip
         rows.append({"name": run.name, "overrides": list(overrides), "varying": run.varying,
@@ -260,6 +260,7 @@ def _slurm_states(job_ids: list[str]) -> dict[str, tuple[str, str]]:
                 states[job] = [state]
     except (OSError, subprocess.SubprocessError):
         pass
+    restarted: set[str] | None = None  # read once per call, only when needed
     result = {}
     for job in job_ids:
         attempts = states.get(job)
@@ -267,19 +268,30 @@ def _slurm_states(job_ids: list[str]) -> dict[str, tuple[str, str]]:
             continue
         last = attempts[-1]
         ours = SLURM_STATES.get(last, "failed")  # FAILED, TIMEOUT, NODE_FAIL, OUT_OF_MEMORY...
-        if ours == "pending" and ("REQUEUED" in attempts or _held_after_requeue(job)):
+        if ours == "pending" and "REQUEUED" not in attempts and restarted is None:
+            restarted = _restarted(arrays)
+        if ours == "pending" and ("REQUEUED" in attempts or job in (restarted or ())):
             ours = "requeued"
         result[job] = (ours, last if len(attempts) == 1 else f"{last}, attempt {len(attempts)}")
     return result
 
 
-def _held_after_requeue(job_id: str) -> bool:
-    try:
-        out = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True,
-                             timeout=30).stdout  # fmt: skip
-    except (OSError, subprocess.SubprocessError):
-        return False
-    return any(f.startswith("Restarts=") and f != "Restarts=0" for f in out.split())
+def _restarted(arrays: list[str]) -> set[str]:
+    """Array tasks that Slurm has restarted (a requeued job waits as PENDING before accounting
+    records the attempt), one `scontrol` call per job array."""
+    found = set()
+    for array in arrays:
+        try:
+            out = subprocess.run(["scontrol", "show", "job", "-o", array], capture_output=True,
+                                 text=True, timeout=30).stdout  # fmt: skip
+        except (OSError, subprocess.SubprocessError):
+            continue
+        for line in out.splitlines():
+            fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
+            if fields.get("Restarts", "0") != "0":
+                task = fields.get("ArrayTaskId")
+                found.add(f"{fields.get('ArrayJobId')}_{task}" if task else fields.get("JobId"))
+    return found
 
 
 def _result_state(folder: Path, job_id: str) -> tuple[str, str] | None:
