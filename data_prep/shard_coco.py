@@ -43,6 +43,7 @@ from pose.data.geometry import (
     invert_affine,
     window_to_image_affine,
 )
+from pose.data.jpeg import RESTART_MCUS, encode_crop
 from pose.data.shards import (
     COMPONENTS,
     FORMAT_VERSION,
@@ -77,6 +78,7 @@ class ShardParams:
     context_scale: float
     context_rotation: float
     jpeg_quality: int
+    jpeg_restart_mcus: int  # restart interval cap (pose/data/jpeg.py); 0: crops decode whole
     shard_size: int
     seed: int
     version: int = FORMAT_VERSION
@@ -140,8 +142,8 @@ def crop_sample(image: np.ndarray, inst: PersonInstance, params: ShardParams) ->
         region[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = image[sy0:sy1, sx0:sx1]
     if size != (x1 - x0, y1 - y0):
         region = cv2.resize(region, size, interpolation=cv2.INTER_AREA)
-    ok, jpg = cv2.imencode(".jpg", region, [cv2.IMWRITE_JPEG_QUALITY, params.jpeg_quality])
-    if not ok:
+    jpg = encode_crop(region, params.jpeg_quality, params.jpeg_restart_mcus)
+    if jpg is None:
         raise ShardingError(f"cv2 could not encode the crop of {inst.key}")
     to_image = window_to_image_affine(window, size)
     keypoints = inst.keypoints.astype(np.float64).copy()
@@ -170,7 +172,7 @@ def crop_sample(image: np.ndarray, inst: PersonInstance, params: ShardParams) ->
         scale[0] / to_image[0, 0],  # the padded box in crop pixels
         scale[1] / to_image[1, 1],
     ], dtype=np.float64)  # fmt: skip
-    return Sample(inst.key, jpg.tobytes(), keypoints.astype(np.float32), to_image, meta, record)
+    return Sample(inst.key, jpg, keypoints.astype(np.float32), to_image, meta, record)
 
 
 # ------------------------------------------------------------------------------------------
@@ -443,6 +445,7 @@ def make_params(args) -> ShardParams:
         context_scale=args.context_scale,
         context_rotation=args.context_rotation,
         jpeg_quality=args.quality,
+        jpeg_restart_mcus=args.restart_mcus,
         shard_size=args.shard_size,
         seed=args.seed,
     )
@@ -477,12 +480,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--context-rotation", type=float, default=45.0,
                    help="largest rotation (degrees) the stored context covers")  # fmt: skip
     p.add_argument("--quality", type=int, default=95, help="JPEG quality of the crops")
+    p.add_argument("--restart-mcus", type=int, default=RESTART_MCUS,
+                   help="restart marker every (up to) this many MCUs, so that a sample decodes "
+                        "only the window its warp reads; 0: none, crops decode whole")  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="seed of the shuffle across shards")
     p.add_argument("--overwrite", action="store_true",
                    help="replace what --out holds if made with other parameters")  # fmt: skip
     args = p.parse_args(argv)
     if args.shard_size <= 0 or args.workers <= 0 or not 1 <= args.quality <= 100:
         p.error("--shard-size and --workers must be positive, --quality in 1..100")
+    if not 0 <= args.restart_mcus <= 65535:
+        p.error("--restart-mcus must be in 0..65535")
     return args
 
 

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pose.config import DataConfig
 from pose.data.geometry import affine_points, augmented_transform, half_body_box
+from pose.data.jpeg import decode_for_warp, read_header
 from pose.data.loader import (
     ShardSet,
     epoch_seed,
@@ -82,9 +83,10 @@ def transform_sample(
     cfg: DataConfig,
     permutation: np.ndarray,
 ) -> dict[str, np.ndarray] | None:
-    """Decode and warp one sample; None if its JPEG does not decode."""
-    image = cv2.imdecode(np.frombuffer(parts["jpg"], np.uint8), cv2.IMREAD_COLOR_RGB)
-    if image is None:
+    """Decode and warp one sample; None if its JPEG does not decode. Only the part of the
+    crop that the warp reads is decoded (see pose/data/jpeg.py)."""
+    header = read_header(parts["jpg"])
+    if header is None:
         return None
     keypoints = decode_npy(parts["kpts.npy"]).astype(np.float32)
     meta = decode_npy(parts["meta.npy"])
@@ -96,8 +98,12 @@ def transform_sample(
         half_box = half_body_box(keypoints, out_w / out_h, prefer_upper)
         if half_box is not None:
             center, box = half_box
-    matrix = augmented_transform(center, box, scale, rotation, flip, image.shape[1], (out_w, out_h))
-    warped = cv2.warpAffine(image, matrix, (out_w, out_h), flags=cv2.INTER_LINEAR,
+    matrix = augmented_transform(center, box, scale, rotation, flip, header.width, (out_w, out_h))
+    decoded = decode_for_warp(parts["jpg"], header, matrix, (out_w, out_h))
+    if decoded is None:
+        return None
+    image, image_to_output = decoded
+    warped = cv2.warpAffine(image, image_to_output, (out_w, out_h), flags=cv2.INTER_LINEAR,
                             borderMode=cv2.BORDER_CONSTANT, borderValue=0)  # fmt: skip
     keypoints[:, :2] = affine_points(matrix, keypoints[:, :2])
     if flip:

@@ -1,0 +1,150 @@
+"""Crops with restart intervals: windows cut from them decode to the same pixels as the whole
+crop, warps from a window equal warps from the whole crop, and anything else decodes whole."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from data_prep import shard_coco
+from pose.data.geometry import augmented_transform
+from pose.data.jpeg import (
+    EDGE_MARGIN,
+    JpegIntervals,
+    decode_for_warp,
+    decode_rgb,
+    encode_crop,
+    read_header,
+    restart_interval,
+)
+from pose.data.shards import iter_samples
+
+
+@pytest.fixture(scope="module")
+def photo(coco_fixtures) -> np.ndarray:
+    """A real COCO photograph (BGR): real texture, so that entropy coding is realistic."""
+    return cv2.imread(str(coco_fixtures / "000000000785.jpg"), cv2.IMREAD_COLOR)
+
+
+def _intervals(data: bytes) -> JpegIntervals | None:
+    return JpegIntervals.find(data, read_header(data))
+
+
+def test_restart_intervals_divide_the_mcu_columns():
+    for width in range(1, 400):
+        columns = -(-width // 16)
+        interval = restart_interval(width)
+        assert 1 <= interval <= 4 and columns % interval == 0
+        if columns % 4 == 0:
+            assert interval == 4
+    assert restart_interval(100, 0) == 0
+
+
+def test_windows_decode_to_the_pixels_of_the_whole_crop(photo):
+    rng = np.random.default_rng(0)
+    compared = 0
+    for _ in range(60):
+        h, w = int(rng.integers(17, 420)), int(rng.integers(17, 630))  # odd sizes included
+        y, x = int(rng.integers(0, photo.shape[0] - h + 1)), int(rng.integers(0, photo.shape[1] - w + 1))
+        data = encode_crop(np.ascontiguousarray(photo[y : y + h, x : x + w]), 95)
+        layout = _intervals(data)
+        assert layout is not None and layout.header.interval == restart_interval(w)
+        whole = decode_rgb(data)
+        x0, x1 = np.sort(rng.uniform(-40, w + 40, 2))
+        y0, y1 = np.sort(rng.uniform(-40, h + 40, 2))
+        cut = layout.window(x0, y0, x1, y1)
+        if cut is None:  # wholly outside, margin included
+            assert x1 + EDGE_MARGIN <= 0 or y1 + EDGE_MARGIN <= 0 or x0 - EDGE_MARGIN >= w \
+                or y0 - EDGE_MARGIN >= h  # fmt: skip
+            continue
+        jpeg, ox, oy = cut
+        part = decode_rgb(jpeg)
+        assert part is not None and ox % 16 == 0 and oy % 16 == 0
+        # The window with its margin lies inside the part (as far as the crop reaches) ...
+        lo = np.maximum([x0 - EDGE_MARGIN, y0 - EDGE_MARGIN], 0).astype(int)
+        hi = np.minimum(np.ceil([x1 + EDGE_MARGIN, y1 + EDGE_MARGIN]), [w, h]).astype(int)
+        assert ox <= lo[0] and oy <= lo[1]
+        assert ox + part.shape[1] >= hi[0] and oy + part.shape[0] >= hi[1]
+        # ... and its pixels are exactly the whole decode's.
+        a0, a1 = np.floor([x0, y0]).clip(0).astype(int), np.minimum(np.ceil([x1, y1]), [w, h]).astype(int)
+        if np.all(a1 > a0):
+            np.testing.assert_array_equal(
+                part[a0[1] - oy : a1[1] - oy, a0[0] - ox : a1[0] - ox],
+                whole[a0[1] : a1[1], a0[0] : a1[0]],
+            )
+            compared += 1
+    assert compared > 20
+
+
+def test_a_small_window_decodes_a_small_jpeg(photo):
+    data = encode_crop(np.ascontiguousarray(photo[:400, :640]), 95)  # 64-pixel intervals
+    jpeg, ox, oy = _intervals(data).window(200, 150, 300, 250)
+    assert len(jpeg) < 0.15 * len(data)  # a 100x100 window of a 640x400 crop
+    # With the margin, x 196..304 takes intervals 192..320 and y 146..254 rows 144..256.
+    assert (ox, oy) == (192, 144) and decode_rgb(jpeg).shape[:2] == (112, 128)
+
+
+@pytest.mark.parametrize("detail", [(256, 192), (384, 288)])
+def test_warps_from_the_window_equal_warps_from_the_whole_crop(coco_fixtures, tmp_path, detail):
+    out = tmp_path / "shards"
+    assert shard_coco.main(["--ann", str(coco_fixtures / "test_coco.json"), "--images",
+                            str(coco_fixtures), "--out", str(out),
+                            "--detail", f"{detail[0]}x{detail[1]}"]) == 0  # fmt: skip
+    rng = np.random.default_rng(1)
+    samples, differing = 0, 0.0
+    for tar in sorted(out.glob("*.tar")):
+        for _, parts in iter_samples(tar):
+            header = read_header(parts["jpg"])
+            assert _intervals(parts["jpg"]) is not None  # the sharder writes cuttable crops
+            whole = decode_rgb(parts["jpg"])
+            for _ in range(8):
+                center = rng.uniform(0.3, 0.7, 2) * (header.width, header.height)
+                box = np.array([192, 256]) * rng.uniform(0.3, 1.2)
+                matrix = augmented_transform(center, box, rng.uniform(0.65, 1.35),
+                                             rng.uniform(-90, 90), bool(rng.random() < 0.5),
+                                             header.width, (192, 256))  # fmt: skip
+                image, shifted = decode_for_warp(parts["jpg"], header, matrix, (192, 256))
+                assert image.shape[0] * image.shape[1] <= whole.shape[0] * whole.shape[1]
+                ours = cv2.warpAffine(image, shifted, (192, 256), flags=cv2.INTER_LINEAR)
+                reference = cv2.warpAffine(whole, matrix, (192, 256), flags=cv2.INTER_LINEAR)
+                diff = np.abs(ours.astype(int) - reference)
+                assert diff.max() <= 1  # the shifted matrix rounds a hair differently
+                differing += float(np.mean(diff > 0))
+                samples += 1
+    print(f"pixels off by one: {differing / samples:.2%}")
+    assert samples >= 80 and differing / samples < 0.001
+
+
+def test_jpegs_that_cannot_be_cut_decode_whole(photo):
+    crop = np.ascontiguousarray(photo[:200, :300])  # 19 MCU columns
+    plain = encode_crop(crop, 95, restart_mcus=0)
+    _, progressive = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1,
+                                                 cv2.IMWRITE_JPEG_RST_INTERVAL, 1])  # fmt: skip
+    _, across_rows = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_RST_INTERVAL, 4])
+    matrix = augmented_transform((150, 100), (120, 160), 1.0, 30.0, False, 300, (192, 256))
+    for data in (plain, progressive.tobytes(), across_rows.tobytes()):
+        header = read_header(data)
+        assert header is not None and header.width == 300 and _intervals(data) is None
+        image, same = decode_for_warp(data, header, matrix, (192, 256))
+        assert image.shape == (200, 300, 3) and same is matrix
+
+
+def test_broken_jpegs(photo):
+    data = encode_crop(np.ascontiguousarray(photo[:160, :256]), 95)
+    assert read_header(b"not a jpeg") is None and read_header(data[:100]) is None
+    header = read_header(data)
+    damaged = bytearray(data)
+    damaged[len(data) // 2 : len(data) // 2 + 2] = b"\xff\xd9"  # an EOI in the middle
+    assert JpegIntervals.find(bytes(damaged), header) is None  # decoded whole, as cv2 does
+    zeros = bytes(data[:-600]) + b"\x00" * 600
+    assert JpegIntervals.find(zeros, header) is None  # no EOI at the end
+
+
+def test_a_window_outside_the_crop_warps_to_border(photo):
+    data = encode_crop(np.ascontiguousarray(photo[:160, :256]), 95)
+    header = read_header(data)
+    assert _intervals(data).window(300, 0, 400, 100) is None
+    matrix = augmented_transform((1000, 1000), (96, 128), 1.0, 0.0, False, 256, (192, 256))
+    image, same = decode_for_warp(data, header, matrix, (192, 256))
+    assert not cv2.warpAffine(image, same, (192, 256)).any()
