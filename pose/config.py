@@ -161,6 +161,7 @@ class LogConfig:
 class LaunchConfig:
     dist_backend: Literal["auto", "nccl", "gloo"] = "auto"  # auto: nccl on GPUs, gloo on CPU
     max_requeues: int = 3
+    keep_freed_memory: bool = True  # glibc keeps freed memory for reuse (see distributed.py)
 
     def check(self) -> None:
         check_non_negative("launch.max_requeues", self.max_requeues)

@@ -70,9 +70,30 @@ def describe_environment(env: dict[str, str] | None = None) -> dict[str, str]:
             "MASTER_PORT": str(free_port()), "SOURCE": "single"}  # fmt: skip
 
 
+def keep_freed_memory() -> bool:
+    """Have glibc's malloc serve allocations up to 32 MB from the heap and keep freed heap
+    memory (up to 1 GiB) for reuse, instead of mapping fresh pages for every large tensor and
+    returning them when it is freed. Training allocates the same large tensors every step
+    (activations, gradients, input batches); fresh pages cost a page fault each and zeroing. On
+    this project's CPU machine: +7% images/s in the training loop, +5% samples/s in the torch
+    input pipeline (BENCHMARKS.md). The price is a resident size that stays at its peak.
+    Forked data workers inherit it. False where the C library is not glibc."""
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's malloc.h
+    return bool(mallopt(m_mmap_threshold, 32 << 20)) and bool(mallopt(m_trim_threshold, 1 << 30))
+
+
 def init_distributed(cfg: LaunchConfig, timeout_minutes: float = 30) -> DistEnv:
     """Read the environment, export torchrun-style variables (DeepSpeed reads them too), pick the
-    device and backend (nccl on GPUs, gloo on CPU), and start torch.distributed when world > 1."""
+    device and backend (nccl on GPUs, gloo on CPU), and start torch.distributed when world > 1.
+    Tunes the allocator (`keep_freed_memory`) when `cfg.keep_freed_memory`."""
+    if cfg.keep_freed_memory:
+        keep_freed_memory()
     found = describe_environment()
     for var in TORCHRUN_VARS:
         os.environ[var] = found[var]
