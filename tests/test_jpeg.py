@@ -17,6 +17,7 @@ from pose.data.jpeg import (
     encode_crop,
     read_header,
     restart_interval,
+    warp_span,
 )
 from pose.data.shards import iter_samples
 
@@ -46,19 +47,20 @@ def test_windows_decode_to_the_pixels_of_the_whole_crop(photo):
     compared = 0
     for _ in range(60):
         h, w = int(rng.integers(17, 420)), int(rng.integers(17, 630))  # odd sizes included
-        y, x = int(rng.integers(0, photo.shape[0] - h + 1)), int(rng.integers(0, photo.shape[1] - w + 1))
+        y = int(rng.integers(0, photo.shape[0] - h + 1))
+        x = int(rng.integers(0, photo.shape[1] - w + 1))
         data = encode_crop(np.ascontiguousarray(photo[y : y + h, x : x + w]), 95)
         layout = _intervals(data)
         assert layout is not None and layout.header.interval == restart_interval(w)
         whole = decode_rgb(data)
         x0, x1 = np.sort(rng.uniform(-40, w + 40, 2))
         y0, y1 = np.sort(rng.uniform(-40, h + 40, 2))
-        cut = layout.window(x0, y0, x1, y1)
-        if cut is None:  # wholly outside, margin included
+        span = layout.header.intervals_covering(x0, y0, x1, y1)
+        if span is None:  # wholly outside, margin included
             assert x1 + EDGE_MARGIN <= 0 or y1 + EDGE_MARGIN <= 0 or x0 - EDGE_MARGIN >= w \
                 or y0 - EDGE_MARGIN >= h  # fmt: skip
             continue
-        jpeg, ox, oy = cut
+        jpeg, ox, oy = layout.window(*span)
         part = decode_rgb(jpeg)
         assert part is not None and ox % 16 == 0 and oy % 16 == 0
         # The window with its margin lies inside the part (as far as the crop reaches) ...
@@ -67,7 +69,8 @@ def test_windows_decode_to_the_pixels_of_the_whole_crop(photo):
         assert ox <= lo[0] and oy <= lo[1]
         assert ox + part.shape[1] >= hi[0] and oy + part.shape[0] >= hi[1]
         # ... and its pixels are exactly the whole decode's.
-        a0, a1 = np.floor([x0, y0]).clip(0).astype(int), np.minimum(np.ceil([x1, y1]), [w, h]).astype(int)
+        a0 = np.floor([x0, y0]).clip(0).astype(int)
+        a1 = np.minimum(np.ceil([x1, y1]), [w, h]).astype(int)
         if np.all(a1 > a0):
             np.testing.assert_array_equal(
                 part[a0[1] - oy : a1[1] - oy, a0[0] - ox : a1[0] - ox],
@@ -79,7 +82,8 @@ def test_windows_decode_to_the_pixels_of_the_whole_crop(photo):
 
 def test_a_small_window_decodes_a_small_jpeg(photo):
     data = encode_crop(np.ascontiguousarray(photo[:400, :640]), 95)  # 64-pixel intervals
-    jpeg, ox, oy = _intervals(data).window(200, 150, 300, 250)
+    layout = _intervals(data)
+    jpeg, ox, oy = layout.window(*layout.header.intervals_covering(200, 150, 300, 250))
     assert len(jpeg) < 0.15 * len(data)  # a 100x100 window of a 640x400 crop
     # With the margin, x 196..304 takes intervals 192..320 and y 146..254 rows 144..256.
     assert (ox, oy) == (192, 144) and decode_rgb(jpeg).shape[:2] == (112, 128)
@@ -92,7 +96,7 @@ def test_warps_from_the_window_equal_warps_from_the_whole_crop(coco_fixtures, tm
                             str(coco_fixtures), "--out", str(out),
                             "--detail", f"{detail[0]}x{detail[1]}"]) == 0  # fmt: skip
     rng = np.random.default_rng(1)
-    samples, differing = 0, 0.0
+    samples, differing, cut = 0, 0.0, 0
     for tar in sorted(out.glob("*.tar")):
         for _, parts in iter_samples(tar):
             header = read_header(parts["jpg"])
@@ -106,6 +110,7 @@ def test_warps_from_the_window_equal_warps_from_the_whole_crop(coco_fixtures, tm
                                              header.width, (192, 256))  # fmt: skip
                 image, shifted = decode_for_warp(parts["jpg"], header, matrix, (192, 256))
                 assert image.shape[0] * image.shape[1] <= whole.shape[0] * whole.shape[1]
+                cut += image.shape != whole.shape
                 ours = cv2.warpAffine(image, shifted, (192, 256), flags=cv2.INTER_LINEAR)
                 reference = cv2.warpAffine(whole, matrix, (192, 256), flags=cv2.INTER_LINEAR)
                 diff = np.abs(ours.astype(int) - reference)
@@ -113,7 +118,7 @@ def test_warps_from_the_window_equal_warps_from_the_whole_crop(coco_fixtures, tm
                 differing += float(np.mean(diff > 0))
                 samples += 1
     print(f"pixels off by one: {differing / samples:.2%}")
-    assert samples >= 80 and differing / samples < 0.001
+    assert samples >= 80 and differing / samples < 0.001 and cut > samples / 2
 
 
 def test_jpegs_that_cannot_be_cut_decode_whole(photo):
@@ -144,7 +149,23 @@ def test_broken_jpegs(photo):
 def test_a_window_outside_the_crop_warps_to_border(photo):
     data = encode_crop(np.ascontiguousarray(photo[:160, :256]), 95)
     header = read_header(data)
-    assert _intervals(data).window(300, 0, 400, 100) is None
+    assert header.intervals_covering(300, 0, 400, 100) is None
     matrix = augmented_transform((1000, 1000), (96, 128), 1.0, 0.0, False, 256, (192, 256))
     image, same = decode_for_warp(data, header, matrix, (192, 256))
     assert not cv2.warpAffine(image, same, (192, 256)).any()
+
+
+def test_warp_span_cuts_only_where_it_saves(photo):
+    data = encode_crop(np.ascontiguousarray(photo[:400, :640]), 95)
+    header = read_header(data)
+    # The padded box a quarter of the crop wide: the warp reads a window of it.
+    small = augmented_transform((320, 200), (120, 160), 1.0, 0.0, False, 640, (192, 256))
+    c0, r0, c1, r1 = warp_span(header, small, (192, 256))
+    assert (c0, r0, c1, r1) == (4, 7, 6, 18)  # x 260..380 in 256..384, y 120..280 in 112..288
+    # Zoomed out over the whole crop: cutting would save nothing.
+    everything = augmented_transform((320, 200), (600, 800), 1.0, 0.0, False, 640, (192, 256))
+    assert warp_span(header, everything, (192, 256)) is None
+    image, same = decode_for_warp(data, header, everything, (192, 256))
+    assert image.shape == (400, 640, 3) and same is everything
+    outside = augmented_transform((2000, 200), (120, 160), 1.0, 0.0, False, 640, (192, 256))
+    assert warp_span(header, outside, (192, 256)) == ()

@@ -16,6 +16,7 @@ before this, or by other tools) are decoded whole: `JpegIntervals.find` returns 
 
 from __future__ import annotations
 
+import math
 import struct
 from dataclasses import dataclass
 
@@ -24,7 +25,12 @@ import numpy as np
 
 RESTART_MCUS = 4  # default restart interval: the largest divisor of the MCU columns up to this
 RST0, EOI, DRI, SOS, SOF_BASELINE = 0xD0, 0xD9, 0xDD, 0xDA, (0xC0, 0xC1)
-EDGE_MARGIN = 4  # pixels around a window: bilinear taps (1) and chroma upsampling (2)
+# Pixels added around a window. At a cut edge, libjpeg's fancy (triangle) chroma upsampling lacks
+# the chroma sample beyond the edge, which changes the one outermost pixel row or column; a
+# bilinear warp reads one pixel past the sample point (added by the caller). Tested exactly.
+EDGE_MARGIN = 2
+# Above this fraction of the intervals, cutting costs more than it saves: decode the whole crop.
+WHOLE_ABOVE = 0.85
 
 
 def restart_interval(width: int, most: int = RESTART_MCUS, mcu_width: int = 16) -> int:
@@ -54,6 +60,25 @@ class JpegHeader:
     mcu: tuple[int, int]  # pixels (w, h) of one MCU
     interval: int  # MCUs per restart interval, 0 for none
     cuttable: bool  # baseline, one scan of every component, intervals within MCU rows
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """Restart intervals per MCU row, and MCU rows (for a `cuttable` JPEG)."""
+        return -(-self.width // self.mcu[0]) // self.interval, -(-self.height // self.mcu[1])
+
+    def intervals_covering(
+        self, x0: float, y0: float, x1: float, y1: float
+    ) -> tuple[int, int, int, int] | None:
+        """The intervals (columns c0..c1, rows r0..r1, ends excluded) that cover [x0, x1) x
+        [y0, y1) widened by EDGE_MARGIN, clipped to the image; None for a region wholly
+        outside it."""
+        span_w, span_h = self.mcu[0] * self.interval, self.mcu[1]
+        columns, rows = self.grid
+        c0 = max(0, math.floor((x0 - EDGE_MARGIN) / span_w))
+        c1 = min(columns, math.ceil((x1 + EDGE_MARGIN) / span_w))
+        r0 = max(0, math.floor((y0 - EDGE_MARGIN) / span_h))
+        r1 = min(rows, math.ceil((y1 + EDGE_MARGIN) / span_h))
+        return (c0, r0, c1, r1) if c1 > c0 and r1 > r0 else None
 
 
 def read_header(data: bytes) -> JpegHeader | None:
@@ -93,8 +118,6 @@ class JpegIntervals:
 
     def __init__(self, data: bytes, header: JpegHeader, starts: np.ndarray, ends: np.ndarray):
         self.data, self.header = data, header
-        self.columns = -(-header.width // header.mcu[0]) // header.interval  # per MCU row
-        self.rows = -(-header.height // header.mcu[1])
         self.starts, self.ends = starts, ends  # entropy-coded bytes of interval i
 
     @classmethod
@@ -108,36 +131,26 @@ class JpegIntervals:
         follows = stream[ff + 1]
         markers = ff[(follows & 0xF8) == RST0] + header.scan  # RST0..RST7
         others = (follows != 0) & ((follows & 0xF8) != RST0)  # 0xFF00 is a stuffed 0xFF
-        columns = -(-header.width // header.mcu[0]) // header.interval
-        if len(markers) != columns * -(-header.height // header.mcu[1]) - 1 or np.any(others):
+        columns, rows = header.grid
+        if len(markers) != columns * rows - 1 or np.any(others):
             return None
         starts = np.concatenate([[header.scan], markers + 2])
         ends = np.concatenate([markers, [len(data) - 2]])
         return cls(data, header, starts, ends)
 
-    def window(
-        self, x0: float, y0: float, x1: float, y1: float
-    ) -> tuple[np.ndarray, int, int] | None:
-        """A JPEG of the intervals that cover [x0, x1) x [y0, y1) (widened by EDGE_MARGIN,
-        clipped to the image), and the position (x, y) of its top-left pixel in this image.
-        The whole image where the region covers it; None for a region wholly outside it."""
+    def window(self, c0: int, r0: int, c1: int, r1: int) -> tuple[np.ndarray, int, int]:
+        """A JPEG of intervals c0..c1 of MCU rows r0..r1 (ends excluded), and the position
+        (x, y) of its top-left pixel in this image."""
         h = self.header
         span_w, span_h = h.mcu[0] * h.interval, h.mcu[1]
-        c0 = max(0, int(np.floor((x0 - EDGE_MARGIN) / span_w)))
-        c1 = min(self.columns, int(np.ceil((x1 + EDGE_MARGIN) / span_w)))
-        r0 = max(0, int(np.floor((y0 - EDGE_MARGIN) / span_h)))
-        r1 = min(self.rows, int(np.ceil((y1 + EDGE_MARGIN) / span_h)))
-        if c1 <= c0 or r1 <= r0:
-            return None
-        if (c0, r0, c1, r1) == (0, 0, self.columns, self.rows):
-            return np.frombuffer(self.data, np.uint8), 0, 0
+        columns = h.grid[0]
         buf = np.frombuffer(self.data, np.uint8)
         header = buf[: h.scan].copy()
         width = min(h.width, c1 * span_w) - c0 * span_w
         height = min(h.height, r1 * span_h) - r0 * span_h
         header[h.sof + 5 : h.sof + 9] = np.frombuffer(struct.pack(">HH", height, width),
                                                             np.uint8)  # fmt: skip
-        first = np.arange(r0, r1) * self.columns + c0  # each row's first and last interval
+        first = np.arange(r0, r1) * columns + c0  # each row's first and last interval
         last = first + (c1 - c0 - 1)
         between = np.array([0xFF, RST0], np.uint8)
         pieces = [header]
@@ -159,25 +172,41 @@ def decode_rgb(data: bytes | np.ndarray) -> np.ndarray | None:
     return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR_RGB)
 
 
+def warp_span(
+    header: JpegHeader, matrix: np.ndarray, out_size: tuple[int, int]
+) -> tuple[int, ...] | None:
+    """The intervals (c0, r0, c1, r1) that a warp by `matrix` (2x3, crop -> output) to
+    `out_size` (w, h) reads; () where it reads none (all border); None where the whole crop is
+    to be decoded: not `cuttable`, or the warp reads most of it (cutting would cost more)."""
+    if not header.cuttable:
+        return None
+    inverse = cv2.invertAffineTransform(matrix)
+    w, h = out_size
+    corners = np.array([[-0.5, -0.5], [w - 0.5, -0.5], [-0.5, h - 0.5], [w - 0.5, h - 0.5]])
+    source = corners @ inverse[:, :2].T + inverse[:, 2]
+    (x0, y0), (x1, y1) = source.min(axis=0), source.max(axis=0)
+    span = header.intervals_covering(x0, y0, x1 + 1, y1 + 1)  # + 1: bilinear's second tap
+    if span is None:
+        return ()
+    c0, r0, c1, r1 = span
+    columns, rows = header.grid
+    return None if (c1 - c0) * (r1 - r0) >= WHOLE_ABOVE * columns * rows else span
+
+
 def decode_for_warp(
     data: bytes, header: JpegHeader, matrix: np.ndarray, out_size: tuple[int, int]
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """Decode what a warp by `matrix` (2x3, crop -> output) to `out_size` (w, h) reads: the
     image, and the matrix from that image to the output (the crop's own matrix where the whole
     crop was decoded). None if the JPEG does not decode."""
-    layout = JpegIntervals.find(data, header)
+    span = warp_span(header, matrix, out_size)
+    if span == ():
+        return np.zeros((1, 1, 3), np.uint8), matrix  # black, and the border around it
+    layout = JpegIntervals.find(data, header) if span else None
     if layout is None:
         image = decode_rgb(data)
         return None if image is None else (image, matrix)
-    inverse = cv2.invertAffineTransform(matrix)
-    w, h = out_size
-    corners = np.array([[-0.5, -0.5], [w - 0.5, -0.5], [-0.5, h - 0.5], [w - 0.5, h - 0.5]])
-    source = corners @ inverse[:, :2].T + inverse[:, 2]
-    (x0, y0), (x1, y1) = source.min(axis=0), source.max(axis=0)
-    cut = layout.window(x0, y0, x1 + 1, y1 + 1)
-    if cut is None:  # the output lies wholly outside the crop: all border
-        return np.zeros((1, 1, 3), np.uint8), matrix
-    jpeg, x, y = cut
+    jpeg, x, y = layout.window(*span)
     image = decode_rgb(jpeg)
     if image is None:
         return None
