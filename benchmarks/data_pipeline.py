@@ -1,16 +1,22 @@
 """Input pipeline throughput per CPU core, side by side in one run, on the same instances with
 the same augmentation and output size (256x192, heatmaps 64x48):
 
-- dali:      the DALI pipeline in CPU-only mode, one thread, + heatmap targets (torch)
-- torch:     the torch fallback in process (no workers), + heatmap targets (torch)
-- reference: a reference-style loader, like the classic top-down dataset: reads the COCO
-             annotation file, decodes the whole original image for every instance, flips and
-             warps it with cv2, builds heatmaps in numpy one joint at a time, normalises.
+- dali:        the DALI pipeline in CPU-only mode, one thread, + heatmap targets (torch)
+- torch:       the torch fallback in process (no workers), + heatmap targets (torch); it decodes
+               only the window of each crop that its warp reads (restart intervals)
+- torch-whole: the same on shards written without restart intervals (--restart-mcus 0): every
+               crop decoded whole, as before windows
+- reference:   a reference-style loader, like the classic top-down dataset: reads the COCO
+               annotation file, decodes the whole original image for every instance, flips and
+               warps it with cv2, builds heatmaps in numpy one joint at a time, normalises.
 
     python benchmarks/data_pipeline.py [--images 300] [--ann ANN --image-dir DIR --repeat 20]
-        [--epochs 2] [--detail 384x288] [--json OUT]
+        [--epochs 2] [--rounds 5] [--detail 384x288] [--json OUT]
 
 Every loader runs on one core (torch and OpenCV limited to one thread), so samples/s is per core.
+The process tunes its allocator as training does (`launch.keep_freed_memory`), for every loader.
+The loaders take turns, `--epochs` each per round, for `--rounds` rounds; the median round counts,
+so drift of the machine hits them alike.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from pose.data.dali import DaliLoader
 from pose.data.geometry import affine_points, get_affine_transform
 from pose.data.loader import IMAGENET_MEAN, IMAGENET_STD, ShardSet, flip_permutation
 from pose.data.torch_loader import TorchLoader, draw_augmentation
+from pose.engine.distributed import keep_freed_memory
 
 BATCH = 32
 
@@ -114,7 +121,8 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=300, help="synthetic images to generate")
     parser.add_argument("--ann", help="a COCO annotation file instead of synthetic data")
     parser.add_argument("--image-dir", help="its image folder")
-    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=2, help="epochs per loader and round")
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--repeat", type=int, default=20,
                         help="with --ann: repeat each annotation (longer epochs)")  # fmt: skip
     parser.add_argument("--detail", default="384x288", help="shard detail (HxW)")
@@ -124,6 +132,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
+    keep_freed_memory()  # as training processes do (launch.keep_freed_memory)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         if args.ann:
@@ -135,47 +144,61 @@ def main() -> None:
             generate(root / "data", seed=0, train_images=args.images, val_images=0, progress=False)
             ann = root / "data" / "annotations" / "person_keypoints_train.json"
             image_dir = root / "data" / "images" / "train"
-        with open(os.devnull, "w") as quiet:
-            stdout, sys.stdout = sys.stdout, quiet
-            shard_coco.main(["--ann", str(ann), "--images", str(image_dir), "--out",
-                             str(root / "shards"), "--shard-size", "200", "--detail", args.detail,
-                             "--context-scale", str(args.context_scale),
-                             "--context-rotation", str(args.context_rotation)])  # fmt: skip
-            sys.stdout = stdout
+        for name, restart in (("shards", "4"), ("whole", "0")):
+            with open(os.devnull, "w") as quiet:
+                stdout, sys.stdout = sys.stdout, quiet
+                shard_coco.main(["--ann", str(ann), "--images", str(image_dir), "--out",
+                                 str(root / name), "--shard-size", "200", "--detail", args.detail,
+                                 "--context-scale", str(args.context_scale),
+                                 "--context-rotation", str(args.context_rotation),
+                                 "--restart-mcus", restart])  # fmt: skip
+                sys.stdout = stdout
         cfg = load_config(None, [f"data.train_shards={root / 'shards'}", "data.num_workers=0"]).data
-        shards = ShardSet.open(root / "shards")
+        shards, whole = ShardSet.open(root / "shards"), ShardSet.open(root / "whole")
         cpu = torch.device("cpu")
         instances, _ = training_instances(load_coco(ann))
         batch = min(BATCH, shards.num_samples)
-        options = (shards, cfg, True, batch, 0, 1, cpu, 0, False)
+        options = (cfg, True, batch, 0, 1, cpu, 0, False)
         runs = {
-            "dali": lambda: run_loader(DaliLoader(*options), args.epochs),
-            "torch": lambda: run_loader(TorchLoader(*options), args.epochs),
+            "dali": lambda: run_loader(DaliLoader(shards, *options), args.epochs),
+            "torch": lambda: run_loader(TorchLoader(shards, *options), args.epochs),
+            "torch-whole": lambda: run_loader(TorchLoader(whole, *options), args.epochs),
             "reference": lambda: run_reference(instances, image_dir, cfg, args.epochs),
         }
-        results = {}
-        for name, run in runs.items():
+        for run in runs.values():
             run()  # warm-up: page cache, pipeline build, lazy imports
-            count, seconds = run()
-            results[name] = {"samples": count, "seconds": round(seconds, 3),
-                             "samples_per_s_per_core": round(count / seconds, 1)}  # fmt: skip
+        rounds, counts = {name: [] for name in runs}, {}
+        for _ in range(args.rounds):
+            for name, run in runs.items():
+                counts[name], seconds = run()
+                rounds[name].append(counts[name] / seconds)
+        results = {}
+        for name, rates in rounds.items():
+            median = round(float(np.median(rates)), 1)
+            results[name] = {"samples": counts[name], "rounds": [round(r, 1) for r in rates],
+                             "samples_per_s_per_core": median}  # fmt: skip
     base = results["reference"]["samples_per_s_per_core"]
     print(f"\n{len(instances)} instances x {args.epochs} epochs, output 256x192 + 64x48 targets, "
           f"one core each; crops at {args.detail} detail, context for scale "
           f"{args.context_scale} / rotation {args.context_rotation}")  # fmt: skip
-    print(f"{'loader':>10} {'samples/s/core':>15} {'vs reference':>13}")
+    print(f"{'loader':>12} {'samples/s/core':>15} {'vs reference':>13}   rounds")
     for name, row in results.items():
         row["ratio_vs_reference"] = round(row["samples_per_s_per_core"] / base, 2)
-        print(f"{name:>10} {row['samples_per_s_per_core']:>15} {row['ratio_vs_reference']:>12}x")
+        print(f"{name:>12} {row['samples_per_s_per_core']:>15} {row['ratio_vs_reference']:>12}x"
+              f"   {row['rounds']}")  # fmt: skip
     fastest = max(("dali", "torch"), key=lambda k: results[k]["samples_per_s_per_core"])
+    dali_vs_torch = round(results["dali"]["samples_per_s_per_core"]
+                          / results["torch"]["samples_per_s_per_core"], 2)  # fmt: skip
     print(
-        f"faster CPU backend: {fastest} ({results[fastest]['ratio_vs_reference']}x the reference)"
+        f"faster CPU backend: {fastest} ({results[fastest]['ratio_vs_reference']}x the reference);"
+        f" dali / torch: {dali_vs_torch}"
     )
     if args.json:
         setup = {"instances": len(instances), "detail": args.detail,
                  "context_scale": args.context_scale,
                  "context_rotation": args.context_rotation}  # fmt: skip
-        Path(args.json).write_text(json.dumps({**setup, **results}, indent=1))
+        summary = {"faster_backend": fastest, "dali_vs_torch": dali_vs_torch}
+        Path(args.json).write_text(json.dumps({**setup, **results, **summary}, indent=1))
 
 
 if __name__ == "__main__":
