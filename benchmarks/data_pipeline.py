@@ -11,7 +11,7 @@ the same augmentation and output size (256x192, heatmaps 64x48):
                warps it with cv2, builds heatmaps in numpy one joint at a time, normalises.
 
     python benchmarks/data_pipeline.py [--images 300] [--ann ANN --image-dir DIR --repeat 20]
-        [--epochs 2] [--rounds 5] [--detail 384x288] [--json OUT]
+        [--epochs 2] [--rounds 5] [--detail 384x288] [--quality 95] [--json OUT]
 
 Every loader runs on one core (torch and OpenCV limited to one thread), so samples/s is per core.
 The process tunes its allocator as training does (`launch.keep_freed_memory`), for every loader.
@@ -128,6 +128,7 @@ def main() -> None:
     parser.add_argument("--detail", default="384x288", help="shard detail (HxW)")
     parser.add_argument("--context-scale", type=float, default=1.35)
     parser.add_argument("--context-rotation", type=float, default=45.0)
+    parser.add_argument("--quality", type=int, default=95, help="JPEG quality of the shards")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -151,6 +152,7 @@ def main() -> None:
                                  str(root / name), "--shard-size", "200", "--detail", args.detail,
                                  "--context-scale", str(args.context_scale),
                                  "--context-rotation", str(args.context_rotation),
+                                 "--quality", str(args.quality),
                                  "--restart-mcus", restart])  # fmt: skip
                 sys.stdout = stdout
         cfg = load_config(None, [f"data.train_shards={root / 'shards'}", "data.num_workers=0"]).data
@@ -179,8 +181,8 @@ def main() -> None:
                              "samples_per_s_per_core": median}  # fmt: skip
     base = results["reference"]["samples_per_s_per_core"]
     print(f"\n{len(instances)} instances x {args.epochs} epochs, output 256x192 + 64x48 targets, "
-          f"one core each; crops at {args.detail} detail, context for scale "
-          f"{args.context_scale} / rotation {args.context_rotation}")  # fmt: skip
+          f"one core each; crops at {args.detail} detail, context for scale {args.context_scale}"
+          f" / rotation {args.context_rotation}, quality {args.quality}")  # fmt: skip
     print(f"{'loader':>12} {'samples/s/core':>15} {'vs reference':>13}   rounds")
     for name, row in results.items():
         row["ratio_vs_reference"] = round(row["samples_per_s_per_core"] / base, 2)
@@ -194,7 +196,7 @@ def main() -> None:
         f" dali / torch: {dali_vs_torch}"
     )
     if args.json:
-        setup = {"instances": len(instances), "detail": args.detail,
+        setup = {"instances": len(instances), "detail": args.detail, "quality": args.quality,
                  "context_scale": args.context_scale,
                  "context_rotation": args.context_rotation}  # fmt: skip
         summary = {"faster_backend": fastest, "dali_vs_torch": dali_vs_torch}

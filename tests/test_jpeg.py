@@ -11,6 +11,7 @@ from data_prep import shard_coco
 from pose.data.geometry import augmented_transform
 from pose.data.jpeg import (
     EDGE_MARGIN,
+    MIN_SKIPPED_BYTES,
     JpegIntervals,
     decode_for_warp,
     decode_rgb,
@@ -160,12 +161,17 @@ def test_warp_span_cuts_only_where_it_saves(photo):
     header = read_header(data)
     # The padded box a quarter of the crop wide: the warp reads a window of it.
     small = augmented_transform((320, 200), (120, 160), 1.0, 0.0, False, 640, (192, 256))
-    c0, r0, c1, r1 = warp_span(header, small, (192, 256))
+    c0, r0, c1, r1 = warp_span(header, small, (192, 256), len(data))
     assert (c0, r0, c1, r1) == (4, 7, 6, 18)  # x 260..380 in 256..384, y 120..280 in 112..288
     # Zoomed out over the whole crop: cutting would save nothing.
     everything = augmented_transform((320, 200), (600, 800), 1.0, 0.0, False, 640, (192, 256))
-    assert warp_span(header, everything, (192, 256)) is None
+    assert warp_span(header, everything, (192, 256), len(data)) is None
     image, same = decode_for_warp(data, header, everything, (192, 256))
     assert image.shape == (400, 640, 3) and same is everything
     outside = augmented_transform((2000, 200), (120, 160), 1.0, 0.0, False, 640, (192, 256))
-    assert warp_span(header, outside, (192, 256)) == ()
+    assert warp_span(header, outside, (192, 256), len(data)) == ()
+    # A small crop: skipping half of it saves less than cutting costs.
+    tiny = encode_crop(np.ascontiguousarray(photo[:128, :128]), 95)
+    half = augmented_transform((32, 64), (60, 80), 1.0, 0.0, False, 128, (192, 256))
+    assert len(tiny) < 2 * MIN_SKIPPED_BYTES
+    assert warp_span(read_header(tiny), half, (192, 256), len(tiny)) is None

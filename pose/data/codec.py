@@ -51,8 +51,8 @@ def encode_heatmaps(
     in_x = (xs >= upper_left[..., :1]) & (xs < bottom_right[..., :1])  # (N, K, w)
     in_y = (ys >= upper_left[..., 1:]) & (ys < bottom_right[..., 1:])  # (N, K, h)
     gx = torch.exp(-((xs - centre[..., :1]) ** 2) / (2 * sigma**2)) * in_x
-    gy = torch.exp(-((ys - centre[..., 1:]) ** 2) / (2 * sigma**2)) * in_y
-    targets = gy[..., :, None] * gx[..., None, :] * weights[..., None, None]
+    gy = torch.exp(-((ys - centre[..., 1:]) ** 2) / (2 * sigma**2)) * in_y * weights[..., None]
+    targets = gy[..., :, None] * gx[..., None, :]  # one (N, K, h, w) product, no temporary
     return targets, weights
 
 
