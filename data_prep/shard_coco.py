@@ -5,9 +5,11 @@
 
 Each person is cropped once, with enough context around its padded box for scale and rotation
 augmentation, at the detail the 384x288 recipe needs (never upsampled), so training streams
-compact crops instead of re-decoding whole images. Instances are shuffled with a seed before
-they are cut into shards. Shards and the manifest are written to temporary names and renamed
-when complete; re-running the same command resumes by skipping finished shards.
+compact crops instead of re-decoding whole images. Crops are JPEGs with row-aligned restart
+intervals, so that a sample can decode just the window it uses (pose/data/jpeg.py). Instances
+are shuffled with a seed before they are cut into shards. Shards and the manifest are written
+to temporary names and renamed when complete; re-running the same command resumes by skipping
+finished shards.
 """
 
 from __future__ import annotations

@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 
 def get_affine_transform(
@@ -52,12 +55,14 @@ def compose_affine(outer: np.ndarray, inner: np.ndarray) -> np.ndarray:
 
 def invert_affine_batch(m: torch.Tensor) -> torch.Tensor:
     """Inverse of a batch of 2x3 affine matrices."""
+    import torch  # here, not at the top: sharding workers import this module without torch
     linear = torch.linalg.inv(m[..., :2])
     return torch.cat([linear, -linear @ m[..., 2:]], dim=-1)
 
 
 def compose_affine_batch(outer: torch.Tensor, inner: torch.Tensor) -> torch.Tensor:
     """Batch of 2x3 matrices: `outer` after `inner`."""
+    import torch
     return torch.cat([outer[..., :2] @ inner[..., :2], outer[..., :2] @ inner[..., 2:] + outer[..., 2:]],
                      dim=-1)  # fmt: skip
 

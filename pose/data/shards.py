@@ -21,7 +21,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 from tqdm import tqdm
-from webdataset.tariterators import group_by_keys, tar_file_iterator
 
 FORMAT_VERSION = 2  # of the sample layout; readers refuse other versions
 COMPONENTS = ("jpg", "kpts.npy", "affine.npy", "meta.npy", "json")
@@ -127,6 +126,9 @@ def read_manifest(folder: str | Path) -> dict:
 def iter_samples(path: str | Path) -> Iterator[tuple[str, dict[str, bytes]]]:
     """(key, {extension: bytes}) for each sample of a shard, in order, streamed with
     webdataset's tar iterator; raises ShardError naming the shard on a damaged tar."""
+    # Imported here: webdataset imports torch, which sharding workers need not start with.
+    from webdataset.tariterators import group_by_keys, tar_file_iterator
+
     url = str(path)
     try:
         with open(path, "rb") as stream:
