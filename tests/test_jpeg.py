@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from data_prep import shard_coco
+from pose.config import load_config
 from pose.data.geometry import augmented_transform
 from pose.data.jpeg import (
     EDGE_MARGIN,
@@ -20,7 +21,9 @@ from pose.data.jpeg import (
     restart_interval,
     warp_span,
 )
+from pose.data.loader import flip_permutation
 from pose.data.shards import iter_samples
+from pose.data.torch_loader import transform_sample
 
 
 @pytest.fixture(scope="module")
@@ -90,12 +93,16 @@ def test_a_small_window_decodes_a_small_jpeg(photo):
     assert (ox, oy) == (192, 144) and decode_rgb(jpeg).shape[:2] == (112, 128)
 
 
-@pytest.mark.parametrize("detail", [(256, 192), (384, 288)])
-def test_warps_from_the_window_equal_warps_from_the_whole_crop(coco_fixtures, tmp_path, detail):
-    out = tmp_path / "shards"
+def _shard_fixtures(coco_fixtures, out, detail) -> None:
     assert shard_coco.main(["--ann", str(coco_fixtures / "test_coco.json"), "--images",
                             str(coco_fixtures), "--out", str(out),
                             "--detail", f"{detail[0]}x{detail[1]}"]) == 0  # fmt: skip
+
+
+@pytest.mark.parametrize("detail", [(256, 192), (384, 288)])
+def test_warps_from_the_window_equal_warps_from_the_whole_crop(coco_fixtures, tmp_path, detail):
+    out = tmp_path / "shards"
+    _shard_fixtures(coco_fixtures, out, detail)
     rng = np.random.default_rng(1)
     samples, differing, cut = 0, 0.0, 0
     for tar in sorted(out.glob("*.tar")):
@@ -175,3 +182,24 @@ def test_warp_span_cuts_only_where_it_saves(photo):
     half = augmented_transform((32, 64), (60, 80), 1.0, 0.0, False, 128, (192, 256))
     assert len(tiny) < 2 * MIN_SKIPPED_BYTES
     assert warp_span(read_header(tiny), half, (192, 256), len(tiny)) is None
+
+
+def test_headers_this_module_cannot_read_are_left_to_cv2(coco_fixtures, tmp_path):
+    _shard_fixtures(coco_fixtures, tmp_path / "shards", (256, 192))
+    _, parts = next(iter_samples(next((tmp_path / "shards").glob("*.tar"))))
+    cfg = load_config(None, []).data
+    data = parts["jpg"]
+    filled = data.replace(b"\xff\xdb", b"\xff\xff\xff\xdb", 1)  # fill bytes: legal
+    a, b = read_header(filled), read_header(data)
+    assert (a.width, a.height, a.mcu, a.interval, a.cuttable, a.scan - a.sof) == (
+        b.width, b.height, b.mcu, b.interval, b.cuttable, b.scan - b.sof)  # fmt: skip
+    assert decode_rgb(JpegIntervals.find(filled, a).window(0, 0, 1, 1)[0]) is not None
+    junk = data.replace(b"\xff\xdb", b"\x00\x00\xff\xdb", 1)  # libjpeg skips, with a warning
+    assert read_header(junk) is None and decode_rgb(junk) is not None
+    augmentation = (1.1, 20.0, True, False, False)
+    ours = transform_sample({**parts, "jpg": junk}, augmentation, cfg, flip_permutation(17))
+    reference = transform_sample(parts, augmentation, cfg, flip_permutation(17))
+    assert np.abs(ours["image"].astype(int) - reference["image"]).max() <= 1
+    np.testing.assert_array_equal(ours["keypoints"], reference["keypoints"])
+    assert transform_sample({**parts, "jpg": b"\xff\xd8 nothing"}, augmentation, cfg,
+                            flip_permutation(17)) is None  # fmt: skip

@@ -84,7 +84,8 @@ class JpegHeader:
 
 
 def read_header(data: bytes) -> JpegHeader | None:
-    """The header of a JPEG, or None where it is not one (a corrupt sample)."""
+    """The header of a JPEG, or None where it cannot be read here (callers then leave the JPEG
+    to cv2, which decides whether it decodes)."""
     try:
         if data[:2] != b"\xff\xd8":
             return None
@@ -92,6 +93,8 @@ def read_header(data: bytes) -> JpegHeader | None:
         while True:
             if data[pos] != 0xFF:
                 return None
+            while data[pos + 1] == 0xFF:  # fill bytes before a marker
+                pos += 1
             marker = data[pos + 1]
             length = struct.unpack_from(">H", data, pos + 2)[0]
             if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # a frame header
@@ -170,8 +173,10 @@ class JpegIntervals:
 
 
 def decode_rgb(data: bytes | np.ndarray) -> np.ndarray | None:
-    """JPEG bytes -> uint8 HxWx3 RGB, None if they do not decode."""
-    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR_RGB)
+    """JPEG bytes -> uint8 HxWx3 RGB in the stored pixel grid (an EXIF orientation is not
+    applied: keypoints refer to the stored pixels), None if they do not decode."""
+    flags = cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION
+    return cv2.imdecode(np.frombuffer(data, np.uint8), flags)
 
 
 def warp_span(

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pose.config import DataConfig
 from pose.data.geometry import affine_points, augmented_transform, half_body_box
-from pose.data.jpeg import decode_for_warp, read_header
+from pose.data.jpeg import decode_for_warp, decode_rgb, read_header
 from pose.data.loader import (
     ShardSet,
     epoch_seed,
@@ -86,7 +86,8 @@ def transform_sample(
     """Decode and warp one sample; None if its JPEG does not decode. Only the part of the
     crop that the warp reads is decoded (see pose/data/jpeg.py)."""
     header = read_header(parts["jpg"])
-    if header is None:
+    whole = decode_rgb(parts["jpg"]) if header is None else None  # cv2 may still read it
+    if header is None and whole is None:
         return None
     keypoints = decode_npy(parts["kpts.npy"]).astype(np.float32)
     meta = decode_npy(parts["meta.npy"])
@@ -98,8 +99,10 @@ def transform_sample(
         half_box = half_body_box(keypoints, out_w / out_h, prefer_upper)
         if half_box is not None:
             center, box = half_box
-    matrix = augmented_transform(center, box, scale, rotation, flip, header.width, (out_w, out_h))
-    decoded = decode_for_warp(parts["jpg"], header, matrix, (out_w, out_h))
+    width = whole.shape[1] if header is None else header.width
+    matrix = augmented_transform(center, box, scale, rotation, flip, width, (out_w, out_h))
+    decoded = (whole, matrix) if header is None else decode_for_warp(parts["jpg"], header, matrix,
+                                                                     (out_w, out_h))  # fmt: skip
     if decoded is None:
         return None
     image, image_to_output = decoded
