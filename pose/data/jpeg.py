@@ -46,6 +46,7 @@ def encode_crop(image: np.ndarray, quality: int, restart_mcus: int = RESTART_MCU
     """BGR uint8 image -> baseline JPEG (4:2:0, 16x16 MCUs) with row-aligned restart intervals
     of up to `restart_mcus` MCUs (none for 0); None if cv2 cannot encode it."""
     params = [cv2.IMWRITE_JPEG_QUALITY, quality,
+              cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420,
               cv2.IMWRITE_JPEG_RST_INTERVAL, restart_interval(image.shape[1], restart_mcus)]  # fmt: skip
     ok, jpg = cv2.imencode(".jpg", image, params)
     return jpg.tobytes() if ok else None
