@@ -46,7 +46,8 @@ demo-shards: demo-data
 demo: demo-shards
 	@start=$$(date +%s); \
 	$(PY) -m data_prep.preview --config configs/demo.yaml --out runs/demo/input_preview.png && \
-	$(PY) benchmarks/data_pipeline.py --rounds 3 --json runs/demo/data_pipeline.json && \
+	$(PY) benchmarks/data_pipeline.py --rounds 3 --json runs/demo/data_pipeline.json \
+	  --plot runs/demo/data_pipeline.png && \
 	$(PY) -m pose.models.summary --config configs/demo.yaml && \
 	$(PY) launch/train.py --config configs/demo.yaml && \
 	$(PY) launch/eval.py --config configs/demo.yaml --checkpoint runs/demo \
@@ -55,7 +56,7 @@ demo: demo-shards
 	  --boxes $(DEMO_DATA)/annotations/person_detections_val.json --box-thr 0.5 \
 	  --out runs/demo/pictures/predict --limit 6 && \
 	echo "demo: trained, evaluated and drew pictures in $$(( $$(date +%s) - start )) s;" \
-	  "see runs/demo/ (metrics.json, pictures/, input_preview.png, data_pipeline.json)"
+	  "see runs/demo/ (metrics.json, pictures/, input_preview.png, data_pipeline.json/.png)"
 
 # The three attention variants as one sweep: through Slurm when a cluster answers (for one on
 # this machine: `slurm/local-cluster.sh start`, then export the SLURM_CONF line it prints),

@@ -11,7 +11,7 @@ the same augmentation and output size (256x192, heatmaps 64x48):
                warps it with cv2, builds heatmaps in numpy one joint at a time, normalises.
 
     python benchmarks/data_pipeline.py [--images 300] [--ann ANN --image-dir DIR --repeat 20]
-        [--epochs 2] [--rounds 5] [--detail 384x288] [--quality 95] [--json OUT]
+        [--epochs 2] [--rounds 5] [--detail 384x288] [--quality 95] [--json OUT] [--plot PNG]
 
 Every loader runs on one core (torch and OpenCV limited to one thread), so samples/s is per core.
 The process tunes its allocator as training does (`launch.keep_freed_memory`), for every loader.
@@ -43,6 +43,7 @@ from pose.data.geometry import affine_points, get_affine_transform
 from pose.data.loader import IMAGENET_MEAN, IMAGENET_STD, ShardSet, flip_permutation
 from pose.data.torch_loader import TorchLoader, draw_augmentation
 from pose.engine.distributed import keep_freed_memory
+from pose.viz.curves import throughput_bars
 
 BATCH = 32
 
@@ -130,6 +131,7 @@ def main() -> None:
     parser.add_argument("--context-rotation", type=float, default=45.0)
     parser.add_argument("--quality", type=int, default=95, help="JPEG quality of the shards")
     parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--plot", help="draw them here (PNG)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
@@ -195,6 +197,12 @@ def main() -> None:
         f"faster CPU backend: {fastest} ({results[fastest]['ratio_vs_reference']}x the reference);"
         f" dali / torch: {dali_vs_torch}"
     )
+    if args.plot:
+        title = (f"Input pipelines, one core each\n{len(instances)} instances, {args.detail} "
+                 f"crops, context x{args.context_scale} / {args.context_rotation:g}°, "
+                 f"quality {args.quality}")  # fmt: skip
+        throughput_bars(rounds, Path(args.plot), title, "samples/s per core (median, range "
+                        "over rounds)", "reference")  # fmt: skip
     if args.json:
         setup = {"instances": len(instances), "detail": args.detail, "quality": args.quality,
                  "context_scale": args.context_scale,

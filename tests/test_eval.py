@@ -247,3 +247,16 @@ def test_training_panel_lays_out_every_attention_variant(attention, height, tmp_
     panel = cv2.imread(str(path))
     assert panel.shape[0] == 2 * height
     assert panel.shape[1] >= 96 and panel.reshape(-1, 3).std(0).min() > 0
+
+
+def test_throughput_bars_draw_one_bar_per_variant(tmp_path):
+    import matplotlib.image as mpimg
+
+    from pose.viz.curves import throughput_bars
+
+    rates = {"dali": [240.0, 250.0], "torch": [1500.0, 1560.0], "reference": [400.0, 410.0]}
+    fewer = {k: v for k, v in rates.items() if k != "dali"}
+    two = throughput_bars(fewer, tmp_path / "two.png", "t", "x", "reference")
+    three = throughput_bars(rates, tmp_path / "three.png", "t", "x", "reference")
+    h2, h3 = mpimg.imread(two).shape[0], mpimg.imread(three).shape[0]
+    assert h3 == h2 + 60  # 0.5 inch more per bar at 120 dpi

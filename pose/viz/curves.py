@@ -1,4 +1,5 @@
-"""Training curves of several variants with their seed spread (what sweep comparisons plot)."""
+"""Charts of measurements: training curves of several variants with their seed spread (what
+sweep comparisons plot), and throughput bars with their spread over rounds (benchmarks)."""
 
 from __future__ import annotations
 
@@ -7,15 +8,20 @@ from pathlib import Path
 import numpy as np
 
 
-def spread_plot(curves: dict[str, list[tuple[np.ndarray, np.ndarray]]], path: Path, title: str,
-                xlabel: str, ylabel: str, log_y: bool = False) -> Path:  # fmt: skip
-    """One line per variant (the mean over its runs, e.g. seeds) with a band from the lowest to
-    the highest run; runs are put on the x values of the shortest one."""
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def spread_plot(curves: dict[str, list[tuple[np.ndarray, np.ndarray]]], path: Path, title: str,
+                xlabel: str, ylabel: str, log_y: bool = False) -> Path:  # fmt: skip
+    """One line per variant (the mean over its runs, e.g. seeds) with a band from the lowest to
+    the highest run; runs are put on the x values of the shortest one."""
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
     for label, runs in curves.items():
         runs = [(np.asarray(x, float), np.asarray(y, float)) for x, y in runs if len(x)]
@@ -32,6 +38,32 @@ def spread_plot(curves: dict[str, list[tuple[np.ndarray, np.ndarray]]], path: Pa
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def throughput_bars(rates: dict[str, list[float]], path: Path, title: str, xlabel: str,
+                    baseline: str) -> Path:  # fmt: skip
+    """One horizontal bar per variant at its median over rounds, a line from its lowest to its
+    highest round, labelled with the median and its ratio to `baseline`'s median."""
+    plt = _pyplot()
+    names = list(rates)
+    medians = [float(np.median(rates[n])) for n in names]
+    base = float(np.median(rates[baseline]))
+    fig, ax = plt.subplots(figsize=(6.4, 0.5 * len(names) + 1.2), dpi=120)
+    ax.barh(names, medians, color="#4c72b0")
+    for i, name in enumerate(names):
+        ax.plot([min(rates[name]), max(rates[name])], [i, i], color="black", lw=1.2)
+        ax.text(medians[i], i, f"  {medians[i]:.0f} ({medians[i] / base:.2f}x)", va="center",
+                fontsize=8)  # fmt: skip
+    ax.invert_yaxis()
+    ax.set_xlim(0, max(max(r) for r in rates.values()) * 1.3)
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel(xlabel)
+    ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
