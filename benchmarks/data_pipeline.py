@@ -32,6 +32,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from turns import take_turns
 
 from data_prep import shard_coco
 from data_prep.synthetic import generate
@@ -169,17 +170,13 @@ def main() -> None:
             "torch-whole": lambda: run_loader(TorchLoader(whole, *options), args.epochs),
             "reference": lambda: run_reference(instances, image_dir, cfg, args.epochs),
         }
-        for run in runs.values():
-            run()  # warm-up: page cache, pipeline build, lazy imports
-        rounds, counts = {name: [] for name in runs}, {}
-        for _ in range(args.rounds):
-            for name, run in runs.items():
-                counts[name], seconds = run()
-                rounds[name].append(counts[name] / seconds)
+        measured = take_turns(runs, args.rounds)  # [(samples, seconds)] per loader
+        rounds = {name: [count / seconds for count, seconds in m] for name, m in measured.items()}
         results = {}
         for name, rates in rounds.items():
             median = round(float(np.median(rates)), 1)
-            results[name] = {"samples": counts[name], "rounds": [round(r, 1) for r in rates],
+            results[name] = {"samples": measured[name][0][0],
+                             "rounds": [round(r, 1) for r in rates],
                              "samples_per_s_per_core": median}  # fmt: skip
     base = results["reference"]["samples_per_s_per_core"]
     print(f"\n{len(instances)} instances x {args.epochs} epochs, output 256x192 + 64x48 targets, "

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import torch
+from turns import take_turns
 
 from pose.config import load_config
 from pose.data.codec import encode_heatmaps
@@ -45,16 +46,13 @@ def timed(step, steps: int) -> float:
 
 
 def interleaved(variants: dict, steps: int, rounds: int, warmup: int = 3) -> dict[str, float]:
-    """Median seconds per step of each variant over `rounds` rounds, the variants taking turns
-    in every round (so drift of the machine - clocks, caches, the other core - hits them all
-    alike rather than whichever was measured last)."""
+    """Median seconds per step of each variant over `rounds` rounds of `steps` steps, the
+    variants taking turns (turns.py), after `warmup` steps each."""
+    timers = {name: (lambda step=step: timed(step, steps)) for name, step in variants.items()}
     for step in variants.values():
         for _ in range(warmup):
             step()
-    samples = {name: [] for name in variants}
-    for _ in range(rounds):
-        for name, step in variants.items():
-            samples[name].append(timed(step, steps))
+    samples = take_turns(timers, rounds, warmup=0)
     return {name: statistics.median(values) for name, values in samples.items()}
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from turns import take_turns
 
 BATCH, OUT_H, OUT_W = 32, 256, 192
 
@@ -66,14 +67,14 @@ def main() -> None:
         "dali warp_affine (nearest)": dali_pipeline(images, "warp-nn", matrix),
         "dali resize (linear, roi)": dali_pipeline(images, "resize", matrix),
     }
-    for run in runs.values():
-        run()  # warm-up
-    times = {name: [] for name in runs}
-    for _ in range(args.rounds):  # the kernels take turns
-        for name, run in runs.items():
-            start = time.perf_counter()
-            run()
-            times[name].append((time.perf_counter() - start) / BATCH * 1e3)
+
+    def ms_per_image(run):
+        start = time.perf_counter()
+        run()
+        return (time.perf_counter() - start) / BATCH * 1e3
+
+    times = take_turns({name: (lambda r=run: ms_per_image(r)) for name, run in runs.items()},
+                       args.rounds)  # fmt: skip
     base = float(np.median(times["cv2 warpAffine (linear)"]))
     print(f"\n{args.crop}x{args.crop} crops -> {OUT_H}x{OUT_W}, one thread, median of "
           f"{args.rounds} rounds")  # fmt: skip

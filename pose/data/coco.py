@@ -252,6 +252,11 @@ def _detection_skip_reason(coco, det: dict, score_threshold: float) -> str | Non
     if box.shape != (4,) or not np.isfinite(box).all() or box[2] <= 0 or box[3] <= 0:
         return "invalid_box"
     img = coco.imgs[det["image_id"]]
-    if box[0] >= img["width"] or box[1] >= img["height"] or box[0] + box[2] <= 0 or box[1] + box[3] <= 0:
+    if (
+        box[0] >= img["width"]
+        or box[1] >= img["height"]
+        or box[0] + box[2] <= 0
+        or box[1] + box[3] <= 0
+    ):
         return "invalid_box"
     return None

@@ -29,7 +29,9 @@ def encode_heatmaps(
     kpts = keypoints.to(dtype)
     (in_h, in_w), (hm_h, hm_w) = image_size, heatmap_size
     if kind == "udp":
-        stride = torch.tensor([(in_w - 1) / (hm_w - 1), (in_h - 1) / (hm_h - 1)], device=kpts.device)
+        stride = torch.tensor(
+            [(in_w - 1) / (hm_w - 1), (in_h - 1) / (hm_h - 1)], device=kpts.device
+        )
     else:
         stride = torch.tensor([in_w / hm_w, in_h / hm_h], device=kpts.device)
     exact = kpts[..., :2] / stride  # (N, K, 2) in heatmap pixels
@@ -61,7 +63,9 @@ def encode_heatmaps(
 # --------------------------------------------------------------------------------------------
 
 
-def decode_heatmaps(heatmaps: torch.Tensor, kind: str = "argmax") -> tuple[torch.Tensor, torch.Tensor]:
+def decode_heatmaps(
+    heatmaps: torch.Tensor, kind: str = "argmax"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Joint positions (N, K, 2) in heatmap pixels and confidences (N, K) from heatmaps
     (N, K, h, w), on their device.
 
@@ -72,7 +76,7 @@ def decode_heatmaps(heatmaps: torch.Tensor, kind: str = "argmax") -> tuple[torch
     if kind not in ("argmax", "dark"):
         raise ValueError(f"unknown heatmap decoding '{kind}' (argmax or dark)")
     hm = heatmaps.float()
-    n, k, h, w = hm.shape
+    n, k, _, w = hm.shape
     flat = hm.reshape(n, k, -1)
     scores, index = flat.max(dim=-1)
     coords = torch.stack([index % w, index // w], dim=-1).float()
@@ -140,7 +144,9 @@ def _dark_offset(hm: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
     return torch.stack([ox, oy], dim=-1) * ok.unsqueeze(-1)
 
 
-def flip_back(heatmaps: torch.Tensor, permutation: torch.Tensor, shift: bool = True) -> torch.Tensor:
+def flip_back(
+    heatmaps: torch.Tensor, permutation: torch.Tensor, shift: bool = True
+) -> torch.Tensor:
     """Heatmaps of a horizontally flipped input, flipped back with left/right joints swapped
     and, as the reference does (SHIFT_HEATMAP), moved one pixel to the right."""
     back = heatmaps.flip(-1)[:, permutation]

@@ -15,7 +15,6 @@ import math
 from collections.abc import Iterator
 
 import numpy as np
-
 import torch
 
 from pose.config import DataConfig
@@ -219,8 +218,9 @@ class DaliLoader:
             policy = LastBatchPolicy.DROP if self.training else LastBatchPolicy.PARTIAL
             iterator = DALIGenericIterator(pipe, OUTPUTS, reader_name=READER,
                                            last_batch_policy=policy, auto_reset=False)  # fmt: skip
-            steps = (self.steps_per_epoch if self.training
-                     else self.shards.rank_steps(self.rank, self.world, self.batch_size))  # fmt: skip
+            steps = self.steps_per_epoch
+            if not self.training:
+                steps = self.shards.rank_steps(self.rank, self.world, self.batch_size)
             for step, outputs in enumerate(iterator):
                 if step >= steps:
                     break  # ranks whose part is one sample longer stop with the others

@@ -56,6 +56,7 @@ def compose_affine(outer: np.ndarray, inner: np.ndarray) -> np.ndarray:
 def invert_affine_batch(m: torch.Tensor) -> torch.Tensor:
     """Inverse of a batch of 2x3 affine matrices."""
     import torch  # here, not at the top: sharding workers import this module without torch
+
     linear = torch.linalg.inv(m[..., :2])
     return torch.cat([linear, -linear @ m[..., 2:]], dim=-1)
 
@@ -63,8 +64,9 @@ def invert_affine_batch(m: torch.Tensor) -> torch.Tensor:
 def compose_affine_batch(outer: torch.Tensor, inner: torch.Tensor) -> torch.Tensor:
     """Batch of 2x3 matrices: `outer` after `inner`."""
     import torch
-    return torch.cat([outer[..., :2] @ inner[..., :2], outer[..., :2] @ inner[..., 2:] + outer[..., 2:]],
-                     dim=-1)  # fmt: skip
+
+    linear = outer[..., :2] @ inner[..., :2]
+    return torch.cat([linear, outer[..., :2] @ inner[..., 2:] + outer[..., 2:]], dim=-1)
 
 
 def affine_points(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
@@ -110,9 +112,7 @@ def crop_window(
     return (x0, y0, x1, y1), size
 
 
-def window_to_image_affine(
-    window: tuple[int, int, int, int], size: tuple[int, int]
-) -> np.ndarray:
+def window_to_image_affine(window: tuple[int, int, int, int], size: tuple[int, int]) -> np.ndarray:
     """2x3 matrix taking crop pixels back to image pixels, for a window resized to `size` with
     cv2's pixel-centre convention (crop u <-> image x0 + (u + 0.5) / r - 0.5)."""
     x0, y0, x1, y1 = window

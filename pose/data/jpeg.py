@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from pose.data.geometry import affine_points, compose_affine, invert_affine
+
 RESTART_MCUS = 4  # default restart interval: the largest divisor of the MCU columns up to this
 RST0, EOI, DRI, SOS, SOF_BASELINE = 0xD0, 0xD9, 0xDD, 0xDA, (0xC0, 0xC1)
 # Pixels added around a window. At a cut edge, libjpeg's fancy (triangle) chroma upsampling lacks
@@ -45,9 +47,10 @@ def restart_interval(width: int, most: int = RESTART_MCUS, mcu_width: int = 16) 
 def encode_crop(image: np.ndarray, quality: int, restart_mcus: int = RESTART_MCUS) -> bytes | None:
     """BGR uint8 image -> baseline JPEG (4:2:0, 16x16 MCUs) with row-aligned restart intervals
     of up to `restart_mcus` MCUs (none for 0); None if cv2 cannot encode it."""
+    interval = restart_interval(image.shape[1], restart_mcus)
     params = [cv2.IMWRITE_JPEG_QUALITY, quality,
               cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420,
-              cv2.IMWRITE_JPEG_RST_INTERVAL, restart_interval(image.shape[1], restart_mcus)]  # fmt: skip
+              cv2.IMWRITE_JPEG_RST_INTERVAL, interval]  # fmt: skip
     ok, jpg = cv2.imencode(".jpg", image, params)
     return jpg.tobytes() if ok else None
 
@@ -189,10 +192,9 @@ def warp_span(
     little of it to pay (MIN_SKIPPED_BYTES)."""
     if not header.cuttable:
         return None
-    inverse = cv2.invertAffineTransform(matrix)
     w, h = out_size
     corners = np.array([[-0.5, -0.5], [w - 0.5, -0.5], [-0.5, h - 0.5], [w - 0.5, h - 0.5]])
-    source = corners @ inverse[:, :2].T + inverse[:, 2]
+    source = affine_points(invert_affine(matrix), corners)
     (x0, y0), (x1, y1) = source.min(axis=0), source.max(axis=0)
     span = header.intervals_covering(x0, y0, x1 + 1, y1 + 1)  # + 1: bilinear's second tap
     if span is None:
@@ -220,6 +222,4 @@ def decode_for_warp(
     image = decode_rgb(jpeg)
     if image is None:
         return None
-    shifted = matrix.copy()
-    shifted[:, 2] += matrix[:, :2] @ np.array([x, y], np.float64)
-    return image, shifted
+    return image, compose_affine(matrix, np.array([[1.0, 0.0, x], [0.0, 1.0, y]]))

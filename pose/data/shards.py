@@ -18,9 +18,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 from tqdm import tqdm
+
+from pose.data.jpeg import decode_rgb
 
 FORMAT_VERSION = 2  # of the sample layout; readers refuse other versions
 COMPONENTS = ("jpg", "kpts.npy", "affine.npy", "meta.npy", "json")
@@ -162,7 +163,9 @@ def decode_npy(data: bytes) -> np.ndarray:
 # ------------------------------------------------------------------------------------------
 
 
-def check_shards(folder: str | Path, decode_images: bool = True, progress: bool = True) -> list[str]:
+def check_shards(
+    folder: str | Path, decode_images: bool = True, progress: bool = True
+) -> list[str]:
     """Problems found in a shard folder, as readable lines (empty when all is well)."""
     folder = Path(folder)
     try:
@@ -203,10 +206,8 @@ def _check_sample(parts: dict[str, bytes], decode_images: bool) -> list[str]:
     if missing:
         return [f"missing components {missing}"]
     problems = []
-    if decode_images:
-        image = cv2.imdecode(np.frombuffer(parts["jpg"], np.uint8), cv2.IMREAD_COLOR)
-        if image is None:
-            problems.append("jpg does not decode")
+    if decode_images and decode_rgb(parts["jpg"]) is None:
+        problems.append("jpg does not decode")
     try:
         kpts, affine = decode_npy(parts["kpts.npy"]), decode_npy(parts["affine.npy"])
         meta = decode_npy(parts["meta.npy"])

@@ -11,7 +11,6 @@ index gives, as DALI reads them (one read per sample; no tar headers parsed on t
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from pathlib import Path
 

@@ -17,6 +17,14 @@ def _pyplot():
     return plt
 
 
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    _pyplot().close(fig)
+    return path
+
+
 def spread_plot(curves: dict[str, list[tuple[np.ndarray, np.ndarray]]], path: Path, title: str,
                 xlabel: str, ylabel: str, log_y: bool = False) -> Path:  # fmt: skip
     """One line per variant (the mean over its runs, e.g. seeds) with a band from the lowest to
@@ -38,11 +46,7 @@ def spread_plot(curves: dict[str, list[tuple[np.ndarray, np.ndarray]]], path: Pa
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def throughput_bars(rates: dict[str, list[float]], path: Path, title: str, xlabel: str,
@@ -64,8 +68,4 @@ def throughput_bars(rates: dict[str, list[float]], path: Path, title: str, xlabe
     ax.set_title(title, fontsize=9)
     ax.set_xlabel(xlabel)
     ax.grid(axis="x", alpha=0.3)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
