@@ -125,8 +125,9 @@ def main() -> None:
     parser.add_argument("--image-dir", help="its image folder")
     parser.add_argument("--epochs", type=int, default=2, help="epochs per loader and round")
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--repeat", type=int, default=20,
-                        help="with --ann: repeat each annotation (longer epochs)")  # fmt: skip
+    parser.add_argument(
+        "--repeat", type=int, default=20, help="with --ann: repeat each annotation (longer epochs)"
+    )
     parser.add_argument("--detail", default="384x288", help="shard detail (HxW)")
     parser.add_argument("--context-scale", type=float, default=1.35)
     parser.add_argument("--context-rotation", type=float, default=45.0)
@@ -151,12 +152,28 @@ def main() -> None:
         for name, restart in (("shards", "4"), ("whole", "0")):
             with open(os.devnull, "w") as quiet:
                 stdout, sys.stdout = sys.stdout, quiet
-                shard_coco.main(["--ann", str(ann), "--images", str(image_dir), "--out",
-                                 str(root / name), "--shard-size", "200", "--detail", args.detail,
-                                 "--context-scale", str(args.context_scale),
-                                 "--context-rotation", str(args.context_rotation),
-                                 "--quality", str(args.quality),
-                                 "--restart-mcus", restart])  # fmt: skip
+                shard_coco.main(
+                    [
+                        "--ann",
+                        str(ann),
+                        "--images",
+                        str(image_dir),
+                        "--out",
+                        str(root / name),
+                        "--shard-size",
+                        "200",
+                        "--detail",
+                        args.detail,
+                        "--context-scale",
+                        str(args.context_scale),
+                        "--context-rotation",
+                        str(args.context_rotation),
+                        "--quality",
+                        str(args.quality),
+                        "--restart-mcus",
+                        restart,
+                    ]
+                )
                 sys.stdout = stdout
         cfg = load_config(None, [f"data.train_shards={root / 'shards'}", "data.num_workers=0"]).data
         shards, whole = ShardSet.open(root / "shards"), ShardSet.open(root / "whole")
@@ -175,35 +192,53 @@ def main() -> None:
         results = {}
         for name, rates in rounds.items():
             median = round(float(np.median(rates)), 1)
-            results[name] = {"samples": measured[name][0][0],
-                             "rounds": [round(r, 1) for r in rates],
-                             "samples_per_s_per_core": median}  # fmt: skip
+            results[name] = {
+                "samples": measured[name][0][0],
+                "rounds": [round(r, 1) for r in rates],
+                "samples_per_s_per_core": median,
+            }
     base = results["reference"]["samples_per_s_per_core"]
-    print(f"\n{len(instances)} instances x {args.epochs} epochs, output 256x192 + 64x48 targets, "
-          f"one core each; crops at {args.detail} detail, context for scale {args.context_scale}"
-          f" / rotation {args.context_rotation}, quality {args.quality}")  # fmt: skip
+    print(
+        f"\n{len(instances)} instances x {args.epochs} epochs, output 256x192 + 64x48 targets, "
+        f"one core each; crops at {args.detail} detail, context for scale {args.context_scale}"
+        f" / rotation {args.context_rotation}, quality {args.quality}"
+    )
     print(f"{'loader':>12} {'samples/s/core':>15} {'vs reference':>13}   rounds")
     for name, row in results.items():
         row["ratio_vs_reference"] = round(row["samples_per_s_per_core"] / base, 2)
-        print(f"{name:>12} {row['samples_per_s_per_core']:>15} {row['ratio_vs_reference']:>12}x"
-              f"   {row['rounds']}")  # fmt: skip
+        print(
+            f"{name:>12} {row['samples_per_s_per_core']:>15} {row['ratio_vs_reference']:>12}x"
+            f"   {row['rounds']}"
+        )
     fastest = max(("dali", "torch"), key=lambda k: results[k]["samples_per_s_per_core"])
-    dali_vs_torch = round(results["dali"]["samples_per_s_per_core"]
-                          / results["torch"]["samples_per_s_per_core"], 2)  # fmt: skip
+    dali_vs_torch = round(
+        results["dali"]["samples_per_s_per_core"] / results["torch"]["samples_per_s_per_core"], 2
+    )
     print(
         f"faster CPU backend: {fastest} ({results[fastest]['ratio_vs_reference']}x the reference);"
         f" dali / torch: {dali_vs_torch}"
     )
     if args.plot:
-        title = (f"Input pipelines, one core each\n{len(instances)} instances, {args.detail} "
-                 f"crops, context x{args.context_scale} / {args.context_rotation:g}°, "
-                 f"quality {args.quality}")  # fmt: skip
-        throughput_bars(rounds, Path(args.plot), title, "samples/s per core (median, range "
-                        "over rounds)", "reference")  # fmt: skip
+        title = (
+            f"Input pipelines, one core each\n{len(instances)} instances, {args.detail} "
+            f"crops, context x{args.context_scale} / {args.context_rotation:g}°, "
+            f"quality {args.quality}"
+        )
+        throughput_bars(
+            rounds,
+            Path(args.plot),
+            title,
+            "samples/s per core (median, range over rounds)",
+            "reference",
+        )
     if args.json:
-        setup = {"instances": len(instances), "detail": args.detail, "quality": args.quality,
-                 "context_scale": args.context_scale,
-                 "context_rotation": args.context_rotation}  # fmt: skip
+        setup = {
+            "instances": len(instances),
+            "detail": args.detail,
+            "quality": args.quality,
+            "context_scale": args.context_scale,
+            "context_rotation": args.context_rotation,
+        }
         summary = {"faster_backend": fastest, "dali_vs_torch": dali_vs_torch}
         Path(args.json).write_text(json.dumps({**setup, **results, **summary}, indent=1))
 

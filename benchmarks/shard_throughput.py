@@ -39,29 +39,50 @@ def main() -> None:
         for workers in args.workers:
             out = root / f"shards-{workers}"
             start = time.perf_counter()
-            shard_coco.main(["--ann", str(ann), "--images", str(images), "--out", str(out),
-                             "--workers", str(workers), "--detail", args.detail,
-                             "--shard-size", str(args.shard_size)])  # fmt: skip
+            shard_coco.main(
+                [
+                    "--ann",
+                    str(ann),
+                    "--images",
+                    str(images),
+                    "--out",
+                    str(out),
+                    "--workers",
+                    str(workers),
+                    "--detail",
+                    args.detail,
+                    "--shard-size",
+                    str(args.shard_size),
+                ]
+            )
             seconds = time.perf_counter() - start
             manifest = read_manifest(out)
-            rows.append({
-                "workers": workers,
-                "instances": manifest["num_samples"],
-                "seconds": round(seconds, 2),
-                "instances_per_s": round(manifest["num_samples"] / seconds, 1),
-                "shard_bytes": folder_bytes(out, "*.tar"),
-            })  # fmt: skip
+            rows.append(
+                {
+                    "workers": workers,
+                    "instances": manifest["num_samples"],
+                    "seconds": round(seconds, 2),
+                    "instances_per_s": round(manifest["num_samples"] / seconds, 1),
+                    "shard_bytes": folder_bytes(out, "*.tar"),
+                }
+            )
     base = rows[0]["instances_per_s"]
-    print(f"\nsource images: {args.images} synthetic, {source_bytes / 1e6:.1f} MB; crops at "
-          f"{args.detail} detail")  # fmt: skip
-    print(f"{'workers':>8} {'instances':>10} {'seconds':>8} {'inst/s':>8} {'vs 1 worker':>12} "
-          f"{'shards MB':>10} {'shards/src':>11}")  # fmt: skip
+    print(
+        f"\nsource images: {args.images} synthetic, {source_bytes / 1e6:.1f} MB; crops at "
+        f"{args.detail} detail"
+    )
+    print(
+        f"{'workers':>8} {'instances':>10} {'seconds':>8} {'inst/s':>8} {'vs 1 worker':>12} "
+        f"{'shards MB':>10} {'shards/src':>11}"
+    )
     for row in rows:
         row["speedup_vs_first"] = round(row["instances_per_s"] / base, 2)
         row["shards_vs_source"] = round(row["shard_bytes"] / source_bytes, 3)
-        print(f"{row['workers']:>8} {row['instances']:>10} {row['seconds']:>8} "
-              f"{row['instances_per_s']:>8} {row['speedup_vs_first']:>11}x "
-              f"{row['shard_bytes'] / 1e6:>10.1f} {row['shards_vs_source']:>11}")  # fmt: skip
+        print(
+            f"{row['workers']:>8} {row['instances']:>10} {row['seconds']:>8} "
+            f"{row['instances_per_s']:>8} {row['speedup_vs_first']:>11}x "
+            f"{row['shard_bytes'] / 1e6:>10.1f} {row['shards_vs_source']:>11}"
+        )
     if args.json:
         Path(args.json).write_text(
             json.dumps({"source_bytes": source_bytes, "rows": rows}, indent=1)

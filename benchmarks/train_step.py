@@ -77,8 +77,9 @@ def main() -> None:
     optimizer = torch.optim.Adam(plain.parameters(), lr=cfg.train.lr)
 
     def torch_step():
-        targets, weights = encode_heatmaps(batch["keypoints"], data.image_size, data.heatmap_size,
-                                           data.sigma, data.target)  # fmt: skip
+        targets, weights = encode_heatmaps(
+            batch["keypoints"], data.image_size, data.heatmap_size, data.sigma, data.target
+        )
         with autocast:
             heatmaps = plain(batch["image"])
         loss = joints_mse_loss(heatmaps, targets, weights)
@@ -102,10 +103,15 @@ def main() -> None:
         train_step(engine, real, cfg)
 
     n = batch["image"].shape[0]
-    seconds = interleaved({"torch": torch_step, "engine": lambda: train_step(engine, batch, cfg),
-                           "loop": loop_step}, args.steps, args.rounds)  # fmt: skip
-    rows = {k: {"seconds_per_step": round(v, 4), "images_per_s": round(n / v, 1)}
-            for k, v in seconds.items()}  # fmt: skip
+    seconds = interleaved(
+        {"torch": torch_step, "engine": lambda: train_step(engine, batch, cfg), "loop": loop_step},
+        args.steps,
+        args.rounds,
+    )
+    rows = {
+        k: {"seconds_per_step": round(v, 4), "images_per_s": round(n / v, 1)}
+        for k, v in seconds.items()
+    }
     overhead = seconds["engine"] / seconds["torch"] - 1
     data_wait = 1 - seconds["engine"] / seconds["loop"]
     size = "x".join(map(str, data.image_size))
@@ -113,12 +119,23 @@ def main() -> None:
     print(f"{name}, batch {n}, {precision}, {env.device}")
     for key, row in rows.items():
         print(f"{key:>8}: {row['images_per_s']:>8} images/s ({row['seconds_per_step']} s/step)")
-    print(f"engine overhead vs plain torch: {overhead:+.1%}; data-wait fraction of the loop: "
-          f"{data_wait:.1%}")  # fmt: skip
+    print(
+        f"engine overhead vs plain torch: {overhead:+.1%}; data-wait fraction of the loop: "
+        f"{data_wait:.1%}"
+    )
     if args.json:
-        Path(args.json).write_text(json.dumps({"setup": name, "precision": precision, **rows,
-                                               "engine_overhead": overhead,
-                                               "data_wait": data_wait}, indent=1))  # fmt: skip
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "setup": name,
+                    "precision": precision,
+                    **rows,
+                    "engine_overhead": overhead,
+                    "data_wait": data_wait,
+                },
+                indent=1,
+            )
+        )
 
 
 if __name__ == "__main__":

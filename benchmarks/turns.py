@@ -8,8 +8,9 @@ from collections.abc import Callable
 from typing import Any
 
 
-def take_turns(variants: dict[str, Callable[[], Any]], rounds: int,
-               warmup: int = 1) -> dict[str, list[Any]]:  # fmt: skip
+def take_turns(
+    variants: dict[str, Callable[[], Any]], rounds: int, warmup: int = 1
+) -> dict[str, list[Any]]:
     """Each variant's results over `rounds` rounds, after `warmup` unrecorded calls each (page
     cache, pipeline builds, lazy imports)."""
     for run in variants.values():

@@ -31,11 +31,23 @@ def dali_pipeline(images: list[np.ndarray], kind: str, matrix: np.ndarray):
     def graph():
         image = fn.external_source(source=lambda: images, batch=True, layout="HWC")
         if kind == "resize":
-            return fn.resize(image, size=[OUT_H, OUT_W], antialias=False, roi_start=[20.5, 30.5],
-                             roi_end=[380.0, 300.0], interp_type=types.INTERP_LINEAR)  # fmt: skip
+            return fn.resize(
+                image,
+                size=[OUT_H, OUT_W],
+                antialias=False,
+                roi_start=[20.5, 30.5],
+                roi_end=[380.0, 300.0],
+                interp_type=types.INTERP_LINEAR,
+            )
         interp = types.INTERP_NN if kind == "warp-nn" else types.INTERP_LINEAR
-        return fn.warp_affine(image, matrix=matrix.ravel().tolist(), size=[OUT_H, OUT_W],
-                              inverse_map=False, fill_value=0, interp_type=interp)  # fmt: skip
+        return fn.warp_affine(
+            image,
+            matrix=matrix.ravel().tolist(),
+            size=[OUT_H, OUT_W],
+            inverse_map=False,
+            fill_value=0,
+            interp_type=interp,
+        )
 
     pipe = graph()
     pipe.build()
@@ -51,11 +63,15 @@ def main() -> None:
     cv2.setNumThreads(1)
     rng = np.random.default_rng(0)
     # Smooth random images (blurred noise), as cheap or dear to sample as photographs.
-    images = [cv2.GaussianBlur(rng.integers(0, 256, (args.crop, args.crop, 3), np.uint8), (0, 0), 3)
-              for _ in range(BATCH)]  # fmt: skip
+    images = [
+        cv2.GaussianBlur(rng.integers(0, 256, (args.crop, args.crop, 3), np.uint8), (0, 0), 3)
+        for _ in range(BATCH)
+    ]
     t = np.deg2rad(16.0)
-    matrix = np.array([[0.7 * np.cos(t), 0.7 * np.sin(t), 10.0],
-                       [-0.7 * np.sin(t), 0.7 * np.cos(t), 60.0]], np.float32)  # fmt: skip
+    matrix = np.array(
+        [[0.7 * np.cos(t), 0.7 * np.sin(t), 10.0], [-0.7 * np.sin(t), 0.7 * np.cos(t), 60.0]],
+        np.float32,
+    )
 
     def cv2_batch():
         for image in images:
@@ -73,11 +89,14 @@ def main() -> None:
         run()
         return (time.perf_counter() - start) / BATCH * 1e3
 
-    times = take_turns({name: (lambda r=run: ms_per_image(r)) for name, run in runs.items()},
-                       args.rounds)  # fmt: skip
+    times = take_turns(
+        {name: (lambda r=run: ms_per_image(r)) for name, run in runs.items()}, args.rounds
+    )
     base = float(np.median(times["cv2 warpAffine (linear)"]))
-    print(f"\n{args.crop}x{args.crop} crops -> {OUT_H}x{OUT_W}, one thread, median of "
-          f"{args.rounds} rounds")  # fmt: skip
+    print(
+        f"\n{args.crop}x{args.crop} crops -> {OUT_H}x{OUT_W}, one thread, median of "
+        f"{args.rounds} rounds"
+    )
     print(f"{'kernel':>28} {'ms per image':>13} {'vs cv2':>8}")
     results = {}
     for name, values in times.items():

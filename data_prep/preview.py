@@ -42,8 +42,13 @@ def main(argv: list[str] | None = None) -> int:
     for _, batch in zip(range(args.batches), batches):
         count += batch["image"].shape[0]
     rate = count / max(time.perf_counter() - start, 1e-9)
-    targets, _ = encode_heatmaps(first["keypoints"], cfg.data.image_size, cfg.data.heatmap_size,
-                                 cfg.data.sigma, cfg.data.target)  # fmt: skip
+    targets, _ = encode_heatmaps(
+        first["keypoints"],
+        cfg.data.image_size,
+        cfg.data.heatmap_size,
+        cfg.data.sigma,
+        cfg.data.target,
+    )
     cells = []
     for i in range(min(8, first["image"].shape[0])):
         image = to_bgr(first["image"][i])
@@ -54,8 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(out), grid)
     backend = resolve_backend(cfg.data, torch.device("cpu"))
-    print(f"preview: {backend} backend, {loader.steps_per_epoch} steps/epoch of {args.batch_size};"
-          f" {rate:.0f} samples/s over {count} samples; grid -> {out}")  # fmt: skip
+    print(
+        f"preview: {backend} backend, {loader.steps_per_epoch} steps/epoch of {args.batch_size};"
+        f" {rate:.0f} samples/s over {count} samples; grid -> {out}"
+    )
     return 0
 
 

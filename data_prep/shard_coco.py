@@ -164,16 +164,19 @@ def crop_sample(image: np.ndarray, inst: PersonInstance, params: ShardParams) ->
         **({"ann_id": inst.ann_id} if inst.ann_id is not None else {"det_id": inst.det_id}),
     }
     box_center = affine_points(invert_affine(to_image), center[None])[0]
-    meta = np.array([
-        inst.image_id,
-        -1 if inst.ann_id is None else inst.ann_id,
-        -1 if inst.det_id is None else inst.det_id,
-        inst.score,
-        inst.area,
-        *box_center,
-        scale[0] / to_image[0, 0],  # the padded box in crop pixels
-        scale[1] / to_image[1, 1],
-    ], dtype=np.float64)  # fmt: skip
+    meta = np.array(
+        [
+            inst.image_id,
+            -1 if inst.ann_id is None else inst.ann_id,
+            -1 if inst.det_id is None else inst.det_id,
+            inst.score,
+            inst.area,
+            *box_center,
+            scale[0] / to_image[0, 0],  # the padded box in crop pixels
+            scale[1] / to_image[1, 1],
+        ],
+        dtype=np.float64,
+    )
     return Sample(inst.key, jpg, keypoints.astype(np.float32), to_image, meta, record)
 
 
@@ -211,8 +214,12 @@ def write_shard(job: tuple) -> dict:
                 samples[inst.key] = crop_sample(image, inst, params)
         _report(len(people))
     ordered = [samples[inst.key] for inst in instances if inst.key in samples]
-    record = {"name": f"{name}.tar", "index": f"{name}.idx", "num_samples": len(ordered),
-              "skipped": dict(skipped)}  # fmt: skip
+    record = {
+        "name": f"{name}.tar",
+        "index": f"{name}.idx",
+        "num_samples": len(ordered),
+        "skipped": dict(skipped),
+    }
     if ordered:
         tar_bytes, index_text = build_shard(ordered)
         write_file_atomic(Path(out) / f"{name}.idx", index_text.encode())
@@ -268,8 +275,10 @@ def prepare_output(out: Path, params: ShardParams, overwrite: bool) -> bool:
                 if recorded
                 else "tar files of unknown origin"
             )
-            raise ShardingError(f"'{out}' holds {what} with other parameters; use a new --out "
-                                f"folder or --overwrite ({detail})")  # fmt: skip
+            raise ShardingError(
+                f"'{out}' holds {what} with other parameters; use a new --out "
+                f"folder or --overwrite ({detail})"
+            )
         for path in [*out.glob("*.tar"), *out.glob("*.idx"), out / MANIFEST, out / PROGRESS]:
             path.unlink(missing_ok=True)
         shutil.rmtree(out / META_DIR, ignore_errors=True)
@@ -318,8 +327,9 @@ def run(args) -> dict:
         raise ShardingError(f"image folder '{images_dir}' does not exist")
     instances, skipped = select_instances(args, params)
     if args.shard_mb:
-        params = replace(params, shard_size=estimate_shard_size(instances, params, images_dir,
-                                                                args.shard_mb))  # fmt: skip
+        params = replace(
+            params, shard_size=estimate_shard_size(instances, params, images_dir, args.shard_mb)
+        )
     if prepare_output(out, params, args.overwrite):
         print(f"shard_coco: '{out}' already holds this result; nothing to do")
         return read_manifest(out)
@@ -327,8 +337,11 @@ def run(args) -> dict:
         instances[i : i + params.shard_size] for i in range(0, len(instances), params.shard_size)
     ]
     done = finished_shards(out)
-    jobs = [(i, chunk, params, str(images_dir), str(out), args.strict)
-            for i, chunk in enumerate(chunks) if i not in done]  # fmt: skip
+    jobs = [
+        (i, chunk, params, str(images_dir), str(out), args.strict)
+        for i, chunk in enumerate(chunks)
+        if i not in done
+    ]
     if done:
         print(f"shard_coco: resuming, {len(done)} of {len(chunks)} shards already written")
     start = time.perf_counter()
@@ -340,8 +353,10 @@ def run(args) -> dict:
     seconds = time.perf_counter() - start
     manifest = write_manifest(out, params, [records[i] for i in range(len(chunks))], skipped)
     rate = todo / max(seconds, 1e-9)
-    print(f"shard_coco: {manifest['num_samples']} samples in {len(manifest['shards'])} shards "
-          f"({todo} instances cropped in {seconds:.1f} s, {rate:.0f} inst/s) -> {out}")  # fmt: skip
+    print(
+        f"shard_coco: {manifest['num_samples']} samples in {len(manifest['shards'])} shards "
+        f"({todo} instances cropped in {seconds:.1f} s, {rate:.0f} inst/s) -> {out}"
+    )
     if manifest["skipped"]:
         print(
             "shard_coco: skipped " + ", ".join(f"{k}: {v}" for k, v in manifest["skipped"].items())
@@ -473,21 +488,44 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=1, help="worker processes")
     p.add_argument("--strict", action="store_true", help="any bad instance is an error")
     p.add_argument("--shard-size", type=int, default=1000, help="samples per shard")
-    p.add_argument("--shard-mb", type=float, default=0.0,
-                   help="about this many MB per shard (estimated from a sample)")  # fmt: skip
-    p.add_argument("--detail", type=_size, default=(384, 288),
-                   help="HxW of the recipe whose detail crops keep (default 384x288)")  # fmt: skip
-    p.add_argument("--context-scale", type=float, default=1.35,
-                   help="largest augmentation scale the stored context covers")  # fmt: skip
-    p.add_argument("--context-rotation", type=float, default=45.0,
-                   help="largest rotation (degrees) the stored context covers")  # fmt: skip
+    p.add_argument(
+        "--shard-mb",
+        type=float,
+        default=0.0,
+        help="about this many MB per shard (estimated from a sample)",
+    )
+    p.add_argument(
+        "--detail",
+        type=_size,
+        default=(384, 288),
+        help="HxW of the recipe whose detail crops keep (default 384x288)",
+    )
+    p.add_argument(
+        "--context-scale",
+        type=float,
+        default=1.35,
+        help="largest augmentation scale the stored context covers",
+    )
+    p.add_argument(
+        "--context-rotation",
+        type=float,
+        default=45.0,
+        help="largest rotation (degrees) the stored context covers",
+    )
     p.add_argument("--quality", type=int, default=95, help="JPEG quality of the crops")
-    p.add_argument("--restart-mcus", type=int, default=RESTART_MCUS,
-                   help="restart marker every (up to) this many MCUs, so that a sample decodes "
-                        "only the window its warp reads; 0: none, crops decode whole")  # fmt: skip
+    p.add_argument(
+        "--restart-mcus",
+        type=int,
+        default=RESTART_MCUS,
+        help="restart marker every (up to) this many MCUs, so that a sample decodes "
+        "only the window its warp reads; 0: none, crops decode whole",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the shuffle across shards")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace what --out holds if made with other parameters")  # fmt: skip
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace what --out holds if made with other parameters",
+    )
     args = p.parse_args(argv)
     if args.shard_size <= 0 or args.workers <= 0 or not 1 <= args.quality <= 100:
         p.error("--shard-size and --workers must be positive, --quality in 1..100")

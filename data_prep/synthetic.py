@@ -35,22 +35,42 @@ J = {name: i for i, name in enumerate(KEYPOINT_NAMES)}
 # Body parts, in body-frame units of the person's height. Each part lists the joints whose
 # keypoints it may cover while they still count as visible.
 PARTS = (
-    "torso", "head", "neck",
-    "l_upper_arm", "l_forearm", "r_upper_arm", "r_forearm",
-    "l_thigh", "l_shin", "r_thigh", "r_shin", "l_foot", "r_foot", "l_hand", "r_hand",
-)  # fmt: skip
+    "torso",
+    "head",
+    "neck",
+    "l_upper_arm",
+    "l_forearm",
+    "r_upper_arm",
+    "r_forearm",
+    "l_thigh",
+    "l_shin",
+    "r_thigh",
+    "r_shin",
+    "l_foot",
+    "r_foot",
+    "l_hand",
+    "r_hand",
+)
 P = {name: i for i, name in enumerate(PARTS)}
 KEYPOINT_PARTS = {
-    "nose": ("head",), "left_eye": ("head",), "right_eye": ("head",),
-    "left_ear": ("head",), "right_ear": ("head",),
+    "nose": ("head",),
+    "left_eye": ("head",),
+    "right_eye": ("head",),
+    "left_ear": ("head",),
+    "right_ear": ("head",),
     "left_shoulder": ("torso", "l_upper_arm", "neck"),
     "right_shoulder": ("torso", "r_upper_arm", "neck"),
-    "left_elbow": ("l_upper_arm", "l_forearm"), "right_elbow": ("r_upper_arm", "r_forearm"),
-    "left_wrist": ("l_forearm", "l_hand"), "right_wrist": ("r_forearm", "r_hand"),
-    "left_hip": ("torso", "l_thigh"), "right_hip": ("torso", "r_thigh"),
-    "left_knee": ("l_thigh", "l_shin"), "right_knee": ("r_thigh", "r_shin"),
-    "left_ankle": ("l_shin", "l_foot"), "right_ankle": ("r_shin", "r_foot"),
-}  # fmt: skip
+    "left_elbow": ("l_upper_arm", "l_forearm"),
+    "right_elbow": ("r_upper_arm", "r_forearm"),
+    "left_wrist": ("l_forearm", "l_hand"),
+    "right_wrist": ("r_forearm", "r_hand"),
+    "left_hip": ("torso", "l_thigh"),
+    "right_hip": ("torso", "r_thigh"),
+    "left_knee": ("l_thigh", "l_shin"),
+    "right_knee": ("r_thigh", "r_shin"),
+    "left_ankle": ("l_shin", "l_foot"),
+    "right_ankle": ("r_shin", "r_foot"),
+}
 OWNER_STRIDE = 32  # owner map value = person * OWNER_STRIDE + part
 
 
@@ -76,10 +96,12 @@ class Person:
 def _direction(abduction: float, flexion: float, side: float) -> np.ndarray:
     """Unit vector: hanging straight down, swung outward (abduction) and forward (flexion)."""
     return np.array(
-        [side * np.sin(abduction) * np.cos(flexion),
-         np.cos(abduction) * np.cos(flexion),
-         np.sin(flexion)]
-    )  # fmt: skip
+        [
+            side * np.sin(abduction) * np.cos(flexion),
+            np.cos(abduction) * np.cos(flexion),
+            np.sin(flexion),
+        ]
+    )
 
 
 def sample_person(rng: np.random.Generator, height_px: float, center: np.ndarray) -> Person:
@@ -202,19 +224,26 @@ def _person_parts(person: Person) -> list[tuple[float, str, object]]:
 
     for side, s in (("left", "l"), ("right", "r")):
         sleeve = person.colors["shirt"] if person.sleeves_long else person.colors["skin"]
-        limb(f"{s}_upper_arm", f"{side}_shoulder", f"{side}_elbow", w["upper_arm"],
-             person.colors["shirt"])  # fmt: skip
+        limb(
+            f"{s}_upper_arm",
+            f"{side}_shoulder",
+            f"{side}_elbow",
+            w["upper_arm"],
+            person.colors["shirt"],
+        )
         limb(f"{s}_forearm", f"{side}_elbow", f"{side}_wrist", w["forearm"], sleeve)
         limb(f"{s}_thigh", f"{side}_hip", f"{side}_knee", w["thigh"], person.colors["pants"])
         limb(f"{s}_shin", f"{side}_knee", f"{side}_ankle", w["shin"], person.colors["pants"])
         limb(f"{s}_foot", f"{side}_ankle", f"{side}_toe", w["shin"] * 0.8, person.colors["shoes"])
-        limb(f"{s}_hand", f"{side}_wrist", f"{side}_hand", w["forearm"] * 1.1,
-             person.colors["skin"])  # fmt: skip
+        limb(
+            f"{s}_hand", f"{side}_wrist", f"{side}_hand", w["forearm"] * 1.1, person.colors["skin"]
+        )
     limb("neck", "neck", "head", w["forearm"] * 1.3, person.colors["skin"])
     parts[-1] = (min(d["head"], d["neck"]) - 1.0, *parts[-1][1:])  # under the head and torso
     # The torso is a box with some depth: the hull of its front and back corners.
-    corners = np.stack([pts3d[n] for n in ("left_shoulder", "right_shoulder", "right_hip",
-                                            "left_hip")])  # fmt: skip
+    corners = np.stack(
+        [pts3d[n] for n in ("left_shoulder", "right_shoulder", "right_hip", "left_hip")]
+    )
     offset = np.array([0.0, 0.0, w["torso_depth"] / 2])
     hull_xy, _ = project(person, np.concatenate([corners + offset, corners - offset]))
     torso_depth = float(np.mean([d[n] for n in ("left_shoulder", "right_shoulder")]))
@@ -256,8 +285,15 @@ def _draw_primitive(canvas: np.ndarray, owner: np.ndarray, value: int, spec: tup
         if mask.size == 0:
             return
         pa, pb = _fixed(np.stack([a, b]), origin)
-        cv2.line(mask, tuple(map(int, pa)), tuple(map(int, pb)), 255, max(1, round(width)),
-                 cv2.LINE_AA, 4)  # fmt: skip
+        cv2.line(
+            mask,
+            tuple(map(int, pa)),
+            tuple(map(int, pb)),
+            255,
+            max(1, round(width)),
+            cv2.LINE_AA,
+            4,
+        )
     else:
         _, points, color = spec
         rows, cols, origin = _roi(points, 0, owner.shape)
@@ -278,8 +314,17 @@ def _draw_head(canvas: np.ndarray, owner: np.ndarray, value: int, person: Person
     center = p2["head"] - origin
     head = np.zeros(shape, np.uint8)
     roll = float(np.rad2deg(person.roll))
-    cv2.ellipse(head, _pt(center), (max(1, round(r)), max(1, round(r * 1.15))), roll, 0, 360,
-                255, -1, cv2.LINE_AA)  # fmt: skip
+    cv2.ellipse(
+        head,
+        _pt(center),
+        (max(1, round(r)), max(1, round(r * 1.15))),
+        roll,
+        0,
+        360,
+        255,
+        -1,
+        cv2.LINE_AA,
+    )
     _stamp(canvas, owner, value, (rows, cols), head, person.colors["hair"])
     facing, side = np.cos(person.yaw), np.sin(person.yaw)
     if facing <= -0.25:  # the back of the head: hair only
@@ -298,8 +343,13 @@ def _draw_head(canvas: np.ndarray, owner: np.ndarray, value: int, person: Person
         cv2.circle(canvas, _pt(p2["nose"]), max(1, round(r * 0.16)), nose_color, -1)
         mouth = p2["nose"] + np.array([0.0, 0.45 * r])
         half = np.array([0.25 * r * facing, 0.0])
-        cv2.line(canvas, _pt(mouth - half), _pt(mouth + half), (40.0, 40.0, 110.0),
-                 max(1, round(r * 0.08)))  # fmt: skip
+        cv2.line(
+            canvas,
+            _pt(mouth - half),
+            _pt(mouth + half),
+            (40.0, 40.0, 110.0),
+            max(1, round(r * 0.08)),
+        )
 
 
 def _pt(p: np.ndarray) -> tuple[int, int]:
@@ -323,8 +373,11 @@ def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray
     c0, c1 = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
     t = np.linspace(0, 1, height if rng.random() < 0.5 else width, dtype=np.float32)
     ramp = c0 + (c1 - c0) * t[:, None]
-    img = (np.repeat(ramp[:, None], width, 1) if ramp.shape[0] == height
-           else np.repeat(ramp[None], height, 0)).astype(np.float32)  # fmt: skip
+    img = (
+        np.repeat(ramp[:, None], width, 1)
+        if ramp.shape[0] == height
+        else np.repeat(ramp[None], height, 0)
+    ).astype(np.float32)
     blobs = rng.normal(0, rng.uniform(5, 30), (rng.integers(3, 9), rng.integers(3, 9), 3))
     img += cv2.resize(blobs.astype(np.float32), (width, height), interpolation=cv2.INTER_CUBIC)
     for _ in range(rng.integers(3, 11)):  # distractor shapes, some limb-like
@@ -419,8 +472,9 @@ def annotate(person: Person, index: int, owner: np.ndarray) -> dict | None:
             face_hidden = j < 5 and not _on_front(person, name)
             visible = own >= 0 and covered_by_own and not face_hidden
             keypoints[j] = (round(x, 2), round(y, 2), 2 if visible else 1)
-    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL,
-                                   cv2.CHAIN_APPROX_SIMPLE)  # fmt: skip
+    contours, _ = cv2.findContours(
+        mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
+    )
     polygons = [c.reshape(-1).astype(float).tolist() for c in contours if len(c) >= 3]
     return {
         "segmentation": polygons,
@@ -545,8 +599,10 @@ def main(argv: list[str] | None = None) -> int:
             continue
         data = json.loads(path.read_text())
         people = sum(a["num_keypoints"] > 0 for a in data["annotations"])
-        print(f"{split}: {len(data['images'])} images, {len(data['annotations'])} people "
-              f"({people} with keypoints) -> {path}")  # fmt: skip
+        print(
+            f"{split}: {len(data['images'])} images, {len(data['annotations'])} people "
+            f"({people} with keypoints) -> {path}"
+        )
     total = args.train_images + args.val_images
     print(f"synthetic: {total} images in {seconds:.1f} s ({total / max(seconds, 1e-9):.0f} img/s)")
     return 0

@@ -65,8 +65,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"compare: wrote {out / 'comparison.md'}, " + ", ".join(str(p) for p in plots))
     log = runs[0].config.get("log", {})
     setting = log.get("wandb", "off") if args.log_wandb == "runs" else args.log_wandb
-    folder = log_to_wandb(plots, variants, wandb_mode(setting), log.get("project", ""),
-                          log.get("entity", ""), log.get("group", ""), out)  # fmt: skip
+    folder = log_to_wandb(
+        plots,
+        variants,
+        wandb_mode(setting),
+        log.get("project", ""),
+        log.get("entity", ""),
+        log.get("group", ""),
+        out,
+    )
     if folder:
         print(f"compare: logged to wandb ({wandb_mode(setting)}) in {folder}")
     return 0

@@ -30,8 +30,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True)
     parser.add_argument("--checkpoint", help="run dir, DeepSpeed checkpoint folder or state dict")
-    parser.add_argument("--gt-as-predictions", action="store_true",
-                        help="score the ground truth through encode/decode (no model)")  # fmt: skip
+    parser.add_argument(
+        "--gt-as-predictions",
+        action="store_true",
+        help="score the ground truth through encode/decode (no model)",
+    )
     parser.add_argument("--out", help="write the metrics JSON here")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
@@ -47,8 +50,9 @@ def main(argv: list[str] | None = None) -> int:
             model = build_model(cfg.model, cfg.data.num_joints)
             load_model_weights(model, resolve_checkpoint(args.checkpoint))
             model.to(env.device)
-        loader = build_loader(cfg.data, "val", cfg.eval.batch_size, env.rank, env.world_size,
-                              env.device, cfg.seed)  # fmt: skip
+        loader = build_loader(
+            cfg.data, "val", cfg.eval.batch_size, env.rank, env.world_size, env.device, cfg.seed
+        )
         out_dir = Path(args.out).parent if args.out else None
         metrics = evaluate(model, loader, cfg, out_dir, args.gt_as_predictions)
     except (ConfigError, ShardError, WeightsError, EvaluationError) as e:

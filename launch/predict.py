@@ -102,9 +102,14 @@ def main(argv: list[str] | None = None) -> int:
         drawn = image
         for n, person in enumerate(people):
             drawn = draw_skeleton(drawn, person.keypoints, min_score=cfg.eval.keypoint_thr)
-            results.append({"image_id": image_id(path, index), "category_id": 1,
-                            "keypoints": [round(float(v), 2) for v in person.keypoints.reshape(-1)],
-                            "score": person.score})  # fmt: skip
+            results.append(
+                {
+                    "image_id": image_id(path, index),
+                    "category_id": 1,
+                    "keypoints": [round(float(v), 2) for v in person.keypoints.reshape(-1)],
+                    "score": person.score,
+                }
+            )
             panel = attention_panels(person.crop, person.attention)
             if panel is not None:
                 cv2.imwrite(str(out / f"{path.stem}_person{n}_attention.png"), panel)
@@ -124,11 +129,14 @@ def save_gif(frames: list, path: Path, fps: float = 2.0) -> None:
 
     height = max(f.shape[0] for f in frames)
     width = max(f.shape[1] for f in frames)
-    padded = [cv2.copyMakeBorder(f, 0, height - f.shape[0], 0, width - f.shape[1],
-                                 cv2.BORDER_CONSTANT) for f in frames]  # fmt: skip
+    padded = [
+        cv2.copyMakeBorder(f, 0, height - f.shape[0], 0, width - f.shape[1], cv2.BORDER_CONSTANT)
+        for f in frames
+    ]
     pictures = [Image.fromarray(f[:, :, ::-1]) for f in padded]
-    pictures[0].save(path, save_all=True, append_images=pictures[1:], duration=int(1000 / fps),
-                     loop=0)  # fmt: skip
+    pictures[0].save(
+        path, save_all=True, append_images=pictures[1:], duration=int(1000 / fps), loop=0
+    )
 
 
 if __name__ == "__main__":

@@ -75,8 +75,10 @@ def submit_sweep(argv: list[str]) -> int:
         return 0
     manifest = submit(sweep, out, local=args.local, resubmit=args.resubmit)
     first = manifest["runs"][0]["job_id"].split("_")[0]
-    print(f"sweep '{sweep.name}': {len(manifest['runs'])} runs submitted "
-          f"({manifest['executor']}, job {first}) into {out}")  # fmt: skip
+    print(
+        f"sweep '{sweep.name}': {len(manifest['runs'])} runs submitted "
+        f"({manifest['executor']}, job {first}) into {out}"
+    )
     if args.wait or args.local:
         rows = wait(out)
         print(format_status(rows))
@@ -98,8 +100,11 @@ def manage(argv: list[str]) -> int:
         return 0 if all(r.state == "done" for r in rows) else 1
     else:
         ids = cancel(sweep_dir)
-        print(f"sweep: cancelled {len(ids)} job(s): {' '.join(ids)}" if ids else
-              "sweep: nothing left to cancel")  # fmt: skip
+        print(
+            f"sweep: cancelled {len(ids)} job(s): {' '.join(ids)}"
+            if ids
+            else "sweep: nothing left to cancel"
+        )
     return 0
 
 

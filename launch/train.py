@@ -43,8 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     if env.is_main:
         state = result["state"]
         stopped = " (stopped by signal)" if result["stopped"] else ""
-        print(f"train: {state['global_step']} steps, epoch {state['epoch']}, precision "
-              f"{result['precision']}{stopped}")  # fmt: skip
+        print(
+            f"train: {state['global_step']} steps, epoch {state['epoch']}, precision "
+            f"{result['precision']}{stopped}"
+        )
         if result["eval"]:
             print_metrics(result["eval"])
     return 0

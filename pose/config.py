@@ -83,8 +83,9 @@ class ModelConfig:
         check_positive("model.deconv_layers", self.deconv_layers)
         check_positive("model.deconv_filters", self.deconv_filters)
         if self.attention_kernel <= 0 or self.attention_kernel % 2 == 0:
-            fail_key("model.attention_kernel",
-                     f"{self.attention_kernel} must be a positive odd size")  # fmt: skip
+            fail_key(
+                "model.attention_kernel", f"{self.attention_kernel} must be a positive odd size"
+            )
         check_positive("model.attention_steps", self.attention_steps)
         if self.pretrained and not Path(self.pretrained).is_file():
             fail_key(
@@ -380,8 +381,7 @@ def _convert(value: Any, typ: Any, key: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             fail_key(key, f"expects a mapping, got {value!r}")
-        return {str(k): _convert(v, args[1], f"{key}.{k}") if args else v
-                for k, v in value.items()}  # fmt: skip
+        return {str(k): _convert(v, args[1], f"{key}.{k}") if args else v for k, v in value.items()}
     if origin in (list, tuple):
         if not isinstance(value, list | tuple):
             fail_key(key, f"expects a list, got {value!r}")

@@ -37,12 +37,18 @@ class Tracker:
             import wandb
 
             self.run = wandb.init(
-                project=cfg.log.project, entity=cfg.log.entity or None,
-                group=cfg.log.group or None, name=cfg.log.name or name or run_dir.name,
-                tags=cfg.log.tags or None, config=to_dict(cfg), dir=str(run_dir), mode=mode,
-                resume="allow", id=_run_id(run_dir),
+                project=cfg.log.project,
+                entity=cfg.log.entity or None,
+                group=cfg.log.group or None,
+                name=cfg.log.name or name or run_dir.name,
+                tags=cfg.log.tags or None,
+                config=to_dict(cfg),
+                dir=str(run_dir),
+                mode=mode,
+                resume="allow",
+                id=_run_id(run_dir),
                 settings=wandb.Settings(init_timeout=60, silent=True),
-            )  # fmt: skip
+            )
 
     def log(self, record: dict) -> None:
         """Append one record (needs `step`, `epoch`, `split`) to metrics.jsonl and wandb."""
@@ -52,8 +58,11 @@ class Tracker:
             f.write(json.dumps(record) + "\n")
         if self.run is not None:
             split = record["split"]
-            values = {f"{split}/{k}": v for k, v in record.items()
-                      if k not in ("step", "split") and isinstance(v, int | float)}  # fmt: skip
+            values = {
+                f"{split}/{k}": v
+                for k, v in record.items()
+                if k not in ("step", "split") and isinstance(v, int | float)
+            }
             self.run.log(values, step=record["step"])
 
     def log_images(self, step: int, images: dict) -> None:

@@ -51,21 +51,44 @@ def shards(synthetic_dataset, tmp_path_factory):
     for split in ("train", "val"):
         ann = synthetic_dataset / "annotations" / f"person_keypoints_{split}.json"
         images = synthetic_dataset / "images" / split
-        assert shard_coco.main(["--ann", str(ann), "--images", str(images), "--out",
-                                str(out / split), "--split", split,
-                                "--detail", "96x64"]) == 0  # fmt: skip
+        assert (
+            shard_coco.main(
+                [
+                    "--ann",
+                    str(ann),
+                    "--images",
+                    str(images),
+                    "--out",
+                    str(out / split),
+                    "--split",
+                    split,
+                    "--detail",
+                    "96x64",
+                ]
+            )
+            == 0
+        )
     return out
 
 
 def tiny_overrides(shards, run_dir, **extra):
     values = {
-        "data.train_shards": shards / "train", "data.val_shards": shards / "val",
-        "data.val_ann": shards.parent.parent / "dummy", "data.image_size": "[96,64]",
-        "data.num_workers": 0, "model.backbone": "resnet18", "model.deconv_filters": 32,
-        "train.batch_size": 8, "train.warmup_steps": 2, "train.log_every": 2,
-        "train.checkpoint_every": 4, "train.eval_every": 0, "train.precision": "fp32",
-        "log.wandb": "off", "run.dir": run_dir,
-    }  # fmt: skip
+        "data.train_shards": shards / "train",
+        "data.val_shards": shards / "val",
+        "data.val_ann": shards.parent.parent / "dummy",
+        "data.image_size": "[96,64]",
+        "data.num_workers": 0,
+        "model.backbone": "resnet18",
+        "model.deconv_filters": 32,
+        "train.batch_size": 8,
+        "train.warmup_steps": 2,
+        "train.log_every": 2,
+        "train.checkpoint_every": 4,
+        "train.eval_every": 0,
+        "train.precision": "fp32",
+        "log.wandb": "off",
+        "run.dir": run_dir,
+    }
     values.update(extra)
     return [f"{k}={v}" for k, v in values.items()]
 

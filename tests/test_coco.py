@@ -65,8 +65,15 @@ def test_bad_annotation_files_are_clear_errors(tmp_path):
 def test_training_instances_count_bad_annotations():
     from pycocotools.coco import COCO
 
-    good = {"id": 1, "image_id": 1, "bbox": [10, 10, 20, 40], "num_keypoints": 1, "iscrowd": 0,
-            "keypoints": [15, 20, 2] + [0] * 48, "category_id": 1}  # fmt: skip
+    good = {
+        "id": 1,
+        "image_id": 1,
+        "bbox": [10, 10, 20, 40],
+        "num_keypoints": 1,
+        "iscrowd": 0,
+        "keypoints": [15, 20, 2] + [0] * 48,
+        "category_id": 1,
+    }
     anns = [
         good,
         {**good, "id": 2, "iscrowd": 1},
@@ -77,8 +84,11 @@ def test_training_instances_count_bad_annotations():
         {**good, "id": 7, "image_id": 99},
     ]
     coco = COCO()
-    coco.dataset = {"images": [{"id": 1, "file_name": "a.jpg", "width": 100, "height": 100}],
-                    "annotations": anns, "categories": [PERSON_CATEGORY]}  # fmt: skip
+    coco.dataset = {
+        "images": [{"id": 1, "file_name": "a.jpg", "width": 100, "height": 100}],
+        "annotations": anns,
+        "categories": [PERSON_CATEGORY],
+    }
     import contextlib
     import io
 
@@ -87,6 +97,10 @@ def test_training_instances_count_bad_annotations():
     instances, skipped = training_instances(coco)
     assert [i.ann_id for i in instances] == [1]
     assert dict(skipped) == {
-        "crowd": 1, "no_keypoints": 1, "invalid_box": 1, "bad_keypoints": 1,
-        "missing_fields": 1, "unknown_image": 1,
-    }  # fmt: skip
+        "crowd": 1,
+        "no_keypoints": 1,
+        "invalid_box": 1,
+        "bad_keypoints": 1,
+        "missing_fields": 1,
+        "unknown_image": 1,
+    }

@@ -27,8 +27,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def run_train(args, env=None, timeout=600):
     env = clean_env(**(env or {}))
-    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=timeout)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def final_weights(run_dir: Path) -> dict:
@@ -41,10 +42,20 @@ def final_weights(run_dir: Path) -> dict:
 def test_torchrun_two_ranks_zero1_fp32_then_bf16(shards, tmp_path):
     run = tmp_path / "ddp"
     port = str(free_port())  # torchrun's --master_port 0 hangs DeepSpeed's CPU rendezvous
-    args = ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
-            "launch/train.py", "--config", "configs/demo.yaml",
-            *tiny_overrides(shards, run, **{"train.zero_stage": 1, "train.max_steps": 24,
-                                            "train.lr": 3e-3})]  # fmt: skip
+    args = [
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        port,
+        "launch/train.py",
+        "--config",
+        "configs/demo.yaml",
+        *tiny_overrides(
+            shards, run, **{"train.zero_stage": 1, "train.max_steps": 24, "train.lr": 3e-3}
+        ),
+    ]
     done = run_train(args)
     assert done.returncode == 0, done.stderr[-3000:]
     records = [r for r in read_metrics(run) if r["split"] == "train"]
@@ -68,8 +79,9 @@ def test_killed_run_resumes_to_the_same_weights(shards, tmp_path):
     run = tmp_path / "killed"
     env = clean_env()
     command = [sys.executable, *base, *tiny_overrides(shards, run, **steps)]
-    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     latest = run / "checkpoints" / "latest"
     deadline = time.time() + 300
     while time.time() < deadline and not (latest.is_file() and "000000008" in latest.read_text()):
@@ -96,8 +108,12 @@ def test_gradient_accumulation_matches_a_larger_batch(shards, tmp_path):
     results = []
     batch = None
     for accum, micro in ((1, 8), (2, 4)):
-        cfg = load_config("configs/demo.yaml", tiny_overrides(shards, tmp_path / "x", **{
-            "train.batch_size": micro, "train.grad_accum": accum}))  # fmt: skip
+        cfg = load_config(
+            "configs/demo.yaml",
+            tiny_overrides(
+                shards, tmp_path / "x", **{"train.batch_size": micro, "train.grad_accum": accum}
+            ),
+        )
         init_distributed(cfg.launch)
         torch.manual_seed(0)
         model = build_model(cfg.model, 17)
@@ -128,8 +144,9 @@ def test_engine_step_equals_a_plain_torch_step_and_clips_only_when_asked(shards,
     from pose.engine.train import train_step
     from pose.models import build_model
 
-    cfg = load_config("configs/demo.yaml", tiny_overrides(shards, tmp_path / "x", **{
-        "train.grad_clip": clip}))  # fmt: skip
+    cfg = load_config(
+        "configs/demo.yaml", tiny_overrides(shards, tmp_path / "x", **{"train.grad_clip": clip})
+    )
     init_distributed(cfg.launch)
     from pose.data.loader import build_loader
 
@@ -145,8 +162,9 @@ def test_engine_step_equals_a_plain_torch_step_and_clips_only_when_asked(shards,
             train_step(engine, batch, cfg)
         else:
             data = cfg.data
-            targets, target_weights = encode_heatmaps(batch["keypoints"], data.image_size,
-                                                      data.heatmap_size, data.sigma)  # fmt: skip
+            targets, target_weights = encode_heatmaps(
+                batch["keypoints"], data.image_size, data.heatmap_size, data.sigma
+            )
             joints_mse_loss(model(batch["image"]), targets, target_weights).backward()
             norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip or float("inf"))
             assert clip == 0 or norm > 10 * clip, "the gradients are large enough to be clipped"
@@ -181,8 +199,12 @@ def test_lr_schedule_decays_on_the_right_epoch():
     assert factor(0) == pytest.approx(0.1) and factor(9) == 1.0
     assert factor(90 * 100 - 1) == 1.0 and factor(90 * 100) == pytest.approx(0.1)
     assert factor(120 * 100 - 1) == pytest.approx(0.1) and factor(120 * 100) == pytest.approx(0.01)
-    cosine = lr_factor(load_config(None, ["train.schedule=cosine", "train.warmup_steps=0",
-                                          "train.epochs=2"]).train, 10)  # fmt: skip
+    cosine = lr_factor(
+        load_config(
+            None, ["train.schedule=cosine", "train.warmup_steps=0", "train.epochs=2"]
+        ).train,
+        10,
+    )
     assert cosine(0) == 1.0 and cosine(10) == pytest.approx(0.5) and cosine(20) == pytest.approx(0)
 
 
@@ -191,9 +213,14 @@ def test_joints_mse_loss_matches_the_reference():
     pred, target = torch.randn(3, 17, 8, 6), torch.rand(3, 17, 8, 6)
     weight = (torch.rand(3, 17) > 0.3).float()
     mse = torch.nn.MSELoss()
-    reference = sum(0.5 * mse(pred[:, j] * weight[:, j, None, None],
-                              target[:, j] * weight[:, j, None, None])
-                    for j in range(17)) / 17  # fmt: skip
+    reference = (
+        sum(
+            0.5
+            * mse(pred[:, j] * weight[:, j, None, None], target[:, j] * weight[:, j, None, None])
+            for j in range(17)
+        )
+        / 17
+    )
     torch.testing.assert_close(joints_mse_loss(pred, target, weight), reference)
     per = 0.5 * ((pred - target) * weight[..., None, None]).pow(2).mean((2, 3))
     ohkm = torch.stack([per[i].topk(8).values.sum() / 8 for i in range(3)]).mean()
@@ -201,11 +228,21 @@ def test_joints_mse_loss_matches_the_reference():
 
 
 def test_distributed_environment_from_torchrun_slurm_or_nothing():
-    torchrun = {"RANK": "1", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "MASTER_ADDR": "h",
-                "MASTER_PORT": "29500"}  # fmt: skip
+    torchrun = {
+        "RANK": "1",
+        "WORLD_SIZE": "4",
+        "LOCAL_RANK": "1",
+        "MASTER_ADDR": "h",
+        "MASTER_PORT": "29500",
+    }
     assert describe_environment(torchrun)["SOURCE"] == "torchrun"
-    slurm = {"SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1",
-             "SLURM_JOB_NODELIST": "gpu[03-04,7]", "SLURM_JOB_ID": "1234"}  # fmt: skip
+    slurm = {
+        "SLURM_PROCID": "5",
+        "SLURM_NTASKS": "8",
+        "SLURM_LOCALID": "1",
+        "SLURM_JOB_NODELIST": "gpu[03-04,7]",
+        "SLURM_JOB_ID": "1234",
+    }
     found = describe_environment(slurm)
     assert (found["RANK"], found["WORLD_SIZE"], found["LOCAL_RANK"]) == ("5", "8", "1")
     assert found["MASTER_ADDR"] == "gpu03" and found["MASTER_PORT"] == str(20000 + 1234)
@@ -218,8 +255,14 @@ def test_distributed_environment_from_torchrun_slurm_or_nothing():
 
 def test_nan_loss_stops_naming_the_step(shards, tmp_path):
     extra = {"train.lr": 1e30, "train.max_steps": 6}
-    done = run_train(["launch/train.py", "--config", "configs/demo.yaml",
-                      *tiny_overrides(shards, tmp_path / "nan", **extra)])  # fmt: skip
+    done = run_train(
+        [
+            "launch/train.py",
+            "--config",
+            "configs/demo.yaml",
+            *tiny_overrides(shards, tmp_path / "nan", **extra),
+        ]
+    )
     assert done.returncode == 1, done.stderr[-2000:]
     assert "loss is not finite at step" in done.stderr
 
@@ -227,9 +270,10 @@ def test_nan_loss_stops_naming_the_step(shards, tmp_path):
 def test_wandb_offline_writes_a_run_and_metrics_have_the_keys(shards, tmp_path):
     run = tmp_path / "wb"
     extra = {"train.max_steps": 4, "log.wandb": "offline"}
-    done = run_train(["launch/train.py", "--config", "configs/demo.yaml",
-                      *tiny_overrides(shards, run, **extra)],
-                     env={"WANDB_API_KEY": ""})  # fmt: skip
+    done = run_train(
+        ["launch/train.py", "--config", "configs/demo.yaml", *tiny_overrides(shards, run, **extra)],
+        env={"WANDB_API_KEY": ""},
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert list((run / "wandb").glob("offline-run-*"))
     record = read_metrics(run)[-1]
@@ -247,8 +291,14 @@ def test_export_a_run_to_a_plain_state_dict_and_torchscript(shards, tmp_path):
     from pose.models.weights import load_model_weights
 
     run = tmp_path / "run"
-    done = run_train(["launch/train.py", "--config", "configs/demo.yaml",
-                      *tiny_overrides(shards, run, **{"train.max_steps": 2})])  # fmt: skip
+    done = run_train(
+        [
+            "launch/train.py",
+            "--config",
+            "configs/demo.yaml",
+            *tiny_overrides(shards, run, **{"train.max_steps": 2}),
+        ]
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert export_main(["--checkpoint", str(run), "--out", str(tmp_path / "export")]) == 0
     cfg = load_config(run / "config.yaml")
@@ -329,8 +379,13 @@ print((live.hblkhd - before.hblkhd) >> 20, (after.fordblks - before.fordblks) >>
 
 @pytest.mark.parametrize("keep", ["true", "false"])
 def test_freed_memory_is_kept_for_the_next_step(keep):
-    out = subprocess.run([sys.executable, "-c", ALLOCATOR_PROBE, keep], capture_output=True,
-                         text=True, env=clean_env(), check=True).stdout  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", ALLOCATOR_PROBE, keep],
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        check=True,
+    ).stdout
     mapped_mb, kept_mb = (int(v) for v in out.split()[-2:])
     if keep == "true":  # from the heap, and still there for the next step once freed
         assert mapped_mb == 0 and kept_mb >= 19

@@ -27,8 +27,11 @@ from pose.eval.evaluate import EvaluationError, _score, evaluate, predict_heatma
 
 def test_ground_truth_scores_ap_1_exactly(coco_fixtures):
     coco = load_coco(coco_fixtures / "test_coco.json")
-    results = [{"image_id": a["image_id"], "category_id": 1, "keypoints": a["keypoints"],
-                "score": 1.0} for a in coco.anns.values() if a["num_keypoints"] > 0]  # fmt: skip
+    results = [
+        {"image_id": a["image_id"], "category_id": 1, "keypoints": a["keypoints"], "score": 1.0}
+        for a in coco.anns.values()
+        if a["num_keypoints"] > 0
+    ]
     assert score_results(coco_fixtures / "test_coco.json", results)["AP"] == 1.0
 
 
@@ -47,8 +50,14 @@ def test_gt_through_encode_decode_from_gt_boxes(coco_fixtures):
         inverse = torch.from_numpy(get_affine_transform(center, scale, 0, (192, 256), inverse=True))
         xy = heatmap_to_image(coords, inverse[None], 4.0)[0].numpy()
         preds = np.concatenate([xy, scores[0, :, None].numpy()], 1)
-        results.append({"image_id": inst.image_id, "category_id": 1,
-                        "keypoints": preds.reshape(-1).tolist(), "score": 1.0})  # fmt: skip
+        results.append(
+            {
+                "image_id": inst.image_id,
+                "category_id": 1,
+                "keypoints": preds.reshape(-1).tolist(),
+                "score": 1.0,
+            }
+        )
     ap = score_results(coco_fixtures / "test_coco.json", results)["AP"]
     print(f"GT boxes, encode/decode at 256x192: AP {ap:.4f}")
     assert ap >= 0.95
@@ -59,10 +68,12 @@ def test_gt_through_the_sharded_crops_and_the_loader(coco_fixtures, tmp_path):
     ann = str(coco_fixtures / "test_coco.json")
     argv = ["--ann", ann, "--images", str(coco_fixtures), "--out", str(out), "--split", "val"]
     assert shard_coco.main(argv) == 0
-    cfg = load_config(None, [f"data.val_shards={out}",
-                             f"data.val_ann={coco_fixtures / 'test_coco.json'}"])  # fmt: skip
-    metrics = evaluate(None, build_loader(cfg.data, "val", 5), cfg, gt_as_predictions=True,
-                       progress=False)  # fmt: skip
+    cfg = load_config(
+        None, [f"data.val_shards={out}", f"data.val_ann={coco_fixtures / 'test_coco.json'}"]
+    )
+    metrics = evaluate(
+        None, build_loader(cfg.data, "val", 5), cfg, gt_as_predictions=True, progress=False
+    )
     print(f"GT through shards, encode/decode at 256x192: AP {metrics['AP']:.4f}")
     assert metrics["AP"] >= 0.95 and metrics["instances"] == 12
 
@@ -115,14 +126,30 @@ def test_flip_test_of_a_symmetric_input_equals_no_flip():
 def _pycocotools_oks(g, d, area):
     """OKS by pycocotools' own computeOks."""
     gt, dt = COCO(), COCO()
-    gt.dataset = {"images": [{"id": 1}], "categories": [{"id": 1}],
-                  "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "area": area,
-                                   "bbox": [0, 0, 100, 100], "keypoints": g.reshape(-1).tolist(),
-                                   "num_keypoints": 17, "iscrowd": 0}]}  # fmt: skip
+    gt.dataset = {
+        "images": [{"id": 1}],
+        "categories": [{"id": 1}],
+        "annotations": [
+            {
+                "id": 1,
+                "image_id": 1,
+                "category_id": 1,
+                "area": area,
+                "bbox": [0, 0, 100, 100],
+                "keypoints": g.reshape(-1).tolist(),
+                "num_keypoints": 17,
+                "iscrowd": 0,
+            }
+        ],
+    }
     with contextlib.redirect_stdout(io.StringIO()):
         gt.createIndex()
-        dt = gt.loadRes([{"image_id": 1, "category_id": 1, "keypoints": x.reshape(-1).tolist(),
-                          "score": 1.0} for x in d])  # fmt: skip
+        dt = gt.loadRes(
+            [
+                {"image_id": 1, "category_id": 1, "keypoints": x.reshape(-1).tolist(), "score": 1.0}
+                for x in d
+            ]
+        )
         ev = COCOeval(gt, dt, "keypoints")
         ev.evaluate()
     return np.array(ev.ious[(1, 1)]).reshape(-1)
@@ -184,8 +211,20 @@ def test_eval_cli_gt_as_predictions_and_a_state_dict(coco_fixtures, tmp_path, ca
 
     out = tmp_path / "val"
     ann = coco_fixtures / "test_coco.json"
-    shard_coco.main(["--ann", str(ann), "--images", str(coco_fixtures), "--out", str(out),
-                     "--split", "val", "--detail", "128x96"])  # fmt: skip
+    shard_coco.main(
+        [
+            "--ann",
+            str(ann),
+            "--images",
+            str(coco_fixtures),
+            "--out",
+            str(out),
+            "--split",
+            "val",
+            "--detail",
+            "128x96",
+        ]
+    )
     common = ["--config", "configs/demo.yaml", f"data.val_shards={out}", f"data.val_ann={ann}"]
     assert eval_main([*common, "--gt-as-predictions", "--out", str(tmp_path / "gt.json")]) == 0
     metrics = json.loads((tmp_path / "gt.json").read_text())
@@ -193,8 +232,18 @@ def test_eval_cli_gt_as_predictions_and_a_state_dict(coco_fixtures, tmp_path, ca
     assert metrics["instances"] == 12 and metrics["AP"] > 0.8
     cfg = load_config("configs/demo.yaml")
     torch.save(build_model(cfg.model, 17).state_dict(), tmp_path / "weights.pth")
-    assert eval_main([*common, "--checkpoint", str(tmp_path / "weights.pth"),
-                      "--out", str(tmp_path / "m.json")]) == 0  # fmt: skip
+    assert (
+        eval_main(
+            [
+                *common,
+                "--checkpoint",
+                str(tmp_path / "weights.pth"),
+                "--out",
+                str(tmp_path / "m.json"),
+            ]
+        )
+        == 0
+    )
     assert json.loads((tmp_path / "m.json").read_text())["instances"] == 12
     assert eval_main([*common, "--checkpoint", str(tmp_path)]) == 2
     assert "neither a state-dict file" in capsys.readouterr().err
@@ -210,9 +259,24 @@ def test_predict_writes_pictures_and_coco_json(coco_fixtures, tmp_path):
     boxes = tmp_path / "boxes.json"
     boxes.write_text(json.dumps([[280.79, 44.73, 218.7, 346.68, 0.9]]))
     out = tmp_path / "out"
-    assert predict_main(["--checkpoint", str(tmp_path / "w.pth"), "--image", str(image),
-                         "--out", str(out), "--boxes", str(boxes), "--config", "configs/demo.yaml",
-                         "model.attention=partwise"]) == 0  # fmt: skip
+    assert (
+        predict_main(
+            [
+                "--checkpoint",
+                str(tmp_path / "w.pth"),
+                "--image",
+                str(image),
+                "--out",
+                str(out),
+                "--boxes",
+                str(boxes),
+                "--config",
+                "configs/demo.yaml",
+                "model.attention=partwise",
+            ]
+        )
+        == 0
+    )
     import cv2
 
     drawn = cv2.imread(str(out / "000000000785_pose.png"))
@@ -224,12 +288,24 @@ def test_predict_writes_pictures_and_coco_json(coco_fixtures, tmp_path):
         gt.loadRes(results)  # pycocotools accepts it
     panel = cv2.imread(str(out / "000000000785_person0_attention.png"))
     assert panel is not None and panel.shape[0] == 3 * 128  # 3 stages + sum + 17 joints, 7 a row
-    assert predict_main(["--checkpoint", str(tmp_path / "w.pth"), "--image", str(tmp_path / "no"),
-                         "--out", str(out)]) == 2  # fmt: skip
+    assert (
+        predict_main(
+            [
+                "--checkpoint",
+                str(tmp_path / "w.pth"),
+                "--image",
+                str(tmp_path / "no"),
+                "--out",
+                str(out),
+            ]
+        )
+        == 2
+    )
 
 
-@pytest.mark.parametrize("attention, height", [("none", 128), ("holistic", 128),
-                                               ("partwise", 3 * 128)])  # fmt: skip
+@pytest.mark.parametrize(
+    "attention, height", [("none", 128), ("holistic", 128), ("partwise", 3 * 128)]
+)
 def test_training_panel_lays_out_every_attention_variant(attention, height, tmp_path):
     """The picture each eval logs: crops, skeletons and (a part-wise grid taller than the
     crop) attention maps, one row per person."""
@@ -240,8 +316,9 @@ def test_training_panel_lays_out_every_attention_variant(attention, height, tmp_
     from pose.viz.panels import prediction_panel
 
     torch.manual_seed(0)
-    model = build_model(ModelConfig(backbone="resnet18", attention=attention,
-                                    deconv_filters=32), 17)  # fmt: skip
+    model = build_model(
+        ModelConfig(backbone="resnet18", attention=attention, deconv_filters=32), 17
+    )
     batch = {"image": torch.randn(3, 3, 128, 96)}
     path = prediction_panel(model, batch, tmp_path / "panel.png", count=2)
     panel = cv2.imread(str(path))

@@ -61,8 +61,12 @@ def test_windows_decode_to_the_pixels_of_the_whole_crop(photo):
         y0, y1 = np.sort(rng.uniform(-40, h + 40, 2))
         span = layout.header.intervals_covering(x0, y0, x1, y1)
         if span is None:  # wholly outside, margin included
-            assert x1 + EDGE_MARGIN <= 0 or y1 + EDGE_MARGIN <= 0 or x0 - EDGE_MARGIN >= w \
-                or y0 - EDGE_MARGIN >= h  # fmt: skip
+            assert (
+                x1 + EDGE_MARGIN <= 0
+                or y1 + EDGE_MARGIN <= 0
+                or x0 - EDGE_MARGIN >= w
+                or y0 - EDGE_MARGIN >= h
+            )
             continue
         jpeg, ox, oy = layout.window(*span)
         part = decode_rgb(jpeg)
@@ -94,9 +98,21 @@ def test_a_small_window_decodes_a_small_jpeg(photo):
 
 
 def _shard_fixtures(coco_fixtures, out, detail) -> None:
-    assert shard_coco.main(["--ann", str(coco_fixtures / "test_coco.json"), "--images",
-                            str(coco_fixtures), "--out", str(out),
-                            "--detail", f"{detail[0]}x{detail[1]}"]) == 0  # fmt: skip
+    assert (
+        shard_coco.main(
+            [
+                "--ann",
+                str(coco_fixtures / "test_coco.json"),
+                "--images",
+                str(coco_fixtures),
+                "--out",
+                str(out),
+                "--detail",
+                f"{detail[0]}x{detail[1]}",
+            ]
+        )
+        == 0
+    )
 
 
 @pytest.mark.parametrize("detail", [(256, 192), (384, 288)])
@@ -113,9 +129,15 @@ def test_warps_from_the_window_equal_warps_from_the_whole_crop(coco_fixtures, tm
             for _ in range(8):
                 center = rng.uniform(0.3, 0.7, 2) * (header.width, header.height)
                 box = np.array([192, 256]) * rng.uniform(0.3, 1.2)
-                matrix = augmented_transform(center, box, rng.uniform(0.65, 1.35),
-                                             rng.uniform(-90, 90), bool(rng.random() < 0.5),
-                                             header.width, (192, 256))  # fmt: skip
+                matrix = augmented_transform(
+                    center,
+                    box,
+                    rng.uniform(0.65, 1.35),
+                    rng.uniform(-90, 90),
+                    bool(rng.random() < 0.5),
+                    header.width,
+                    (192, 256),
+                )
                 image, shifted = decode_for_warp(parts["jpg"], header, matrix, (192, 256))
                 assert image.shape[0] * image.shape[1] <= whole.shape[0] * whole.shape[1]
                 cut += image.shape != whole.shape
@@ -132,8 +154,9 @@ def test_warps_from_the_window_equal_warps_from_the_whole_crop(coco_fixtures, tm
 def test_jpegs_that_cannot_be_cut_decode_whole(photo):
     crop = np.ascontiguousarray(photo[:200, :300])  # 19 MCU columns
     plain = encode_crop(crop, 95, restart_mcus=0)
-    _, progressive = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1,
-                                                 cv2.IMWRITE_JPEG_RST_INTERVAL, 1])  # fmt: skip
+    _, progressive = cv2.imencode(
+        ".jpg", crop, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1, cv2.IMWRITE_JPEG_RST_INTERVAL, 1]
+    )
     _, across_rows = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_RST_INTERVAL, 4])
     matrix = augmented_transform((150, 100), (120, 160), 1.0, 30.0, False, 300, (192, 256))
     for data in (plain, progressive.tobytes(), across_rows.tobytes()):
@@ -192,7 +215,13 @@ def test_headers_this_module_cannot_read_are_left_to_cv2(coco_fixtures, tmp_path
     filled = data.replace(b"\xff\xdb", b"\xff\xff\xff\xdb", 1)  # fill bytes: legal
     a, b = read_header(filled), read_header(data)
     assert (a.width, a.height, a.mcu, a.interval, a.cuttable, a.scan - a.sof) == (
-        b.width, b.height, b.mcu, b.interval, b.cuttable, b.scan - b.sof)  # fmt: skip
+        b.width,
+        b.height,
+        b.mcu,
+        b.interval,
+        b.cuttable,
+        b.scan - b.sof,
+    )
     assert decode_rgb(JpegIntervals.find(filled, a).window(0, 0, 1, 1)[0]) is not None
     junk = data.replace(b"\xff\xdb", b"\x00\x00\xff\xdb", 1)  # libjpeg skips, with a warning
     assert read_header(junk) is None and decode_rgb(junk) is not None
@@ -201,5 +230,9 @@ def test_headers_this_module_cannot_read_are_left_to_cv2(coco_fixtures, tmp_path
     reference = transform_sample(parts, augmentation, cfg, flip_permutation(17))
     assert np.abs(ours["image"].astype(int) - reference["image"]).max() <= 1
     np.testing.assert_array_equal(ours["keypoints"], reference["keypoints"])
-    assert transform_sample({**parts, "jpg": b"\xff\xd8 nothing"}, augmentation, cfg,
-                            flip_permutation(17)) is None  # fmt: skip
+    assert (
+        transform_sample(
+            {**parts, "jpg": b"\xff\xd8 nothing"}, augmentation, cfg, flip_permutation(17)
+        )
+        is None
+    )

@@ -117,9 +117,12 @@ def test_part_attention_equals_per_joint_feature_products():
     f = torch.randn(2, 6, 5, 4)
     heatmaps, maps = parts(f, final)
     naive = torch.stack(
-        [F.conv2d(f * maps[:, k : k + 1], final.weight[k : k + 1], final.bias[k : k + 1])[:, 0]
-         for k in range(3)], dim=1,
-    )  # fmt: skip
+        [
+            F.conv2d(f * maps[:, k : k + 1], final.weight[k : k + 1], final.bias[k : k + 1])[:, 0]
+            for k in range(3)
+        ],
+        dim=1,
+    )
     torch.testing.assert_close(heatmaps, naive)
 
 
@@ -129,8 +132,10 @@ def test_holistic_map_is_the_sum_of_each_stage_map_upsampled():
     for p in model.holistic.parameters():
         nn.init.normal_(p, std=0.5)
     captured = []
-    hooks = [model.deconv_layers[i].register_forward_hook(lambda m, i, o: captured.append(o))
-             for i in (2, 5, 8)]  # fmt: skip
+    hooks = [
+        model.deconv_layers[i].register_forward_hook(lambda m, i, o: captured.append(o))
+        for i in (2, 5, 8)
+    ]
     _, maps = model(torch.randn(1, 3, 64, 64), return_attention=True)
     for h in hooks:
         h.remove()
@@ -214,8 +219,12 @@ def test_reference_pose_resnet_checkpoint_loads_into_the_plain_model(tmp_path):
 
 def test_summary_cli_writes_json(tmp_path, capsys):
     out = tmp_path / "summary.json"
-    assert summary_main(["--sizes", "256x192", "384x288", "--json", str(out),
-                         "model.attention=partwise"]) == 0  # fmt: skip
+    assert (
+        summary_main(
+            ["--sizes", "256x192", "384x288", "--json", str(out), "model.attention=partwise"]
+        )
+        == 0
+    )
     data = json.loads(out.read_text())
     assert data["input"] == [256, 192] and len(data["sizes"]) == 2
     assert 34.0e6 < data["params"] < 34.1e6 and 5.4 < data["gmacs"] < 5.7

@@ -35,16 +35,29 @@ def shard_dir(synthetic_dataset, tmp_path_factory):
     out = tmp_path_factory.mktemp("pipeline") / "shards"
     ann = synthetic_dataset / "annotations" / "person_keypoints_train.json"
     images = synthetic_dataset / "images" / "train"
-    code = shard_coco.main(["--ann", str(ann), "--images", str(images), "--out", str(out),
-                            "--detail", "128x96", "--shard-size", "12"])  # fmt: skip
+    code = shard_coco.main(
+        [
+            "--ann",
+            str(ann),
+            "--images",
+            str(images),
+            "--out",
+            str(out),
+            "--detail",
+            "128x96",
+            "--shard-size",
+            "12",
+        ]
+    )
     assert code == 0
     return out
 
 
 @pytest.fixture(scope="module")
 def cfg(shard_dir):
-    return load_config("configs/demo.yaml", [f"data.train_shards={shard_dir}",
-                                             f"data.val_shards={shard_dir}"]).data  # fmt: skip
+    return load_config(
+        "configs/demo.yaml", [f"data.train_shards={shard_dir}", f"data.val_shards={shard_dir}"]
+    ).data
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +72,10 @@ def by_ann(shard_dir):
 
 def loaders(cfg, shard_dir, training, batch=B, world=1, rank=0, seed=0, **extra):
     shards = ShardSet.open(shard_dir)
-    return [cls(shards, cfg, training, batch, rank, world, CPU, seed, False, **extra)
-            for cls in (TorchLoader, DaliLoader)]  # fmt: skip
+    return [
+        cls(shards, cfg, training, batch, rank, world, CPU, seed, False, **extra)
+        for cls in (TorchLoader, DaliLoader)
+    ]
 
 
 def reference_transform(center, scale, rot, output_size):
@@ -132,8 +147,18 @@ def test_backends_match_the_numpy_reference_and_each_other(cfg, shard_dir, by_an
     """Same augmentation parameters: DALI and torch give the reference keypoints within 0.01 px
     and the same images within interpolation tolerance."""
     scales, rotations, flips, _, _ = _fixed_augmentation()
-    dali = DaliLoader(ShardSet.open(shard_dir), cfg, True, B, 0, 1, CPU, 0, False,
-                      augmentation_source=lambda: list(_fixed_augmentation()))  # fmt: skip
+    dali = DaliLoader(
+        ShardSet.open(shard_dir),
+        cfg,
+        True,
+        B,
+        0,
+        1,
+        CPU,
+        0,
+        False,
+        augmentation_source=lambda: list(_fixed_augmentation()),
+    )
     batch = next(iter(dali.epoch(0)))
     permutation = flip_permutation(17)
     out_h, out_w = cfg.image_size
@@ -226,10 +251,18 @@ def reference_generate_target(joints, vis, image_size, heatmap_size, sigma):
 def test_heatmap_targets_equal_the_reference(size, sigma):
     rng = np.random.default_rng(0)
     h, w = size
-    joints = np.concatenate([
-        rng.uniform(-30, [w + 30, h + 30], (40, 2)),
-        [[0, 0], [-7.9, 5], [w - 0.6, h - 0.6], [w + 4 * 4 * sigma, 10], [-4 * 4 * sigma - 3, 10]],
-    ])  # fmt: skip
+    joints = np.concatenate(
+        [
+            rng.uniform(-30, [w + 30, h + 30], (40, 2)),
+            [
+                [0, 0],
+                [-7.9, 5],
+                [w - 0.6, h - 0.6],
+                [w + 4 * 4 * sigma, 10],
+                [-4 * 4 * sigma - 3, 10],
+            ],
+        ]
+    )
     vis = rng.integers(0, 3, len(joints)).astype(np.float32)
     vis[-5:] = 2
     ref_t, ref_w = reference_generate_target(joints, vis, (w, h), (w // 4, h // 4), sigma)
@@ -276,8 +309,11 @@ def _ids(loader, epoch, start=0):
 
 
 def test_epoch_reshuffle_is_seeded_and_resumable(cfg, shard_dir):
-    for a, b, other in zip(loaders(cfg, shard_dir, True), loaders(cfg, shard_dir, True),
-                           loaders(cfg, shard_dir, True, seed=1)):  # fmt: skip
+    for a, b, other in zip(
+        loaders(cfg, shard_dir, True),
+        loaders(cfg, shard_dir, True),
+        loaders(cfg, shard_dir, True, seed=1),
+    ):
         first = _ids(a, 0)
         assert first == _ids(b, 0)  # same seed, same order
         assert first != _ids(a, 1)  # a new order each epoch
@@ -290,8 +326,9 @@ def test_torch_backend_batches_do_not_depend_on_worker_count(cfg, shard_dir):
     shards = ShardSet.open(shard_dir)
     runs = []
     for workers in (0, 2):
-        loader = TorchLoader(shards, type(cfg)(**{**vars(cfg), "num_workers": workers}), True, B,
-                             0, 1, CPU, 0, False)  # fmt: skip
+        loader = TorchLoader(
+            shards, type(cfg)(**{**vars(cfg), "num_workers": workers}), True, B, 0, 1, CPU, 0, False
+        )
         runs.append([b["keypoints"] for b in loader.epoch(3)])
     for x, y in zip(*runs):
         torch.testing.assert_close(x, y)
@@ -334,8 +371,9 @@ def test_build_loader_picks_a_backend(cfg, shard_dir):
 def test_half_body_crops_the_chosen_half_in_both_backends(cfg, shard_dir, by_ann):
     half_cfg = type(cfg)(**{**vars(cfg), "half_body_prob": 1.0})
     source = lambda: list(_fixed_augmentation(half_body=True))  # noqa: E731
-    dali = DaliLoader(ShardSet.open(shard_dir), half_cfg, True, B, 0, 1, CPU, 0, False,
-                      augmentation_source=source)  # fmt: skip
+    dali = DaliLoader(
+        ShardSet.open(shard_dir), half_cfg, True, B, 0, 1, CPU, 0, False, augmentation_source=source
+    )
     batch = next(iter(dali.epoch(0)))
     scales, rotations, flips, _, upper = _fixed_augmentation(half_body=True)
     permutation = flip_permutation(17)
@@ -377,8 +415,22 @@ def test_preview_writes_a_picture_and_reports_throughput(cfg, shard_dir, tmp_pat
     from data_prep.preview import main as preview
 
     out = tmp_path / "preview.png"
-    assert preview(["--config", "configs/demo.yaml", "--out", str(out), "--batches", "2",
-                    "--batch-size", "4", f"data.train_shards={shard_dir}"]) == 0  # fmt: skip
+    assert (
+        preview(
+            [
+                "--config",
+                "configs/demo.yaml",
+                "--out",
+                str(out),
+                "--batches",
+                "2",
+                "--batch-size",
+                "4",
+                f"data.train_shards={shard_dir}",
+            ]
+        )
+        == 0
+    )
     image = cv2.imread(str(out))
     assert image.shape == (2 * 128, 8 * 96 * 2, 3) and image.std() > 10
     assert "samples/s" in capsys.readouterr().out

@@ -28,8 +28,18 @@ def samples_of(out):
 def synthetic_train(synthetic_dataset, tmp_path_factory):
     out = tmp_path_factory.mktemp("shards") / "train"
     ann = synthetic_dataset / "annotations" / "person_keypoints_train.json"
-    assert shard(ann, synthetic_dataset / "images" / "train", out, "--shard-size", 16,
-                 "--detail", "128x96") == 0  # fmt: skip
+    assert (
+        shard(
+            ann,
+            synthetic_dataset / "images" / "train",
+            out,
+            "--shard-size",
+            16,
+            "--detail",
+            "128x96",
+        )
+        == 0
+    )
     return out
 
 
@@ -59,8 +69,10 @@ def test_real_fixtures_keypoints_map_back_within_half_a_pixel(coco_fixtures, tmp
         assert (meta[0], meta[1], meta[2], meta[3]) == (record["image_id"], record["ann_id"], -1, 1)
         labelled += int(mask.sum())
         seen.add(record["ann_id"])
-        assert record["image_size"] == [coco.imgs[record["image_id"]]["width"],
-                                        coco.imgs[record["image_id"]]["height"]]  # fmt: skip
+        assert record["image_size"] == [
+            coco.imgs[record["image_id"]]["width"],
+            coco.imgs[record["image_id"]]["height"],
+        ]
     assert len(seen) == 12 and labelled == 181
     assert verify(out) == []
 
@@ -69,8 +81,20 @@ def test_real_fixtures_detection_boxes(coco_fixtures, tmp_path):
     dets_path = coco_fixtures / "test_coco_det_AP_H_56.json"
     dets = json.loads(dets_path.read_text())
     out = tmp_path / "dets"
-    assert shard(coco_fixtures / "test_coco.json", coco_fixtures, out, "--split", "val",
-                 "--dets", dets_path, "--det-thr", 0.3) == 0  # fmt: skip
+    assert (
+        shard(
+            coco_fixtures / "test_coco.json",
+            coco_fixtures,
+            out,
+            "--split",
+            "val",
+            "--dets",
+            dets_path,
+            "--det-thr",
+            0.3,
+        )
+        == 0
+    )
     manifest = read_manifest(out)
     expected = sum(d["score"] >= 0.3 for d in dets)
     assert manifest["num_samples"] == expected
@@ -114,18 +138,35 @@ def test_synthetic_end_to_end(synthetic_dataset, synthetic_train):
 def test_same_input_same_shards_any_worker_count(synthetic_dataset, synthetic_train, tmp_path):
     ann = synthetic_dataset / "annotations" / "person_keypoints_train.json"
     images = synthetic_dataset / "images" / "train"
-    assert shard(ann, images, tmp_path / "again", "--shard-size", 16, "--detail", "128x96",
-                 "--workers", 2) == 0  # fmt: skip
+    assert (
+        shard(
+            ann,
+            images,
+            tmp_path / "again",
+            "--shard-size",
+            16,
+            "--detail",
+            "128x96",
+            "--workers",
+            2,
+        )
+        == 0
+    )
     first, again = read_manifest(synthetic_train), read_manifest(tmp_path / "again")
     assert [s["sha256"] for s in first["shards"]] == [s["sha256"] for s in again["shards"]]
-    assert shard(ann, images, tmp_path / "seed1", "--shard-size", 16, "--detail", "128x96",
-                 "--seed", 1) == 0  # fmt: skip
+    assert (
+        shard(
+            ann, images, tmp_path / "seed1", "--shard-size", 16, "--detail", "128x96", "--seed", 1
+        )
+        == 0
+    )
     other = read_manifest(tmp_path / "seed1")
     assert [s["sha256"] for s in other["shards"]] != [s["sha256"] for s in first["shards"]]
 
 
-def test_interrupted_run_resumes_to_the_same_result(synthetic_dataset, synthetic_train, tmp_path,
-                                                     monkeypatch, capsys):  # fmt: skip
+def test_interrupted_run_resumes_to_the_same_result(
+    synthetic_dataset, synthetic_train, tmp_path, monkeypatch, capsys
+):
     ann = synthetic_dataset / "annotations" / "person_keypoints_train.json"
     images = synthetic_dataset / "images" / "train"
     args = ("--shard-size", 16, "--detail", "128x96")
@@ -181,8 +222,12 @@ def _corrupted_copy(synthetic_dataset, tmp_path):
     victims[2]["keypoints"][0:3] = [float("nan"), 5.0, 2]
     victims[3]["keypoints"][3:6] = [50_000.0, 10.0, 2]
     del victims[4]["keypoints"]
-    expected |= {"invalid_box": 2, "bad_keypoints": 1, "keypoints_outside_image": 1,
-                 "missing_fields": 1}  # fmt: skip
+    expected |= {
+        "invalid_box": 2,
+        "bad_keypoints": 1,
+        "keypoints_outside_image": 1,
+        "missing_fields": 1,
+    }
     ann = root / "ann.json"
     ann.write_text(json.dumps(data))
     return ann, root / "images", expected, victims

@@ -24,8 +24,9 @@ from pose.tracking import read_metrics
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def write_sweep(path: Path, shards: Path, val_ann: Path, grid: dict, slurm: dict | None = None,
-                **extra) -> Path:  # fmt: skip
+def write_sweep(
+    path: Path, shards: Path, val_ann: Path, grid: dict, slurm: dict | None = None, **extra
+) -> Path:
     overrides = tiny_overrides(shards, "unused", **{"data.val_ann": val_ann, **extra})
     overrides = [o for o in overrides if not o.startswith("run.dir=")]
     spec = {
@@ -40,9 +41,14 @@ def write_sweep(path: Path, shards: Path, val_ann: Path, grid: dict, slurm: dict
 
 
 def sweep_cli(*args, env=None, timeout=900):
-    return subprocess.run([sys.executable, "launch/sweep.py", *map(str, args)], cwd=ROOT,
-                          env=clean_env(**(env or {})), capture_output=True, text=True,
-                          timeout=timeout)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "launch/sweep.py", *map(str, args)],
+        cwd=ROOT,
+        env=clean_env(**(env or {})),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -57,10 +63,16 @@ def val_ann(synthetic_dataset):
 
 def test_sweep_file_expands_grid_times_list_with_names_and_tags(tmp_path):
     path = tmp_path / "s.yaml"
-    path.write_text(yaml.safe_dump({
-        "base": "configs/demo.yaml", "overrides": ["train.epochs=2"],
-        "grid": {"model.attention": ["none", "partwise"], "seed": [0, 1]},
-        "runs": [["train.lr=0.001"], ["train.lr=0.0005"]]}))  # fmt: skip
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "base": "configs/demo.yaml",
+                "overrides": ["train.epochs=2"],
+                "grid": {"model.attention": ["none", "partwise"], "seed": [0, 1]},
+                "runs": [["train.lr=0.001"], ["train.lr=0.0005"]],
+            }
+        )
+    )
     sweep = load_sweep(path, ["train.batch_size=4"])
     assert sweep.name == "s" and len(sweep.runs) == 8
     names = [r.name for r in sweep.runs]
@@ -79,21 +91,28 @@ def test_sweep_file_expands_grid_times_list_with_names_and_tags(tmp_path):
 def test_one_key_that_differs_names_runs_by_it_alone():
     from pose.sweep.spec import SweepFile
 
-    runs = plan_runs(SweepFile(base="x", grid={"model.backbone": ["resnet50"],
-                                               "seed": [0, 1, 2]}))  # fmt: skip
+    runs = plan_runs(SweepFile(base="x", grid={"model.backbone": ["resnet50"], "seed": [0, 1, 2]}))
     assert [r.name for r in runs] == ["seed-0", "seed-1", "seed-2"]
     assert runs[0].varying == {"seed": 0}
 
 
-@pytest.mark.parametrize("spec, message", [
-    ({"base": "configs/demo.yaml", "slurm": {"gpus": 2}}, "unknown config key 'slurm.gpus'"),
-    ({"base": "configs/demo.yaml", "slurm": {"nodes": 0}}, "'slurm.nodes': 0 must be positive"),
-    ({"base": "configs/demo.yaml", "grid": {"model.attention": ["none", "holstic"]}},
-     "run 'attention-holstic': config key 'model.attention': 'holstic' is not allowed"),
-    ({"base": "configs/demo.yaml", "grid": {"train.lr": []}}, "'grid.train.lr': needs at least"),
-    ({"base": "configs/nope.yaml"}, "base config 'configs/nope.yaml' not found"),
-    ({"grid": {"seed": [0]}}, "'base': name the base config"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ({"base": "configs/demo.yaml", "slurm": {"gpus": 2}}, "unknown config key 'slurm.gpus'"),
+        ({"base": "configs/demo.yaml", "slurm": {"nodes": 0}}, "'slurm.nodes': 0 must be positive"),
+        (
+            {"base": "configs/demo.yaml", "grid": {"model.attention": ["none", "holstic"]}},
+            "run 'attention-holstic': config key 'model.attention': 'holstic' is not allowed",
+        ),
+        (
+            {"base": "configs/demo.yaml", "grid": {"train.lr": []}},
+            "'grid.train.lr': needs at least",
+        ),
+        ({"base": "configs/nope.yaml"}, "base config 'configs/nope.yaml' not found"),
+        ({"grid": {"seed": [0]}}, "'base': name the base config"),
+    ],
+)
 def test_bad_sweep_files_fail_before_submitting_naming_the_key(tmp_path, spec, message):
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(spec))
@@ -103,12 +122,26 @@ def test_bad_sweep_files_fail_before_submitting_naming_the_key(tmp_path, spec, m
 
 def test_dry_run_prints_runs_and_the_sbatch_array_without_slurm(tmp_path):
     path = tmp_path / "gpu.yaml"
-    path.write_text(yaml.safe_dump({
-        "base": "configs/coco_res50_256x192.yaml",
-        "grid": {"model.attention": ["none", "holistic", "partwise"], "seed": [0, 1]},
-        "slurm": {"partition": "gpu", "account": "pose", "nodes": 2, "gpus_per_node": 4,
-                  "cpus_per_task": 8, "mem_gb": 200, "time_min": 600, "max_running": 2,
-                  "sbatch": {"exclusive": True}, "setup": ["module load cuda"]}}))  # fmt: skip
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "base": "configs/coco_res50_256x192.yaml",
+                "grid": {"model.attention": ["none", "holistic", "partwise"], "seed": [0, 1]},
+                "slurm": {
+                    "partition": "gpu",
+                    "account": "pose",
+                    "nodes": 2,
+                    "gpus_per_node": 4,
+                    "cpus_per_task": 8,
+                    "mem_gb": 200,
+                    "time_min": 600,
+                    "max_running": 2,
+                    "sbatch": {"exclusive": True},
+                    "setup": ["module load cuda"],
+                },
+            }
+        )
+    )
     env = {"PATH": "/usr/local/bin:/bin"}  # no srun here, whatever this machine has
     done = sweep_cli(path, "--dry-run", "--out", tmp_path / "sw", env=env)
     assert done.returncode == 0, done.stderr
@@ -135,9 +168,13 @@ def test_dry_run_prints_runs_and_the_sbatch_array_without_slurm(tmp_path):
 
 @pytest.mark.slow
 def test_local_sweep_runs_and_compares_without_slurm(shards, val_ann, tmp_path):
-    path = write_sweep(tmp_path / "local.yaml", shards, val_ann,
-                       {"model.attention": ["none", "holistic"]},
-                       **{"train.max_steps": 6, "train.eval_every": 1})  # fmt: skip
+    path = write_sweep(
+        tmp_path / "local.yaml",
+        shards,
+        val_ann,
+        {"model.attention": ["none", "holistic"]},
+        **{"train.max_steps": 6, "train.eval_every": 1},
+    )
     out = tmp_path / "sweep"
     done = sweep_cli(path, "--local", "--out", out)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -156,8 +193,13 @@ def test_local_sweep_runs_and_compares_without_slurm(shards, val_ann, tmp_path):
     for run in read_manifest(out)["runs"]:
         starts = [r for r in read_metrics(run["run_dir"]) if r["split"] == "run"]
         assert [(s["step"], s["resumed"]) for s in starts] == [(0, False), (6, True)]
-    compared = subprocess.run([sys.executable, "launch/compare.py", str(out)], cwd=ROOT,
-                              env=clean_env(), capture_output=True, text=True)  # fmt: skip
+    compared = subprocess.run(
+        [sys.executable, "launch/compare.py", str(out)],
+        cwd=ROOT,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+    )
     assert compared.returncode == 0, compared.stderr
     assert "| attention=none | 1 |" in compared.stdout
     assert "| attention=holistic | 1 |" in compared.stdout
@@ -171,15 +213,34 @@ def write_fake_runs(folder: Path) -> None:
         for seed, ap in enumerate(aps):
             run = folder / f"{variant}-{seed}"
             run.mkdir(parents=True)
-            config = {"seed": seed, "model": {"attention": variant}, "run": {"dir": str(run)},
-                      "log": {"wandb": "off", "name": run.name}}  # fmt: skip
+            config = {
+                "seed": seed,
+                "model": {"attention": variant},
+                "run": {"dir": str(run)},
+                "log": {"wandb": "off", "name": run.name},
+            }
             (run / "config.yaml").write_text(yaml.safe_dump(config))
-            lines = [{"step": 0, "epoch": 0, "split": "run", "params": 2_000_000 + seed,
-                      "steps_per_epoch": 10},
-                     *({"step": s, "epoch": s // 10, "split": "train", "loss": 1 / s,
-                        "images_per_s": 100.0 + s} for s in (5, 10, 15, 20)),
-                     {"step": 10, "epoch": 1, "split": "val", "AP": ap + 0.1, "AP50": 0.9},
-                     {"step": 20, "epoch": 2, "split": "val", "AP": ap, "AP50": 0.8}]  # fmt: skip
+            lines = [
+                {
+                    "step": 0,
+                    "epoch": 0,
+                    "split": "run",
+                    "params": 2_000_000 + seed,
+                    "steps_per_epoch": 10,
+                },
+                *(
+                    {
+                        "step": s,
+                        "epoch": s // 10,
+                        "split": "train",
+                        "loss": 1 / s,
+                        "images_per_s": 100.0 + s,
+                    }
+                    for s in (5, 10, 15, 20)
+                ),
+                {"step": 10, "epoch": 1, "split": "val", "AP": ap + 0.1, "AP50": 0.9},
+                {"step": 20, "epoch": 2, "split": "val", "AP": ap, "AP50": 0.8},
+            ]
             (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
 
 
@@ -188,23 +249,39 @@ def test_compare_table_means_and_spreads_over_seeds(tmp_path):
     runs = local_runs(tmp_path)
     keys, variants = group_runs(runs, None)
     assert keys == ["model.attention"] and [v.label for v in variants] == [
-        "attention=none", "attention=partwise"]  # fmt: skip
+        "attention=none",
+        "attention=partwise",
+    ]
     first = summarise(variants[0].runs[0])
     assert first["AP"] == 0.5 and first["best AP"] == pytest.approx(0.6)
     assert first["images/s"] == 115.0 and first["epochs"] == 2.0  # the first window left out
     table = comparison_table(variants).splitlines()
-    assert table[2] == ("| attention=none | 2 | 0.600 ± 0.141 | 0.700 ± 0.141 | 0.800 ± 0.000 "
-                        "| - | - | - | - | 2.00 ± 0.00 | 115 ± 0 |")  # fmt: skip
+    assert table[2] == (
+        "| attention=none | 2 | 0.600 ± 0.141 | 0.700 ± 0.141 | 0.800 ± 0.000 "
+        "| - | - | - | - | 2.00 ± 0.00 | 115 ± 0 |"
+    )
     assert table[3].startswith("| attention=partwise | 2 | 0.600 ± 0.000 | 0.700 ± 0.000 |")
 
 
 def test_compare_logs_a_summary_run_to_wandb_offline(tmp_path):
     write_fake_runs(tmp_path / "runs")
     out = tmp_path / "cmp"
-    done = subprocess.run([sys.executable, "launch/compare.py", str(tmp_path / "runs"), "--out",
-                           str(out), "--log-wandb", "offline"], cwd=ROOT,
-                          env=clean_env(WANDB_DIR=str(tmp_path / "wandb")), capture_output=True,
-                          text=True, timeout=300)  # fmt: skip
+    done = subprocess.run(
+        [
+            sys.executable,
+            "launch/compare.py",
+            str(tmp_path / "runs"),
+            "--out",
+            str(out),
+            "--log-wandb",
+            "offline",
+        ],
+        cwd=ROOT,
+        env=clean_env(WANDB_DIR=str(tmp_path / "wandb")),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     assert "logged to wandb (offline)" in done.stdout
     offline = list((out / "wandb").glob("offline-run-*/run-*.wandb"))
@@ -241,11 +318,13 @@ def slurm(tmp_path_factory):
     state = tmp_path_factory.mktemp("slurm")
     env = {**os.environ, "POSESCALE_SLURM_DIR": str(state)}
     script = ["bash", str(ROOT / "slurm" / "local-cluster.sh")]
-    started = subprocess.run([*script, "start"], env=env, capture_output=True, text=True,
-                             timeout=900)  # fmt: skip
+    started = subprocess.run(
+        [*script, "start"], env=env, capture_output=True, text=True, timeout=900
+    )
     if started.returncode != 0:
-        logs = "\n".join(f"== {p.name}\n{p.read_text()[-2000:]}"
-                         for p in sorted((state / "log").glob("*.log")))  # fmt: skip
+        logs = "\n".join(
+            f"== {p.name}\n{p.read_text()[-2000:]}" for p in sorted((state / "log").glob("*.log"))
+        )
         pytest.fail(f"local Slurm did not start: {started.stderr}\n{logs}")
     try:
         yield {"SLURM_CONF": str(state / "etc" / "slurm.conf")}
@@ -254,8 +333,9 @@ def slurm(tmp_path_factory):
 
 
 def slurm_run(slurm, *args) -> str:
-    done = subprocess.run(list(args), env=clean_env(**slurm), capture_output=True, text=True,
-                          timeout=60)  # fmt: skip
+    done = subprocess.run(
+        list(args), env=clean_env(**slurm), capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, f"{args}: {done.stderr}"
     return done.stdout
 
@@ -298,15 +378,22 @@ def start_now(slurm, job_id: str) -> bool:
     requeues it."""
     from datetime import datetime
 
-    fields = dict(f.split("=", 1) for f in slurm_run(slurm, "scontrol", "show", "job", "-o",
-                                                      job_id).split() if "=" in f)  # fmt: skip
+    fields = dict(
+        f.split("=", 1)
+        for f in slurm_run(slurm, "scontrol", "show", "job", "-o", job_id).split()
+        if "=" in f
+    )
     if fields.get("JobState") == "RUNNING" and fields.get("Restarts", "0") != "0":
         return True
     if fields.get("JobState") == "PENDING" and fields.get("Reason") == "BeginTime":
         eligible = datetime.fromisoformat(fields["EligibleTime"])
         if (eligible - datetime.now()).total_seconds() > 5:
-            subprocess.run(["scontrol", "update", f"jobid={job_id}", "starttime=now+2"],
-                           env=clean_env(**slurm), capture_output=True, timeout=60)  # fmt: skip
+            subprocess.run(
+                ["scontrol", "update", f"jobid={job_id}", "starttime=now+2"],
+                env=clean_env(**slurm),
+                capture_output=True,
+                timeout=60,
+            )
     return False
 
 
@@ -316,9 +403,13 @@ def job_log(out: Path) -> str:
 
 @pytest.mark.slow
 def test_slurm_sweep_of_three_variants_completes_and_compares(slurm, shards, val_ann, tmp_path):
-    path = write_sweep(tmp_path / "three.yaml", shards, val_ann,
-                       {"model.attention": ["none", "holistic", "partwise"]},
-                       **{"train.max_steps": 6, "train.eval_every": 1})  # fmt: skip
+    path = write_sweep(
+        tmp_path / "three.yaml",
+        shards,
+        val_ann,
+        {"model.attention": ["none", "holistic", "partwise"]},
+        **{"train.max_steps": 6, "train.eval_every": 1},
+    )
     out = tmp_path / "sweep"
     done = sweep_cli(path, "--out", out, "--wait", env=slurm)
     assert done.returncode == 0, done.stdout + done.stderr + job_log(out)
@@ -332,9 +423,13 @@ def test_slurm_sweep_of_three_variants_completes_and_compares(slurm, shards, val
     for run in manifest["runs"]:
         cfg = yaml.safe_load((Path(run["run_dir"]) / "config.yaml").read_text())
         assert cfg["log"]["group"] == "three" and cfg["model"]["attention"] in run["name"]
-    compared = subprocess.run([sys.executable, "launch/compare.py", str(out), "--by",
-                               "model.attention"], cwd=ROOT, env=clean_env(), capture_output=True,
-                              text=True)  # fmt: skip
+    compared = subprocess.run(
+        [sys.executable, "launch/compare.py", str(out), "--by", "model.attention"],
+        cwd=ROOT,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+    )
     assert compared.returncode == 0, compared.stderr
     rows = [line for line in compared.stdout.splitlines() if line.startswith("| attention=")]
     assert len(rows) == 3 and all(" - |" not in row.split("|", 4)[3] for row in rows)
@@ -343,9 +438,14 @@ def test_slurm_sweep_of_three_variants_completes_and_compares(slurm, shards, val
 
 @pytest.mark.slow
 def test_slurm_job_with_two_tasks_trains_two_gloo_ranks(slurm, shards, val_ann, tmp_path):
-    path = write_sweep(tmp_path / "ddp.yaml", shards, val_ann, {"seed": [0]},
-                       slurm={"tasks_per_node": 2}, **{"train.max_steps": 6,
-                                                       "train.zero_stage": 1})  # fmt: skip
+    path = write_sweep(
+        tmp_path / "ddp.yaml",
+        shards,
+        val_ann,
+        {"seed": [0]},
+        slurm={"tasks_per_node": 2},
+        **{"train.max_steps": 6, "train.zero_stage": 1},
+    )
     out = tmp_path / "sweep"
     done = sweep_cli(path, "--out", out, "--wait", env=slurm)
     assert done.returncode == 0, done.stdout + done.stderr + job_log(out)
@@ -359,13 +459,19 @@ def test_slurm_job_with_two_tasks_trains_two_gloo_ranks(slurm, shards, val_ann, 
 
 
 @pytest.mark.slow
-def test_requeued_and_timed_out_jobs_resume_from_their_checkpoints(slurm, shards, val_ann,
-                                                                   tmp_path):  # fmt: skip
+def test_requeued_and_timed_out_jobs_resume_from_their_checkpoints(
+    slurm, shards, val_ann, tmp_path
+):
     """Run 0 is requeued by `scontrol requeue` (SIGTERM, then Slurm requeues it); run 1 gets
     the time-out signal (USR2), checkpoints and is requeued by submitit. Both come back and
     carry on from their checkpoint, then the sweep is cancelled."""
-    path = write_sweep(tmp_path / "requeue.yaml", shards, val_ann, {"seed": [0, 1]},
-                       **{"train.max_steps": 2000, "train.checkpoint_every": 1000})  # fmt: skip
+    path = write_sweep(
+        tmp_path / "requeue.yaml",
+        shards,
+        val_ann,
+        {"seed": [0, 1]},
+        **{"train.max_steps": 2000, "train.checkpoint_every": 1000},
+    )
     out = tmp_path / "sweep"
     done = sweep_cli(path, "--out", out, env=slurm)
     assert done.returncode == 0, done.stderr
@@ -376,14 +482,22 @@ def test_requeued_and_timed_out_jobs_resume_from_their_checkpoints(slurm, shards
     slurm_run(slurm, "scontrol", "requeue", runs[0]["job_id"])
     slurm_run(slurm, "scancel", "--signal=USR2", runs[1]["job_id"])
     for run in runs:
-        wait_until(lambda r=run: status_of(out, slurm)[r["name"]] == "requeued", 120,
-                   f"{run['name']} to be requeued\n{job_log(out)}")  # fmt: skip
+        wait_until(
+            lambda r=run: status_of(out, slurm)[r["name"]] == "requeued",
+            120,
+            f"{run['name']} to be requeued\n{job_log(out)}",
+        )
         wait_until(lambda r=run: start_now(slurm, r["job_id"]), 120, f"{run['name']} to start")
     for d in dirs:
-        wait_until(lambda d=d: sum(r["split"] == "run" for r in read_metrics(d)) == 2
-                   and train_steps(d)[-1] > [r for r in read_metrics(d)
-                                             if r["split"] == "run"][1]["step"],
-                   240, f"{d.name} to resume and train\n{job_log(out)}")  # fmt: skip
+        wait_until(
+            lambda d=d: (
+                sum(r["split"] == "run" for r in read_metrics(d)) == 2
+                and train_steps(d)[-1]
+                > [r for r in read_metrics(d) if r["split"] == "run"][1]["step"]
+            ),
+            240,
+            f"{d.name} to resume and train\n{job_log(out)}",
+        )
     cancelled = sweep_cli("cancel", out, env=slurm)
     assert "cancelled 2 job(s)" in cancelled.stdout, cancelled.stdout + cancelled.stderr
     for d in dirs:
@@ -400,42 +514,72 @@ def test_requeued_and_timed_out_jobs_resume_from_their_checkpoints(slurm, shards
 
     pickled = JobPaths(out / "submitit" / "%j", job_id=runs[1]["job_id"]).submitted_pickle
     assert pickle.loads(pickled.read_bytes()).function.requeues == 1
-    states = wait_until(lambda: (s := status_of(out, slurm)) and all(
-        v == "cancelled" for v in s.values()) and s, 120, "the runs to be cancelled")  # fmt: skip
+    states = wait_until(
+        lambda: (s := status_of(out, slurm)) and all(v == "cancelled" for v in s.values()) and s,
+        120,
+        "the runs to be cancelled",
+    )
     assert set(states.values()) == {"cancelled"}
 
 
 @pytest.mark.slow
-def test_sbatch_template_runs_torchrun_and_requeues_near_the_time_limit(slurm, shards, val_ann,
-                                                                         tmp_path):  # fmt: skip
+def test_sbatch_template_runs_torchrun_and_requeues_near_the_time_limit(
+    slurm, shards, val_ann, tmp_path
+):
     """slurm/train.sbatch without submitit: srun starts torchrun with two processes; the
     time-limit signal (USR1 to the batch shell) makes them checkpoint, the script requeues the
     job, and the requeued job resumes in the same run folder."""
     run_dir = tmp_path / "run"
-    overrides = tiny_overrides(shards, run_dir, **{"data.val_ann": val_ann, "train.epochs": 500,
-                                                   "train.zero_stage": 1})  # fmt: skip
-    env = clean_env(**slurm, CONFIG="configs/demo.yaml", PROCS_PER_NODE="2",
-                    RUN_DIR=str(run_dir))  # fmt: skip
+    overrides = tiny_overrides(
+        shards, run_dir, **{"data.val_ann": val_ann, "train.epochs": 500, "train.zero_stage": 1}
+    )
+    env = clean_env(**slurm, CONFIG="configs/demo.yaml", PROCS_PER_NODE="2", RUN_DIR=str(run_dir))
     log = tmp_path / "job.out"
-    submitted = subprocess.run(["sbatch", "--parsable", "--nodes=1", "--gpus-per-node=0",
-                                "--cpus-per-task=2", "--mem=4G", f"--output={log}",
-                                "slurm/train.sbatch", *overrides], cwd=ROOT, env=env,
-                               capture_output=True, text=True, timeout=60)  # fmt: skip
+    submitted = subprocess.run(
+        [
+            "sbatch",
+            "--parsable",
+            "--nodes=1",
+            "--gpus-per-node=0",
+            "--cpus-per-task=2",
+            "--mem=4G",
+            f"--output={log}",
+            "slurm/train.sbatch",
+            *overrides,
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert submitted.returncode == 0, submitted.stderr
     job = submitted.stdout.strip()
     wait_until(lambda: len(train_steps(run_dir)) >= 2, 240, f"training to start\n{_tail(log)}")
     slurm_run(slurm, "scancel", "--batch", "--signal=USR1", job)
     wait_until(lambda: "requeueing job" in _tail(log), 120, f"the requeue\n{_tail(log)}")
-    wait_until(lambda: start_now(slurm, job), 120, "the requeued job to start\n"
-               + slurm_run(slurm, "scontrol", "show", "job", job) + _tail(log))  # fmt: skip
-    wait_until(lambda: sum(r["split"] == "run" for r in read_metrics(run_dir)) == 2
-               and train_steps(run_dir)[-1] > [r for r in read_metrics(run_dir)
-                                               if r["split"] == "run"][1]["step"],
-               240, f"the run to resume\n{_tail(log)}")  # fmt: skip
+    wait_until(
+        lambda: start_now(slurm, job),
+        120,
+        "the requeued job to start\n"
+        + slurm_run(slurm, "scontrol", "show", "job", job)
+        + _tail(log),
+    )
+    wait_until(
+        lambda: (
+            sum(r["split"] == "run" for r in read_metrics(run_dir)) == 2
+            and train_steps(run_dir)[-1]
+            > [r for r in read_metrics(run_dir) if r["split"] == "run"][1]["step"]
+        ),
+        240,
+        f"the run to resume\n{_tail(log)}",
+    )
     slurm_run(slurm, "scancel", job)
     starts = [r for r in read_metrics(run_dir) if r["split"] == "run"]
     assert [(s["world_size"], s["launcher"], s["resumed"]) for s in starts] == [
-        (2, "torchrun", False), (2, "torchrun", True)]  # fmt: skip
+        (2, "torchrun", False),
+        (2, "torchrun", True),
+    ]
     assert starts[1]["step"] > 0 and starts[1]["step"] % 2 == 0, "ranks agree at a log step"
     steps = train_steps(run_dir)
     assert steps == sorted(set(steps))
@@ -458,11 +602,18 @@ def test_compare_reads_runs_back_from_the_wandb_api(monkeypatch):
         def __init__(self, name, attention, ap):
             self.name = f"sweep/{name}"
             self.config = {"seed": 0, "model": {"attention": attention}, "log": {"wandb": "online"}}
-            self.rows = [{"_step": 0, "run/params": 3e6, "run/steps_per_epoch": 10},
-                         {"_step": 10, "train/loss": 0.5, "train/images_per_s": 90.0,
-                          "train/epoch": 1, "val/AP": None},
-                         {"_step": 20, "train/loss": 0.4, "train/images_per_s": 100.0},
-                         {"_step": 20, "val/AP": ap, "val/AP50": 0.9, "val/epoch": 2}]  # fmt: skip
+            self.rows = [
+                {"_step": 0, "run/params": 3e6, "run/steps_per_epoch": 10},
+                {
+                    "_step": 10,
+                    "train/loss": 0.5,
+                    "train/images_per_s": 90.0,
+                    "train/epoch": 1,
+                    "val/AP": None,
+                },
+                {"_step": 20, "train/loss": 0.4, "train/images_per_s": 100.0},
+                {"_step": 20, "val/AP": ap, "val/AP50": 0.9, "val/epoch": 2},
+            ]
 
         def scan_history(self):
             return iter(self.rows)
@@ -475,20 +626,25 @@ def test_compare_reads_runs_back_from_the_wandb_api(monkeypatch):
 
         def runs(self, path, filters):
             asked.update(path=path, filters=filters)
-            return [FakeRun("attention-none", "none", 0.4),
-                    FakeRun("attention-partwise", "partwise", 0.5)]  # fmt: skip
+            return [
+                FakeRun("attention-none", "none", 0.4),
+                FakeRun("attention-partwise", "partwise", 0.5),
+            ]
 
     monkeypatch.setattr(wandb, "Api", FakeApi)
     runs = wandb_runs("me/posescale/attention")
     assert asked == {"path": "me/posescale", "filters": {"group": "attention"}}
     assert [r.name for r in runs] == ["attention-none", "attention-partwise"]
-    assert runs[0].of("val") == [{"step": 20, "split": "val", "AP": 0.4, "AP50": 0.9,
-                                  "epoch": 2}]  # fmt: skip
+    assert runs[0].of("val") == [{"step": 20, "split": "val", "AP": 0.4, "AP50": 0.9, "epoch": 2}]
     keys, variants = group_runs(runs, None)
     assert keys == ["model.attention"]
     summary = summarise(variants[1].runs[0])
     assert (summary["AP"], summary["params"], summary["images/s"], summary["epochs"]) == (
-        0.5, 3e6, 100.0, 2.0)  # fmt: skip
+        0.5,
+        3e6,
+        100.0,
+        2.0,
+    )
     with pytest.raises(CompareError, match="ENTITY/PROJECT/GROUP"):
         wandb_runs("me/posescale")
 
@@ -504,14 +660,19 @@ def test_status_reads_results_processes_and_progress(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", "/usr/local/bin:/bin")  # no sacct/squeue, whatever is here
     folder = tmp_path / "submitit"
     runs = []
-    for name, job_id, result in (("a", "101", ("success", {})),
-                                 ("b", "102", ("error", "Traceback...\nValueError: bad shard")),
-                                 ("c", "99999999", None)):  # fmt: skip
+    for name, job_id, result in (
+        ("a", "101", ("success", {})),
+        ("b", "102", ("error", "Traceback...\nValueError: bad shard")),
+        ("c", "99999999", None),
+    ):
         run_dir = tmp_path / "runs" / name
         run_dir.mkdir(parents=True)
-        records = [{"step": 0, "epoch": 0, "split": "run"}, {"step": 5, "epoch": 1, "split": "run"},
-                   {"step": 8, "epoch": 1, "split": "train", "loss": 1.0},
-                   {"step": 8, "epoch": 2, "split": "val", "AP": 0.25}]  # fmt: skip
+        records = [
+            {"step": 0, "epoch": 0, "split": "run"},
+            {"step": 5, "epoch": 1, "split": "run"},
+            {"step": 8, "epoch": 1, "split": "train", "loss": 1.0},
+            {"step": 8, "epoch": 2, "split": "val", "AP": 0.25},
+        ]
         (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
         if result:
             job_folder = folder / job_id
@@ -522,8 +683,10 @@ def test_status_reads_results_processes_and_progress(tmp_path, monkeypatch):
     (tmp_path / "sweep.json").write_text(json.dumps(manifest))
     rows = sweep_status(tmp_path)
     assert [(r.state, r.detail) for r in rows] == [
-        ("done", ""), ("failed", "ValueError: bad shard"),
-        ("cancelled", "process ended without a result")]  # fmt: skip
+        ("done", ""),
+        ("failed", "ValueError: bad shard"),
+        ("cancelled", "process ended without a result"),
+    ]
     assert (rows[0].restarts, rows[0].epoch, rows[0].step, rows[0].best_ap) == (1, 2, 8, 0.25)
     assert "0.250" in format_status(rows)
     (tmp_path / "sweep.json").write_text(json.dumps(manifest | {"executor": "slurm"}))

@@ -31,8 +31,10 @@ def test_pycocotools_loads_it_and_scores_ground_truth_as_ap_1(synthetic_dataset)
     assert ev.stats[0] == 1.0  # AP
     assert ev.stats[5] == 1.0  # AR
     # A perturbed prediction must score lower: the check above is not vacuous.
-    moved = [dict(r, keypoints=[v + 6 if i % 3 < 2 else v for i, v in enumerate(r["keypoints"])])
-             for r in results]  # fmt: skip
+    moved = [
+        dict(r, keypoints=[v + 6 if i % 3 < 2 else v for i, v in enumerate(r["keypoints"])])
+        for r in results
+    ]
     with contextlib.redirect_stdout(io.StringIO()):
         ev = COCOeval(gt, gt.loadRes(moved), "keypoints")
         ev.evaluate()
@@ -66,8 +68,9 @@ def test_annotations_are_coco_consistent(synthetic_dataset):
 
 def test_visibility_mix_and_people_per_image(synthetic_dataset):
     coco = _load(synthetic_dataset, "train")
-    flags = np.concatenate([np.asarray(a["keypoints"]).reshape(17, 3)[:, 2]
-                            for a in coco.anns.values()])  # fmt: skip
+    flags = np.concatenate(
+        [np.asarray(a["keypoints"]).reshape(17, 3)[:, 2] for a in coco.anns.values()]
+    )
     counts = np.bincount(flags.astype(int), minlength=3)
     assert all(counts > 0.05 * counts.sum()), counts  # 0, 1 and 2 all occur, none rare
     people = [len(coco.getAnnIds(imgIds=i)) for i in coco.imgs]

@@ -44,9 +44,11 @@ def encode_heatmaps(
     if kind == "udp":
         centre = centre + (exact - mu)
     outside = (
-        (upper_left[..., 0] >= hm_w) | (upper_left[..., 1] >= hm_h)
-        | (bottom_right[..., 0] < 0) | (bottom_right[..., 1] < 0)
-    )  # fmt: skip
+        (upper_left[..., 0] >= hm_w)
+        | (upper_left[..., 1] >= hm_h)
+        | (bottom_right[..., 0] < 0)
+        | (bottom_right[..., 1] < 0)
+    )
     weights = ((kpts[..., 2] > 0) & ~outside).to(dtype)
     xs = torch.arange(hm_w, device=kpts.device, dtype=dtype)
     ys = torch.arange(hm_h, device=kpts.device, dtype=dtype)

@@ -64,8 +64,9 @@ def half_body_nodes(kpts, meta, half, prefer_upper, aspect_ratio: float, num_joi
     labelled = fn.cast(kpts[:, 2:3] > 0.0, dtype=types.FLOAT)  # (K, 1)
     n_upper = fn.reductions.sum(labelled * upper)
     n_lower = fn.reductions.sum(labelled * (1.0 - upper))
-    use_upper = fn.cast(((prefer_upper > 0.5) & (n_upper > 2.0)) | (n_lower <= 2.0),
-                        dtype=types.FLOAT)  # fmt: skip
+    use_upper = fn.cast(
+        ((prefer_upper > 0.5) & (n_upper > 2.0)) | (n_lower <= 2.0), dtype=types.FLOAT
+    )
     chosen = labelled * (upper * use_upper + (1.0 - upper) * (1.0 - use_upper))
     count = fn.reductions.sum(chosen)
     xy = kpts[:, 0:2]
@@ -78,7 +79,7 @@ def half_body_nodes(kpts, meta, half, prefer_upper, aspect_ratio: float, num_joi
     applies = fn.cast(
         (half > 0.5) & (fn.reductions.sum(labelled) > float(HALF_BODY_MIN_JOINTS)) & (count >= 2.0),
         dtype=types.FLOAT,
-    )  # fmt: skip
+    )
     keep = 1.0 - applies
     return (
         meta[META["center_x"]] * keep + mean[0] * applies,
@@ -119,17 +120,30 @@ def to_dali_convention(matrix):
     return fn.reshape(fn.stack(*rows), shape=[2, 3])
 
 
-def pose_pipeline(shards: ShardSet, cfg: DataConfig, training: bool, rank: int, world: int,
-                  gpu: bool, augmentation=None):  # fmt: skip
+def pose_pipeline(
+    shards: ShardSet,
+    cfg: DataConfig,
+    training: bool,
+    rank: int,
+    world: int,
+    gpu: bool,
+    augmentation=None,
+):
     """The graph. `augmentation` replaces the random draws (tests pass external sources)."""
     from nvidia.dali import fn, types
 
     jpg, kpts, meta, affine = fn.readers.webdataset(
-        paths=[str(p) for p in shards.tars], index_paths=[str(p) for p in shards.indices],
-        ext=EXTENSIONS, shard_id=rank, num_shards=world, random_shuffle=training,
-        initial_fill=1024, pad_last_batch=not training, missing_component_behavior="error",
+        paths=[str(p) for p in shards.tars],
+        index_paths=[str(p) for p in shards.indices],
+        ext=EXTENSIONS,
+        shard_id=rank,
+        num_shards=world,
+        random_shuffle=training,
+        initial_fill=1024,
+        pad_last_batch=not training,
+        missing_component_behavior="error",
         name=READER,
-    )  # fmt: skip
+    )
     crop_width = fn.cast(fn.slice(fn.peek_image_shape(jpg), 1, 1, axes=[0]), dtype=types.FLOAT)[0]
     image = fn.decoders.image(jpg, device="mixed" if gpu else "cpu", output_type=types.RGB)
     kpts = fn.decoders.numpy(kpts)
@@ -143,29 +157,39 @@ def pose_pipeline(shards: ShardSet, cfg: DataConfig, training: bool, rank: int, 
         if cfg.half_body_prob > 0:
             box = half_body_nodes(kpts, geometry, half, upper, out_w / out_h, cfg.num_joints)
     else:
-        scale, rotation, flip = (fn.constant(fdata=v, shape=[], dtype=types.FLOAT)
-                                 for v in (1.0, 0.0, 0.0))  # fmt: skip
+        scale, rotation, flip = (
+            fn.constant(fdata=v, shape=[], dtype=types.FLOAT) for v in (1.0, 0.0, 0.0)
+        )
     matrix = transform_nodes(box, crop_width, scale, rotation, flip, cfg)
-    warped = fn.warp_affine(image, matrix=to_dali_convention(matrix), size=[out_h, out_w],
-                            inverse_map=False, fill_value=0,
-                            interp_type=types.INTERP_LINEAR)  # fmt: skip
+    warped = fn.warp_affine(
+        image,
+        matrix=to_dali_convention(matrix),
+        size=[out_h, out_w],
+        inverse_map=False,
+        fill_value=0,
+        interp_type=types.INTERP_LINEAR,
+    )
     xy = fn.coord_transform(kpts[:, 0:2], MT=matrix)
     keypoints = fn.cat(xy, kpts[:, 2:3], axis=1)
     if training:
         rows = [keypoints[int(j) : int(j) + 1] for j in flip_permutation(cfg.num_joints)]
         keypoints = fn.cat(*rows, axis=0) * flip + keypoints * (1.0 - flip)
     image = fn.crop_mirror_normalize(
-        warped, dtype=types.FLOAT, output_layout="CHW",
-        mean=[255.0 * m for m in IMAGENET_MEAN], std=[255.0 * s for s in IMAGENET_STD],
-    )  # fmt: skip
+        warped,
+        dtype=types.FLOAT,
+        output_layout="CHW",
+        mean=[255.0 * m for m in IMAGENET_MEAN],
+        std=[255.0 * s for s in IMAGENET_STD],
+    )
     return image, keypoints, meta, affine, matrix
 
 
 OUTPUTS = ["image", "keypoints", "meta", "affine", "matrix"]
 
 
-def build_pipeline(shards, cfg, training, batch_size, rank, world, device, seed,
-                   augmentation_source=None):  # fmt: skip
+def build_pipeline(
+    shards, cfg, training, batch_size, rank, world, device, seed, augmentation_source=None
+):
     """A built DALI pipeline; `augmentation_source` (tests) is a callable giving, per batch,
     five float32 arrays (scale, rotation, flip, half body, prefer upper) that replace the
     random draws."""
@@ -173,14 +197,18 @@ def build_pipeline(shards, cfg, training, batch_size, rank, world, device, seed,
 
     gpu = device.type == "cuda"
 
-    @pipeline_def(batch_size=batch_size, num_threads=max(1, cfg.num_workers),
-                  device_id=(device.index or 0) if gpu else None, seed=seed,
-                  prefetch_queue_depth=2, exec_dynamic=True)  # fmt: skip
+    @pipeline_def(
+        batch_size=batch_size,
+        num_threads=max(1, cfg.num_workers),
+        device_id=(device.index or 0) if gpu else None,
+        seed=seed,
+        prefetch_queue_depth=2,
+        exec_dynamic=True,
+    )
     def graph():
         augmentation = None
         if augmentation_source is not None:
-            augmentation = fn.external_source(source=augmentation_source, num_outputs=5,
-                                              batch=True)  # fmt: skip
+            augmentation = fn.external_source(source=augmentation_source, num_outputs=5, batch=True)
         return pose_pipeline(shards, cfg, training, rank, world, gpu, augmentation)
 
     pipe = graph()
@@ -193,9 +221,19 @@ class DaliLoader:
     a seed of (seed, epoch, rank), so an epoch's order and augmentation can be reproduced; a
     resumed epoch runs and drops its first `start_step` batches."""
 
-    def __init__(self, shards: ShardSet, cfg: DataConfig, training: bool, batch_size: int,
-                 rank: int, world: int, device: torch.device, seed: int, bf16: bool,
-                 augmentation_source=None):  # fmt: skip
+    def __init__(
+        self,
+        shards: ShardSet,
+        cfg: DataConfig,
+        training: bool,
+        batch_size: int,
+        rank: int,
+        world: int,
+        device: torch.device,
+        seed: int,
+        bf16: bool,
+        augmentation_source=None,
+    ):
         self.shards, self.cfg, self.training = shards, cfg, training
         self.batch_size, self.rank, self.world = batch_size, rank, world
         self.device, self.seed, self.bf16 = device, seed, bf16
@@ -203,8 +241,10 @@ class DaliLoader:
         self.steps_per_epoch = steps_per_epoch(shards.num_samples, world, batch_size, training)
         self.bad_samples = 0  # DALI cannot skip a sample inside a pipeline: errors stop
         if training and self.steps_per_epoch == 0:
-            raise ShardError(f"{shards.num_samples} samples are fewer than one batch of "
-                             f"{batch_size} on each of {world} ranks")  # fmt: skip
+            raise ShardError(
+                f"{shards.num_samples} samples are fewer than one batch of "
+                f"{batch_size} on each of {world} ranks"
+            )
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[dict]:
         from nvidia.dali.plugin.base_iterator import LastBatchPolicy
@@ -212,12 +252,21 @@ class DaliLoader:
 
         seed = epoch_seed(self.seed, epoch, self.rank)
         try:
-            pipe = build_pipeline(self.shards, self.cfg, self.training, self.batch_size,
-                                  self.rank, self.world, self.device, seed,
-                                  self.augmentation_source)  # fmt: skip
+            pipe = build_pipeline(
+                self.shards,
+                self.cfg,
+                self.training,
+                self.batch_size,
+                self.rank,
+                self.world,
+                self.device,
+                seed,
+                self.augmentation_source,
+            )
             policy = LastBatchPolicy.DROP if self.training else LastBatchPolicy.PARTIAL
-            iterator = DALIGenericIterator(pipe, OUTPUTS, reader_name=READER,
-                                           last_batch_policy=policy, auto_reset=False)  # fmt: skip
+            iterator = DALIGenericIterator(
+                pipe, OUTPUTS, reader_name=READER, last_batch_policy=policy, auto_reset=False
+            )
             steps = self.steps_per_epoch
             if not self.training:
                 steps = self.shards.rank_steps(self.rank, self.world, self.batch_size)
@@ -233,5 +282,7 @@ class DaliLoader:
             # DALI's message does not say which sample failed: find it (only on this path).
             problems = check_shards(self.shards.folder, progress=False)
             found = "; ".join(problems[:5]) or "no damaged sample found by data_prep.verify"
-            raise ShardError(f"DALI could not read the shards in '{self.shards.folder}': {found} "
-                             f"(DALI said: {str(e).splitlines()[-3:]})") from e  # fmt: skip
+            raise ShardError(
+                f"DALI could not read the shards in '{self.shards.folder}': {found} "
+                f"(DALI said: {str(e).splitlines()[-3:]})"
+            ) from e

@@ -48,9 +48,14 @@ def encode_crop(image: np.ndarray, quality: int, restart_mcus: int = RESTART_MCU
     """BGR uint8 image -> baseline JPEG (4:2:0, 16x16 MCUs) with row-aligned restart intervals
     of up to `restart_mcus` MCUs (none for 0); None if cv2 cannot encode it."""
     interval = restart_interval(image.shape[1], restart_mcus)
-    params = [cv2.IMWRITE_JPEG_QUALITY, quality,
-              cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420,
-              cv2.IMWRITE_JPEG_RST_INTERVAL, interval]  # fmt: skip
+    params = [
+        cv2.IMWRITE_JPEG_QUALITY,
+        quality,
+        cv2.IMWRITE_JPEG_SAMPLING_FACTOR,
+        cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420,
+        cv2.IMWRITE_JPEG_RST_INTERVAL,
+        interval,
+    ]
     ok, jpg = cv2.imencode(".jpg", image, params)
     return jpg.tobytes() if ok else None
 
@@ -117,8 +122,12 @@ def read_header(data: bytes) -> JpegHeader | None:
     mcu = (8 * max(f >> 4 for f in factors), 8 * max(f & 15 for f in factors))
     if components == 1:
         mcu = (8, 8)  # a single-component scan is not interleaved
-    cuttable = (baseline and interval > 0 and data[pos + 4] == components
-                and (-(-width // mcu[0])) % interval == 0)  # fmt: skip
+    cuttable = (
+        baseline
+        and interval > 0
+        and data[pos + 4] == components
+        and (-(-width // mcu[0])) % interval == 0
+    )
     return JpegHeader(width, height, sof, pos + 2 + length, mcu, interval, cuttable)
 
 
@@ -157,8 +166,7 @@ class JpegIntervals:
         header = buf[: h.scan].copy()
         width = min(h.width, c1 * span_w) - c0 * span_w
         height = min(h.height, r1 * span_h) - r0 * span_h
-        header[h.sof + 5 : h.sof + 9] = np.frombuffer(struct.pack(">HH", height, width),
-                                                            np.uint8)  # fmt: skip
+        header[h.sof + 5 : h.sof + 9] = np.frombuffer(struct.pack(">HH", height, width), np.uint8)
         first = np.arange(r0, r1) * columns + c0  # each row's first and last interval
         last = first + (c1 - c0 - 1)
         between = np.array([0xFF, RST0], np.uint8)

@@ -45,8 +45,9 @@ class ShardSet:
         missing = [str(p) for p in tars if not p.is_file()]
         if missing:
             raise ShardError(f"shards listed in {folder}/manifest.json are missing: {missing}")
-        return cls(folder, tars, [folder / s["index"] for s in shards],
-                   [s["num_samples"] for s in shards])  # fmt: skip
+        return cls(
+            folder, tars, [folder / s["index"] for s in shards], [s["num_samples"] for s in shards]
+        )
 
     @property
     def num_samples(self) -> int:
@@ -86,8 +87,10 @@ def steps_per_epoch(num_samples: int, world: int, batch_size: int, training: boo
 def flip_permutation(num_joints: int) -> np.ndarray:
     """Joint order after a horizontal flip: left and right swapped."""
     if num_joints != len(KEYPOINT_NAMES):
-        raise ValueError(f"left/right joint pairs are known for the {len(KEYPOINT_NAMES)} COCO "
-                         f"joints, not for {num_joints}")  # fmt: skip
+        raise ValueError(
+            f"left/right joint pairs are known for the {len(KEYPOINT_NAMES)} COCO "
+            f"joints, not for {num_joints}"
+        )
     perm = np.arange(num_joints)
     for left, right in flip_pairs(KEYPOINT_NAMES):
         perm[left], perm[right] = right, left
@@ -158,8 +161,17 @@ def build_loader(
     folder = cfg.train_shards if split == "train" else cfg.val_shards
     shards = ShardSet.open(folder)
     kind = resolve_backend(cfg, device)
-    options = dict(shards=shards, cfg=cfg, training=split == "train", batch_size=batch_size,
-                   rank=rank, world=world, device=device, seed=seed, bf16=bf16)  # fmt: skip
+    options = dict(
+        shards=shards,
+        cfg=cfg,
+        training=split == "train",
+        batch_size=batch_size,
+        rank=rank,
+        world=world,
+        device=device,
+        seed=seed,
+        bf16=bf16,
+    )
     if kind == "dali":
         from pose.data.dali import DaliLoader
 

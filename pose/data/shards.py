@@ -26,8 +26,17 @@ from pose.data.jpeg import decode_rgb
 FORMAT_VERSION = 2  # of the sample layout; readers refuse other versions
 COMPONENTS = ("jpg", "kpts.npy", "affine.npy", "meta.npy", "json")
 # meta.npy: ids and scores for evaluation, and the padded box in crop pixels for augmentation.
-META_FIELDS = ("image_id", "ann_id", "det_id", "score", "area", "center_x", "center_y",
-               "scale_w", "scale_h")  # fmt: skip
+META_FIELDS = (
+    "image_id",
+    "ann_id",
+    "det_id",
+    "score",
+    "area",
+    "center_x",
+    "center_y",
+    "scale_w",
+    "scale_h",
+)
 META = {name: i for i, name in enumerate(META_FIELDS)}
 MANIFEST = "manifest.json"
 INDEX_VERSION = "v1.2"  # DALI's wds2idx format

@@ -44,8 +44,10 @@ class ShardIndex:
         for line in index_path.read_text().splitlines()[1:]:
             fields = line.split()
             self.keys.append(fields[3].split(".", 1)[0])
-            entries = {fields[k]: (int(fields[k + 1]), int(fields[k + 2]))
-                       for k in range(0, len(fields), 4)}  # fmt: skip
+            entries = {
+                fields[k]: (int(fields[k + 1]), int(fields[k + 2]))
+                for k in range(0, len(fields), 4)
+            }
             start = min(offset for offset, _ in entries.values())
             end = max(offset + size for offset, size in entries.values())
             self.spans.append((start, end))
@@ -100,13 +102,22 @@ def transform_sample(
             center, box = half_box
     width = whole.shape[1] if header is None else header.width
     matrix = augmented_transform(center, box, scale, rotation, flip, width, (out_w, out_h))
-    decoded = (whole, matrix) if header is None else decode_for_warp(parts["jpg"], header, matrix,
-                                                                     (out_w, out_h))  # fmt: skip
+    decoded = (
+        (whole, matrix)
+        if header is None
+        else decode_for_warp(parts["jpg"], header, matrix, (out_w, out_h))
+    )
     if decoded is None:
         return None
     image, image_to_output = decoded
-    warped = cv2.warpAffine(image, image_to_output, (out_w, out_h), flags=cv2.INTER_LINEAR,
-                            borderMode=cv2.BORDER_CONSTANT, borderValue=0)  # fmt: skip
+    warped = cv2.warpAffine(
+        image,
+        image_to_output,
+        (out_w, out_h),
+        flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=0,
+    )
     keypoints[:, :2] = affine_points(matrix, keypoints[:, :2])
     if flip:
         keypoints = keypoints[permutation]
@@ -122,8 +133,20 @@ def transform_sample(
 class _EpochBatches(IterableDataset):
     """Yields the batches of one epoch (for one rank); each worker builds every n-th batch."""
 
-    def __init__(self, shards, indices, cfg, training, batch_size, rank, world, seed, epoch,
-                 start_step, steps):  # fmt: skip
+    def __init__(
+        self,
+        shards,
+        indices,
+        cfg,
+        training,
+        batch_size,
+        rank,
+        world,
+        seed,
+        epoch,
+        start_step,
+        steps,
+    ):
         self.shards, self.indices, self.cfg, self.training = shards, indices, cfg, training
         self.batch_size, self.start_step, self.steps = batch_size, start_step, steps
         self.seed = epoch_seed(seed, epoch, rank)
@@ -141,8 +164,9 @@ class _EpochBatches(IterableDataset):
             return np.zeros((0, 2), np.int64)
         if self.training:
             rng = np.random.default_rng(self.seed)
-            chunks = [chunks[i][rng.permutation(len(chunks[i]))]
-                      for i in rng.permutation(len(chunks))]  # fmt: skip
+            chunks = [
+                chunks[i][rng.permutation(len(chunks[i]))] for i in rng.permutation(len(chunks))
+            ]
         return np.concatenate(chunks)
 
     def __iter__(self) -> Iterator[dict]:
@@ -161,8 +185,10 @@ class _EpochBatches(IterableDataset):
             sample = transform_sample(parts, augmentation, self.cfg, self.permutation)
             if sample is None:
                 if self.cfg.bad_sample_policy == "stop":
-                    raise ShardError(f"shard '{self.shards.tars[shard]}' sample '{key}' "
-                                     f"(#{index}): jpg does not decode")  # fmt: skip
+                    raise ShardError(
+                        f"shard '{self.shards.tars[shard]}' sample '{key}' "
+                        f"(#{index}): jpg does not decode"
+                    )
                 bad += 1
                 continue
             samples.append(sample)
@@ -191,8 +217,18 @@ class TorchLoader:
     """`epoch(e, start_step)` yields device batches; `steps_per_epoch` is fixed by the
     manifest, the same on every rank."""
 
-    def __init__(self, shards: ShardSet, cfg: DataConfig, training: bool, batch_size: int,
-                 rank: int, world: int, device: torch.device, seed: int, bf16: bool):  # fmt: skip
+    def __init__(
+        self,
+        shards: ShardSet,
+        cfg: DataConfig,
+        training: bool,
+        batch_size: int,
+        rank: int,
+        world: int,
+        device: torch.device,
+        seed: int,
+        bf16: bool,
+    ):
         self.shards, self.cfg, self.training = shards, cfg, training
         self.batch_size, self.rank, self.world = batch_size, rank, world
         self.device, self.seed, self.bf16 = device, seed, bf16
@@ -200,20 +236,36 @@ class TorchLoader:
         self.indices = [ShardIndex(p) for p in shards.indices]  # parsed once, not every epoch
         self.bad_samples = 0
         if training and self.steps_per_epoch == 0:
-            raise ShardError(f"{shards.num_samples} samples are fewer than one batch of "
-                             f"{batch_size} on each of {world} ranks")  # fmt: skip
+            raise ShardError(
+                f"{shards.num_samples} samples are fewer than one batch of "
+                f"{batch_size} on each of {world} ranks"
+            )
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[dict]:
         steps = self.steps_per_epoch
         if not self.training:  # this rank's own part, to its last (partial) batch
             steps = self.shards.rank_steps(self.rank, self.world, self.batch_size)
-        dataset = _EpochBatches(self.shards, self.indices, self.cfg, self.training,
-                                self.batch_size, self.rank, self.world, self.seed, epoch,
-                                start_step, steps)  # fmt: skip
+        dataset = _EpochBatches(
+            self.shards,
+            self.indices,
+            self.cfg,
+            self.training,
+            self.batch_size,
+            self.rank,
+            self.world,
+            self.seed,
+            epoch,
+            start_step,
+            steps,
+        )
         workers = min(self.cfg.num_workers, max(steps - start_step, 0))
-        loader = DataLoader(dataset, batch_size=None, num_workers=workers,
-                            pin_memory=self.device.type == "cuda",
-                            persistent_workers=False)  # fmt: skip
+        loader = DataLoader(
+            dataset,
+            batch_size=None,
+            num_workers=workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+        )
         for batch in loader:
             self.bad_samples += int(batch.pop("bad_samples"))
             yield finish_batch(batch, self.device, self.bf16)

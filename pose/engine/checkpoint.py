@@ -22,8 +22,15 @@ def tag_for(global_step: int, suffix: str = "") -> str:
     return f"step-{global_step:09d}{suffix}"
 
 
-def save_checkpoint(engine, run_dir: Path, global_step: int, state: dict, keep_last: int,
-                    is_main: bool, suffix: str = "") -> str:  # fmt: skip
+def save_checkpoint(
+    engine,
+    run_dir: Path,
+    global_step: int,
+    state: dict,
+    keep_last: int,
+    is_main: bool,
+    suffix: str = "",
+) -> str:
     """Save on every rank (a collective), then prune on rank 0. Returns the tag. A finished
     checkpoint is never rewritten in place (a kill then would leave `latest` pointing at a
     half-written file): a second save at the same step takes a `suffix`."""

@@ -63,9 +63,11 @@ def build_engine(model, optimizer, scheduler, cfg: Config, world_size: int, prec
     import deepspeed
 
     engine, _, _, _ = deepspeed.initialize(
-        model=model, optimizer=optimizer, lr_scheduler=scheduler,
+        model=model,
+        optimizer=optimizer,
+        lr_scheduler=scheduler,
         config=deepspeed_config(cfg, world_size, precision),
-    )  # fmt: skip
+    )
     if world_size == 1:
         engine.enable_backward_allreduce = False
     if not engine.zero_optimization():

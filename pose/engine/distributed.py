@@ -66,8 +66,14 @@ def describe_environment(env: dict[str, str] | None = None) -> dict[str, str]:
             "MASTER_PORT": env.get("MASTER_PORT", str(20000 + job % 20000)),
             "SOURCE": "slurm",
         }
-    return {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": str(free_port()), "SOURCE": "single"}  # fmt: skip
+    return {
+        "RANK": "0",
+        "WORLD_SIZE": "1",
+        "LOCAL_RANK": "0",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(free_port()),
+        "SOURCE": "single",
+    }
 
 
 def keep_freed_memory() -> bool:
@@ -106,16 +112,19 @@ def init_distributed(cfg: LaunchConfig, timeout_minutes: float = 30) -> DistEnv:
         cpus = os.environ.get("SLURM_CPUS_PER_TASK", "")
         if cpus.isdigit():  # one intra-op thread per CPU Slurm gave this task
             torch.set_num_threads(int(cpus))
-    backend = cfg.dist_backend if cfg.dist_backend != "auto" else (
-        "nccl" if device.type == "cuda" else "gloo"
-    )  # fmt: skip
+    backend = (
+        cfg.dist_backend
+        if cfg.dist_backend != "auto"
+        else ("nccl" if device.type == "cuda" else "gloo")
+    )
     if backend == "nccl" and device.type != "cuda":
         raise DistributedSetupError("launch.dist_backend=nccl needs GPUs; use gloo on a CPU")
     if world > 1 and not dist.is_initialized():
         from datetime import timedelta
 
-        dist.init_process_group(backend, rank=rank, world_size=world,
-                                timeout=timedelta(minutes=timeout_minutes))  # fmt: skip
+        dist.init_process_group(
+            backend, rank=rank, world_size=world, timeout=timedelta(minutes=timeout_minutes)
+        )
     return DistEnv(rank, world, local, device, backend, found["SOURCE"])
 
 
@@ -123,8 +132,13 @@ def first_host(nodelist: str) -> str:
     """The first host of a Slurm node list ('node[03-05,9],gpu1' -> 'node03'); uses
     `scontrol show hostnames` when available, else parses the common forms."""
     try:
-        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True,
-                             text=True, timeout=10, check=True).stdout.split()  # fmt: skip
+        out = subprocess.run(
+            ["scontrol", "show", "hostnames", nodelist],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.split()
         if out:
             return out[0]
     except (OSError, subprocess.SubprocessError):

@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 
 
-def joints_mse_loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
-                    ohkm_topk: int = 0) -> torch.Tensor:  # fmt: skip
+def joints_mse_loss(
+    pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, ohkm_topk: int = 0
+) -> torch.Tensor:
     """0.5 * MSE(pred * w, target * w) averaged over joints (each joint's MSE is a mean over
     batch and pixels). With `ohkm_topk` > 0: per sample, the mean of its top-k joint losses,
     averaged over the batch (JointsOHKMMSELoss)."""

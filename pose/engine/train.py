@@ -88,15 +88,20 @@ def train(cfg: Config, run_dir: str | Path, env: DistEnv | None = None) -> dict:
     torch.manual_seed(cfg.seed + env.rank)
     np.random.seed(cfg.seed + env.rank)
 
-    train_loader = build_loader(cfg.data, "train", cfg.train.batch_size, env.rank,
-                                env.world_size, env.device, cfg.seed)  # fmt: skip
-    val_loader = build_loader(cfg.data, "val", cfg.eval.batch_size, env.rank, env.world_size,
-                              env.device, cfg.seed)  # fmt: skip
+    train_loader = build_loader(
+        cfg.data, "train", cfg.train.batch_size, env.rank, env.world_size, env.device, cfg.seed
+    )
+    val_loader = build_loader(
+        cfg.data, "val", cfg.eval.batch_size, env.rank, env.world_size, env.device, cfg.seed
+    )
     steps_per_epoch = train_loader.steps_per_epoch // cfg.train.grad_accum
     model = build_model(cfg.model, cfg.data.num_joints).to(env.device)
     optimizer_cls = torch.optim.AdamW if cfg.train.optimizer == "adamw" else torch.optim.Adam
-    optimizer = optimizer_cls(model.parameters(), lr=base_lr(cfg.train, env.world_size),
-                              weight_decay=cfg.train.weight_decay)  # fmt: skip
+    optimizer = optimizer_cls(
+        model.parameters(),
+        lr=base_lr(cfg.train, env.world_size),
+        weight_decay=cfg.train.weight_decay,
+    )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg.train, steps_per_epoch))
     engine = build_engine(model, optimizer, scheduler, cfg, env.world_size, precision)
 
@@ -105,14 +110,26 @@ def train(cfg: Config, run_dir: str | Path, env: DistEnv | None = None) -> dict:
     if resumed:
         state = RunState(**ckpt.load_latest(engine, run_dir))
         if env.is_main:
-            print(f"train: resuming {run_dir} at step {state.global_step} (epoch {state.epoch}, "
-                  f"batch {state.step_in_epoch})", flush=True)  # fmt: skip
+            print(
+                f"train: resuming {run_dir} at step {state.global_step} (epoch {state.epoch}, "
+                f"batch {state.step_in_epoch})",
+                flush=True,
+            )
     tracker = Tracker(cfg, run_dir, enabled=env.is_main)
     # One record per (re)start: what compare and sweep status read besides the metrics.
-    tracker.log({"step": state.global_step, "epoch": state.epoch, "split": "run",
-                 "params": sum(p.numel() for p in model.parameters()),
-                 "steps_per_epoch": steps_per_epoch, "world_size": env.world_size,
-                 "precision": precision, "launcher": env.source, "resumed": resumed})  # fmt: skip
+    tracker.log(
+        {
+            "step": state.global_step,
+            "epoch": state.epoch,
+            "split": "run",
+            "params": sum(p.numel() for p in model.parameters()),
+            "steps_per_epoch": steps_per_epoch,
+            "world_size": env.world_size,
+            "precision": precision,
+            "launcher": env.source,
+            "resumed": resumed,
+        }
+    )
     stop = StopRequest()
     autocast = torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     total_steps = cfg.train.epochs * steps_per_epoch
@@ -139,8 +156,11 @@ def train(cfg: Config, run_dir: str | Path, env: DistEnv | None = None) -> dict:
             if state.global_step % cfg.train.log_every == 0 or finished:
                 record = window.flush(state, optimizer, env)  # host sync
                 tracker.log(record)
-                bar.set_postfix(loss=f"{record['loss']:.3g}", lr=f"{record['lr']:.2e}",
-                                img_s=f"{record['images_per_s']:.0f}")  # fmt: skip
+                bar.set_postfix(
+                    loss=f"{record['loss']:.3g}",
+                    lr=f"{record['lr']:.2e}",
+                    img_s=f"{record['images_per_s']:.0f}",
+                )
             bar.update(1)
             stopping = stop.agreed(env, at_log_step=state.global_step % cfg.train.log_every == 0)
             if state.global_step % cfg.train.checkpoint_every == 0 or stopping:
@@ -169,8 +189,13 @@ def train(cfg: Config, run_dir: str | Path, env: DistEnv | None = None) -> dict:
     bar.close()
     tracker.finish()
     stop.restore()
-    return {"state": state.__dict__, "eval": last_eval, "precision": precision,
-            "stopped": stopping, "stop_signal": stop.signum if stopping else None}  # fmt: skip
+    return {
+        "state": state.__dict__,
+        "eval": last_eval,
+        "precision": precision,
+        "stopped": stopping,
+        "stop_signal": stop.signum if stopping else None,
+    }
 
 
 def train_step(engine, batch: dict, cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:
@@ -178,8 +203,9 @@ def train_step(engine, batch: dict, cfg: Config) -> tuple[torch.Tensor, torch.Te
     applies it at the gradient-accumulation boundary). Returns the loss and whether fp16 loss
     scaling skipped the step (1) or not (0), both on the device."""
     data = cfg.data
-    targets, weights = encode_heatmaps(batch["keypoints"], data.image_size, data.heatmap_size,
-                                       data.sigma, data.target)  # fmt: skip
+    targets, weights = encode_heatmaps(
+        batch["keypoints"], data.image_size, data.heatmap_size, data.sigma, data.target
+    )
     heatmaps = engine(batch["image"])
     loss = joints_mse_loss(heatmaps, targets, weights, cfg.train.ohkm_topk if cfg.train.ohkm else 0)
     engine.backward(loss)
@@ -225,11 +251,15 @@ class _Window:
     def flush(self, state: RunState, optimizer, env: DistEnv) -> dict:
         first_bad = int(self.first_bad)  # the host sync of this log interval
         if first_bad >= 0:
-            raise TrainingError(f"loss is not finite at step {first_bad}; the last good "
-                                f"checkpoint is kept, see {CHECKPOINT_HINT}")  # fmt: skip
+            raise TrainingError(
+                f"loss is not finite at step {first_bad}; the last good "
+                f"checkpoint is kept, see {CHECKPOINT_HINT}"
+            )
         seconds = max(time.perf_counter() - self.start, 1e-9)
         record = {
-            "step": state.global_step, "epoch": state.epoch, "split": "train",
+            "step": state.global_step,
+            "epoch": state.epoch,
+            "split": "train",
             "loss": float(self.loss_sum) / max(self.batches, 1),
             "lr": optimizer.param_groups[0]["lr"],
             "images_per_s": self.images * env.world_size / seconds,
@@ -238,7 +268,7 @@ class _Window:
             "step_time": seconds / max(self.batches, 1),
             "memory_gb": _memory_gb(env.device),
             "skipped_steps": int(self.skipped),  # fp16 overflows skipped by the loss scaler
-        }  # fmt: skip
+        }
         self.reset()
         return record
 
@@ -254,16 +284,26 @@ def _memory_gb(device: torch.device) -> float:
     return psutil.Process().memory_info().rss / 2**30
 
 
-def _save(engine, run_dir: Path, state: RunState, cfg: Config, env: DistEnv,
-          suffix: str = "") -> str:  # fmt: skip
-    return ckpt.save_checkpoint(engine, run_dir, state.global_step, dict(state.__dict__),
-                                cfg.train.keep_last, env.is_main, suffix)  # fmt: skip
+def _save(
+    engine, run_dir: Path, state: RunState, cfg: Config, env: DistEnv, suffix: str = ""
+) -> str:
+    return ckpt.save_checkpoint(
+        engine,
+        run_dir,
+        state.global_step,
+        dict(state.__dict__),
+        cfg.train.keep_last,
+        env.is_main,
+        suffix,
+    )
 
 
-def _evaluate(engine, loader, cfg: Config, run_dir: Path, state: RunState, tracker: Tracker,
-              autocast) -> dict:  # fmt: skip
-    metrics = evaluate(engine.module, loader, cfg, run_dir / "eval", autocast=autocast,
-                       progress=False)  # fmt: skip
+def _evaluate(
+    engine, loader, cfg: Config, run_dir: Path, state: RunState, tracker: Tracker, autocast
+) -> dict:
+    metrics = evaluate(
+        engine.module, loader, cfg, run_dir / "eval", autocast=autocast, progress=False
+    )
     if tracker.enabled:  # a picture of predictions (and attention) on val crops
         batch = next(iter(loader.epoch(0)))
         name = f"predictions_epoch{state.epoch:03d}.png"
@@ -271,6 +311,12 @@ def _evaluate(engine, loader, cfg: Config, run_dir: Path, state: RunState, track
         tracker.log_images(state.global_step, {"val/predictions": path})
     engine.module.train()
     if metrics is not None:
-        tracker.log({"step": state.global_step, "epoch": state.epoch, "split": "val",
-                     **{k: v for k, v in metrics.items() if not math.isnan(v)}})  # fmt: skip
+        tracker.log(
+            {
+                "step": state.global_step,
+                "epoch": state.epoch,
+                "split": "val",
+                **{k: v for k, v in metrics.items() if not math.isnan(v)},
+            }
+        )
     return metrics or {}

@@ -35,8 +35,9 @@ def rescore(pred: Prediction, keypoint_thr: float) -> float:
     return (float(confident.mean()) if confident.size else 0.0) * pred.box_score
 
 
-def oks_iou(g: np.ndarray, d: np.ndarray, area_g: float, area_d: np.ndarray,
-            sigmas: np.ndarray = SIGMAS) -> np.ndarray:  # fmt: skip
+def oks_iou(
+    g: np.ndarray, d: np.ndarray, area_g: float, area_d: np.ndarray, sigmas: np.ndarray = SIGMAS
+) -> np.ndarray:
     """OKS of keypoints `g` (K, 3) against each of `d` (M, K, 3), as the reference's nms.py
     (which is pycocotools' formula with the mean of the two areas, over all joints)."""
     variances = (sigmas * 2) ** 2
@@ -85,8 +86,9 @@ def soft_oks_nms(
     return keep, scores
 
 
-def coco_results(predictions: list[Prediction], keypoint_thr: float, nms_thr: float,
-                 soft: bool = False) -> list[dict]:  # fmt: skip
+def coco_results(
+    predictions: list[Prediction], keypoint_thr: float, nms_thr: float, soft: bool = False
+) -> list[dict]:
     """Rescored, NMS-filtered predictions in COCO results format."""
     by_image: dict[int, list[Prediction]] = defaultdict(list)
     for pred in predictions:
@@ -101,12 +103,14 @@ def coco_results(predictions: list[Prediction], keypoint_thr: float, nms_thr: fl
         else:
             keep = oks_nms(kpts, scores, areas, nms_thr)
         for i in keep:
-            results.append({
-                "image_id": int(image_id),
-                "category_id": 1,
-                "keypoints": [round(float(v), 3) for v in kpts[i].reshape(-1)],
-                "score": float(scores[i]),
-            })  # fmt: skip
+            results.append(
+                {
+                    "image_id": int(image_id),
+                    "category_id": 1,
+                    "keypoints": [round(float(v), 3) for v in kpts[i].reshape(-1)],
+                    "score": float(scores[i]),
+                }
+            )
     return results
 
 

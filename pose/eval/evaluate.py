@@ -24,8 +24,13 @@ class EvaluationError(RuntimeError):
     """Gathered predictions do not match the manifest."""
 
 
-def predict_heatmaps(model: torch.nn.Module, images: torch.Tensor, flip_test: bool,
-                     shift: bool, return_attention: bool = False):  # fmt: skip
+def predict_heatmaps(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    flip_test: bool,
+    shift: bool,
+    return_attention: bool = False,
+):
     """Heatmaps of a batch; with `flip_test`, averaged with those of the mirrored batch flipped
     back (pairs swapped, shifted one pixel as the reference does; no shift for UDP). With
     `return_attention`, also the unflipped pass's attention maps."""
@@ -52,19 +57,27 @@ def batch_predictions(heatmaps: torch.Tensor, batch: dict, cfg: Config) -> list[
     preds = []
     for i in range(len(meta)):
         ann, det = int(meta[i, META["ann_id"]]), int(meta[i, META["det_id"]])
-        preds.append(Prediction(
-            image_id=int(meta[i, META["image_id"]]),
-            keypoints=keypoints[i],
-            box_score=float(meta[i, META["score"]]),
-            area=float(areas[i]),
-            instance=f"a{ann}" if ann >= 0 else f"d{det}",
-        ))  # fmt: skip
+        preds.append(
+            Prediction(
+                image_id=int(meta[i, META["image_id"]]),
+                keypoints=keypoints[i],
+                box_score=float(meta[i, META["score"]]),
+                area=float(areas[i]),
+                instance=f"a{ann}" if ann >= 0 else f"d{det}",
+            )
+        )
     return preds
 
 
-def evaluate(model: torch.nn.Module | None, loader, cfg: Config, out_dir: str | Path | None = None,
-             gt_as_predictions: bool = False, autocast=None,
-             progress: bool = True) -> dict | None:  # fmt: skip
+def evaluate(
+    model: torch.nn.Module | None,
+    loader,
+    cfg: Config,
+    out_dir: str | Path | None = None,
+    gt_as_predictions: bool = False,
+    autocast=None,
+    progress: bool = True,
+) -> dict | None:
     """COCO keypoint metrics of `model` on the loader's split (on rank 0; None elsewhere unless
     torch.distributed is up, where every rank gets them). `gt_as_predictions` scores the ground
     truth keypoints pushed through encode -> decode instead of a model: a check of the geometry."""

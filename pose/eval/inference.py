@@ -27,9 +27,13 @@ class PersonPose:
     attention: dict[str, np.ndarray]  # name -> (maps, h, w) in [0, 1]
 
 
-def predict_people(model: torch.nn.Module, image_bgr: np.ndarray,
-                   boxes: list[tuple[float, ...]] | None, cfg: Config,
-                   device: torch.device) -> list[PersonPose]:  # fmt: skip
+def predict_people(
+    model: torch.nn.Module,
+    image_bgr: np.ndarray,
+    boxes: list[tuple[float, ...]] | None,
+    cfg: Config,
+    device: torch.device,
+) -> list[PersonPose]:
     """One PersonPose per box (x, y, w, h[, score]); no boxes: the whole image is one box."""
     height, width = image_bgr.shape[:2]
     boxes = boxes or [(0.0, 0.0, float(width), float(height), 1.0)]
@@ -46,8 +50,9 @@ def predict_people(model: torch.nn.Module, image_bgr: np.ndarray,
     model.eval()
     with torch.no_grad():
         shift = cfg.data.target != "udp"
-        heatmaps, maps = predict_heatmaps(model, images, cfg.eval.flip_test, shift,
-                                          return_attention=True)  # fmt: skip
+        heatmaps, maps = predict_heatmaps(
+            model, images, cfg.eval.flip_test, shift, return_attention=True
+        )
     coords, confidence = decode_heatmaps(heatmaps, cfg.eval.decode)
     to_image = torch.as_tensor(np.stack(inverses), device=coords.device)
     xy = heatmap_to_image(coords, to_image, in_w / heatmaps.shape[-1]).cpu().numpy()

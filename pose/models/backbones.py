@@ -19,8 +19,11 @@ class ResNetBackbone(nn.Module):
         net = getattr(torchvision.models, name)(weights=None)
         self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
         self.layer1, self.layer2, self.layer3, self.layer4 = (
-            net.layer1, net.layer2, net.layer3, net.layer4
-        )  # fmt: skip
+            net.layer1,
+            net.layer2,
+            net.layer3,
+            net.layer4,
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))

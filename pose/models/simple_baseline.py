@@ -27,9 +27,14 @@ class SimpleBaseline(nn.Module):
         layers: list[nn.Module] = []
         for _ in range(cfg.deconv_layers):
             deconv = nn.ConvTranspose2d(
-                channels, cfg.deconv_filters, cfg.deconv_kernel, stride=2, padding=padding,
-                output_padding=output_padding, bias=False,
-            )  # fmt: skip
+                channels,
+                cfg.deconv_filters,
+                cfg.deconv_kernel,
+                stride=2,
+                padding=padding,
+                output_padding=output_padding,
+                bias=False,
+            )
             layers += [
                 deconv,
                 nn.BatchNorm2d(cfg.deconv_filters),

@@ -71,8 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     for row in rows:
         h, w = row["input"]
         hh, hw = row["heatmap"]
-        print(f"{f'{h}x{w}':>10} {f'{hh}x{hw}':>10} {row['params'] / 1e6:>11.2f} "
-              f"{row['gmacs']:>8.2f}")  # fmt: skip
+        print(
+            f"{f'{h}x{w}':>10} {f'{hh}x{hw}':>10} {row['params'] / 1e6:>11.2f} {row['gmacs']:>8.2f}"
+        )
     print("GMACs: true multiply-adds (torch flop counter / 2); see the module docstring.")
     if args.json:
         payload = {"model": name, **rows[0], "sizes": rows}

@@ -86,8 +86,11 @@ def wandb_runs(path: str) -> list[RunRecord]:
         records = []
         for row in run.scan_history():
             for split in ("run", "train", "val"):
-                values = {k.split("/", 1)[1]: v for k, v in row.items()
-                          if k.startswith(f"{split}/") and v is not None}  # fmt: skip
+                values = {
+                    k.split("/", 1)[1]: v
+                    for k, v in row.items()
+                    if k.startswith(f"{split}/") and v is not None
+                }
                 if values:
                     records.append({"step": row.get("_step", 0), "split": split, **values})
         runs.append(RunRecord(run.name.rsplit("/", 1)[-1], dict(run.config), records))
@@ -109,8 +112,12 @@ def varying_keys(runs: list[RunRecord]) -> list[str]:
 
     flats = [flat(r.config) for r in runs]
     keys = dict.fromkeys(k for f in flats for k in f)
-    return [k for k in keys if len({f.get(k) for f in flats}) > 1
-            and not any(k == n or k.startswith(n) for n in NOT_VARIANTS)]  # fmt: skip
+    return [
+        k
+        for k in keys
+        if len({f.get(k) for f in flats}) > 1
+        and not any(k == n or k.startswith(n) for n in NOT_VARIANTS)
+    ]
 
 
 @dataclass
@@ -170,33 +177,68 @@ def comparison_table(variants: list[Variant]) -> str:
 
 def comparison_plots(variants: list[Variant], out: Path) -> list[Path]:
     """ap.png (AP on val against epoch) and loss.png (training loss against epoch)."""
-    ap = {v.label: [([v_run.epoch_of(r) for r in v_run.of("val") if "AP" in r],
-                     [r["AP"] for r in v_run.of("val") if "AP" in r]) for v_run in v.runs]
-          for v in variants}  # fmt: skip
-    loss = {v.label: [([v_run.epoch_of(r) for r in v_run.of("train")],
-                       [r["loss"] for r in v_run.of("train")]) for v_run in v.runs]
-            for v in variants}  # fmt: skip
+    ap = {
+        v.label: [
+            (
+                [v_run.epoch_of(r) for r in v_run.of("val") if "AP" in r],
+                [r["AP"] for r in v_run.of("val") if "AP" in r],
+            )
+            for v_run in v.runs
+        ]
+        for v in variants
+    }
+    loss = {
+        v.label: [
+            ([v_run.epoch_of(r) for r in v_run.of("train")], [r["loss"] for r in v_run.of("train")])
+            for v_run in v.runs
+        ]
+        for v in variants
+    }
     return [
         spread_plot(ap, out / "ap.png", "val AP (band: lowest to highest seed)", "epoch", "AP"),
-        spread_plot(loss, out / "loss.png", "training loss (band: lowest to highest seed)",
-                    "epoch", "JointsMSE loss", log_y=True),
-    ]  # fmt: skip
+        spread_plot(
+            loss,
+            out / "loss.png",
+            "training loss (band: lowest to highest seed)",
+            "epoch",
+            "JointsMSE loss",
+            log_y=True,
+        ),
+    ]
 
 
-def log_to_wandb(plots: list[Path], variants: list[Variant], mode: str, project: str,
-                 entity: str, group: str, folder: Path) -> str | None:  # fmt: skip
+def log_to_wandb(
+    plots: list[Path],
+    variants: list[Variant],
+    mode: str,
+    project: str,
+    entity: str,
+    group: str,
+    folder: Path,
+) -> str | None:
     """The table and plots as one summary run in the sweep's wandb group; returns its folder."""
     if mode == "off":
         return None
     import wandb
 
     header, rows = comparison_rows(variants)
-    run = wandb.init(project=project, entity=entity or None, group=group or None,
-                     name=f"{group or 'sweep'}-comparison", job_type="comparison", mode=mode,
-                     dir=str(folder), settings=wandb.Settings(init_timeout=60, silent=True),
-                     config={"variants": [v.label for v in variants]})  # fmt: skip
-    run.log({"comparison": wandb.Table(columns=header, data=rows),
-             **{f"plots/{p.stem}": wandb.Image(str(p)) for p in plots}})  # fmt: skip
+    run = wandb.init(
+        project=project,
+        entity=entity or None,
+        group=group or None,
+        name=f"{group or 'sweep'}-comparison",
+        job_type="comparison",
+        mode=mode,
+        dir=str(folder),
+        settings=wandb.Settings(init_timeout=60, silent=True),
+        config={"variants": [v.label for v in variants]},
+    )
+    run.log(
+        {
+            "comparison": wandb.Table(columns=header, data=rows),
+            **{f"plots/{p.stem}": wandb.Image(str(p)) for p in plots},
+        }
+    )
     run.finish()
     return str(Path(run.dir).parent)
 

@@ -44,8 +44,12 @@ class TrainingJob:
             shutdown()
         if result["stopped"]:
             self._hand_on(result["stop_signal"], result["state"]["global_step"])
-        return {"rank": env.rank, "state": result["state"], "eval": result["eval"],
-                "precision": result["precision"]}  # fmt: skip
+        return {
+            "rank": env.rank,
+            "state": result["state"],
+            "eval": result["eval"],
+            "precision": result["precision"],
+        }
 
     def checkpoint(self, *args, **kwargs):
         """submitit calls this on rank 0 when the job is preempted or times out: the state is
@@ -53,8 +57,11 @@ class TrainingJob:
         import submitit
 
         if self.requeues >= self.max_requeues:
-            print(f"sweep job: not requeued, {self.requeues} requeues already (max_requeues)",
-                  file=sys.stderr, flush=True)  # fmt: skip
+            print(
+                f"sweep job: not requeued, {self.requeues} requeues already (max_requeues)",
+                file=sys.stderr,
+                flush=True,
+            )
             return None
         return submitit.helpers.DelayedSubmission(replace(self, requeues=self.requeues + 1))
 

@@ -58,12 +58,21 @@ class SlurmResources:
     def check(self) -> None:
         for key in ("nodes", "cpus_per_task", "time_min"):
             check_positive(f"slurm.{key}", getattr(self, key))
-        for key in ("gpus_per_node", "tasks_per_node", "mem_gb", "max_running", "max_requeues",
-                    "signal_delay_s"):  # fmt: skip
+        for key in (
+            "gpus_per_node",
+            "tasks_per_node",
+            "mem_gb",
+            "max_running",
+            "max_requeues",
+            "signal_delay_s",
+        ):
             check_non_negative(f"slurm.{key}", getattr(self, key))
         if self.gpus_per_node and self.tasks_per_node not in (0, self.gpus_per_node):
-            fail_key("slurm.tasks_per_node", f"{self.tasks_per_node}: runs use one task per GPU, "
-                  f"so leave it 0 or set it to gpus_per_node ({self.gpus_per_node})")  # fmt: skip
+            fail_key(
+                "slurm.tasks_per_node",
+                f"{self.tasks_per_node}: runs use one task per GPU, "
+                f"so leave it 0 or set it to gpus_per_node ({self.gpus_per_node})",
+            )
 
     @property
     def tasks(self) -> int:
@@ -133,8 +142,11 @@ def plan_runs(spec: SweepFile, extra_overrides: list[str] = ()) -> list[PlannedR
             own = [f"{k}={_yaml_value(v)}" for k, v in point.items()] + list(extra)
             combos.append(own)
     parsed = [dict(parse_override(o) for o in own) for own in combos]
-    varying_keys = [k for k in dict.fromkeys(k for p in parsed for k in p)
-                    if len({repr(p.get(k)) for p in parsed}) > 1]  # fmt: skip
+    varying_keys = [
+        k
+        for k in dict.fromkeys(k for p in parsed for k in p)
+        if len({repr(p.get(k)) for p in parsed}) > 1
+    ]
     names = _names([{k: p[k] for k in varying_keys if k in p} for p in parsed])
     common = list(spec.overrides) + list(extra_overrides)
     return [
@@ -152,8 +164,13 @@ def run_overrides(sweep: Sweep, run: PlannedRun, run_dir: Path) -> list[str]:
     sweep sets on each run: its folder, and the wandb group, name and tags (the varying values,
     e.g. attention=holistic), so the wandb UI can group and compare runs."""
     tags = [f"{k.rsplit('.', 1)[-1]}={v}" for k, v in run.varying.items()]
-    return [*run.overrides, f"run.dir={run_dir}", f"log.group={sweep.name}",
-            f"log.name={sweep.name}/{run.name}", f"log.tags={_yaml_value(tags)}"]  # fmt: skip
+    return [
+        *run.overrides,
+        f"run.dir={run_dir}",
+        f"log.group={sweep.name}",
+        f"log.name={sweep.name}/{run.name}",
+        f"log.tags={_yaml_value(tags)}",
+    ]
 
 
 def _resolve_base(base: str, sweep_path: Path) -> Path:
@@ -161,8 +178,10 @@ def _resolve_base(base: str, sweep_path: Path) -> Path:
     for candidate in (Path(base), sweep_path.parent / base):
         if candidate.is_file():
             return candidate.resolve()
-    raise ConfigError(f"sweep '{sweep_path}': base config '{base}' not found (looked in the "
-                      f"current folder and beside the sweep file)")  # fmt: skip
+    raise ConfigError(
+        f"sweep '{sweep_path}': base config '{base}' not found (looked in the "
+        f"current folder and beside the sweep file)"
+    )
 
 
 def _yaml_value(value: Any) -> str:

@@ -47,8 +47,12 @@ def executor_parameters(sweep: Sweep, local: bool) -> dict[str, Any]:
     params: dict[str, Any] = {"name": sweep.name, "timeout_min": res.time_min}
     if local:
         return params | {"tasks_per_node": 1, "gpus_per_node": min(res.gpus_per_node, 1)}
-    params |= {"nodes": res.nodes, "tasks_per_node": res.tasks, "cpus_per_task": res.cpus_per_task,
-               "slurm_signal_delay_s": res.signal_delay_s}  # fmt: skip
+    params |= {
+        "nodes": res.nodes,
+        "tasks_per_node": res.tasks,
+        "cpus_per_task": res.cpus_per_task,
+        "slurm_signal_delay_s": res.signal_delay_s,
+    }
     if res.gpus_per_node:
         params["gpus_per_node"] = res.gpus_per_node
     if res.mem_gb:
@@ -60,7 +64,8 @@ def executor_parameters(sweep: Sweep, local: bool) -> dict[str, Any]:
         params["slurm_array_parallelism"] = res.max_running
     # Requeueable, so that a preemption or a node failure requeues rather than ends the run.
     params["slurm_additional_parameters"] = {"requeue": True} | {
-        k.replace("_", "-"): v for k, v in res.sbatch.items()}  # fmt: skip
+        k.replace("_", "-"): v for k, v in res.sbatch.items()
+    }
     if res.setup:
         params["slurm_setup"] = list(res.setup)
     return params
@@ -71,15 +76,22 @@ def sbatch_preview(sweep: Sweep, folder: Path) -> str:
     no Slurm)."""
     from submitit.slurm import slurm
 
-    translate = {"name": "job_name", "timeout_min": "time", "tasks_per_node": "ntasks_per_node",
-                 "mem_gb": "mem"}  # fmt: skip
+    translate = {
+        "name": "job_name",
+        "timeout_min": "time",
+        "tasks_per_node": "ntasks_per_node",
+        "mem_gb": "mem",
+    }
     params = {}
     for key, value in executor_parameters(sweep, local=False).items():
         key = translate.get(key, key.removeprefix("slurm_"))
         params[key] = slurm._convert_mem(value) if key == "mem" else value
-    text = slurm._make_sbatch_string(command=f"{sys.executable} -u -m submitit.core._submit "
-                                     f"{folder}", folder=folder, map_count=len(sweep.runs),
-                                     **params)  # fmt: skip
+    text = slurm._make_sbatch_string(
+        command=f"{sys.executable} -u -m submitit.core._submit {folder}",
+        folder=folder,
+        map_count=len(sweep.runs),
+        **params,
+    )
     return text
 
 
@@ -87,26 +99,31 @@ def submit(sweep: Sweep, out: Path, local: bool = False, resubmit: bool = False)
     """Submit every run of `sweep` as one job array; writes and returns the manifest."""
     out = out.resolve()
     if (out / MANIFEST).is_file() and not resubmit:
-        raise SweepError(f"{out} already holds a sweep (see `sweep.py status {out}`); pass "
-                         f"--resubmit to submit its runs again (they resume from their "
-                         f"checkpoints) or choose another --out")  # fmt: skip
+        raise SweepError(
+            f"{out} already holds a sweep (see `sweep.py status {out}`); pass "
+            f"--resubmit to submit its runs again (they resume from their "
+            f"checkpoints) or choose another --out"
+        )
     if not local and not slurm_available():
         raise SweepError(
             "no Slurm here (srun/sbatch not on PATH); use --local to run the "
             "sweep on this machine, or --dry-run to see what would be submitted"
         )
     if local and sweep.spec.slurm.nodes * sweep.spec.slurm.tasks > 1:
-        print(f"sweep: --local runs each run as one process (the sweep asks for "
-              f"{sweep.spec.slurm.nodes} node(s) x {sweep.spec.slurm.tasks} task(s))",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"sweep: --local runs each run as one process (the sweep asks for "
+            f"{sweep.spec.slurm.nodes} node(s) x {sweep.spec.slurm.tasks} task(s))",
+            file=sys.stderr,
+        )
     import submitit
 
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(sweep.path, out / "sweep.yaml")
     executor = submitit.AutoExecutor(
-        folder=out / "submitit" / "%j", cluster="local" if local else "slurm",
+        folder=out / "submitit" / "%j",
+        cluster="local" if local else "slurm",
         slurm_max_num_timeout=sweep.spec.slurm.max_requeues,
-    )  # fmt: skip
+    )
     executor.update_parameters(**executor_parameters(sweep, local))
     # The local executor starts every run at once: share this machine's cores between them.
     threads = max(1, (os.cpu_count() or 1) // len(sweep.runs)) if local else 0
@@ -114,17 +131,35 @@ def submit(sweep: Sweep, out: Path, local: bool = False, resubmit: bool = False)
     for run in sweep.runs:
         run_dir = out / "runs" / run.name
         overrides = tuple(run_overrides(sweep, run, run_dir))
-        jobs_to_run.append(TrainingJob(str(sweep.base), overrides, os.getcwd(),
-                                       sweep.spec.slurm.max_requeues, threads=threads))  # fmt: skip
-        rows.append({"name": run.name, "overrides": list(overrides), "varying": run.varying,
-                     "run_dir": str(run_dir)})  # fmt: skip
+        jobs_to_run.append(
+            TrainingJob(
+                str(sweep.base),
+                overrides,
+                os.getcwd(),
+                sweep.spec.slurm.max_requeues,
+                threads=threads,
+            )
+        )
+        rows.append(
+            {
+                "name": run.name,
+                "overrides": list(overrides),
+                "varying": run.varying,
+                "run_dir": str(run_dir),
+            }
+        )
     jobs = executor.submit_array(jobs_to_run)
     for row, job in zip(rows, jobs):
         row["job_id"] = str(job.job_id)
-    manifest = {"name": sweep.name, "sweep_file": str(sweep.path.resolve()),
-                "base": str(sweep.base), "executor": "local" if local else "slurm",
-                "submitit_folder": str(out / "submitit"), "submitted": time.time(),
-                "runs": rows}  # fmt: skip
+    manifest = {
+        "name": sweep.name,
+        "sweep_file": str(sweep.path.resolve()),
+        "base": str(sweep.base),
+        "executor": "local" if local else "slurm",
+        "submitit_folder": str(out / "submitit"),
+        "submitted": time.time(),
+        "runs": rows,
+    }
     atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=1) + "\n")
     return manifest
 
@@ -157,8 +192,9 @@ def sweep_status(sweep_dir: Path) -> list[RunStatus]:
     and its progress from the run folder."""
     manifest = read_manifest(sweep_dir)
     runs = manifest["runs"]
-    slurm_states = _slurm_states([r["job_id"] for r in runs]) if manifest["executor"] == "slurm" \
-        else {}  # fmt: skip
+    slurm_states = (
+        _slurm_states([r["job_id"] for r in runs]) if manifest["executor"] == "slurm" else {}
+    )
     out = []
     for run in runs:
         result = _result_state(Path(manifest["submitit_folder"]), run["job_id"])
@@ -170,8 +206,9 @@ def sweep_status(sweep_dir: Path) -> list[RunStatus]:
         elif state == "done" and result and result[0] == "failed":
             state, detail = result
         progress = _progress(Path(run["run_dir"]))
-        out.append(RunStatus(run["name"], run["job_id"], state, detail, **progress,
-                             run_dir=run["run_dir"]))  # fmt: skip
+        out.append(
+            RunStatus(run["name"], run["job_id"], state, detail, **progress, run_dir=run["run_dir"])
+        )
     return out
 
 
@@ -179,14 +216,25 @@ def format_status(rows: list[RunStatus]) -> str:
     header = ("run", "job", "state", "restarts", "epoch", "step", "best AP", "detail")
     lines = [header]
     for r in rows:
-        lines.append((r.name, r.job_id, r.state, str(r.restarts), _dash(r.epoch), _dash(r.step),
-                      "-" if r.best_ap is None else f"{r.best_ap:.3f}", r.detail))  # fmt: skip
+        lines.append(
+            (
+                r.name,
+                r.job_id,
+                r.state,
+                str(r.restarts),
+                _dash(r.epoch),
+                _dash(r.step),
+                "-" if r.best_ap is None else f"{r.best_ap:.3f}",
+                r.detail,
+            )
+        )
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines)
 
 
-def wait(sweep_dir: Path, poll_s: float = 5.0, timeout_s: float | None = None,
-         echo: bool = True) -> list[RunStatus]:  # fmt: skip
+def wait(
+    sweep_dir: Path, poll_s: float = 5.0, timeout_s: float | None = None, echo: bool = True
+) -> list[RunStatus]:
     """Block until every run is done, failed or cancelled; prints state changes."""
     start, seen, unknown_polls = time.time(), {}, 0
     while True:
@@ -199,8 +247,10 @@ def wait(sweep_dir: Path, poll_s: float = 5.0, timeout_s: float | None = None,
             )
         for r in rows:
             if echo and seen.get(r.name) != r.state:
-                print(f"sweep: {r.name}: {r.state}" + (f" ({r.detail})" if r.detail else ""),
-                      flush=True)  # fmt: skip
+                print(
+                    f"sweep: {r.name}: {r.state}" + (f" ({r.detail})" if r.detail else ""),
+                    flush=True,
+                )
             seen[r.name] = r.state
         if all(r.state in FINAL_STATES for r in rows):
             return rows
@@ -230,11 +280,18 @@ def cancel(sweep_dir: Path) -> list[str]:
 
 
 SLURM_STATES = {
-    "PENDING": "pending", "CONFIGURING": "running", "RUNNING": "running",
-    "COMPLETING": "running", "SUSPENDED": "running", "COMPLETED": "done",
-    "REQUEUED": "requeued", "REQUEUE_HOLD": "requeued", "REQUEUE_FED": "requeued",
-    "RESIZING": "running", "CANCELLED": "cancelled",
-}  # fmt: skip
+    "PENDING": "pending",
+    "CONFIGURING": "running",
+    "RUNNING": "running",
+    "COMPLETING": "running",
+    "SUSPENDED": "running",
+    "COMPLETED": "done",
+    "REQUEUED": "requeued",
+    "REQUEUE_HOLD": "requeued",
+    "REQUEUE_FED": "requeued",
+    "RESIZING": "running",
+    "CANCELLED": "cancelled",
+}
 
 
 def _slurm_states(job_ids: list[str]) -> dict[str, tuple[str, str]]:
@@ -243,17 +300,35 @@ def _slurm_states(job_ids: list[str]) -> dict[str, tuple[str, str]]:
     states: dict[str, list[str]] = {}
     arrays = sorted({j.split("_")[0] for j in job_ids})
     try:
-        out = subprocess.run(["sacct", "-X", "-P", "-n", "--duplicates", "-o", "JobID,State",
-                              "-j", ",".join(arrays)], capture_output=True, text=True,
-                             timeout=60, check=True).stdout  # fmt: skip
+        out = subprocess.run(
+            [
+                "sacct",
+                "-X",
+                "-P",
+                "-n",
+                "--duplicates",
+                "-o",
+                "JobID,State",
+                "-j",
+                ",".join(arrays),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
         for line in out.splitlines():
             job, _, state = line.partition("|")
             states.setdefault(job, []).append(state.split()[0] if state else "UNKNOWN")
     except (OSError, subprocess.SubprocessError):
         pass
     try:
-        out = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%T", "-j", ",".join(arrays)],
-                             capture_output=True, text=True, timeout=60).stdout  # fmt: skip
+        out = subprocess.run(
+            ["squeue", "-h", "-r", "-o", "%i|%T", "-j", ",".join(arrays)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ).stdout
         for line in out.splitlines():
             job, _, state = line.partition("|")
             if job in job_ids and not states.get(job):
@@ -282,8 +357,9 @@ def _restarted(arrays: list[str]) -> set[str]:
     found = set()
     for array in arrays:
         try:
-            out = subprocess.run(["scontrol", "show", "job", "-o", array], capture_output=True,
-                                 text=True, timeout=30).stdout  # fmt: skip
+            out = subprocess.run(
+                ["scontrol", "show", "job", "-o", array], capture_output=True, text=True, timeout=30
+            ).stdout
         except (OSError, subprocess.SubprocessError):
             continue
         for line in out.splitlines():
@@ -332,10 +408,12 @@ def _progress(run_dir: Path) -> dict[str, Any]:
     starts = [r for r in records if r["split"] == "run"]
     progress = [r for r in records if r["split"] in ("train", "val")]
     aps = [r["AP"] for r in records if r["split"] == "val" and "AP" in r]
-    return {"restarts": max(len(starts) - 1, 0),
-            "epoch": progress[-1]["epoch"] if progress else None,
-            "step": progress[-1]["step"] if progress else None,
-            "best_ap": max(aps) if aps else None}  # fmt: skip
+    return {
+        "restarts": max(len(starts) - 1, 0),
+        "epoch": progress[-1]["epoch"] if progress else None,
+        "step": progress[-1]["step"] if progress else None,
+        "best_ap": max(aps) if aps else None,
+    }
 
 
 def _dash(value: Any) -> str:

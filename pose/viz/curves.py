@@ -25,8 +25,14 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def spread_plot(curves: dict[str, list[tuple[np.ndarray, np.ndarray]]], path: Path, title: str,
-                xlabel: str, ylabel: str, log_y: bool = False) -> Path:  # fmt: skip
+def spread_plot(
+    curves: dict[str, list[tuple[np.ndarray, np.ndarray]]],
+    path: Path,
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    log_y: bool = False,
+) -> Path:
     """One line per variant (the mean over its runs, e.g. seeds) with a band from the lowest to
     the highest run; runs are put on the x values of the shortest one."""
     plt = _pyplot()
@@ -37,8 +43,14 @@ def spread_plot(curves: dict[str, list[tuple[np.ndarray, np.ndarray]]], path: Pa
             continue
         grid = min((x for x, _ in runs), key=len)
         ys = np.stack([np.interp(grid, x, y) for x, y in runs])
-        (line,) = ax.plot(grid, ys.mean(0), label=f"{label} (n={len(runs)})", lw=1.6,
-                          marker="o" if len(grid) < 12 else None, ms=3)  # fmt: skip
+        (line,) = ax.plot(
+            grid,
+            ys.mean(0),
+            label=f"{label} (n={len(runs)})",
+            lw=1.6,
+            marker="o" if len(grid) < 12 else None,
+            ms=3,
+        )
         if len(runs) > 1:
             ax.fill_between(grid, ys.min(0), ys.max(0), color=line.get_color(), alpha=0.2, lw=0)
     if log_y:
@@ -49,8 +61,9 @@ def spread_plot(curves: dict[str, list[tuple[np.ndarray, np.ndarray]]], path: Pa
     return _save(fig, path)
 
 
-def throughput_bars(rates: dict[str, list[float]], path: Path, title: str, xlabel: str,
-                    baseline: str) -> Path:  # fmt: skip
+def throughput_bars(
+    rates: dict[str, list[float]], path: Path, title: str, xlabel: str, baseline: str
+) -> Path:
     """One horizontal bar per variant at its median over rounds, a line from its lowest to its
     highest round, labelled with the median and its ratio to `baseline`'s median."""
     plt = _pyplot()
@@ -61,8 +74,9 @@ def throughput_bars(rates: dict[str, list[float]], path: Path, title: str, xlabe
     ax.barh(names, medians, color="#4c72b0")
     for i, name in enumerate(names):
         ax.plot([min(rates[name]), max(rates[name])], [i, i], color="black", lw=1.2)
-        ax.text(medians[i], i, f"  {medians[i]:.0f} ({medians[i] / base:.2f}x)", va="center",
-                fontsize=8)  # fmt: skip
+        ax.text(
+            medians[i], i, f"  {medians[i]:.0f} ({medians[i] / base:.2f}x)", va="center", fontsize=8
+        )
     ax.invert_yaxis()
     ax.set_xlim(0, max(max(r) for r in rates.values()) * 1.3)
     ax.set_title(title, fontsize=9)

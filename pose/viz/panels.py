@@ -14,8 +14,9 @@ from pose.viz.attention import attention_panels
 from pose.viz.skeleton import draw_skeleton, tile, to_bgr
 
 
-def prediction_panel(model: torch.nn.Module, batch: dict, path: Path, count: int = 4,
-                     min_score: float = 0.2) -> Path:  # fmt: skip
+def prediction_panel(
+    model: torch.nn.Module, batch: dict, path: Path, count: int = 4, min_score: float = 0.2
+) -> Path:
     """Write a PNG of `count` val crops with predicted skeletons (and attention maps)."""
     model.eval()
     with torch.no_grad():
@@ -42,6 +43,8 @@ def prediction_panel(model: torch.nn.Module, batch: dict, path: Path, count: int
 def _pad_to(images: list[np.ndarray], axis: int) -> list[np.ndarray]:
     """Pad images with black at the bottom (axis 0) or right (axis 1) to the largest size."""
     size = max(im.shape[axis] for im in images)
-    pads = [(0, size - im.shape[0], 0, 0) if axis == 0 else (0, 0, 0, size - im.shape[1])
-            for im in images]  # fmt: skip
+    pads = [
+        (0, size - im.shape[0], 0, 0) if axis == 0 else (0, 0, 0, size - im.shape[1])
+        for im in images
+    ]
     return [cv2.copyMakeBorder(im, *pad, cv2.BORDER_CONSTANT) for im, pad in zip(images, pads)]

@@ -16,8 +16,9 @@ def _side(index: int) -> tuple[int, int, int]:
     return LEFT if name.startswith("left_") else RIGHT if name.startswith("right_") else MIDDLE
 
 
-def draw_skeleton(image: np.ndarray, keypoints: np.ndarray, min_score: float = 0.0,
-                  thickness: int = 2) -> np.ndarray:  # fmt: skip
+def draw_skeleton(
+    image: np.ndarray, keypoints: np.ndarray, min_score: float = 0.0, thickness: int = 2
+) -> np.ndarray:
     """A copy of a BGR uint8 image with keypoints (K, 3: x, y, visibility or score) drawn;
     joints whose third value is <= min_score are left out, occluded ones (1) drawn hollow."""
     out = image.copy()
