@@ -6,7 +6,7 @@ DEMO_DATA := data/demo
 DEMO_TRAIN_IMAGES ?= 2000
 DEMO_VAL_IMAGES ?= 300
 
-# Caches that tools write stay inside the project (pose/__init__.py sets the same defaults).
+# Caches that tools write stay inside the project (pose/caches.py sets the same defaults).
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 export WANDB_DIR ?= $(CURDIR)/.cache/wandb
 export WANDB_CACHE_DIR ?= $(CURDIR)/.cache/wandb/cache

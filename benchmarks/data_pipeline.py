@@ -23,10 +23,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -34,15 +33,17 @@ import numpy as np
 import torch
 from turns import take_turns
 
-from data_prep import shard_coco
 from data_prep.synthetic import generate
+from pose.caches import use_cache_folders
 from pose.config import load_config
 from pose.data.coco import box_to_center_scale, load_coco, training_instances
 from pose.data.codec import encode_heatmaps
 from pose.data.dali import DaliLoader
 from pose.data.geometry import affine_points, get_affine_transform
-from pose.data.loader import IMAGENET_MEAN, IMAGENET_STD, ShardSet, flip_permutation
-from pose.data.torch_loader import TorchLoader, draw_augmentation
+from pose.data.layout import COCO_17
+from pose.data.loader import IMAGENET_MEAN, IMAGENET_STD, LoaderSpec, draw_augmentation
+from pose.data.sharding import ShardRequest, shard_dataset
+from pose.data.torch_loader import TorchLoader
 from pose.engine.distributed import keep_freed_memory
 from pose.viz.curves import throughput_bars
 
@@ -71,7 +72,7 @@ def reference_target(joints: np.ndarray, vis: np.ndarray, sigma: float = 2.0) ->
 
 def run_reference(instances, image_dir: Path, cfg, epochs: int) -> tuple[int, float]:
     rng = np.random.default_rng(0)
-    permutation = flip_permutation(17)
+    permutation = COCO_17.flip_permutation
     mean, std = np.float32(IMAGENET_MEAN), np.float32(IMAGENET_STD)
     count, start = 0, time.perf_counter()
     for _ in range(epochs):
@@ -135,6 +136,7 @@ def main() -> None:
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--plot", help="draw them here (PNG)")
     args = parser.parse_args()
+    use_cache_folders()
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
     keep_freed_memory()  # as training processes do (launch.keep_freed_memory)
@@ -149,42 +151,30 @@ def main() -> None:
             generate(root / "data", seed=0, train_images=args.images, val_images=0, progress=False)
             ann = root / "data" / "annotations" / "person_keypoints_train.json"
             image_dir = root / "data" / "images" / "train"
-        for name, restart in (("shards", "4"), ("whole", "0")):
-            with open(os.devnull, "w") as quiet:
-                stdout, sys.stdout = sys.stdout, quiet
-                shard_coco.main(
-                    [
-                        "--ann",
-                        str(ann),
-                        "--images",
-                        str(image_dir),
-                        "--out",
-                        str(root / name),
-                        "--shard-size",
-                        "200",
-                        "--detail",
-                        args.detail,
-                        "--context-scale",
-                        str(args.context_scale),
-                        "--context-rotation",
-                        str(args.context_rotation),
-                        "--quality",
-                        str(args.quality),
-                        "--restart-mcus",
-                        restart,
-                    ]
-                )
-                sys.stdout = stdout
-        cfg = load_config(None, [f"data.train_shards={root / 'shards'}", "data.num_workers=0"]).data
-        shards, whole = ShardSet.open(root / "shards"), ShardSet.open(root / "whole")
-        cpu = torch.device("cpu")
+        for name, restart in (("shards", 4), ("whole", 0)):
+            request = ShardRequest(
+                annotations=ann,
+                images=image_dir,
+                out=root / name,
+                shard_size=200,
+                detail=tuple(int(v) for v in args.detail.split("x")),
+                context_scale=args.context_scale,
+                context_rotation=args.context_rotation,
+                quality=args.quality,
+                restart_mcus=restart,
+                progress=False,
+            )
+            shard_dataset(request)
+        overrides = [f"data.train_shards={root / 'shards'}", "data.num_workers=0"]
+        cfg = load_config(None, overrides).data
+        whole_cfg = replace(cfg, train_shards=str(root / "whole"))
         instances, _ = training_instances(load_coco(ann))
-        batch = min(BATCH, shards.num_samples)
-        options = (cfg, True, batch, 0, 1, cpu, 0, False)
+        batch = min(BATCH, len(instances))
+        spec, whole = LoaderSpec(cfg, "train", batch), LoaderSpec(whole_cfg, "train", batch)
         runs = {
-            "dali": lambda: run_loader(DaliLoader(shards, *options), args.epochs),
-            "torch": lambda: run_loader(TorchLoader(shards, *options), args.epochs),
-            "torch-whole": lambda: run_loader(TorchLoader(whole, *options), args.epochs),
+            "dali": lambda: run_loader(DaliLoader(spec), args.epochs),
+            "torch": lambda: run_loader(TorchLoader(spec), args.epochs),
+            "torch-whole": lambda: run_loader(TorchLoader(whole), args.epochs),
             "reference": lambda: run_reference(instances, image_dir, cfg, args.epochs),
         }
         measured = take_turns(runs, args.rounds)  # [(samples, seconds)] per loader

@@ -12,8 +12,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from data_prep import shard_coco
 from data_prep.synthetic import generate
+from pose.data.sharding import ShardRequest, shard_dataset
 from pose.data.shards import read_manifest
 
 
@@ -39,22 +39,16 @@ def main() -> None:
         for workers in args.workers:
             out = root / f"shards-{workers}"
             start = time.perf_counter()
-            shard_coco.main(
-                [
-                    "--ann",
-                    str(ann),
-                    "--images",
-                    str(images),
-                    "--out",
-                    str(out),
-                    "--workers",
-                    str(workers),
-                    "--detail",
-                    args.detail,
-                    "--shard-size",
-                    str(args.shard_size),
-                ]
+            request = ShardRequest(
+                annotations=ann,
+                images=images,
+                out=out,
+                workers=workers,
+                detail=tuple(int(v) for v in args.detail.split("x")),
+                shard_size=args.shard_size,
+                progress=False,
             )
+            shard_dataset(request)
             seconds = time.perf_counter() - start
             manifest = read_manifest(out)
             rows.append(

@@ -1,7 +1,7 @@
 """Training throughput, side by side in one run, same model, batch and precision:
 
 - torch:   a plain PyTorch loop (forward, JointsMSELoss, backward, Adam) on a fixed batch
-- engine:  the DeepSpeed engine's step (pose.engine.train.train_step) on the same fixed batch
+- engine:  the DeepSpeed engine's step (pose.engine.trainer.train_step) on the same fixed batch
 - loop:    the engine's step fed by the real input pipeline (shards -> loader -> targets)
 
 engine / torch is the engine's overhead; 1 - loop / engine is the share of time spent waiting
@@ -23,13 +23,15 @@ from pathlib import Path
 import torch
 from turns import take_turns
 
+from pose.caches import use_cache_folders
 from pose.config import load_config
-from pose.data.codec import encode_heatmaps
-from pose.data.loader import build_loader
-from pose.engine.deepspeed_config import build_engine, resolve_precision
+from pose.data.backends import build_loader
+from pose.data.codec import encode_heatmaps, heatmap_size
+from pose.data.loader import LoaderSpec
+from pose.engine.deepspeed_adapter import build_engine, resolve_precision
 from pose.engine.distributed import init_distributed
 from pose.engine.loss import joints_mse_loss
-from pose.engine.train import train_step
+from pose.engine.trainer import train_step
 from pose.models import build_model
 
 
@@ -64,12 +66,14 @@ def main() -> None:
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
+    use_cache_folders()
     cfg = load_config(args.config, ["log.wandb=off", *args.overrides])
     env = init_distributed(cfg.launch)
     precision = resolve_precision(cfg.train.precision, env.device)
-    loader = build_loader(cfg.data, "train", cfg.train.batch_size, device=env.device)
+    loader = build_loader(LoaderSpec(cfg.data, "train", cfg.train.batch_size, device=env.device))
     batch = next(iter(loader.epoch(0)))
-    data = cfg.data
+    data, train = cfg.data, cfg.train
+    size = heatmap_size(data.image_size, cfg.model.output_stride)
     autocast = torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
     torch.manual_seed(0)
@@ -78,7 +82,7 @@ def main() -> None:
 
     def torch_step():
         targets, weights = encode_heatmaps(
-            batch["keypoints"], data.image_size, data.heatmap_size, data.sigma, data.target
+            batch["keypoints"], data.image_size, size, data.sigma, data.target
         )
         with autocast:
             heatmaps = plain(batch["image"])
@@ -90,7 +94,7 @@ def main() -> None:
     torch.manual_seed(0)
     model = build_model(cfg.model, data.num_joints).to(env.device)
     adam = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
-    engine = build_engine(model, adam, None, cfg, env.world_size, precision)
+    engine = build_engine(model, adam, None, train, env.world_size, precision)
     batches = iter(())
 
     def loop_step():
@@ -100,11 +104,15 @@ def main() -> None:
         except StopIteration:
             batches = iter(loader.epoch(1))
             real = next(batches)
-        train_step(engine, real, cfg)
+        train_step(engine, real, data, train)
 
     n = batch["image"].shape[0]
     seconds = interleaved(
-        {"torch": torch_step, "engine": lambda: train_step(engine, batch, cfg), "loop": loop_step},
+        {
+            "torch": torch_step,
+            "engine": lambda: train_step(engine, batch, data, train),
+            "loop": loop_step,
+        },
         args.steps,
         args.rounds,
     )
@@ -114,8 +122,8 @@ def main() -> None:
     }
     overhead = seconds["engine"] / seconds["torch"] - 1
     data_wait = 1 - seconds["engine"] / seconds["loop"]
-    size = "x".join(map(str, data.image_size))
-    name = f"{cfg.model.backbone} attention={cfg.model.attention} {size}"
+    input_size = "x".join(map(str, data.image_size))
+    name = f"{cfg.model.backbone} attention={cfg.model.attention} {input_size}"
     print(f"{name}, batch {n}, {precision}, {env.device}")
     for key, row in rows.items():
         print(f"{key:>8}: {row['images_per_s']:>8} images/s ({row['seconds_per_step']} s/step)")

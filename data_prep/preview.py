@@ -15,9 +15,10 @@ from pathlib import Path
 import cv2
 import torch
 
-from pose.config import ConfigError, load_config
-from pose.data.codec import encode_heatmaps
-from pose.data.loader import build_loader, resolve_backend
+from pose.config import Config, ConfigError, load_config
+from pose.data.backends import build_loader, resolve_backend
+from pose.data.codec import encode_heatmaps, heatmap_size
+from pose.data.loader import LoaderSpec
 from pose.data.shards import ShardError
 from pose.viz.skeleton import draw_skeleton, overlay_heatmap, tile, to_bgr
 
@@ -32,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
-        loader = build_loader(cfg.data, "train", args.batch_size, seed=cfg.seed)
+        loader = build_loader(LoaderSpec(cfg.data, "train", args.batch_size, seed=cfg.seed))
     except (ConfigError, ShardError) as e:
         print(f"preview: error: {e}", file=sys.stderr)
         return 2
@@ -41,29 +42,31 @@ def main(argv: list[str] | None = None) -> int:
     start, count = time.perf_counter(), 0
     for _, batch in zip(range(args.batches), batches):
         count += batch["image"].shape[0]
+    batches.close()
     rate = count / max(time.perf_counter() - start, 1e-9)
-    targets, _ = encode_heatmaps(
-        first["keypoints"],
-        cfg.data.image_size,
-        cfg.data.heatmap_size,
-        cfg.data.sigma,
-        cfg.data.target,
-    )
-    cells = []
-    for i in range(min(8, first["image"].shape[0])):
-        image = to_bgr(first["image"][i])
-        cells.append(draw_skeleton(image, first["keypoints"][i].numpy()))
-        cells.append(overlay_heatmap(image, targets[i].amax(0).numpy()))
-    grid = tile([cv2.resize(c, (c.shape[1] * 2, c.shape[0] * 2)) for c in cells], columns=8)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(out), grid)
+    write_grid(first, cfg, out)
     backend = resolve_backend(cfg.data, torch.device("cpu"))
     print(
-        f"preview: {backend} backend, {loader.steps_per_epoch} steps/epoch of {args.batch_size};"
-        f" {rate:.0f} samples/s over {count} samples; grid -> {out}"
+        f"preview: {backend} backend, {loader.batches_per_epoch} batches/epoch of "
+        f"{args.batch_size}; {rate:.0f} samples/s over {count} samples; grid -> {out}"
     )
     return 0
+
+
+def write_grid(batch: dict, cfg: Config, out: Path) -> None:
+    """Up to 8 samples of `batch`: each with its skeleton, then with its targets."""
+    data = cfg.data
+    size = heatmap_size(data.image_size, cfg.model.output_stride)
+    targets, _ = encode_heatmaps(batch["keypoints"], data.image_size, size, data.sigma, data.target)
+    cells = []
+    for i in range(min(8, batch["image"].shape[0])):
+        image = to_bgr(batch["image"][i])
+        cells.append(draw_skeleton(image, batch["keypoints"][i].numpy()))
+        cells.append(overlay_heatmap(image, targets[i].amax(0).numpy()))
+    grid = tile([cv2.resize(c, (c.shape[1] * 2, c.shape[0] * 2)) for c in cells], columns=8)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(out), grid)
 
 
 if __name__ == "__main__":

@@ -24,12 +24,14 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from pose.config import atomic_write_text
-from pose.data.coco import KEYPOINT_NAMES, PERSON_CATEGORY
+from pose.data.coco import PERSON_CATEGORY
+from pose.data.layout import COCO_17
+from pose.files import atomic_write
 
 SPLITS = {"train": 0, "val": 1}  # split -> index in the seed sequence and image id block
 IMAGE_ID_BLOCK = 1_000_000
 MIN_KEYPOINT_HEIGHT = 48  # people smaller than this (px) get no keypoints, as in COCO
+KEYPOINT_NAMES = COCO_17.joints
 J = {name: i for i, name in enumerate(KEYPOINT_NAMES)}
 
 # Body parts, in body-frame units of the person's height. Each part lists the joints whose
@@ -572,11 +574,11 @@ def generate(out: Path, seed: int, train_images: int, val_images: int, progress:
             continue
         coco, dets = generate_split(out, split, count, seed, progress)
         path = out / "annotations" / f"person_keypoints_{split}.json"
-        atomic_write_text(path, json.dumps(coco))
+        atomic_write(path, json.dumps(coco))
         written[split] = path
         if split == "val":
             det_path = out / "annotations" / "person_detections_val.json"
-            atomic_write_text(det_path, json.dumps(dets))
+            atomic_write(det_path, json.dumps(dets))
             written["val_dets"] = det_path
     return written
 

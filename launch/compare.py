@@ -11,6 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from pose.caches import use_cache_folders
 from pose.sweep.compare import (
     CompareError,
     comparison_plots,
@@ -46,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         "runs' own log.wandb setting says)",
     )
     args = parser.parse_args(argv)
+    use_cache_folders()
     if not args.sweep_dir and not args.wandb:
         parser.error("give a sweep folder or --wandb ENTITY/PROJECT/GROUP")
     try:

@@ -3,10 +3,10 @@
     python launch/eval.py --config CFG --checkpoint CKPT [--out METRICS.json] [overrides]
     python launch/eval.py --config CFG --gt-as-predictions [--out METRICS.json] [overrides]
 
-CKPT is a run directory (its best, else latest checkpoint), a DeepSpeed checkpoint folder or a
-plain state dict. `--gt-as-predictions` scores the val shards' ground truth pushed through the
-same encode/decode path instead of a model, as a check of the geometry. Runs as one process or
-under torchrun (each rank evaluates its part; rank 0 scores).
+CKPT is a run folder (its best, else latest checkpoint), a checkpoint folder or a plain state
+dict. `--gt-as-predictions` scores the val shards' ground truth pushed through the same
+encode/decode path instead of a model, as a check of the geometry. Runs as one process or under
+torchrun (each rank evaluates its part; rank 0 scores).
 """
 
 from __future__ import annotations
@@ -17,19 +17,41 @@ from pathlib import Path
 
 import torch
 
-from pose.config import ConfigError, load_config
-from pose.data.loader import build_loader
+from pose.caches import use_cache_folders
+from pose.config import Config, ConfigError, load_config
+from pose.data.backends import build_loader
+from pose.data.codec import heatmap_size
+from pose.data.loader import Loader, LoaderSpec
 from pose.data.shards import ShardError
+from pose.engine.checkpoint import CheckpointError, resolve_checkpoint
+from pose.engine.distributed import DistEnv, init_distributed
 from pose.eval.coco_eval import write_json
-from pose.eval.evaluate import EvaluationError, evaluate, print_metrics
+from pose.eval.evaluate import (
+    EvaluationError,
+    Predictor,
+    evaluate,
+    ground_truth_predictor,
+    model_predictor,
+    print_metrics,
+)
 from pose.models import build_model
-from pose.models.weights import WeightsError, load_model_weights, resolve_checkpoint
+from pose.models.weights import WeightsError, load_model_weights
+
+
+def make_predictor(cfg: Config, checkpoint: str | None, loader: Loader, env: DistEnv) -> Predictor:
+    if checkpoint is None:
+        size = heatmap_size(cfg.data.image_size, cfg.model.output_stride)
+        return ground_truth_predictor(cfg.data, size)
+    model = build_model(cfg.model, cfg.data.num_joints)
+    load_model_weights(model, resolve_checkpoint(checkpoint))
+    flip = loader.spec.layout.flip_permutation
+    return model_predictor(model.to(env.device), cfg.eval, cfg.data, flip)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True)
-    parser.add_argument("--checkpoint", help="run dir, DeepSpeed checkpoint folder or state dict")
+    parser.add_argument("--checkpoint", help="run folder, checkpoint folder or state dict")
     parser.add_argument(
         "--gt-as-predictions",
         action="store_true",
@@ -40,22 +62,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.checkpoint and not args.gt_as_predictions:
         parser.error("give --checkpoint, or --gt-as-predictions")
-    from pose.engine.distributed import init_distributed
-
+    use_cache_folders()
     try:
         cfg = load_config(args.config, args.overrides)
         env = init_distributed(cfg.launch)
-        model = None
-        if not args.gt_as_predictions:
-            model = build_model(cfg.model, cfg.data.num_joints)
-            load_model_weights(model, resolve_checkpoint(args.checkpoint))
-            model.to(env.device)
-        loader = build_loader(
+        spec = LoaderSpec(
             cfg.data, "val", cfg.eval.batch_size, env.rank, env.world_size, env.device, cfg.seed
         )
+        loader = build_loader(spec)
+        checkpoint = None if args.gt_as_predictions else args.checkpoint
+        predict = make_predictor(cfg, checkpoint, loader, env)
         out_dir = Path(args.out).parent if args.out else None
-        metrics = evaluate(model, loader, cfg, out_dir, args.gt_as_predictions)
-    except (ConfigError, ShardError, WeightsError, EvaluationError) as e:
+        metrics = evaluate(predict, loader, cfg.eval, cfg.data, out_dir)
+    except (ConfigError, ShardError, WeightsError, CheckpointError, EvaluationError) as e:
         print(f"eval: error: {e}", file=sys.stderr)
         return 2
     if env.rank == 0:

@@ -17,9 +17,12 @@ from pathlib import Path
 
 import torch
 
+from pose.caches import use_cache_folders
 from pose.config import ConfigError, load_config
+from pose.engine.checkpoint import CheckpointError, resolve_checkpoint
 from pose.models import build_model
-from pose.models.weights import WeightsError, load_model_weights, resolve_checkpoint
+from pose.models.weights import WeightsError, load_model_weights
+from pose.run_folder import RunFolder
 
 
 class HeatmapsOnly(torch.nn.Module):
@@ -57,11 +60,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", help="config (default: the run directory's config.yaml)")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
+    use_cache_folders()
     try:
-        config = args.config or Path(args.checkpoint) / "config.yaml"
+        config = args.config or RunFolder(args.checkpoint).config
         cfg = load_config(config if Path(config).is_file() else None, args.overrides)
         paths = export(args.checkpoint, Path(args.out), cfg)
-    except (ConfigError, WeightsError) as e:
+    except (ConfigError, WeightsError, CheckpointError) as e:
         print(f"export: error: {e}", file=sys.stderr)
         return 2
     print("export: wrote " + ", ".join(str(p) for p in paths))

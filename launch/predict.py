@@ -21,11 +21,14 @@ import cv2
 import torch
 from tqdm import tqdm
 
+from pose.caches import use_cache_folders
 from pose.config import ConfigError, load_config
+from pose.engine.checkpoint import CheckpointError, resolve_checkpoint
 from pose.eval.coco_eval import write_json
 from pose.eval.inference import predict_people
 from pose.models import build_model
-from pose.models.weights import WeightsError, load_model_weights, resolve_checkpoint
+from pose.models.weights import WeightsError, load_model_weights
+from pose.run_folder import RunFolder
 from pose.viz.attention import attention_panels
 from pose.viz.skeleton import draw_skeleton
 
@@ -78,14 +81,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=0, help="only the first N images")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
+    use_cache_folders()
     try:
-        config = args.config or Path(args.checkpoint) / "config.yaml"
+        config = args.config or RunFolder(args.checkpoint).config
         cfg = load_config(config if Path(config).is_file() else None, args.overrides)
         model = build_model(cfg.model, cfg.data.num_joints)
         load_model_weights(model, resolve_checkpoint(args.checkpoint))
         images = list_images(Path(args.image))[: args.limit or None]
         boxes = read_boxes(args.boxes, images, args.box_thr)
-    except (ConfigError, WeightsError, FileNotFoundError, ValueError) as e:
+    except (ConfigError, WeightsError, CheckpointError, FileNotFoundError, ValueError) as e:
         print(f"predict: error: {e}", file=sys.stderr)
         return 2
     out = Path(args.out)
@@ -98,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"predict: skipped '{path}': not a readable image", file=sys.stderr)
             continue
         found = boxes.get(path.name) or boxes.get(image_id(path, index))
-        people = predict_people(model, image, found, cfg, device)
+        people = predict_people(model, image, found, cfg.eval, cfg.data, device)
         drawn = image
         for n, person in enumerate(people):
             drawn = draw_skeleton(drawn, person.keypoints, min_score=cfg.eval.keypoint_thr)

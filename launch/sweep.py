@@ -13,6 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from pose.caches import use_cache_folders
 from pose.config import ConfigError
 from pose.sweep.spec import load_sweep
 from pose.sweep.submit import (
@@ -31,6 +32,7 @@ COMMANDS = ("status", "wait", "cancel")
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    use_cache_folders()
     try:
         if argv and argv[0] in COMMANDS:
             return manage(argv)

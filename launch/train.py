@@ -1,5 +1,5 @@
 """Train a pose model: one process, under torchrun (any --nproc_per_node / --nnodes), or under
-Slurm's srun (one task per device). Starting in a run directory that has a checkpoint resumes.
+Slurm's srun (one task per device). Starting in a run folder that has a checkpoint resumes.
 
     python launch/train.py --config configs/demo.yaml [run.dir=runs/demo] [train.max_steps=N] ...
     torchrun --nproc_per_node 2 launch/train.py --config configs/demo.yaml ...
@@ -12,10 +12,13 @@ import argparse
 import sys
 from pathlib import Path
 
+from pose.caches import use_cache_folders
 from pose.config import ConfigError, load_config
 from pose.data.shards import ShardError
+from pose.engine.checkpoint import CheckpointError
 from pose.engine.distributed import DistributedSetupError, init_distributed, shutdown
-from pose.engine.train import TrainingError, train
+from pose.engine.step_metrics import TrainingError
+from pose.engine.trainer import train
 from pose.eval.evaluate import print_metrics
 
 
@@ -28,11 +31,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True, help="YAML config (see configs/)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides: train.lr=5e-4 ...")
     args = parser.parse_args(argv)
+    use_cache_folders()
     try:
         cfg = load_config(args.config, args.overrides)
         env = init_distributed(cfg.launch)
         result = train(cfg, run_dir_for(cfg, args.config), env)
-    except (ConfigError, ShardError, DistributedSetupError) as e:
+    except (ConfigError, ShardError, DistributedSetupError, CheckpointError) as e:
         print(f"train: error: {e}", file=sys.stderr)
         return 2
     except TrainingError as e:
@@ -41,14 +45,13 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutdown()
     if env.is_main:
-        state = result["state"]
-        stopped = " (stopped by signal)" if result["stopped"] else ""
+        stopped = " (stopped by signal)" if result.stopped else ""
         print(
-            f"train: {state['global_step']} steps, epoch {state['epoch']}, precision "
-            f"{result['precision']}{stopped}"
+            f"train: {result.step} steps, {result.epochs} epochs, precision "
+            f"{result.precision}{stopped}"
         )
-        if result["eval"]:
-            print_metrics(result["eval"])
+        if result.metrics:
+            print_metrics(result.metrics)
     return 0
 
 

@@ -10,7 +10,6 @@ import dataclasses
 import difflib
 import os
 import re
-import tempfile
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,6 +17,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+
+from pose.files import atomic_write
 
 
 class ConfigError(ValueError):
@@ -35,8 +36,7 @@ class DataConfig:
     val_shards: str = "data/demo/shards/val"
     val_ann: str = "data/demo/annotations/person_keypoints_val.json"
     backend: Literal["auto", "dali", "torch"] = "auto"
-    image_size: tuple[int, int] = (256, 192)  # input (height, width)
-    heatmap_stride: int = 4  # heatmap = input / stride
+    image_size: tuple[int, int] = (256, 192)  # input (height, width); heatmaps: model.output_stride
     num_joints: int = 17
     sigma: float = 2.0
     target: Literal["gaussian", "udp"] = "gaussian"
@@ -52,8 +52,6 @@ class DataConfig:
         h, w = self.image_size
         if h <= 0 or w <= 0 or h % 32 or w % 32:
             fail_key("data.image_size", f"{list(self.image_size)} must be positive multiples of 32")
-        if self.heatmap_stride not in (1, 2, 4, 8):
-            fail_key("data.heatmap_stride", f"{self.heatmap_stride} is not one of 1, 2, 4, 8")
         check_positive("data.num_joints", self.num_joints)
         check_positive("data.sigma", self.sigma)
         for key in ("rotation_prob", "flip_prob", "half_body_prob"):
@@ -61,11 +59,6 @@ class DataConfig:
         if not 0 <= self.scale_factor < 1:
             fail_key("data.scale_factor", f"{self.scale_factor} must lie in [0, 1)")
         check_non_negative("data.num_workers", self.num_workers)
-
-    @property
-    def heatmap_size(self) -> tuple[int, int]:
-        """Heatmap (height, width)."""
-        return self.image_size[0] // self.heatmap_stride, self.image_size[1] // self.heatmap_stride
 
 
 @dataclass
@@ -80,7 +73,11 @@ class ModelConfig:
     pretrained: str = ""  # local path to torchvision ImageNet ResNet weights; "" = random init
 
     def check(self) -> None:
-        check_positive("model.deconv_layers", self.deconv_layers)
+        if not 1 <= self.deconv_layers <= 5:
+            fail_key(
+                "model.deconv_layers",
+                f"{self.deconv_layers} must lie in 1..5 (each doubles the stride-32 features)",
+            )
         check_positive("model.deconv_filters", self.deconv_filters)
         if self.attention_kernel <= 0 or self.attention_kernel % 2 == 0:
             fail_key(
@@ -92,6 +89,11 @@ class ModelConfig:
                 "model.pretrained", f"no file at '{self.pretrained}' (weights are never downloaded)"
             )
 
+    @property
+    def output_stride(self) -> int:
+        """Input pixels per heatmap pixel: the backbone's 32, halved by each deconvolution."""
+        return 32 >> self.deconv_layers
+
 
 @dataclass
 class TrainConfig:
@@ -101,7 +103,7 @@ class TrainConfig:
     grad_accum: int = 1
     optimizer: Literal["adam", "adamw"] = "adam"
     lr: float = 1e-3
-    scale_lr: bool = False  # multiply lr by total batch / 256
+    scale_lr: bool = False  # multiply lr by total batch / 128 (the reference's 4 GPUs x 32)
     weight_decay: float = 0.0
     schedule: Literal["multistep", "cosine"] = "multistep"
     lr_steps: list[int] = field(default_factory=lambda: [90, 120])  # epochs of the x0.1 decays
@@ -136,7 +138,6 @@ class TrainConfig:
 class EvalConfig:
     batch_size: int = 64
     flip_test: bool = True
-    use_gt_boxes: bool = True  # False: person detections from data.val_shards built with --dets
     decode: Literal["argmax", "dark"] = "argmax"
     oks_nms_thr: float = 0.9
     soft_nms: bool = False
@@ -161,11 +162,7 @@ class LogConfig:
 @dataclass
 class LaunchConfig:
     dist_backend: Literal["auto", "nccl", "gloo"] = "auto"  # auto: nccl on GPUs, gloo on CPU
-    max_requeues: int = 3
     keep_freed_memory: bool = True  # glibc keeps freed memory for reuse (see distributed.py)
-
-    def check(self) -> None:
-        check_non_negative("launch.max_requeues", self.max_requeues)
 
 
 @dataclass
@@ -245,20 +242,7 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 def save_config(cfg: Config, path: str | os.PathLike) -> None:
     """Write the resolved config as YAML, atomically (write a temporary file, then rename)."""
     text = yaml.safe_dump(to_dict(cfg), sort_keys=False)
-    atomic_write_text(Path(path), text)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; these files are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, text)
 
 
 def parse_overrides(overrides: list[str]) -> dict[str, Any]:
@@ -383,29 +367,33 @@ def _convert(value: Any, typ: Any, key: str) -> Any:
             fail_key(key, f"expects a mapping, got {value!r}")
         return {str(k): _convert(v, args[1], f"{key}.{k}") if args else v for k, v in value.items()}
     if origin in (list, tuple):
-        if not isinstance(value, list | tuple):
-            fail_key(key, f"expects a list, got {value!r}")
-        if origin is tuple and args and args[-1] is not Ellipsis:
-            if len(value) != len(args):
-                fail_key(key, f"expects {len(args)} values, got {len(value)}: {value!r}")
-            return tuple(_convert(v, t, f"{key}[{i}]") for i, (v, t) in enumerate(zip(value, args)))
-        item = args[0] if args else Any
-        items = [_convert(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
-        return tuple(items) if origin is tuple else items
-    if typ is bool:
-        if not isinstance(value, bool):
-            fail_key(key, f"expects true or false, got {value!r}")
-        return value
-    if typ is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            fail_key(key, f"expects an integer, got {value!r}")
-        return value
+        return _convert_sequence(value, origin, args, key)
+    return _convert_scalar(value, typ, key)
+
+
+def _convert_sequence(value: Any, origin: type, args: tuple, key: str) -> list | tuple:
+    if not isinstance(value, list | tuple):
+        fail_key(key, f"expects a list, got {value!r}")
+    if origin is tuple and args and args[-1] is not Ellipsis:
+        if len(value) != len(args):
+            fail_key(key, f"expects {len(args)} values, got {len(value)}: {value!r}")
+        return tuple(_convert(v, t, f"{key}[{i}]") for i, (v, t) in enumerate(zip(value, args)))
+    item = args[0] if args else Any
+    items = [_convert(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    return tuple(items) if origin is tuple else items
+
+
+def _convert_scalar(value: Any, typ: Any, key: str) -> Any:
+    if typ is bool and not isinstance(value, bool):
+        fail_key(key, f"expects true or false, got {value!r}")
+    if typ is int and (isinstance(value, bool) or not isinstance(value, int)):
+        fail_key(key, f"expects an integer, got {value!r}")
     if typ is float:
-        if isinstance(value, bool):
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
             fail_key(key, f"expects a number, got {value!r}")
         try:
             return float(value)
-        except (TypeError, ValueError):
+        except ValueError:
             fail_key(key, f"expects a number, got {value!r}")
     if typ is str:
         if isinstance(value, bool) or value is None or isinstance(value, dict | list):

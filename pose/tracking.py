@@ -8,7 +8,8 @@ import json
 import os
 from pathlib import Path
 
-from pose.config import Config, to_dict
+from pose.config import LogConfig
+from pose.run_folder import RunFolder
 
 
 def wandb_mode(setting: str, env: dict | None = None) -> str:
@@ -26,27 +27,30 @@ def wandb_mode(setting: str, env: dict | None = None) -> str:
 
 
 class Tracker:
-    def __init__(self, cfg: Config, run_dir: Path, enabled: bool, name: str | None = None):
+    """metrics.jsonl of `run` and a wandb run as `cfg` (log section) says, with `config` (the
+    whole resolved tree) as wandb's run config. Disabled on ranks other than 0."""
+
+    def __init__(self, cfg: LogConfig, run: RunFolder, config: dict, enabled: bool):
         self.enabled = enabled
-        self.path = run_dir / "metrics.jsonl"
+        self.path = run.metrics
         self.run = None
         if not enabled:
             return
-        mode = wandb_mode(cfg.log.wandb)
+        mode = wandb_mode(cfg.wandb)
         if mode != "off":
             import wandb
 
             self.run = wandb.init(
-                project=cfg.log.project,
-                entity=cfg.log.entity or None,
-                group=cfg.log.group or None,
-                name=cfg.log.name or name or run_dir.name,
-                tags=cfg.log.tags or None,
-                config=to_dict(cfg),
-                dir=str(run_dir),
+                project=cfg.project,
+                entity=cfg.entity or None,
+                group=cfg.group or None,
+                name=cfg.name or run.path.name,
+                tags=cfg.tags or None,
+                config=config,
+                dir=str(run.path),
                 mode=mode,
                 resume="allow",
-                id=_run_id(run_dir),
+                id=run.wandb_id(),
                 settings=wandb.Settings(init_timeout=60, silent=True),
             )
 
@@ -77,16 +81,6 @@ class Tracker:
             self.run.finish()
 
 
-def _run_id(run_dir: Path) -> str:
-    """A stable wandb run id per run directory, so a resumed run continues the same run."""
-    path = run_dir / "wandb_id.txt"
-    if not path.is_file():
-        import secrets
-
-        path.write_text(secrets.token_hex(4))
-    return path.read_text().strip()
-
-
 def read_metrics(run_dir: str | Path) -> list[dict]:
-    path = Path(run_dir) / "metrics.jsonl"
+    path = RunFolder(run_dir).metrics
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 
 from pose.data.coco import (
-    KEYPOINT_NAMES,
     PERSON_CATEGORY,
     CocoFormatError,
     box_to_center_scale,
@@ -12,6 +11,7 @@ from pose.data.coco import (
     load_coco,
     training_instances,
 )
+from pose.data.layout import COCO_17
 
 
 def test_real_fixtures_load_and_filter(coco_fixtures):
@@ -22,14 +22,14 @@ def test_real_fixtures_load_and_filter(coco_fixtures):
     assert dict(skipped) == {"no_keypoints": 2}
     assert sum(int((i.keypoints[:, 2] > 0).sum()) for i in instances) == 181
     assert all(i.keypoints.shape == (17, 3) for i in instances)
-    assert coco.cats[1]["keypoints"] == list(KEYPOINT_NAMES)
+    assert coco.cats[1]["keypoints"] == list(COCO_17.joints)
     assert coco.cats[1]["skeleton"] == PERSON_CATEGORY["skeleton"]
     edge = next(i for i in instances if i.ann_id == 543117)  # box [0.5, 43.74, 90.1, 220.09]
     np.testing.assert_allclose(edge.bbox, (0.5, 43.74, 89.1, 219.09), atol=1e-6)
     for inst in instances:  # cleaned boxes stay inside the image
         x, y, w, h = inst.bbox
-        assert x >= 0 and y >= 0 and x + w <= inst.image_size[0] - 1 + 1e-6
-        assert y + h <= inst.image_size[1] - 1 + 1e-6
+        assert x >= 0 and y >= 0 and x + w <= inst.image_wh[0] - 1 + 1e-6
+        assert y + h <= inst.image_wh[1] - 1 + 1e-6
 
 
 def test_clean_bbox_matches_the_reference():

@@ -19,7 +19,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 def test_defaults_are_valid():
     cfg = load_config()
     assert cfg == Config()
-    assert cfg.data.heatmap_size == (64, 48)
+    assert cfg.model.output_stride == 4  # 32 halved by each of three deconvolutions
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml")))
@@ -54,7 +54,7 @@ def test_overrides_are_typed_and_applied_after_the_file():
     )
     assert cfg.train.lr == 5e-4 and isinstance(cfg.train.lr, float)
     assert cfg.model.attention == "holistic"
-    assert cfg.data.image_size == (384, 288) and cfg.data.heatmap_size == (96, 72)
+    assert cfg.data.image_size == (384, 288)
     assert cfg.train.lr_steps == [10, 20]
     assert cfg.eval.flip_test is False
     assert cfg.log.wandb == "off"  # YAML 1.1 would have made this False
@@ -80,6 +80,10 @@ def test_integer_given_for_float_is_converted():
         ("data.image_size=[256]", ["data.image_size", "2 values"]),
         ("data.image_size=[250, 192]", ["data.image_size", "multiples of 32"]),
         ("train.zero_stage=3", ["train.zero_stage", "0, 1, 2"]),
+        ("train.optimizer=sgd", ["train.optimizer", "'adam', 'adamw'"]),
+        ("model.deconv_layers=6", ["model.deconv_layers", "1..5"]),
+        ("data.heatmap_stride=8", ["data.heatmap_stride", "unknown"]),
+        ("eval.use_gt_boxes=true", ["eval.use_gt_boxes", "unknown"]),
         ("train.lr_steps=[120, 90]", ["train.lr_steps", "increasing"]),
         ("data.flip_prob=1.5", ["data.flip_prob", "[0, 1]"]),
         ("model.pretrained=/no/such/weights.pth", ["model.pretrained", "no file"]),

@@ -8,12 +8,14 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from data_prep import shard_coco
 from pose.config import load_config
+from pose.data.backends import build_loader
 from pose.data.coco import box_to_center_scale, load_coco, training_instances
 from pose.data.codec import decode_heatmaps, encode_heatmaps, flip_back, heatmap_to_image
 from pose.data.geometry import affine_points, get_affine_transform
-from pose.data.loader import build_loader, flip_permutation
+from pose.data.layout import COCO_17
+from pose.data.loader import LoaderSpec
+from pose.data.sharding import ShardRequest, shard_dataset
 from pose.eval.coco_eval import (
     Prediction,
     coco_results,
@@ -22,7 +24,13 @@ from pose.eval.coco_eval import (
     score_results,
     soft_oks_nms,
 )
-from pose.eval.evaluate import EvaluationError, _score, evaluate, predict_heatmaps
+from pose.eval.evaluate import (
+    EvaluationError,
+    check_predictions,
+    evaluate,
+    ground_truth_predictor,
+    predict_heatmaps,
+)
 
 
 def test_ground_truth_scores_ap_1_exactly(coco_fixtures):
@@ -65,15 +73,12 @@ def test_gt_through_encode_decode_from_gt_boxes(coco_fixtures):
 
 def test_gt_through_the_sharded_crops_and_the_loader(coco_fixtures, tmp_path):
     out = tmp_path / "val"
-    ann = str(coco_fixtures / "test_coco.json")
-    argv = ["--ann", ann, "--images", str(coco_fixtures), "--out", str(out), "--split", "val"]
-    assert shard_coco.main(argv) == 0
-    cfg = load_config(
-        None, [f"data.val_shards={out}", f"data.val_ann={coco_fixtures / 'test_coco.json'}"]
-    )
-    metrics = evaluate(
-        None, build_loader(cfg.data, "val", 5), cfg, gt_as_predictions=True, progress=False
-    )
+    ann = coco_fixtures / "test_coco.json"
+    shard_dataset(ShardRequest(ann, coco_fixtures, out, split="val", progress=False))
+    cfg = load_config(None, [f"data.val_shards={out}", f"data.val_ann={ann}"])
+    loader = build_loader(LoaderSpec(cfg.data, "val", 5))
+    predict = ground_truth_predictor(cfg.data, (64, 48))
+    metrics = evaluate(predict, loader, cfg.eval, cfg.data, progress=False)
     print(f"GT through shards, encode/decode at 256x192: AP {metrics['AP']:.4f}")
     assert metrics["AP"] >= 0.95 and metrics["instances"] == 12
 
@@ -98,7 +103,7 @@ def test_decoding_recovers_a_subpixel_peak():
 def test_flip_test_of_a_symmetric_input_equals_no_flip():
     """Joints mirrored about the centre (x -> W - x, the augmentation's flip) on a mirror-
     symmetric input: the flipped-back heatmaps (pairs swapped, shifted one pixel) coincide."""
-    perm = flip_permutation(17)
+    perm = COCO_17.flip_permutation
     kpts = np.zeros((17, 3), np.float32)
     kpts[:, 2] = 2
     kpts[0, :2] = (96.0, 12.0)
@@ -114,10 +119,10 @@ def test_flip_test_of_a_symmetric_input_equals_no_flip():
         assert torch.equal(x, symmetric) or torch.equal(x, symmetric.flip(-1))
         return targets
 
-    plain = predict_heatmaps(model, symmetric, flip_test=False, shift=True)
-    flipped = predict_heatmaps(model, symmetric, flip_test=True, shift=True)
+    plain = predict_heatmaps(model, symmetric, None, shift=True)
+    flipped = predict_heatmaps(model, symmetric, perm, shift=True)
     torch.testing.assert_close(decode_heatmaps(flipped)[0], decode_heatmaps(plain)[0])
-    unshifted = predict_heatmaps(model, symmetric, flip_test=True, shift=False)
+    unshifted = predict_heatmaps(model, symmetric, perm, shift=False)
     assert not torch.allclose(decode_heatmaps(unshifted)[0], decode_heatmaps(plain)[0])
     back = flip_back(targets, torch.as_tensor(perm))
     torch.testing.assert_close(back[..., 1:-1], targets[..., 1:-1])
@@ -190,19 +195,12 @@ def test_rescoring_and_results_format():
 
 
 def test_gathered_predictions_must_match_the_manifest():
-    class Loader:
-        class shards:
-            num_samples = 2
-            folder = "x"
-
-        bad_samples = 0
-
     p = Prediction(1, np.zeros((17, 3)), 1.0, 1.0, "a1")
-    cfg = load_config(None)
-    with pytest.raises(EvaluationError, match="2 predictions \\(1 distinct\\)"):
-        _score([p, p], Loader, cfg, None)
+    with pytest.raises(EvaluationError, match="2 predictions \\(1 distinct\\) for 2"):
+        check_predictions([p, p], 2, "x")
     with pytest.raises(EvaluationError, match="1 predictions"):
-        _score([p], Loader, cfg, None)
+        check_predictions([p], 2, "x")
+    check_predictions([p], 1, "x")
 
 
 def test_eval_cli_gt_as_predictions_and_a_state_dict(coco_fixtures, tmp_path, capsys):
@@ -211,20 +209,8 @@ def test_eval_cli_gt_as_predictions_and_a_state_dict(coco_fixtures, tmp_path, ca
 
     out = tmp_path / "val"
     ann = coco_fixtures / "test_coco.json"
-    shard_coco.main(
-        [
-            "--ann",
-            str(ann),
-            "--images",
-            str(coco_fixtures),
-            "--out",
-            str(out),
-            "--split",
-            "val",
-            "--detail",
-            "128x96",
-        ]
-    )
+    request = ShardRequest(ann, coco_fixtures, out, split="val", detail=(128, 96), progress=False)
+    shard_dataset(request)
     common = ["--config", "configs/demo.yaml", f"data.val_shards={out}", f"data.val_ann={ann}"]
     assert eval_main([*common, "--gt-as-predictions", "--out", str(tmp_path / "gt.json")]) == 0
     metrics = json.loads((tmp_path / "gt.json").read_text())

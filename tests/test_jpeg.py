@@ -7,7 +7,6 @@ import cv2
 import numpy as np
 import pytest
 
-from data_prep import shard_coco
 from pose.config import load_config
 from pose.data.geometry import augmented_transform
 from pose.data.jpeg import (
@@ -21,7 +20,9 @@ from pose.data.jpeg import (
     restart_interval,
     warp_span,
 )
-from pose.data.loader import flip_permutation
+from pose.data.layout import COCO_17
+from pose.data.loader import Augmentation
+from pose.data.sharding import ShardRequest, shard_dataset
 from pose.data.shards import iter_samples
 from pose.data.torch_loader import transform_sample
 
@@ -98,21 +99,8 @@ def test_a_small_window_decodes_a_small_jpeg(photo):
 
 
 def _shard_fixtures(coco_fixtures, out, detail) -> None:
-    assert (
-        shard_coco.main(
-            [
-                "--ann",
-                str(coco_fixtures / "test_coco.json"),
-                "--images",
-                str(coco_fixtures),
-                "--out",
-                str(out),
-                "--detail",
-                f"{detail[0]}x{detail[1]}",
-            ]
-        )
-        == 0
-    )
+    ann = coco_fixtures / "test_coco.json"
+    shard_dataset(ShardRequest(ann, coco_fixtures, out, detail=detail, progress=False))
 
 
 @pytest.mark.parametrize("detail", [(256, 192), (384, 288)])
@@ -225,14 +213,11 @@ def test_headers_this_module_cannot_read_are_left_to_cv2(coco_fixtures, tmp_path
     assert decode_rgb(JpegIntervals.find(filled, a).window(0, 0, 1, 1)[0]) is not None
     junk = data.replace(b"\xff\xdb", b"\x00\x00\xff\xdb", 1)  # libjpeg skips, with a warning
     assert read_header(junk) is None and decode_rgb(junk) is not None
-    augmentation = (1.1, 20.0, True, False, False)
-    ours = transform_sample({**parts, "jpg": junk}, augmentation, cfg, flip_permutation(17))
-    reference = transform_sample(parts, augmentation, cfg, flip_permutation(17))
+    augmentation = Augmentation(1.1, 20.0, True, False, False)
+    ours = transform_sample({**parts, "jpg": junk}, augmentation, cfg, COCO_17)
+    reference = transform_sample(parts, augmentation, cfg, COCO_17)
     assert np.abs(ours["image"].astype(int) - reference["image"]).max() <= 1
     np.testing.assert_array_equal(ours["keypoints"], reference["keypoints"])
     assert (
-        transform_sample(
-            {**parts, "jpg": b"\xff\xd8 nothing"}, augmentation, cfg, flip_permutation(17)
-        )
-        is None
+        transform_sample({**parts, "jpg": b"\xff\xd8 nothing"}, augmentation, cfg, COCO_17) is None
     )

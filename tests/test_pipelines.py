@@ -1,13 +1,13 @@
 import math
+from dataclasses import replace
 
 import cv2
 import numpy as np
 import pytest
 import torch
 
-from data_prep import shard_coco
 from pose.config import load_config
-from pose.data.coco import KEYPOINT_NAMES
+from pose.data.backends import build_loader, resolve_backend
 from pose.data.codec import encode_heatmaps
 from pose.data.dali import DaliLoader
 from pose.data.geometry import (
@@ -16,14 +16,10 @@ from pose.data.geometry import (
     half_body_box,
     to_dali_matrix,
 )
-from pose.data.loader import (
-    ShardSet,
-    build_loader,
-    flip_permutation,
-    normalise,
-    resolve_backend,
-)
-from pose.data.shards import META, ShardError, decode_npy, iter_samples
+from pose.data.layout import COCO_17
+from pose.data.loader import Augmentation, LoaderSpec, normalise
+from pose.data.sharding import ShardRequest, shard_dataset
+from pose.data.shards import META, ShardError, ShardSet, decode_npy, iter_samples
 from pose.data.torch_loader import TorchLoader, transform_sample
 
 B = 8
@@ -35,21 +31,7 @@ def shard_dir(synthetic_dataset, tmp_path_factory):
     out = tmp_path_factory.mktemp("pipeline") / "shards"
     ann = synthetic_dataset / "annotations" / "person_keypoints_train.json"
     images = synthetic_dataset / "images" / "train"
-    code = shard_coco.main(
-        [
-            "--ann",
-            str(ann),
-            "--images",
-            str(images),
-            "--out",
-            str(out),
-            "--detail",
-            "128x96",
-            "--shard-size",
-            "12",
-        ]
-    )
-    assert code == 0
+    shard_dataset(ShardRequest(ann, images, out, detail=(128, 96), shard_size=12, progress=False))
     return out
 
 
@@ -70,12 +52,12 @@ def by_ann(shard_dir):
     return samples
 
 
-def loaders(cfg, shard_dir, training, batch=B, world=1, rank=0, seed=0, **extra):
-    shards = ShardSet.open(shard_dir)
-    return [
-        cls(shards, cfg, training, batch, rank, world, CPU, seed, False, **extra)
-        for cls in (TorchLoader, DaliLoader)
-    ]
+def spec(cfg, training, batch=B, world=1, rank=0, seed=0) -> LoaderSpec:
+    return LoaderSpec(cfg, "train" if training else "val", batch, rank, world, CPU, seed)
+
+
+def loaders(cfg, training, batch=B, world=1, rank=0, seed=0):
+    return [cls(spec(cfg, training, batch, world, rank, seed)) for cls in (TorchLoader, DaliLoader)]
 
 
 def reference_transform(center, scale, rot, output_size):
@@ -117,7 +99,7 @@ def test_dali_matrix_shifts_by_half_a_pixel():
 
 
 def test_shapes_dtypes_and_ranges(cfg, shard_dir):
-    for loader in loaders(cfg, shard_dir, training=True):
+    for loader in loaders(cfg, training=True):
         batch = next(iter(loader.epoch(0)))
         assert batch["image"].shape == (B, 3, 128, 96) and batch["image"].dtype == torch.float32
         low = (0 - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
@@ -129,8 +111,6 @@ def test_shapes_dtypes_and_ranges(cfg, shard_dir):
         assert batch["meta"].shape == (B, 9) and batch["meta"].dtype == torch.float64
         assert batch["to_image"].shape == (B, 2, 3)
         assert set(batch["keypoints"][..., 2].unique().tolist()) <= {0.0, 1.0, 2.0}
-    bf16 = TorchLoader(ShardSet.open(shard_dir), cfg, True, B, 0, 1, CPU, 0, True)
-    assert next(iter(bf16.epoch(0)))["image"].dtype == torch.bfloat16
 
 
 def _fixed_augmentation(half_body=False):
@@ -147,20 +127,9 @@ def test_backends_match_the_numpy_reference_and_each_other(cfg, shard_dir, by_an
     """Same augmentation parameters: DALI and torch give the reference keypoints within 0.01 px
     and the same images within interpolation tolerance."""
     scales, rotations, flips, _, _ = _fixed_augmentation()
-    dali = DaliLoader(
-        ShardSet.open(shard_dir),
-        cfg,
-        True,
-        B,
-        0,
-        1,
-        CPU,
-        0,
-        False,
-        augmentation_source=lambda: list(_fixed_augmentation()),
-    )
+    dali = DaliLoader(spec(cfg, True), augmentation_source=lambda: list(_fixed_augmentation()))
     batch = next(iter(dali.epoch(0)))
-    permutation = flip_permutation(17)
+    permutation = COCO_17.flip_permutation
     out_h, out_w = cfg.image_size
     for i in range(B):
         parts = by_ann[int(batch["meta"][i, META["ann_id"]])]
@@ -185,8 +154,8 @@ def test_backends_match_the_numpy_reference_and_each_other(cfg, shard_dir, by_an
         ref_img = cv2.warpAffine(
             np.ascontiguousarray(crop), m, (out_w, out_h), flags=cv2.INTER_LINEAR
         )
-        params = (float(scales[i]), float(rotations[i]), bool(flips[i]), False, False)
-        ours = transform_sample(parts, params, cfg, permutation)
+        params = Augmentation(float(scales[i]), float(rotations[i]), bool(flips[i]), False, False)
+        ours = transform_sample(parts, params, cfg, COCO_17)
         np.testing.assert_allclose(ours["keypoints"][:, :2], expected, atol=0.01)
         unnormalise = np.array([0.229, 0.224, 0.225])[:, None, None] * 255
         dali_img = batch["image"][i].numpy() * unnormalise
@@ -200,10 +169,10 @@ def test_backends_match_the_numpy_reference_and_each_other(cfg, shard_dir, by_an
 
 def test_flip_swaps_left_and_right_joints(cfg, by_ann):
     parts = next(p for p in by_ann.values() if (decode_npy(p["kpts.npy"])[:, 2] > 0).sum() > 10)
-    perm = flip_permutation(17)
-    plain = transform_sample(parts, (1.0, 0.0, False, False, False), cfg, perm)["keypoints"]
-    flipped = transform_sample(parts, (1.0, 0.0, True, False, False), cfg, perm)["keypoints"]
-    names = list(KEYPOINT_NAMES)
+    plain = transform_sample(parts, Augmentation(1.0, 0.0, False, False, False), cfg, COCO_17)
+    flipped = transform_sample(parts, Augmentation(1.0, 0.0, True, False, False), cfg, COCO_17)
+    plain, flipped = plain["keypoints"], flipped["keypoints"]
+    names = list(COCO_17.joints)
     left, right = names.index("left_wrist"), names.index("right_wrist")
     out_w = cfg.image_size[1]
     # The mirrored right wrist is now called the left wrist. The reference flips the crop about
@@ -290,13 +259,13 @@ def test_two_ranks_cover_every_sample_exactly_once(cfg, shard_dir):
     for cls in (TorchLoader, DaliLoader):
         seen = []
         for rank in (0, 1):
-            loader = cls(shards, cfg, False, 5, rank, 2, CPU, 0, False)
+            loader = cls(spec(cfg, False, 5, 2, rank))
             seen += [int(a) for b in loader.epoch(0) for a in b["meta"][:, META["ann_id"]]]
         assert len(seen) == shards.num_samples and len(set(seen)) == shards.num_samples, cls
         steps = []
         parts = []
         for rank in (0, 1):
-            loader = cls(shards, cfg, True, 4, rank, 2, CPU, 0, False)
+            loader = cls(spec(cfg, True, 4, 2, rank))
             batches = list(loader.epoch(0))
             steps.append(len(batches))
             parts.append({int(a) for b in batches for a in b["meta"][:, META["ann_id"]]})
@@ -310,28 +279,31 @@ def _ids(loader, epoch, start=0):
 
 def test_epoch_reshuffle_is_seeded_and_resumable(cfg, shard_dir):
     for a, b, other in zip(
-        loaders(cfg, shard_dir, True),
-        loaders(cfg, shard_dir, True),
-        loaders(cfg, shard_dir, True, seed=1),
+        loaders(cfg, True),
+        loaders(cfg, True),
+        loaders(cfg, True, seed=1),
     ):
         first = _ids(a, 0)
         assert first == _ids(b, 0)  # same seed, same order
         assert first != _ids(a, 1)  # a new order each epoch
         assert first != _ids(other, 0)
         assert _ids(a, 0, start=2) == first[2:]  # a resumed epoch neither replays nor skips
-        assert len(first) == a.steps_per_epoch == ShardSet.open(shard_dir).num_samples // B
+        assert len(first) == a.batches_per_epoch == ShardSet.open(shard_dir).num_samples // B
 
 
-def test_torch_backend_batches_do_not_depend_on_worker_count(cfg, shard_dir):
-    shards = ShardSet.open(shard_dir)
-    runs = []
-    for workers in (0, 2):
-        loader = TorchLoader(
-            shards, type(cfg)(**{**vars(cfg), "num_workers": workers}), True, B, 0, 1, CPU, 0, False
-        )
-        runs.append([b["keypoints"] for b in loader.epoch(3)])
-    for x, y in zip(*runs):
-        torch.testing.assert_close(x, y)
+def test_torch_backend_batches_do_not_depend_on_worker_count_or_start(cfg):
+    """Batch b is the same whichever worker builds it, also when an epoch starts at a batch
+    that is not a multiple of the worker count (a resumed run)."""
+    runs = {}
+    for workers, start in ((0, 0), (2, 0), (2, 1), (3, 1)):
+        loader = TorchLoader(spec(replace(cfg, num_workers=workers), True))
+        runs[(workers, start)] = [b["keypoints"] for b in loader.epoch(3, start)]
+    whole = runs[(0, 0)]
+    assert len(whole) >= 4
+    for (_, start), batches in runs.items():
+        assert len(batches) == len(whole) - start
+        for x, y in zip(whole[start:], batches):
+            torch.testing.assert_close(x, y)
 
 
 def test_corrupt_sample_follows_the_policy(cfg, shard_dir, tmp_path):
@@ -346,46 +318,44 @@ def test_corrupt_sample_follows_the_policy(cfg, shard_dir, tmp_path):
     start = data.index(b"\xff\xd8\xff")
     data[start : start + 400] = b"\x00" * 400  # the first JPEG no longer decodes
     tar.write_bytes(bytes(data))
-    skip = TorchLoader(shards, cfg, False, 4, 0, 1, CPU, 0, False)
+    copy_cfg = replace(cfg, val_shards=str(copy))
+    skip = TorchLoader(spec(copy_cfg, False, 4))
     total = sum(b["image"].shape[0] for b in skip.epoch(0))
     assert total == shards.num_samples - 1 and skip.bad_samples == 1
-    stop_cfg = type(cfg)(**{**vars(cfg), "bad_sample_policy": "stop"})
-    stop = TorchLoader(shards, stop_cfg, False, 4, 0, 1, CPU, 0, False)
+    stop = TorchLoader(spec(replace(copy_cfg, bad_sample_policy="stop"), False, 4))
     with pytest.raises(ShardError, match=rf"{tar.name}.*{first_key}"):
         list(stop.epoch(0))
     with pytest.raises(ShardError, match=rf"{tar.name} {first_key}: jpg does not decode"):
-        list(DaliLoader(shards, cfg, False, 4, 0, 1, CPU, 0, False).epoch(0))
+        list(DaliLoader(spec(copy_cfg, False, 4)).epoch(0))
 
 
 def test_build_loader_picks_a_backend(cfg, shard_dir):
     assert resolve_backend(cfg, CPU) == "torch"
     assert resolve_backend(cfg, torch.device("cuda")) == "dali"
-    dali_cfg = type(cfg)(**{**vars(cfg), "backend": "dali"})
-    loader = build_loader(dali_cfg, "val", 16)
+    loader = build_loader(spec(replace(cfg, backend="dali"), False, 16))
     assert isinstance(loader, DaliLoader)
-    assert loader.steps_per_epoch == math.ceil(ShardSet.open(shard_dir).num_samples / 16)
+    assert loader.batches_per_epoch == math.ceil(ShardSet.open(shard_dir).num_samples / 16)
     with pytest.raises(ShardError, match="manifest"):
-        build_loader(type(cfg)(**{**vars(cfg), "val_shards": str(shard_dir / "nope")}), "val", 4)
+        build_loader(spec(replace(cfg, val_shards=str(shard_dir / "nope")), False, 4))
 
 
 def test_half_body_crops_the_chosen_half_in_both_backends(cfg, shard_dir, by_ann):
-    half_cfg = type(cfg)(**{**vars(cfg), "half_body_prob": 1.0})
+    half_cfg = replace(cfg, half_body_prob=1.0)
     source = lambda: list(_fixed_augmentation(half_body=True))  # noqa: E731
-    dali = DaliLoader(
-        ShardSet.open(shard_dir), half_cfg, True, B, 0, 1, CPU, 0, False, augmentation_source=source
-    )
+    dali = DaliLoader(spec(half_cfg, True), augmentation_source=source)
     batch = next(iter(dali.epoch(0)))
     scales, rotations, flips, _, upper = _fixed_augmentation(half_body=True)
-    permutation = flip_permutation(17)
     applied = 0
     for i in range(B):
         parts = by_ann[int(batch["meta"][i, META["ann_id"]])]
-        params = (float(scales[i]), float(rotations[i]), bool(flips[i]), True, bool(upper[i]))
-        ours = transform_sample(parts, params, half_cfg, permutation)
+        params = Augmentation(
+            float(scales[i]), float(rotations[i]), bool(flips[i]), True, bool(upper[i])
+        )
+        ours = transform_sample(parts, params, half_cfg, COCO_17)
         np.testing.assert_allclose(batch["keypoints"][i].numpy(), ours["keypoints"], atol=0.01)
-        whole = transform_sample(parts, params[:3] + (False, False), half_cfg, permutation)
+        whole = transform_sample(parts, params._replace(half_body=False), half_cfg, COCO_17)
         kpts = decode_npy(parts["kpts.npy"])
-        box = half_body_box(kpts, 96 / 128, bool(upper[i]))
+        box = half_body_box(kpts, 96 / 128, bool(upper[i]), COCO_17.upper_body_mask)
         if box is None:
             np.testing.assert_allclose(ours["keypoints"], whole["keypoints"], atol=1e-4)
             continue
@@ -394,21 +364,24 @@ def test_half_body_crops_the_chosen_half_in_both_backends(cfg, shard_dir, by_ann
     assert applied > 0
 
 
+UPPER = COCO_17.upper_body_mask
+
+
 def test_half_body_box_follows_hrnet():
     kpts = np.zeros((17, 3))
     kpts[:, 2] = 2
     kpts[:, 0] = np.arange(17) * 2.0
     kpts[:, 1] = np.arange(17) * 10.0
-    center, scale = half_body_box(kpts, 0.75, prefer_upper=True)
+    center, scale = half_body_box(kpts, 0.75, True, UPPER)
     np.testing.assert_allclose(center, [10.0, 50.0])  # mean of joints 0..10
     np.testing.assert_allclose(scale, [0.75 * 100 * 1.5, 100 * 1.5])
-    center, _ = half_body_box(kpts, 0.75, prefer_upper=False)
+    center, _ = half_body_box(kpts, 0.75, False, UPPER)
     np.testing.assert_allclose(center, [27.0, 135.0])  # mean of joints 11..16
     kpts[9:, 2] = 0  # only 9 labelled joints (> 8), lower body has none: upper is used
-    center, _ = half_body_box(kpts, 0.75, prefer_upper=False)
+    center, _ = half_body_box(kpts, 0.75, False, UPPER)
     np.testing.assert_allclose(center, [8.0, 40.0])
     kpts[8:, 2] = 0  # 8 labelled joints: half-body does not apply
-    assert half_body_box(kpts, 0.75, prefer_upper=True) is None
+    assert half_body_box(kpts, 0.75, True, UPPER) is None
 
 
 def test_preview_writes_a_picture_and_reports_throughput(cfg, shard_dir, tmp_path, capsys):

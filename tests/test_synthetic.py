@@ -7,7 +7,8 @@ import numpy as np
 from pycocotools.cocoeval import COCOeval
 
 from data_prep import synthetic
-from pose.data.coco import KEYPOINT_NAMES, load_coco, training_instances
+from pose.data.coco import load_coco, training_instances
+from pose.data.layout import COCO_17
 
 
 def _load(root, split="val"):
@@ -16,7 +17,7 @@ def _load(root, split="val"):
 
 def test_pycocotools_loads_it_and_scores_ground_truth_as_ap_1(synthetic_dataset):
     gt = _load(synthetic_dataset)
-    assert gt.cats[1]["keypoints"] == list(KEYPOINT_NAMES) and len(gt.cats[1]["skeleton"]) == 19
+    assert gt.cats[1]["keypoints"] == list(COCO_17.joints) and len(gt.cats[1]["skeleton"]) == 19
     results = [
         {"image_id": a["image_id"], "category_id": 1, "keypoints": a["keypoints"], "score": 1.0}
         for a in gt.anns.values()

@@ -1,4 +1,4 @@
-"""COCO person keypoints: the format's constants, reading annotation files, choosing training
+"""COCO person keypoints: the person category, reading annotation files, choosing training
 instances, and box -> (center, scale) as the reference Simple Baselines code does it."""
 
 from __future__ import annotations
@@ -13,78 +13,14 @@ from pathlib import Path
 
 import numpy as np
 
-KEYPOINT_NAMES = (
-    "nose",
-    "left_eye",
-    "right_eye",
-    "left_ear",
-    "right_ear",
-    "left_shoulder",
-    "right_shoulder",
-    "left_elbow",
-    "right_elbow",
-    "left_wrist",
-    "right_wrist",
-    "left_hip",
-    "right_hip",
-    "left_knee",
-    "right_knee",
-    "left_ankle",
-    "right_ankle",
-)
-# 1-based joint index pairs, as in COCO's categories block.
-SKELETON = (
-    (16, 14),
-    (14, 12),
-    (17, 15),
-    (15, 13),
-    (12, 13),
-    (6, 12),
-    (7, 13),
-    (6, 7),
-    (6, 8),
-    (7, 9),
-    (8, 10),
-    (9, 11),
-    (2, 3),
-    (1, 2),
-    (1, 3),
-    (2, 4),
-    (3, 5),
-    (4, 6),
-    (5, 7),
-)
-# Per-joint OKS constants (COCO's sigmas).
-SIGMAS = (
-    np.array(
-        [
-            0.26,
-            0.25,
-            0.25,
-            0.35,
-            0.35,
-            0.79,
-            0.79,
-            0.72,
-            0.72,
-            0.62,
-            0.62,
-            1.07,
-            1.07,
-            0.87,
-            0.87,
-            0.89,
-            0.89,
-        ]
-    )
-    / 10.0
-)
+from pose.data.layout import COCO_17
+
 PERSON_CATEGORY = {
     "supercategory": "person",
     "id": 1,
     "name": "person",
-    "keypoints": list(KEYPOINT_NAMES),
-    "skeleton": [list(pair) for pair in SKELETON],
+    "keypoints": list(COCO_17.joints),
+    "skeleton": [[a + 1, b + 1] for a, b in COCO_17.skeleton],  # 1-based, as COCO writes it
 }
 REQUIRED_ANN_FIELDS = ("id", "image_id", "bbox", "keypoints", "num_keypoints", "iscrowd")
 
@@ -99,7 +35,7 @@ class PersonInstance:
 
     image_id: int
     file_name: str
-    image_size: tuple[int, int]  # (width, height)
+    image_wh: tuple[int, int]  # (width, height)
     ann_id: int | None  # ground-truth boxes
     bbox: tuple[float, float, float, float]  # cleaned x, y, w, h (detections: as given)
     keypoints: np.ndarray  # (K, 3) float32: x, y, visibility (zeros for detections)
@@ -198,7 +134,7 @@ def training_instances(coco, on_skip: OnSkip | None = None) -> tuple[list[Person
             PersonInstance(
                 image_id=ann["image_id"],
                 file_name=img["file_name"],
-                image_size=(img["width"], img["height"]),
+                image_wh=(img["width"], img["height"]),
                 ann_id=ann_id,
                 bbox=box,
                 keypoints=kpts,
@@ -263,7 +199,7 @@ def detection_instances(
             PersonInstance(
                 image_id=det["image_id"],
                 file_name=img["file_name"],
-                image_size=(img["width"], img["height"]),
+                image_wh=(img["width"], img["height"]),
                 ann_id=None,
                 bbox=(x, y, w, h),
                 keypoints=np.zeros((num_joints, 3), np.float32),

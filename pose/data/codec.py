@@ -14,6 +14,12 @@ import torch
 import torch.nn.functional as F
 
 
+def heatmap_size(image_size: tuple[int, int], stride: int) -> tuple[int, int]:
+    """(height, width) of the heatmaps of an input of `image_size` (height, width) at `stride`
+    input pixels per heatmap pixel (`model.output_stride`)."""
+    return image_size[0] // stride, image_size[1] // stride
+
+
 def encode_heatmaps(
     keypoints: torch.Tensor,
     image_size: tuple[int, int],

@@ -15,20 +15,19 @@ import math
 from collections.abc import Iterator
 
 import numpy as np
-import torch
 
 from pose.config import DataConfig
-from pose.data.geometry import HALF_BODY_MIN_JOINTS, UPPER_BODY_JOINTS
+from pose.data.geometry import HALF_BODY_MIN_JOINTS
+from pose.data.layout import KeypointLayout
 from pose.data.loader import (
     IMAGENET_MEAN,
     IMAGENET_STD,
-    ShardSet,
+    Loader,
+    LoaderSpec,
     epoch_seed,
     finish_batch,
-    flip_permutation,
-    steps_per_epoch,
 )
-from pose.data.shards import META, ShardError, check_shards
+from pose.data.shards import META, ShardError, ShardSet, check_shards
 
 READER = "shards"
 EXTENSIONS = ["jpg", "kpts.npy", "meta.npy", "affine.npy"]
@@ -52,15 +51,13 @@ def augmentation_nodes(cfg: DataConfig):
     return scale, rotation, flip, half, prefer_upper
 
 
-def half_body_nodes(kpts, meta, half, prefer_upper, aspect_ratio: float, num_joints: int):
+def half_body_nodes(kpts, meta, half, prefer_upper, aspect_ratio: float, layout: KeypointLayout):
     """`pose.data.geometry.half_body_box` in the graph: masked reductions over the joints.
     Returns the (cx, cy, w, h) to crop: the half-body box where it applies, else the box."""
     from nvidia.dali import fn, types
     from nvidia.dali import math as dmath
 
-    upper = np.zeros((num_joints, 1), np.float32)
-    upper[:UPPER_BODY_JOINTS] = 1.0
-    upper = types.Constant(upper)
+    upper = types.Constant(layout.upper_body_mask.astype(np.float32)[:, None])
     labelled = fn.cast(kpts[:, 2:3] > 0.0, dtype=types.FLOAT)  # (K, 1)
     n_upper = fn.reductions.sum(labelled * upper)
     n_lower = fn.reductions.sum(labelled * (1.0 - upper))
@@ -120,24 +117,17 @@ def to_dali_convention(matrix):
     return fn.reshape(fn.stack(*rows), shape=[2, 3])
 
 
-def pose_pipeline(
-    shards: ShardSet,
-    cfg: DataConfig,
-    training: bool,
-    rank: int,
-    world: int,
-    gpu: bool,
-    augmentation=None,
-):
+def pose_pipeline(shards: ShardSet, spec: LoaderSpec, gpu: bool, augmentation=None):
     """The graph. `augmentation` replaces the random draws (tests pass external sources)."""
     from nvidia.dali import fn, types
 
+    cfg, training = spec.data, spec.training
     jpg, kpts, meta, affine = fn.readers.webdataset(
         paths=[str(p) for p in shards.tars],
         index_paths=[str(p) for p in shards.indices],
         ext=EXTENSIONS,
-        shard_id=rank,
-        num_shards=world,
+        shard_id=spec.rank,
+        num_shards=spec.world,
         random_shuffle=training,
         initial_fill=1024,
         pad_last_batch=not training,
@@ -155,7 +145,7 @@ def pose_pipeline(
     if training:
         scale, rotation, flip, half, upper = augmentation or augmentation_nodes(cfg)
         if cfg.half_body_prob > 0:
-            box = half_body_nodes(kpts, geometry, half, upper, out_w / out_h, cfg.num_joints)
+            box = half_body_nodes(kpts, geometry, half, upper, out_w / out_h, spec.layout)
     else:
         scale, rotation, flip = (
             fn.constant(fdata=v, shape=[], dtype=types.FLOAT) for v in (1.0, 0.0, 0.0)
@@ -172,7 +162,7 @@ def pose_pipeline(
     xy = fn.coord_transform(kpts[:, 0:2], MT=matrix)
     keypoints = fn.cat(xy, kpts[:, 2:3], axis=1)
     if training:
-        rows = [keypoints[int(j) : int(j) + 1] for j in flip_permutation(cfg.num_joints)]
+        rows = [keypoints[int(j) : int(j) + 1] for j in spec.layout.flip_permutation]
         keypoints = fn.cat(*rows, axis=0) * flip + keypoints * (1.0 - flip)
     image = fn.crop_mirror_normalize(
         warped,
@@ -187,20 +177,18 @@ def pose_pipeline(
 OUTPUTS = ["image", "keypoints", "meta", "affine", "matrix"]
 
 
-def build_pipeline(
-    shards, cfg, training, batch_size, rank, world, device, seed, augmentation_source=None
-):
+def build_pipeline(shards: ShardSet, spec: LoaderSpec, seed: int, augmentation_source=None):
     """A built DALI pipeline; `augmentation_source` (tests) is a callable giving, per batch,
     five float32 arrays (scale, rotation, flip, half body, prefer upper) that replace the
     random draws."""
     from nvidia.dali import fn, pipeline_def
 
-    gpu = device.type == "cuda"
+    gpu = spec.device.type == "cuda"
 
     @pipeline_def(
-        batch_size=batch_size,
-        num_threads=max(1, cfg.num_workers),
-        device_id=(device.index or 0) if gpu else None,
+        batch_size=spec.batch_size,
+        num_threads=max(1, spec.data.num_workers),
+        device_id=(spec.device.index or 0) if gpu else None,
         seed=seed,
         prefetch_queue_depth=2,
         exec_dynamic=True,
@@ -209,80 +197,50 @@ def build_pipeline(
         augmentation = None
         if augmentation_source is not None:
             augmentation = fn.external_source(source=augmentation_source, num_outputs=5, batch=True)
-        return pose_pipeline(shards, cfg, training, rank, world, gpu, augmentation)
+        return pose_pipeline(shards, spec, gpu, augmentation)
 
     pipe = graph()
     pipe.build()
     return pipe
 
 
-class DaliLoader:
-    """`epoch(e, start_step)` yields device batches. A new pipeline is built for each epoch with
-    a seed of (seed, epoch, rank), so an epoch's order and augmentation can be reproduced; a
-    resumed epoch runs and drops its first `start_step` batches."""
+class DaliLoader(Loader):
+    """A new pipeline is built for each epoch with a seed of (seed, epoch, rank), so an epoch's
+    order and augmentation can be reproduced; a resumed epoch runs and drops its first
+    `start_batch` batches. DALI cannot skip a sample inside a pipeline: a bad sample stops
+    the run, named."""
 
-    def __init__(
-        self,
-        shards: ShardSet,
-        cfg: DataConfig,
-        training: bool,
-        batch_size: int,
-        rank: int,
-        world: int,
-        device: torch.device,
-        seed: int,
-        bf16: bool,
-        augmentation_source=None,
-    ):
-        self.shards, self.cfg, self.training = shards, cfg, training
-        self.batch_size, self.rank, self.world = batch_size, rank, world
-        self.device, self.seed, self.bf16 = device, seed, bf16
+    def __init__(self, spec: LoaderSpec, augmentation_source=None):
+        super().__init__(spec)
         self.augmentation_source = augmentation_source
-        self.steps_per_epoch = steps_per_epoch(shards.num_samples, world, batch_size, training)
-        self.bad_samples = 0  # DALI cannot skip a sample inside a pipeline: errors stop
-        if training and self.steps_per_epoch == 0:
-            raise ShardError(
-                f"{shards.num_samples} samples are fewer than one batch of "
-                f"{batch_size} on each of {world} ranks"
-            )
 
-    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[dict]:
+    def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[dict]:
         from nvidia.dali.plugin.base_iterator import LastBatchPolicy
         from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
-        seed = epoch_seed(self.seed, epoch, self.rank)
+        spec = self.spec
+        seed = epoch_seed(spec.seed, epoch, spec.rank)
         try:
-            pipe = build_pipeline(
-                self.shards,
-                self.cfg,
-                self.training,
-                self.batch_size,
-                self.rank,
-                self.world,
-                self.device,
-                seed,
-                self.augmentation_source,
-            )
-            policy = LastBatchPolicy.DROP if self.training else LastBatchPolicy.PARTIAL
+            pipe = build_pipeline(self.shards, spec, seed, self.augmentation_source)
+            policy = LastBatchPolicy.DROP if spec.training else LastBatchPolicy.PARTIAL
             iterator = DALIGenericIterator(
                 pipe, OUTPUTS, reader_name=READER, last_batch_policy=policy, auto_reset=False
             )
-            steps = self.steps_per_epoch
-            if not self.training:
-                steps = self.shards.rank_steps(self.rank, self.world, self.batch_size)
-            for step, outputs in enumerate(iterator):
-                if step >= steps:
+            for batch, outputs in enumerate(iterator):
+                if batch >= self.batches_per_epoch:
                     break  # ranks whose part is one sample longer stop with the others
-                if step < start_step:
-                    continue
-                yield finish_batch(outputs[0], self.device, self.bf16)
+                if batch >= start_batch:
+                    yield finish_batch(outputs[0], spec.device)
         except RuntimeError as e:
             if "pipeline" not in str(e):  # not one of DALI's operator errors
                 raise
-            # DALI's message does not say which sample failed: find it (only on this path).
-            problems = check_shards(self.shards.folder, progress=False)
-            found = "; ".join(problems[:5]) or "no damaged sample found by data_prep.verify"
-            raise ShardError(
-                f"DALI could not read the shards in '{self.shards.folder}': {found} "
-                f"(DALI said: {str(e).splitlines()[-3:]})"
-            ) from e
+            raise self._named_error(e) from e
+
+    def _named_error(self, error: RuntimeError) -> ShardError:
+        """DALI's message does not say which sample failed: find it (only on this path)."""
+        problems = check_shards(self.shards.folder, progress=False)
+        found = "; ".join(problems[:5]) or "no damaged sample found by data_prep.verify"
+        return ShardError(
+            f"DALI could not read the shards in '{self.shards.folder}': {found} "
+            f"(DALI said: {str(error).splitlines()[-3:]})"
+        )

@@ -1,6 +1,6 @@
 """Affine geometry in the cv2 pixel convention (pixel centres at integer coordinates), as the
 reference Simple Baselines code uses it: crop transforms, their inverse, the window each shard
-sample stores, left/right joint pairs, and the conversion for DALI's pixel-corner convention."""
+sample stores, half-body boxes, and the conversion for DALI's pixel-corner convention."""
 
 from __future__ import annotations
 
@@ -122,16 +122,6 @@ def window_to_image_affine(window: tuple[int, int, int, int], size: tuple[int, i
     )
 
 
-def flip_pairs(keypoint_names: Sequence[str]) -> list[tuple[int, int]]:
-    """Index pairs (left, right) of joints named `left_*` / `right_*`."""
-    index = {name: i for i, name in enumerate(keypoint_names)}
-    return [
-        (i, index["right_" + name[5:]])
-        for i, name in enumerate(keypoint_names)
-        if name.startswith("left_") and "right_" + name[5:] in index
-    ]
-
-
 def augmented_transform(
     center: Sequence[float],
     scale: Sequence[float],
@@ -153,19 +143,19 @@ def augmented_transform(
     return matrix
 
 
-UPPER_BODY_JOINTS = 11  # COCO joints 0..10: face, shoulders, elbows, wrists
 HALF_BODY_MIN_JOINTS = 8  # half-body needs more labelled joints than this
 
 
 def half_body_box(
-    keypoints: np.ndarray, aspect_ratio: float, prefer_upper: bool
+    keypoints: np.ndarray, aspect_ratio: float, prefer_upper: bool, upper_body: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """HRNet's half-body augmentation: the box (center, scale in pixels) of the labelled upper
-    (or lower) body joints, widened to `aspect_ratio` and x1.5; None when it does not apply."""
+    (or lower) body joints (`upper_body`: a mask over the joints), widened to `aspect_ratio` and
+    x1.5; None when it does not apply."""
     labelled = keypoints[:, 2] > 0
     if labelled.sum() <= HALF_BODY_MIN_JOINTS:
         return None
-    is_upper = np.arange(len(keypoints)) < UPPER_BODY_JOINTS
+    is_upper = np.asarray(upper_body, bool)
     upper, lower = keypoints[labelled & is_upper, :2], keypoints[labelled & ~is_upper, :2]
     chosen = upper if (prefer_upper and len(upper) > 2) or len(lower) <= 2 else lower
     if len(chosen) < 2:

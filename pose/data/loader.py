@@ -1,8 +1,9 @@
-"""What both input backends share: the shard set of a split, how it is cut across ranks, the
-epoch length, the batch they yield, and `build_loader`, which picks the backend.
+"""What both input backends share: how a loader is asked for (`LoaderSpec`), the interface they
+implement (`Loader`), one sample's augmentation draw, the epoch length and seed, and the last
+steps of every batch on the device.
 
 A batch is a dict of tensors on the training device:
-  image      (N, 3, H, W)  RGB, ImageNet mean/std (float or bf16; channels_last from torch)
+  image      (N, 3, H, W)  RGB float, ImageNet mean/std (channels_last from the torch backend)
   keypoints  (N, K, 3)     x, y in input pixels after augmentation, and visibility
   meta       (N, 9)        float64, laid out as pose.data.shards.META_FIELDS
   to_image   (N, 2, 3)     float64: input pixels -> original image pixels (for evaluation)
@@ -11,90 +12,96 @@ A batch is a dict of tensors on the training device:
 from __future__ import annotations
 
 import functools
-import math
-from dataclasses import dataclass
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, NamedTuple
 
 import numpy as np
 import torch
 
 from pose.config import DataConfig
-from pose.data.coco import KEYPOINT_NAMES
-from pose.data.geometry import compose_affine_batch, flip_pairs, invert_affine_batch
-from pose.data.shards import ShardError, read_manifest
+from pose.data.geometry import compose_affine_batch, invert_affine_batch
+from pose.data.layout import COCO_17, KeypointLayout
+from pose.data.shards import ShardError, ShardSet
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # RGB
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+class Augmentation(NamedTuple):
+    """One training sample's random draw."""
+
+    scale: float  # factor on the padded box
+    rotation: float  # degrees
+    flip: bool
+    half_body: bool
+    prefer_upper: bool  # which half, where half_body applies
+
+
+NO_AUGMENTATION = Augmentation(1.0, 0.0, False, False, False)
+
+
 @dataclass(frozen=True)
-class ShardSet:
-    """The shards of one split, as listed by its manifest."""
+class LoaderSpec:
+    """Everything that decides what a loader yields."""
 
-    folder: Path
-    tars: list[Path]
-    indices: list[Path]
-    counts: list[int]
-
-    @classmethod
-    def open(cls, folder: str | Path) -> ShardSet:
-        folder = Path(folder)
-        manifest = read_manifest(folder)
-        shards = manifest["shards"]
-        tars = [folder / s["name"] for s in shards]
-        missing = [str(p) for p in tars if not p.is_file()]
-        if missing:
-            raise ShardError(f"shards listed in {folder}/manifest.json are missing: {missing}")
-        return cls(
-            folder, tars, [folder / s["index"] for s in shards], [s["num_samples"] for s in shards]
-        )
+    data: DataConfig
+    split: Literal["train", "val"]  # train augments, shuffles and drops the last partial batch
+    batch_size: int
+    rank: int = 0
+    world: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    seed: int = 0
+    layout: KeypointLayout = COCO_17
 
     @property
-    def num_samples(self) -> int:
-        return sum(self.counts)
+    def training(self) -> bool:
+        return self.split == "train"
 
-    def rank_range(self, rank: int, world: int) -> tuple[int, int]:
-        """The contiguous sample range of a rank, as DALI's reader cuts it
-        (shard_id / num_shards over the concatenated shards)."""
-        n = self.num_samples
-        return n * rank // world, n * (rank + 1) // world
-
-    def rank_steps(self, rank: int, world: int, batch_size: int) -> int:
-        """Batches that read a rank's whole range once, the last one partial (evaluation)."""
-        start, stop = self.rank_range(rank, world)
-        return math.ceil((stop - start) / batch_size)
-
-    def rank_segments(self, rank: int, world: int) -> list[tuple[int, int, int]]:
-        """(shard, first, stop) sample ranges inside each shard that make up a rank's range."""
-        start, stop = self.rank_range(rank, world)
-        segments, offset = [], 0
-        for shard, count in enumerate(self.counts):
-            lo, hi = max(start - offset, 0), min(stop - offset, count)
-            if lo < hi:
-                segments.append((shard, lo, hi))
-            offset += count
-        return segments
+    @property
+    def folder(self) -> Path:
+        return Path(self.data.train_shards if self.training else self.data.val_shards)
 
 
-def steps_per_epoch(num_samples: int, world: int, batch_size: int, training: bool) -> int:
-    """Training drops the last partial batch so that every rank runs the same number of steps;
-    evaluation runs until each rank's part is exhausted (the last batch may be partial)."""
-    if training:
-        return num_samples // (world * batch_size)
-    return math.ceil(math.ceil(num_samples / world) / batch_size)
+class Loader(ABC):
+    """The interface of both backends: `epoch(e, start_batch)` yields the device batches of
+    epoch `e` from batch `start_batch` on; `batches_per_epoch` is how many it yields from 0
+    (training: fixed by the manifest, the same on every rank; evaluation: this rank's part);
+    `bad_samples` counts the samples skipped so far."""
+
+    def __init__(self, spec: LoaderSpec):
+        self.spec = spec
+        self.shards = ShardSet.open(spec.folder)
+        self.bad_samples = 0
+        if spec.training:
+            self.batches_per_epoch = self.shards.num_samples // (spec.world * spec.batch_size)
+            if self.batches_per_epoch == 0:
+                raise ShardError(
+                    f"{self.shards.num_samples} samples in {spec.folder} are fewer than one "
+                    f"batch of {spec.batch_size} on each of {spec.world} ranks"
+                )
+        else:
+            self.batches_per_epoch = self.shards.rank_batches(
+                spec.rank, spec.world, spec.batch_size
+            )
+
+    @abstractmethod
+    def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[dict]: ...
 
 
-def flip_permutation(num_joints: int) -> np.ndarray:
-    """Joint order after a horizontal flip: left and right swapped."""
-    if num_joints != len(KEYPOINT_NAMES):
-        raise ValueError(
-            f"left/right joint pairs are known for the {len(KEYPOINT_NAMES)} COCO "
-            f"joints, not for {num_joints}"
-        )
-    perm = np.arange(num_joints)
-    for left, right in flip_pairs(KEYPOINT_NAMES):
-        perm[left], perm[right] = right, left
-    return perm
+def draw_augmentation(rng: np.random.Generator, cfg: DataConfig) -> Augmentation:
+    """One sample's augmentation, drawn as the reference recipe does (HRNet's
+    `randn() < 0.5` for the upper body included)."""
+    sf, rf = cfg.scale_factor, cfg.rotation_factor
+    scale = float(np.clip(rng.standard_normal() * sf + 1, 1 - sf, 1 + sf))
+    rotation = float(np.clip(rng.standard_normal() * rf, -2 * rf, 2 * rf))
+    if rng.random() >= cfg.rotation_prob:
+        rotation = 0.0
+    flip = bool(rng.random() < cfg.flip_prob)
+    half = bool(rng.random() < cfg.half_body_prob)
+    return Augmentation(scale, rotation, flip, half, bool(rng.standard_normal() < 0.5))
 
 
 def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
@@ -102,14 +109,12 @@ def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
     return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0] & 0x7FFFFFFF)
 
 
-def finish_batch(batch: dict[str, torch.Tensor], device: torch.device, bf16: bool) -> dict:
+def finish_batch(batch: dict[str, torch.Tensor], device: torch.device) -> dict:
     """Move a host batch to the device; normalise uint8 RGB HWC images there (NCHW, ImageNet
     mean/std); add `to_image` = crop->image affine o (input<-crop)^-1."""
     out = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
     if out["image"].dtype == torch.uint8:
         out["image"] = normalise(out["image"])
-    if bf16:
-        out["image"] = out["image"].to(torch.bfloat16)
     if "affine" in out and "matrix" in out:
         inverse = invert_affine_batch(out.pop("matrix").double())
         out["to_image"] = compose_affine_batch(out.pop("affine").double(), inverse)
@@ -120,7 +125,7 @@ def normalise(images: torch.Tensor) -> torch.Tensor:
     """uint8 (N, H, W, 3) RGB -> float (N, 3, H, W) in channels_last memory, ImageNet mean/std,
     on their device. One fused pass over rows of W x 3 values with the per-channel constants
     tiled along the row: broadcasting a (1, 3, 1, 1) mean over channels_last memory puts the
-    channel (length 3) innermost, which does not vectorise (7x slower on a CPU)."""
+    channel (length 3) innermost, which does not vectorise (BENCHMARKS.md, input pipelines)."""
     n, h, w, c = images.shape
     bias, scale = _normalise_rows(images.device, w)
     rows = images.reshape(n * h, w * c).float()
@@ -135,47 +140,3 @@ def _normalise_rows(device: torch.device, width: int) -> tuple[torch.Tensor, tor
     mean = torch.tensor(IMAGENET_MEAN) * 255.0
     inv_std = 1.0 / (torch.tensor(IMAGENET_STD) * 255.0)
     return (-mean * inv_std).repeat(width).to(device), inv_std.repeat(width).to(device)
-
-
-def resolve_backend(cfg: DataConfig, device: torch.device) -> str:
-    """`auto` picks DALI on a GPU and, on a CPU, the torch backend, the faster one there
-    (see BENCHMARKS.md)."""
-    if cfg.backend != "auto":
-        return cfg.backend
-    return "dali" if device.type == "cuda" else "torch"
-
-
-def build_loader(
-    cfg: DataConfig,
-    split: str,
-    batch_size: int,
-    rank: int = 0,
-    world: int = 1,
-    device: torch.device | str = "cpu",
-    seed: int = 0,
-    bf16: bool = False,
-):
-    """The input pipeline of `split` ('train' augments and shuffles; 'val' does neither) with
-    `.steps_per_epoch` and `.epoch(epoch, start_step=0)` yielding device batches."""
-    device = torch.device(device)
-    folder = cfg.train_shards if split == "train" else cfg.val_shards
-    shards = ShardSet.open(folder)
-    kind = resolve_backend(cfg, device)
-    options = dict(
-        shards=shards,
-        cfg=cfg,
-        training=split == "train",
-        batch_size=batch_size,
-        rank=rank,
-        world=world,
-        device=device,
-        seed=seed,
-        bf16=bf16,
-    )
-    if kind == "dali":
-        from pose.data.dali import DaliLoader
-
-        return DaliLoader(**options)
-    from pose.data.torch_loader import TorchLoader
-
-    return TorchLoader(**options)

@@ -1,18 +1,23 @@
-"""WebDataset shards of person crops: the sample layout, writing a shard with its DALI index,
-reading shards back, and the manifest that tells every rank the epoch length.
+"""The shard format, both sides: WebDataset tars of person crops with their DALI indices, the
+manifest that lists them, writing and reading both, and checking a shard folder.
 
 A sample is five tar members sharing a key without dots (DALI takes the extension from the first
 dot): `KEY.jpg` (the crop), `KEY.kpts.npy` (K x 3 float32: x, y in crop pixels, visibility),
 `KEY.affine.npy` (2 x 3 float32: crop pixels -> original image pixels), `KEY.meta.npy` (the
 numbers a pipeline needs, float64, laid out as META_FIELDS: a variable-length JSON cannot pass
-through DALI's iterator) and `KEY.json` (ids, box, center, scale, image size, area, score)."""
+through DALI's iterator) and `KEY.json` (ids, box, center, scale, image size, area, score).
+
+A shard folder holds `<split>-NNNNNN.tar` with its `.idx` (DALI's wds2idx v1.2) and
+`manifest.json`: the sample count of every shard, its size and sha256, the samples skipped by
+reason, the parameters the shards were made with and the format version. Readers refuse other
+versions.
+"""
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
-import os
+import math
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,6 +27,7 @@ import numpy as np
 from tqdm import tqdm
 
 from pose.data.jpeg import decode_rgb
+from pose.files import atomic_write, sha256_bytes, sha256_file
 
 FORMAT_VERSION = 2  # of the sample layout; readers refuse other versions
 COMPONENTS = ("jpg", "kpts.npy", "affine.npy", "meta.npy", "json")
@@ -47,13 +53,27 @@ class ShardError(RuntimeError):
     """A shard folder or shard is unusable; the message names the shard (and key)."""
 
 
+# ------------------------------------------------------------------------------------------
+# Writing
+# ------------------------------------------------------------------------------------------
+
+
+def meta_vector(**fields: float) -> np.ndarray:
+    """meta.npy of one sample, every field of META_FIELDS given by name."""
+    missing = [name for name in META_FIELDS if name not in fields]
+    unknown = [name for name in fields if name not in META]
+    if missing or unknown:
+        raise ValueError(f"meta fields missing: {missing}, unknown: {unknown}")
+    return np.array([fields[name] for name in META_FIELDS], dtype=np.float64)
+
+
 @dataclass
 class Sample:
     key: str
     jpg: bytes
     keypoints: np.ndarray  # (K, 3) float32
     affine: np.ndarray  # (2, 3) float32
-    meta: np.ndarray  # (len(META_FIELDS),) float64
+    meta: np.ndarray  # meta_vector(...)
     record: dict
 
     def members(self) -> list[tuple[str, bytes]]:
@@ -64,6 +84,20 @@ class Sample:
             (f"{self.key}.meta.npy", npy_bytes(self.meta.astype(np.float64))),
             (f"{self.key}.json", json.dumps(self.record, sort_keys=True).encode()),
         ]
+
+
+@dataclass(frozen=True)
+class ShardEntry:
+    """One shard as the manifest lists it."""
+
+    name: str
+    index: str
+    num_samples: int
+    bytes: int
+    sha256: str
+
+    def as_json(self) -> dict:
+        return dict(vars(self))
 
 
 def npy_bytes(array: np.ndarray) -> bytes:
@@ -90,26 +124,36 @@ def build_shard(samples: list[Sample]) -> tuple[bytes, str]:
     return buffer.getvalue(), "\n".join(lines) + "\n"
 
 
-def write_file_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary name in the same folder, flush to disk, then rename."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def write_shard(folder: Path, name: str, samples: list[Sample]) -> ShardEntry:
+    """Write `name`.tar and its index into `folder`, each durably and atomically (index
+    first: a tar on disk always has its index)."""
+    tar_bytes, index_text = build_shard(samples)
+    atomic_write(folder / f"{name}.idx", index_text, durable=True)
+    atomic_write(folder / f"{name}.tar", tar_bytes, durable=True)
+    return ShardEntry(
+        f"{name}.tar", f"{name}.idx", len(samples), len(tar_bytes), sha256_bytes(tar_bytes)
+    )
 
 
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+def write_manifest(
+    folder: Path, entries: list[ShardEntry], skipped: dict[str, int], params: dict
+) -> dict:
+    """The manifest of a finished shard folder, written last (its presence means finished)."""
+    manifest = {
+        "num_samples": sum(e.num_samples for e in entries),
+        "shards": [e.as_json() for e in entries],
+        "skipped": dict(sorted(skipped.items())),
+        "params": {**params, "version": FORMAT_VERSION},
+        "components": list(COMPONENTS),
+        "meta_fields": list(META_FIELDS),
+    }
+    atomic_write(folder / MANIFEST, json.dumps(manifest, indent=1), durable=True)
+    return manifest
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+# ------------------------------------------------------------------------------------------
+# Reading
+# ------------------------------------------------------------------------------------------
 
 
 def read_manifest(folder: str | Path) -> dict:
@@ -131,6 +175,82 @@ def read_manifest(folder: str | Path) -> dict:
             f"{FORMAT_VERSION}: shard them again (data_prep.shard_coco ... --overwrite)"
         )
     return manifest
+
+
+@dataclass(frozen=True)
+class ShardSet:
+    """The shards of one split, as listed by its manifest."""
+
+    folder: Path
+    tars: list[Path]
+    indices: list[Path]
+    counts: list[int]
+
+    @classmethod
+    def open(cls, folder: str | Path) -> ShardSet:
+        folder = Path(folder)
+        shards = read_manifest(folder)["shards"]
+        tars = [folder / s["name"] for s in shards]
+        missing = [str(p) for p in tars if not p.is_file()]
+        if missing:
+            raise ShardError(f"shards listed in {folder}/{MANIFEST} are missing: {missing}")
+        indices = [folder / s["index"] for s in shards]
+        return cls(folder, tars, indices, [s["num_samples"] for s in shards])
+
+    @property
+    def num_samples(self) -> int:
+        return sum(self.counts)
+
+    def rank_range(self, rank: int, world: int) -> tuple[int, int]:
+        """The contiguous sample range of a rank, as DALI's reader cuts it
+        (shard_id / num_shards over the concatenated shards)."""
+        n = self.num_samples
+        return n * rank // world, n * (rank + 1) // world
+
+    def rank_batches(self, rank: int, world: int, batch_size: int) -> int:
+        """Batches that read a rank's whole range once, the last one partial (evaluation)."""
+        start, stop = self.rank_range(rank, world)
+        return math.ceil((stop - start) / batch_size)
+
+    def rank_segments(self, rank: int, world: int) -> list[tuple[int, int, int]]:
+        """(shard, first, stop) sample ranges inside each shard that make up a rank's range."""
+        start, stop = self.rank_range(rank, world)
+        segments, offset = [], 0
+        for shard, count in enumerate(self.counts):
+            lo, hi = max(start - offset, 0), min(stop - offset, count)
+            if lo < hi:
+                segments.append((shard, lo, hi))
+            offset += count
+        return segments
+
+
+class ShardIndex:
+    """Where each sample's members lie in a shard, from its DALI index, so that a sample is
+    read with one seek and one read (no tar headers parsed on the hot path)."""
+
+    def __init__(self, index_path: Path):
+        self.spans: list[tuple[int, int]] = []  # (first byte, end byte) of each sample
+        self.members: list[dict[str, tuple[int, int]]] = []  # ext -> (offset, size) in span
+        self.keys: list[str] = []
+        for line in index_path.read_text().splitlines()[1:]:
+            fields = line.split()
+            self.keys.append(fields[3].split(".", 1)[0])
+            entries = {
+                fields[k]: (int(fields[k + 1]), int(fields[k + 2]))
+                for k in range(0, len(fields), 4)
+            }
+            start = min(offset for offset, _ in entries.values())
+            end = max(offset + size for offset, size in entries.values())
+            self.spans.append((start, end))
+            self.members.append({ext: (off - start, size) for ext, (off, size) in entries.items()})
+
+    def read(self, stream, index: int) -> dict[str, bytes]:
+        start, end = self.spans[index]
+        stream.seek(start)
+        data = stream.read(end - start)
+        if len(data) != end - start:
+            raise ShardError(f"sample #{index} runs past the end of the shard (truncated file?)")
+        return {ext: data[off : off + size] for ext, (off, size) in self.members[index].items()}
 
 
 def iter_samples(path: str | Path) -> Iterator[tuple[str, dict[str, bytes]]]:
@@ -181,33 +301,34 @@ def check_shards(
         manifest = read_manifest(folder)
     except ShardError as e:
         return [str(e)]
-    problems = []
-    total = 0
+    problems, total = [], 0
     for shard in tqdm(manifest["shards"], desc="verify", unit="shard", disable=not progress):
-        path = folder / shard["name"]
-        if not path.is_file():
-            problems.append(f"{shard['name']}: missing")
-            continue
-        if path.stat().st_size != shard["bytes"] or sha256_file(path) != shard["sha256"]:
-            problems.append(f"{shard['name']}: size or sha256 differs from the manifest")
-        count = 0
-        try:
-            for key, parts in iter_samples(path):
-                count += 1
-                problems += [
-                    f"{shard['name']} {key}: {p}" for p in _check_sample(parts, decode_images)
-                ]
-        except ShardError as e:
-            problems.append(str(e))
+        count, found = _check_shard(folder, shard, decode_images)
         total += count
-        if count != shard["num_samples"]:
-            problems.append(
-                f"{shard['name']}: {count} samples, manifest says {shard['num_samples']}"
-            )
-        problems += _check_index(folder / shard["index"], count, shard["name"])
+        problems += found
     if total != manifest["num_samples"]:
         problems.append(f"{total} samples in all, manifest says {manifest['num_samples']}")
     return problems
+
+
+def _check_shard(folder: Path, shard: dict, decode_images: bool) -> tuple[int, list[str]]:
+    """(samples found, problems) of one shard listed in the manifest."""
+    path = folder / shard["name"]
+    if not path.is_file():
+        return 0, [f"{shard['name']}: missing"]
+    problems = []
+    if path.stat().st_size != shard["bytes"] or sha256_file(path) != shard["sha256"]:
+        problems.append(f"{shard['name']}: size or sha256 differs from the manifest")
+    count = 0
+    try:
+        for key, parts in iter_samples(path):
+            count += 1
+            problems += [f"{shard['name']} {key}: {p}" for p in _check_sample(parts, decode_images)]
+    except ShardError as e:
+        problems.append(str(e))
+    if count != shard["num_samples"]:
+        problems.append(f"{shard['name']}: {count} samples, manifest says {shard['num_samples']}")
+    return count, problems + _check_index(folder / shard["index"], count, shard["name"])
 
 
 def _check_sample(parts: dict[str, bytes], decode_images: bool) -> list[str]:

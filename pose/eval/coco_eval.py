@@ -13,7 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pose.data.coco import SIGMAS, load_coco
+from pose.data.coco import load_coco
+from pose.data.layout import COCO_17
+from pose.files import atomic_write
 
 METRIC_NAMES = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
 
@@ -36,10 +38,15 @@ def rescore(pred: Prediction, keypoint_thr: float) -> float:
 
 
 def oks_iou(
-    g: np.ndarray, d: np.ndarray, area_g: float, area_d: np.ndarray, sigmas: np.ndarray = SIGMAS
+    g: np.ndarray,
+    d: np.ndarray,
+    area_g: float,
+    area_d: np.ndarray,
+    sigmas: np.ndarray | None = None,
 ) -> np.ndarray:
     """OKS of keypoints `g` (K, 3) against each of `d` (M, K, 3), as the reference's nms.py
     (which is pycocotools' formula with the mean of the two areas, over all joints)."""
+    sigmas = np.asarray(COCO_17.sigmas if sigmas is None else sigmas)
     variances = (sigmas * 2) ** 2
     dx = d[:, :, 0] - g[None, :, 0]
     dy = d[:, :, 1] - g[None, :, 1]
@@ -139,6 +146,4 @@ def format_table(metrics: dict[str, float]) -> str:
 
 
 def write_json(path: str | Path, data) -> None:
-    from pose.config import atomic_write_text
-
-    atomic_write_text(Path(path), json.dumps(data, indent=1))
+    atomic_write(path, json.dumps(data, indent=1))

@@ -1,5 +1,6 @@
-"""Evaluation over a split's shards: the model (or the ground truth pushed through the codec) ->
-heatmaps -> decoded joints in image pixels -> gathered on rank 0 -> rescoring, OKS NMS, COCO AP.
+"""Evaluation over a split's shards: a predictor (the model, or the ground truth pushed through
+the codec) -> heatmaps -> decoded joints in image pixels -> gathered on rank 0 -> rescoring,
+OKS NMS, COCO AP.
 
 Each rank evaluates its own part of the shards; rank 0 checks that the gathered instances are
 exactly the manifest's (no duplicates, none lost) before scoring."""
@@ -7,17 +8,21 @@ exactly the manifest's (no duplicates, none lost) before scoring."""
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from pose.config import Config
+from pose.config import DataConfig, EvalConfig
 from pose.data.codec import decode_heatmaps, encode_heatmaps, flip_back, heatmap_to_image
-from pose.data.loader import flip_permutation
+from pose.data.loader import Loader
 from pose.data.shards import META
 from pose.eval.coco_eval import Prediction, coco_results, format_table, score_results, write_json
+
+Predictor = Callable[[dict], torch.Tensor]  # a batch -> heatmaps (N, K, h, w)
 
 
 class EvaluationError(RuntimeError):
@@ -27,30 +32,52 @@ class EvaluationError(RuntimeError):
 def predict_heatmaps(
     model: torch.nn.Module,
     images: torch.Tensor,
-    flip_test: bool,
+    flip_permutation: np.ndarray | None,
     shift: bool,
     return_attention: bool = False,
 ):
-    """Heatmaps of a batch; with `flip_test`, averaged with those of the mirrored batch flipped
-    back (pairs swapped, shifted one pixel as the reference does; no shift for UDP). With
-    `return_attention`, also the unflipped pass's attention maps."""
+    """Heatmaps of a batch; with a `flip_permutation` (flip test), averaged with those of the
+    mirrored batch flipped back (pairs swapped, shifted one pixel as the reference does; no
+    shift for UDP). With `return_attention`, also the unflipped pass's attention maps."""
     heatmaps, maps = (
         model(images, return_attention=True) if return_attention else (model(images), {})
     )
     heatmaps = heatmaps.float()
-    if flip_test:
-        permutation = torch.as_tensor(flip_permutation(heatmaps.shape[1]), device=heatmaps.device)
+    if flip_permutation is not None:
+        permutation = torch.as_tensor(flip_permutation, device=heatmaps.device)
         flipped = model(images.flip(-1)).float()
         heatmaps = (heatmaps + flip_back(flipped, permutation, shift=shift)) * 0.5
     return (heatmaps, maps) if return_attention else heatmaps
 
 
-def batch_predictions(heatmaps: torch.Tensor, batch: dict, cfg: Config) -> list[Prediction]:
+def model_predictor(
+    model: torch.nn.Module, cfg: EvalConfig, data: DataConfig, flip_permutation: np.ndarray
+) -> Predictor:
+    """The model's heatmaps of a batch, with the flip test when `cfg.flip_test`."""
+    model.eval()
+    flip = flip_permutation if cfg.flip_test else None
+    shift = data.target != "udp"
+    return lambda batch: predict_heatmaps(model, batch["image"], flip, shift)
+
+
+def ground_truth_predictor(data: DataConfig, heatmap_size: tuple[int, int]) -> Predictor:
+    """The batch's own keypoints encoded as targets: scoring these checks the geometry."""
+
+    def predict(batch: dict) -> torch.Tensor:
+        keypoints = batch["keypoints"]
+        return encode_heatmaps(keypoints, data.image_size, heatmap_size, data.sigma, data.target)[0]
+
+    return predict
+
+
+def batch_predictions(
+    heatmaps: torch.Tensor, batch: dict, decode: str, image_size: tuple[int, int]
+) -> list[Prediction]:
     """Decode a batch's heatmaps to image-pixel predictions (one host sync per batch)."""
-    coords, scores = decode_heatmaps(heatmaps, cfg.eval.decode)
-    stride = cfg.data.image_size[1] / heatmaps.shape[-1]
+    coords, scores = decode_heatmaps(heatmaps, decode)
+    stride = image_size[1] / heatmaps.shape[-1]
     xy = heatmap_to_image(coords, batch["to_image"], stride)
-    in_h, in_w = cfg.data.image_size
+    in_h, in_w = image_size
     areas = in_w * in_h * torch.linalg.det(batch["to_image"][:, :, :2]).abs()
     keypoints = torch.cat([xy, scores.double().unsqueeze(-1)], dim=-1).cpu().numpy()
     meta, areas = batch["meta"].cpu().numpy(), areas.cpu().numpy()
@@ -70,39 +97,30 @@ def batch_predictions(heatmaps: torch.Tensor, batch: dict, cfg: Config) -> list[
 
 
 def evaluate(
-    model: torch.nn.Module | None,
-    loader,
-    cfg: Config,
+    predict: Predictor,
+    loader: Loader,
+    cfg: EvalConfig,
+    data: DataConfig,
     out_dir: str | Path | None = None,
-    gt_as_predictions: bool = False,
     autocast=None,
     progress: bool = True,
 ) -> dict | None:
-    """COCO keypoint metrics of `model` on the loader's split (on rank 0; None elsewhere unless
-    torch.distributed is up, where every rank gets them). `gt_as_predictions` scores the ground
-    truth keypoints pushed through encode -> decode instead of a model: a check of the geometry."""
+    """COCO keypoint metrics of `predict` on the loader's split, scored against `data.val_ann`
+    (on rank 0; None elsewhere unless torch.distributed is up, where every rank gets them)."""
     distributed = dist.is_available() and dist.is_initialized()
     rank = dist.get_rank() if distributed else 0
-    if model is not None:
-        model.eval()
     preds: list[Prediction] = []
-    shift = cfg.data.target != "udp"
     with torch.no_grad(), autocast or contextlib.nullcontext():
-        batches = loader.epoch(0)
         quiet = rank != 0 or not progress
-        for batch in tqdm(batches, total=loader.steps_per_epoch, desc="eval", disable=quiet):
-            if gt_as_predictions:
-                data = cfg.data
-                heatmaps, _ = encode_heatmaps(
-                    batch["keypoints"], data.image_size, data.heatmap_size, data.sigma, data.target
-                )
-            else:
-                heatmaps = predict_heatmaps(model, batch["image"], cfg.eval.flip_test, shift)
-            preds += batch_predictions(heatmaps, batch, cfg)
+        batches = tqdm(loader.epoch(0), total=loader.batches_per_epoch, desc="eval", disable=quiet)
+        for batch in batches:
+            preds += batch_predictions(predict(batch), batch, cfg.decode, data.image_size)
     gathered = _gather(preds, distributed, rank)
     metrics = None
     if rank == 0:
-        metrics = _score(gathered, loader, cfg, out_dir)
+        expected = loader.shards.num_samples - loader.bad_samples
+        check_predictions(gathered, expected, loader.shards.folder)
+        metrics = score_predictions(gathered, cfg, data.val_ann, out_dir)
     if distributed:
         box = [metrics]
         dist.broadcast_object_list(box, src=0)
@@ -118,16 +136,23 @@ def _gather(preds: list[Prediction], distributed: bool, rank: int) -> list[Predi
     return [p for part in parts for p in part] if rank == 0 else []
 
 
-def _score(preds: list[Prediction], loader, cfg: Config, out_dir) -> dict:
+def check_predictions(preds: list[Prediction], expected: int, folder: str | Path) -> None:
+    """One prediction for each instance of the split: no duplicates, none lost."""
     keys = [(p.image_id, p.instance) for p in preds]
-    expected = loader.shards.num_samples - loader.bad_samples
     if len(set(keys)) != len(keys) or len(keys) != expected:
         raise EvaluationError(
             f"evaluation gathered {len(keys)} predictions ({len(set(keys))} distinct) for "
-            f"{expected} instances in {loader.shards.folder}"
+            f"{expected} instances in {folder}"
         )
-    results = coco_results(preds, cfg.eval.keypoint_thr, cfg.eval.oks_nms_thr, cfg.eval.soft_nms)
-    metrics = score_results(cfg.data.val_ann, results)
+
+
+def score_predictions(
+    preds: list[Prediction], cfg: EvalConfig, ann_file: str | Path, out_dir: str | Path | None
+) -> dict:
+    """Rescoring, OKS NMS and pycocotools' metrics, with the instance count; the COCO results
+    go to `out_dir`/results.json when given."""
+    results = coco_results(preds, cfg.keypoint_thr, cfg.oks_nms_thr, cfg.soft_nms)
+    metrics = score_results(ann_file, results)
     metrics["instances"] = len(preds)
     if out_dir is not None:
         write_json(Path(out_dir) / "results.json", results)

@@ -10,10 +10,11 @@ import cv2
 import numpy as np
 import torch
 
-from pose.config import Config
+from pose.config import DataConfig, EvalConfig
 from pose.data.coco import box_to_center_scale
 from pose.data.codec import decode_heatmaps, heatmap_to_image
 from pose.data.geometry import get_affine_transform
+from pose.data.layout import COCO_17, KeypointLayout
 from pose.data.loader import normalise
 from pose.eval.evaluate import predict_heatmaps
 
@@ -31,37 +32,47 @@ def predict_people(
     model: torch.nn.Module,
     image_bgr: np.ndarray,
     boxes: list[tuple[float, ...]] | None,
-    cfg: Config,
+    cfg: EvalConfig,
+    data: DataConfig,
     device: torch.device,
+    layout: KeypointLayout = COCO_17,
 ) -> list[PersonPose]:
     """One PersonPose per box (x, y, w, h[, score]); no boxes: the whole image is one box."""
     height, width = image_bgr.shape[:2]
     boxes = boxes or [(0.0, 0.0, float(width), float(height), 1.0)]
-    in_h, in_w = cfg.data.image_size
-    crops, inverses, scores = [], [], []
+    crops, inverses = crop_boxes(image_bgr, boxes, data.image_size)
+    rgb = torch.from_numpy(np.stack([c[:, :, ::-1] for c in crops]).copy()).to(device)
+    model.eval()
+    with torch.no_grad():
+        flip = layout.flip_permutation if cfg.flip_test else None
+        shift = data.target != "udp"
+        heatmaps, maps = predict_heatmaps(model, normalise(rgb), flip, shift, return_attention=True)
+    coords, confidence = decode_heatmaps(heatmaps, cfg.decode)
+    to_image = torch.as_tensor(np.stack(inverses), device=coords.device)
+    stride = data.image_size[1] / heatmaps.shape[-1]
+    xy = heatmap_to_image(coords, to_image, stride).cpu().numpy()
+    confidence = confidence.cpu().numpy()
+    people = []
+    for i, box in enumerate(boxes):
+        kpts = np.concatenate([xy[i], confidence[i][:, None]], axis=1)
+        confident = confidence[i][confidence[i] > cfg.keypoint_thr]
+        box_score = float(box[4]) if len(box) > 4 else 1.0
+        score = box_score * (float(confident.mean()) if confident.size else 0.0)
+        attention = {k: v[i].float().cpu().numpy() for k, v in maps.items()}
+        people.append(PersonPose(tuple(box[:4]), kpts, score, crops[i], attention))
+    return people
+
+
+def crop_boxes(
+    image_bgr: np.ndarray, boxes: list[tuple[float, ...]], image_size: tuple[int, int]
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The model input of each box (x, y, w, h, ...), as the pipelines crop it, and the
+    input -> image affine of each."""
+    in_h, in_w = image_size
+    crops, inverses = [], []
     for box in boxes:
         center, scale = box_to_center_scale(tuple(box[:4]), in_w / in_h)
         matrix = get_affine_transform(center, scale, 0.0, (in_w, in_h))
         crops.append(cv2.warpAffine(image_bgr, matrix, (in_w, in_h), flags=cv2.INTER_LINEAR))
         inverses.append(get_affine_transform(center, scale, 0.0, (in_w, in_h), inverse=True))
-        scores.append(float(box[4]) if len(box) > 4 else 1.0)
-    rgb = torch.from_numpy(np.stack([c[:, :, ::-1] for c in crops]).copy()).to(device)
-    images = normalise(rgb)
-    model.eval()
-    with torch.no_grad():
-        shift = cfg.data.target != "udp"
-        heatmaps, maps = predict_heatmaps(
-            model, images, cfg.eval.flip_test, shift, return_attention=True
-        )
-    coords, confidence = decode_heatmaps(heatmaps, cfg.eval.decode)
-    to_image = torch.as_tensor(np.stack(inverses), device=coords.device)
-    xy = heatmap_to_image(coords, to_image, in_w / heatmaps.shape[-1]).cpu().numpy()
-    confidence = confidence.cpu().numpy()
-    people = []
-    for i, box in enumerate(boxes):
-        kpts = np.concatenate([xy[i], confidence[i][:, None]], axis=1)
-        confident = confidence[i][confidence[i] > cfg.eval.keypoint_thr]
-        score = scores[i] * (float(confident.mean()) if confident.size else 0.0)
-        attention = {k: v[i].float().cpu().numpy() for k, v in maps.items()}
-        people.append(PersonPose(tuple(box[:4]), kpts, score, crops[i], attention))
-    return people
+    return crops, inverses

@@ -1,5 +1,6 @@
 """Pose models: plain nn.Modules that know nothing of distribution or DeepSpeed."""
 
-from pose.models.registry import BACKBONES, build_model, register_backbone
+from pose.models.build import build_model
+from pose.models.registry import BACKBONES, register_backbone
 
 __all__ = ["BACKBONES", "build_model", "register_backbone"]

@@ -19,8 +19,9 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from pose.config import ConfigError, ModelConfig, atomic_write_text, load_config
-from pose.models.registry import build_model
+from pose.config import ConfigError, ModelConfig, load_config
+from pose.files import atomic_write
+from pose.models.build import build_model
 
 
 def count_parameters(model: torch.nn.Module) -> int:
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     print("GMACs: true multiply-adds (torch flop counter / 2); see the module docstring.")
     if args.json:
         payload = {"model": name, **rows[0], "sizes": rows}
-        atomic_write_text(Path(args.json), json.dumps(payload, indent=2))
+        atomic_write(Path(args.json), json.dumps(payload, indent=2))
     return 0
 
 

@@ -75,27 +75,3 @@ def load_checked(module: nn.Module, state: dict[str, torch.Tensor], what: str) -
     if problems:
         raise WeightsError(f"{what} do not fit the model ({'; '.join(problems)})")
     module.load_state_dict(state, strict=True)
-
-
-DEEPSPEED_MODEL_FILE = "mp_rank_00_model_states.pt"
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """The weights file a `--checkpoint` argument means: a run directory (its best checkpoint,
-    else its latest), a DeepSpeed checkpoint folder, or a state-dict file."""
-    path = Path(path)
-    if path.is_file():
-        return path
-    if (path / DEEPSPEED_MODEL_FILE).is_file():
-        return path / DEEPSPEED_MODEL_FILE
-    checkpoints = path / "checkpoints"
-    for pointer in ("best", "latest"):
-        tag_file = checkpoints / pointer
-        if tag_file.is_file():
-            folder = checkpoints / tag_file.read_text().strip()
-            if (folder / DEEPSPEED_MODEL_FILE).is_file():
-                return folder / DEEPSPEED_MODEL_FILE
-    raise WeightsError(
-        f"'{path}' is neither a state-dict file, a DeepSpeed checkpoint folder (with "
-        f"{DEEPSPEED_MODEL_FILE}), nor a run directory with checkpoints/best or checkpoints/latest"
-    )

@@ -16,9 +16,10 @@ import signal
 import sys
 from dataclasses import dataclass, replace
 
+from pose.caches import use_cache_folders
 from pose.config import load_config
 from pose.engine.distributed import init_distributed, shutdown
-from pose.engine.train import train
+from pose.engine.trainer import train
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class TrainingJob:
 
     def __call__(self) -> dict:
         os.chdir(self.workdir)
+        use_cache_folders()
         if self.threads:
             import torch
 
@@ -42,13 +44,15 @@ class TrainingJob:
             result = train(cfg, cfg.run.dir, env)
         finally:
             shutdown()
-        if result["stopped"]:
-            self._hand_on(result["stop_signal"], result["state"]["global_step"])
+        if result.stopped:
+            self._hand_on(result.stop_signal, result.step)
         return {
             "rank": env.rank,
-            "state": result["state"],
-            "eval": result["eval"],
-            "precision": result["precision"],
+            "step": result.step,
+            "epochs": result.epochs,
+            "best_ap": result.best_ap,
+            "eval": result.metrics,
+            "precision": result.precision,
         }
 
     def checkpoint(self, *args, **kwargs):

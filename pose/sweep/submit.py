@@ -23,9 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pose.config import atomic_write_text
+from pose.files import atomic_write
 from pose.sweep.job import TrainingJob
 from pose.sweep.spec import Sweep, run_overrides
+from pose.sweep.submitit_adapter import read_result, sbatch_script
 from pose.tracking import read_metrics
 
 MANIFEST = "sweep.json"
@@ -74,25 +75,7 @@ def executor_parameters(sweep: Sweep, local: bool) -> dict[str, Any]:
 def sbatch_preview(sweep: Sweep, folder: Path) -> str:
     """The `#SBATCH` lines submitit will write for this sweep's job array (for --dry-run; needs
     no Slurm)."""
-    from submitit.slurm import slurm
-
-    translate = {
-        "name": "job_name",
-        "timeout_min": "time",
-        "tasks_per_node": "ntasks_per_node",
-        "mem_gb": "mem",
-    }
-    params = {}
-    for key, value in executor_parameters(sweep, local=False).items():
-        key = translate.get(key, key.removeprefix("slurm_"))
-        params[key] = slurm._convert_mem(value) if key == "mem" else value
-    text = slurm._make_sbatch_string(
-        command=f"{sys.executable} -u -m submitit.core._submit {folder}",
-        folder=folder,
-        map_count=len(sweep.runs),
-        **params,
-    )
-    return text
+    return sbatch_script(executor_parameters(sweep, local=False), folder, len(sweep.runs))
 
 
 def submit(sweep: Sweep, out: Path, local: bool = False, resubmit: bool = False) -> dict:
@@ -160,7 +143,7 @@ def submit(sweep: Sweep, out: Path, local: bool = False, resubmit: bool = False)
         "submitted": time.time(),
         "runs": rows,
     }
-    atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=1) + "\n")
+    atomic_write(out / MANIFEST, json.dumps(manifest, indent=1) + "\n")
     return manifest
 
 
@@ -372,17 +355,13 @@ def _restarted(arrays: list[str]) -> set[str]:
 
 def _result_state(folder: Path, job_id: str) -> tuple[str, str] | None:
     """From submitit's result file: ('done', '') or ('failed', the error's last line)."""
-    from submitit.core.utils import JobPaths
-
-    path = JobPaths(folder / "%j", job_id=job_id, task_id=0).result_pickle
-    if not path.is_file():
-        return None
-    import pickle
-
     try:
-        kind, value = pickle.loads(path.read_bytes())
-    except Exception as e:  # a result pickle from another environment
-        return "unknown", f"unreadable result: {e}"
+        result = read_result(folder / "%j", job_id)
+    except ValueError as e:
+        return "unknown", str(e)[:200]
+    if result is None:
+        return None
+    kind, value = result
     if kind == "success":
         return "done", ""
     return "failed", str(value).strip().splitlines()[-1][:200]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from pose.data.coco import KEYPOINT_NAMES
+from pose.data.layout import COCO_17, KeypointLayout
 from pose.viz.skeleton import overlay_heatmap, tile
 
 
@@ -17,7 +17,9 @@ def _label(image: np.ndarray, text: str) -> np.ndarray:
     return out
 
 
-def attention_panels(crop: np.ndarray, maps: dict[str, np.ndarray]) -> np.ndarray | None:
+def attention_panels(
+    crop: np.ndarray, maps: dict[str, np.ndarray], layout: KeypointLayout = COCO_17
+) -> np.ndarray | None:
     """One picture of a person's attention maps over its crop (None without attention)."""
     panels = []
     stages = sorted(k for k in maps if k.startswith("stage"))
@@ -28,7 +30,7 @@ def attention_panels(crop: np.ndarray, maps: dict[str, np.ndarray]) -> np.ndarra
         panels.append(_label(overlay_heatmap(crop, total / max(len(stages), 1)), "sum"))
     if "parts" in maps:
         for j, part in enumerate(maps["parts"]):
-            name = KEYPOINT_NAMES[j] if j < len(KEYPOINT_NAMES) else str(j)
+            name = layout.joints[j] if j < layout.num_joints else str(j)
             panels.append(_label(overlay_heatmap(crop, part), name))
     if not panels:
         return None

@@ -5,34 +5,39 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from pose.data.coco import KEYPOINT_NAMES, SKELETON
+from pose.data.layout import COCO_17, KeypointLayout
 
 # Left joints and limbs orange, right ones blue, the rest green (BGR).
 LEFT, RIGHT, MIDDLE = (0, 140, 255), (255, 120, 0), (60, 200, 60)
 
 
-def _side(index: int) -> tuple[int, int, int]:
-    name = KEYPOINT_NAMES[index] if index < len(KEYPOINT_NAMES) else ""
+def _side(layout: KeypointLayout, index: int) -> tuple[int, int, int]:
+    name = layout.joints[index] if index < layout.num_joints else ""
     return LEFT if name.startswith("left_") else RIGHT if name.startswith("right_") else MIDDLE
 
 
 def draw_skeleton(
-    image: np.ndarray, keypoints: np.ndarray, min_score: float = 0.0, thickness: int = 2
+    image: np.ndarray,
+    keypoints: np.ndarray,
+    min_score: float = 0.0,
+    thickness: int = 2,
+    layout: KeypointLayout = COCO_17,
 ) -> np.ndarray:
-    """A copy of a BGR uint8 image with keypoints (K, 3: x, y, visibility or score) drawn;
-    joints whose third value is <= min_score are left out, occluded ones (1) drawn hollow."""
+    """A copy of a BGR uint8 image with keypoints (K, 3: x, y, visibility or score) drawn with
+    the layout's skeleton; joints whose third value is <= min_score are left out, occluded ones
+    (1) drawn hollow."""
     out = image.copy()
     kpts = np.asarray(keypoints, dtype=np.float64)
     shown = kpts[:, 2] > min_score
-    for a, b in SKELETON:
-        i, j = a - 1, b - 1
+    for i, j in layout.skeleton:
         if i < len(kpts) and j < len(kpts) and shown[i] and shown[j]:
-            colour = _side(i) if _side(i) == _side(j) else MIDDLE
+            side = _side(layout, i)
+            colour = side if side == _side(layout, j) else MIDDLE
             cv2.line(out, _pt(kpts[i]), _pt(kpts[j]), colour, thickness, cv2.LINE_AA)
     for i, (x, y, v) in enumerate(kpts):
         if shown[i]:
             filled = -1 if v != 1 else 1
-            cv2.circle(out, _pt((x, y)), thickness + 1, _side(i), filled, cv2.LINE_AA)
+            cv2.circle(out, _pt((x, y)), thickness + 1, _side(layout, i), filled, cv2.LINE_AA)
     return out
 
 

@@ -8,14 +8,20 @@ from wds2idx import IndexCreator
 from data_prep import shard_coco
 from data_prep.verify import main as verify_main
 from data_prep.verify import verify
+from pose.data import sharding
 from pose.data.coco import load_coco, training_instances
 from pose.data.geometry import affine_points
+from pose.data.sharding import ShardRequest, ShardResult, shard_dataset
 from pose.data.shards import decode_npy, iter_samples, read_manifest
 
 
-def shard(ann, images, out, *extra):
+def shard_cli(ann, images, out, *extra) -> int:
     argv = ["--ann", str(ann), "--images", str(images), "--out", str(out), *map(str, extra)]
     return shard_coco.main(argv)
+
+
+def shard(ann, images, out, **options) -> ShardResult:
+    return shard_dataset(ShardRequest(ann, images, out, progress=False, **options))
 
 
 def samples_of(out):
@@ -28,24 +34,15 @@ def samples_of(out):
 def synthetic_train(synthetic_dataset, tmp_path_factory):
     out = tmp_path_factory.mktemp("shards") / "train"
     ann = synthetic_dataset / "annotations" / "person_keypoints_train.json"
-    assert (
-        shard(
-            ann,
-            synthetic_dataset / "images" / "train",
-            out,
-            "--shard-size",
-            16,
-            "--detail",
-            "128x96",
-        )
-        == 0
-    )
+    shard(ann, synthetic_dataset / "images" / "train", out, shard_size=16, detail=(128, 96))
     return out
 
 
 def test_real_fixtures_keypoints_map_back_within_half_a_pixel(coco_fixtures, tmp_path):
     out = tmp_path / "fixtures"
-    assert shard(coco_fixtures / "test_coco.json", coco_fixtures, out, "--shard-size", 5) == 0
+    assert (
+        shard(coco_fixtures / "test_coco.json", coco_fixtures, out, shard_size=5).num_samples == 12
+    )
     manifest = read_manifest(out)
     assert manifest["num_samples"] == 12
     assert [s["num_samples"] for s in manifest["shards"]] == [5, 5, 2]
@@ -69,7 +66,7 @@ def test_real_fixtures_keypoints_map_back_within_half_a_pixel(coco_fixtures, tmp
         assert (meta[0], meta[1], meta[2], meta[3]) == (record["image_id"], record["ann_id"], -1, 1)
         labelled += int(mask.sum())
         seen.add(record["ann_id"])
-        assert record["image_size"] == [
+        assert record["image_wh"] == [
             coco.imgs[record["image_id"]]["width"],
             coco.imgs[record["image_id"]]["height"],
         ]
@@ -81,20 +78,8 @@ def test_real_fixtures_detection_boxes(coco_fixtures, tmp_path):
     dets_path = coco_fixtures / "test_coco_det_AP_H_56.json"
     dets = json.loads(dets_path.read_text())
     out = tmp_path / "dets"
-    assert (
-        shard(
-            coco_fixtures / "test_coco.json",
-            coco_fixtures,
-            out,
-            "--split",
-            "val",
-            "--dets",
-            dets_path,
-            "--det-thr",
-            0.3,
-        )
-        == 0
-    )
+    ann = coco_fixtures / "test_coco.json"
+    shard(ann, coco_fixtures, out, split="val", detections=dets_path, det_thr=0.3)
     manifest = read_manifest(out)
     expected = sum(d["score"] >= 0.3 for d in dets)
     assert manifest["num_samples"] == expected
@@ -138,61 +123,51 @@ def test_synthetic_end_to_end(synthetic_dataset, synthetic_train):
 def test_same_input_same_shards_any_worker_count(synthetic_dataset, synthetic_train, tmp_path):
     ann = synthetic_dataset / "annotations" / "person_keypoints_train.json"
     images = synthetic_dataset / "images" / "train"
-    assert (
-        shard(
-            ann,
-            images,
-            tmp_path / "again",
-            "--shard-size",
-            16,
-            "--detail",
-            "128x96",
-            "--workers",
-            2,
-        )
-        == 0
-    )
+    shard(ann, images, tmp_path / "again", shard_size=16, detail=(128, 96), workers=2)
     first, again = read_manifest(synthetic_train), read_manifest(tmp_path / "again")
     assert [s["sha256"] for s in first["shards"]] == [s["sha256"] for s in again["shards"]]
-    assert (
-        shard(
-            ann, images, tmp_path / "seed1", "--shard-size", 16, "--detail", "128x96", "--seed", 1
-        )
-        == 0
-    )
+    shard(ann, images, tmp_path / "seed1", shard_size=16, detail=(128, 96), seed=1)
     other = read_manifest(tmp_path / "seed1")
     assert [s["sha256"] for s in other["shards"]] != [s["sha256"] for s in first["shards"]]
 
 
 def test_interrupted_run_resumes_to_the_same_result(
-    synthetic_dataset, synthetic_train, tmp_path, monkeypatch, capsys
+    synthetic_dataset, synthetic_train, tmp_path, monkeypatch
 ):
     ann = synthetic_dataset / "annotations" / "person_keypoints_train.json"
     images = synthetic_dataset / "images" / "train"
-    args = ("--shard-size", 16, "--detail", "128x96")
-    real_write = shard_coco.write_shard
+    options = {"shard_size": 16, "detail": (128, 96)}
+    real_crop = sharding.crop_shard
     calls = []
 
     def dies_on_third_shard(job):
-        calls.append(job[0])
+        calls.append(job.index)
         if len(calls) == 3:
-            (tmp_path / "out" / f".train-{job[0]:06d}.tar.tmp").write_bytes(b"half a shard")
+            (tmp_path / "out" / f".{job.name}.tar.tmp").write_bytes(b"half a shard")
             raise KeyboardInterrupt  # what a kill mid-run looks like to the process
-        return real_write(job)
+        return real_crop(job)
 
-    monkeypatch.setattr(shard_coco, "write_shard", dies_on_third_shard)
+    monkeypatch.setattr(sharding, "crop_shard", dies_on_third_shard)
     with pytest.raises(KeyboardInterrupt):
-        shard(ann, images, tmp_path / "out", *args)
+        shard(ann, images, tmp_path / "out", **options)
     assert not (tmp_path / "out" / "manifest.json").exists()
     assert len(list((tmp_path / "out").glob("*.tar"))) == 2
-    monkeypatch.setattr(shard_coco, "write_shard", real_write)
-    assert shard(ann, images, tmp_path / "out", *args) == 0
-    assert "resuming, 2 of" in capsys.readouterr().out
+    monkeypatch.setattr(sharding, "crop_shard", real_crop)
+    result = shard(ann, images, tmp_path / "out", **options)
+    assert result.resumed_shards == 2 and result.cropped < result.num_samples
     resumed, clean = read_manifest(tmp_path / "out"), read_manifest(synthetic_train)
     assert resumed["shards"] == clean["shards"] and resumed["num_samples"] == clean["num_samples"]
     assert verify(tmp_path / "out") == []
-    assert shard(ann, images, tmp_path / "out", *args) == 0  # finished: nothing to do
-    assert "nothing to do" in capsys.readouterr().out
+    again = shard(ann, images, tmp_path / "out", **options)  # finished: nothing to do
+    assert (again.cropped, again.resumed_shards, again.num_samples) == (0, 0, clean["num_samples"])
+
+
+def test_cli_reports_what_it_did(synthetic_dataset, synthetic_train, tmp_path, capsys):
+    ann = synthetic_dataset / "annotations" / "person_keypoints_train.json"
+    images = synthetic_dataset / "images" / "train"
+    shutil.copytree(synthetic_train, tmp_path / "done")
+    assert shard_cli(ann, images, tmp_path / "done", "--shard-size", 16, "--detail", "128x96") == 0
+    assert "already holds this result; nothing to do" in capsys.readouterr().out
 
 
 def _corrupted_copy(synthetic_dataset, tmp_path):
@@ -235,7 +210,7 @@ def _corrupted_copy(synthetic_dataset, tmp_path):
 
 def test_bad_input_is_skipped_and_counted(synthetic_dataset, tmp_path, capsys):
     ann, images, expected, _ = _corrupted_copy(synthetic_dataset, tmp_path)
-    assert shard(ann, images, tmp_path / "out", "--detail", "128x96") == 0
+    assert shard_cli(ann, images, tmp_path / "out", "--detail", "128x96") == 0
     skipped = read_manifest(tmp_path / "out")["skipped"]
     assert {k: skipped.get(k) for k in expected} == expected
     assert "skipped" in capsys.readouterr().out
@@ -244,14 +219,14 @@ def test_bad_input_is_skipped_and_counted(synthetic_dataset, tmp_path, capsys):
 
 def test_strict_turns_bad_input_into_errors_naming_it(synthetic_dataset, tmp_path, capsys):
     ann, images, _, victims = _corrupted_copy(synthetic_dataset, tmp_path)
-    assert shard(ann, images, tmp_path / "out", "--strict") == 2
+    assert shard_cli(ann, images, tmp_path / "out", "--strict") == 2
     err = capsys.readouterr().err
     assert f"annotation {victims[0]['id']}" in err and "invalid_box" in err
     data = json.loads(ann.read_text())  # repair the annotations: now the images fail
     for victim in victims:
         data["annotations"] = [a for a in data["annotations"] if a["id"] != victim["id"]]
     ann.write_text(json.dumps(data))
-    assert shard(ann, images, tmp_path / "out2", "--strict", "--workers", 2) == 2
+    assert shard_cli(ann, images, tmp_path / "out2", "--strict", "--workers", 2) == 2
     err = capsys.readouterr().err
     assert "image '" in err and ("missing_image" in err or "_image" in err)
 
@@ -259,23 +234,23 @@ def test_strict_turns_bad_input_into_errors_naming_it(synthetic_dataset, tmp_pat
 def test_clear_errors_before_any_work(synthetic_dataset, synthetic_train, tmp_path, capsys):
     ann = synthetic_dataset / "annotations" / "person_keypoints_train.json"
     images = synthetic_dataset / "images" / "train"
-    assert shard(tmp_path / "none.json", images, tmp_path / "o1") == 2
+    assert shard_cli(tmp_path / "none.json", images, tmp_path / "o1") == 2
     assert "does not exist" in capsys.readouterr().err
     (tmp_path / "broken.json").write_text("{")
-    assert shard(tmp_path / "broken.json", images, tmp_path / "o2") == 2
+    assert shard_cli(tmp_path / "broken.json", images, tmp_path / "o2") == 2
     assert "not valid JSON" in capsys.readouterr().err
     empty = json.loads(ann.read_text()) | {"annotations": []}
     (tmp_path / "empty.json").write_text(json.dumps(empty))
-    assert shard(tmp_path / "empty.json", images, tmp_path / "o3") == 2
+    assert shard_cli(tmp_path / "empty.json", images, tmp_path / "o3") == 2
     assert "no instances" in capsys.readouterr().err
     copy = tmp_path / "copy"
     shutil.copytree(synthetic_train, copy)
     before = sorted(p.name for p in copy.iterdir())
-    assert shard(ann, images, copy, "--shard-size", 8, "--detail", "128x96") == 2
+    assert shard_cli(ann, images, copy, "--shard-size", 8, "--detail", "128x96") == 2
     err = capsys.readouterr().err
     assert "other parameters" in err and "shard_size: 16 -> 8" in err
     assert sorted(p.name for p in copy.iterdir()) == before  # nothing overwritten
-    assert shard(ann, images, tmp_path / "o4", "--dets", ann) == 2
+    assert shard_cli(ann, images, tmp_path / "o4", "--dets", ann) == 2
     assert "evaluation splits" in capsys.readouterr().err
 
 

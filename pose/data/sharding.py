@@ -1,0 +1,511 @@
+"""Sharding a COCO-format keypoint dataset into person-crop shards: a library call with a typed
+request and result (`data_prep.shard_coco` is the command line around it).
+
+Each person is cropped once, with enough context around its padded box for scale and rotation
+augmentation, at the detail the 384x288 recipe needs (never upsampled), so training streams
+compact crops instead of re-decoding whole images. Crops are JPEGs with row-aligned restart
+intervals, so that a sample can decode just the window it uses (pose/data/jpeg.py). Instances
+are shuffled with a seed before they are cut into shards. Shards and the manifest are written
+to temporary names and renamed when complete; running the same request again resumes by
+skipping finished shards.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import queue
+import shutil
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from pose.data.coco import (
+    PersonInstance,
+    box_to_center_scale,
+    detection_instances,
+    load_coco,
+    training_instances,
+)
+from pose.data.geometry import (
+    affine_points,
+    augmentation_context,
+    crop_window,
+    invert_affine,
+    window_to_image_affine,
+)
+from pose.data.jpeg import RESTART_MCUS, encode_crop
+from pose.data.shards import (
+    FORMAT_VERSION,
+    MANIFEST,
+    Sample,
+    ShardEntry,
+    meta_vector,
+    read_manifest,
+    write_manifest,
+    write_shard,
+)
+from pose.files import atomic_write, sha256_file
+
+PROGRESS = ".progress.json"  # the parameters of an unfinished run, for resuming
+META_DIR = ".meta"  # one record per finished shard
+
+
+class ShardingError(RuntimeError):
+    """Bad input or a conflicting output folder: reported before (or instead of) work."""
+
+
+@dataclass(frozen=True)
+class ShardRequest:
+    """What to shard and how; `data_prep.shard_coco --help` explains each option."""
+
+    annotations: Path
+    images: Path
+    out: Path
+    split: str = "train"
+    detections: Path | None = None  # person detections instead of ground-truth boxes
+    det_thr: float = 0.0
+    workers: int = 1
+    strict: bool = False  # any bad instance is an error
+    shard_size: int = 1000
+    shard_mb: float = 0.0  # about this many MB per shard instead of shard_size
+    detail: tuple[int, int] = (384, 288)  # (height, width) of the recipe whose detail crops keep
+    context_scale: float = 1.35
+    context_rotation: float = 45.0
+    quality: int = 95
+    restart_mcus: int = RESTART_MCUS
+    seed: int = 0
+    overwrite: bool = False
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class ShardResult:
+    out: Path
+    num_samples: int
+    num_shards: int
+    skipped: dict[str, int]  # instances left out, by reason
+    cropped: int  # instances cropped by this call (0: the folder already held the result)
+    resumed_shards: int  # shards an interrupted earlier call had finished
+    seconds: float
+    manifest: dict = field(repr=False)
+
+
+@dataclass(frozen=True)
+class ShardParams:
+    """Everything that decides the content of the shards: recorded in the manifest and
+    compared when a folder is reused."""
+
+    split: str
+    annotations: str
+    annotations_sha256: str
+    detections: str | None
+    detections_sha256: str | None
+    det_thr: float
+    detail: tuple[int, int]
+    padding: float
+    context_scale: float
+    context_rotation: float
+    jpeg_quality: int
+    jpeg_restart_mcus: int  # restart interval cap (pose/data/jpeg.py); 0: crops decode whole
+    shard_size: int
+    seed: int
+
+    @property
+    def aspect_ratio(self) -> float:
+        return self.detail[1] / self.detail[0]
+
+    @property
+    def context(self) -> tuple[float, float]:
+        return augmentation_context(self.aspect_ratio, self.context_scale, self.context_rotation)
+
+    def as_json(self) -> dict:
+        return {**asdict(self), "detail": list(self.detail), "version": FORMAT_VERSION}
+
+
+def shard_dataset(request: ShardRequest) -> ShardResult:
+    """Shard as `request` says (resuming an interrupted run with the same parameters)."""
+    start = time.perf_counter()
+    params = make_params(request)
+    if not Path(request.images).is_dir():
+        raise ShardingError(f"image folder '{request.images}' does not exist")
+    instances, skipped = select_instances(request, params)
+    if request.shard_mb:
+        size = estimate_shard_size(instances, params, Path(request.images), request.shard_mb)
+        params = replace(params, shard_size=size)
+    out = Path(request.out)
+    if prepare_output(out, params, request.overwrite):
+        manifest = read_manifest(out)
+        return _result(out, manifest, 0, 0, time.perf_counter() - start)
+    chunks = [
+        instances[i : i + params.shard_size] for i in range(0, len(instances), params.shard_size)
+    ]
+    done = finished_shards(out)
+    jobs = [
+        ShardJob(i, chunk, params, str(request.images), str(out), request.strict)
+        for i, chunk in enumerate(chunks)
+        if i not in done
+    ]
+    records = dict(done)
+    todo = sum(len(job.instances) for job in jobs)
+    bar = tqdm(total=todo, desc=f"shard {params.split}", unit="inst", disable=not request.progress)
+    with bar:
+        for index, record in _run_jobs(jobs, request.workers, bar):
+            records[index] = record
+    manifest = _finish(out, params, [records[i] for i in range(len(chunks))], skipped)
+    return _result(out, manifest, todo, len(done), time.perf_counter() - start)
+
+
+def _result(out: Path, manifest: dict, cropped: int, resumed: int, seconds: float) -> ShardResult:
+    return ShardResult(
+        out=out,
+        num_samples=manifest["num_samples"],
+        num_shards=len(manifest["shards"]),
+        skipped=dict(manifest["skipped"]),
+        cropped=cropped,
+        resumed_shards=resumed,
+        seconds=seconds,
+        manifest=manifest,
+    )
+
+
+def make_params(request: ShardRequest) -> ShardParams:
+    ann = Path(request.annotations)
+    if not ann.is_file():
+        raise ShardingError(f"annotation file '{ann}' does not exist")
+    dets = Path(request.detections) if request.detections else None
+    if dets and request.split == "train":
+        raise ShardingError(
+            "detections are for evaluation splits; training uses ground-truth boxes"
+        )
+    if dets and not dets.is_file():
+        raise ShardingError(f"detections file '{dets}' does not exist")
+    return ShardParams(
+        split=request.split,
+        annotations=str(ann.resolve()),
+        annotations_sha256=sha256_file(ann),
+        detections=str(dets.resolve()) if dets else None,
+        detections_sha256=sha256_file(dets) if dets else None,
+        det_thr=request.det_thr,
+        detail=tuple(request.detail),
+        padding=1.25,
+        context_scale=request.context_scale,
+        context_rotation=request.context_rotation,
+        jpeg_quality=request.quality,
+        jpeg_restart_mcus=request.restart_mcus,
+        shard_size=request.shard_size,
+        seed=request.seed,
+    )
+
+
+# ------------------------------------------------------------------------------------------
+# Cropping one image's people
+# ------------------------------------------------------------------------------------------
+
+
+def check_image_bytes(data: bytes) -> str | None:
+    """A reason why encoded image bytes are unusable, or None. Decoders return a half-grey
+    image for a truncated JPEG without an error, so the end marker is checked explicitly."""
+    if data[:2] == b"\xff\xd8":  # JPEG: must end with the EOI marker (padding aside)
+        if data.rstrip(b"\x00\r\n ")[-2:] != b"\xff\xd9":
+            return "truncated_image"
+    elif data[:8] == b"\x89PNG\r\n\x1a\n":
+        if b"IEND" not in data[-12:]:
+            return "truncated_image"
+    elif not data:
+        return "empty_image_file"
+    return None
+
+
+def read_image(path: Path, expected_wh: tuple[int, int]) -> tuple[np.ndarray | None, str | None]:
+    """(BGR image, None) or (None, reason)."""
+    if not path.is_file():
+        return None, "missing_image"
+    data = path.read_bytes()
+    reason = check_image_bytes(data)
+    if reason:
+        return None, reason
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        return None, "corrupt_image"
+    if (image.shape[1], image.shape[0]) != tuple(expected_wh):
+        return None, "image_size_mismatch"
+    return image, None
+
+
+def crop_region(image: np.ndarray, window: tuple[int, int, int, int], size) -> np.ndarray:
+    """The image inside `window` (black outside the image), resized to `size` (w, h)."""
+    x0, y0, x1, y1 = window
+    region = np.zeros((y1 - y0, x1 - x0, 3), np.uint8)
+    height, width = image.shape[:2]
+    sx0, sy0, sx1, sy1 = max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
+    if sx1 > sx0 and sy1 > sy0:
+        region[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = image[sy0:sy1, sx0:sx1]
+    if size != (x1 - x0, y1 - y0):
+        region = cv2.resize(region, size, interpolation=cv2.INTER_AREA)
+    return region
+
+
+def crop_sample(image: np.ndarray, inst: PersonInstance, params: ShardParams) -> Sample:
+    """The stored crop of one person and its keypoints, affine and record."""
+    center, scale = box_to_center_scale(inst.bbox, params.aspect_ratio, params.padding)
+    window, size = crop_window(center, scale, params.context, params.detail[0])
+    jpg = encode_crop(
+        crop_region(image, window, size), params.jpeg_quality, params.jpeg_restart_mcus
+    )
+    if jpg is None:
+        raise ShardingError(f"cv2 could not encode the crop of {inst.key}")
+    to_image = window_to_image_affine(window, size)
+    to_crop = invert_affine(to_image)
+    keypoints = inst.keypoints.astype(np.float64).copy()
+    labelled = keypoints[:, 2] > 0
+    keypoints[labelled, :2] = affine_points(to_crop, keypoints[labelled, :2])
+    keypoints[~labelled] = 0.0
+    box_center = affine_points(to_crop, center[None])[0]
+    meta = meta_vector(
+        image_id=inst.image_id,
+        ann_id=-1 if inst.ann_id is None else inst.ann_id,
+        det_id=-1 if inst.det_id is None else inst.det_id,
+        score=inst.score,
+        area=inst.area,
+        center_x=box_center[0],
+        center_y=box_center[1],
+        scale_w=scale[0] / to_image[0, 0],  # the padded box in crop pixels
+        scale_h=scale[1] / to_image[1, 1],
+    )
+    record = {
+        "image_id": inst.image_id,
+        "file_name": inst.file_name,
+        "bbox": [round(float(v), 3) for v in inst.bbox],
+        "center": [float(v) for v in center],
+        "scale": [float(v) for v in scale],
+        "image_wh": list(inst.image_wh),
+        "area": float(inst.area),
+        "score": float(inst.score),
+        **({"ann_id": inst.ann_id} if inst.ann_id is not None else {"det_id": inst.det_id}),
+    }
+    return Sample(inst.key, jpg, keypoints.astype(np.float32), to_image, meta, record)
+
+
+# ------------------------------------------------------------------------------------------
+# One shard (runs in a worker process)
+# ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    index: int
+    instances: list[PersonInstance]
+    params: ShardParams
+    images_dir: str
+    out: str
+    strict: bool
+
+    @property
+    def name(self) -> str:
+        return f"{self.params.split}-{self.index:06d}"
+
+
+_progress_queue = None
+
+
+def _init_worker(progress_queue) -> None:
+    global _progress_queue
+    _progress_queue = progress_queue
+
+
+def crop_shard(job: ShardJob) -> dict:
+    """Crop the instances of one shard (each image decoded once), write the tar and its index,
+    then the shard's record (what resuming reads). Returns the record."""
+    by_image: dict[str, list[PersonInstance]] = defaultdict(list)
+    for inst in job.instances:
+        by_image[inst.file_name].append(inst)
+    samples: dict[str, Sample] = {}
+    skipped: Counter = Counter()
+    for file_name, people in by_image.items():
+        image, reason = read_image(Path(job.images_dir) / file_name, people[0].image_wh)
+        if reason and job.strict:
+            ids = ", ".join(str(p.ann_id if p.ann_id is not None else p.det_id) for p in people)
+            raise ShardingError(f"{reason}: image '{file_name}' (annotation ids {ids})")
+        if reason:
+            skipped[reason] += len(people)
+        else:
+            samples |= {inst.key: crop_sample(image, inst, job.params) for inst in people}
+        _report(len(people))
+    ordered = [samples[inst.key] for inst in job.instances if inst.key in samples]
+    record = {"entry": None, "skipped": dict(skipped)}
+    if ordered:
+        record["entry"] = write_shard(Path(job.out), job.name, ordered).as_json()
+    atomic_write(Path(job.out) / META_DIR / f"{job.name}.json", json.dumps(record))
+    return record
+
+
+def _report(count: int) -> None:
+    if _progress_queue is not None:
+        _progress_queue.put(count)
+
+
+# ------------------------------------------------------------------------------------------
+# The whole run
+# ------------------------------------------------------------------------------------------
+
+
+def select_instances(
+    request: ShardRequest, params: ShardParams
+) -> tuple[list[PersonInstance], Counter]:
+    """Instances to crop (ground-truth boxes or detections), shuffled, and skips by reason."""
+    coco = load_coco(request.annotations)
+    source = request.detections or request.annotations
+
+    def strict_skip(reason: str, what: str) -> None:
+        raise ShardingError(f"{reason}: {what} in '{source}'")
+
+    on_skip = strict_skip if request.strict else None
+    if request.detections:
+        found = detection_instances(coco, request.detections, request.det_thr, on_skip=on_skip)
+    else:
+        found = training_instances(coco, on_skip=on_skip)
+    instances, skipped = found
+    if not instances:
+        raise ShardingError(
+            f"no instances to shard from '{source}' (skipped: {dict(skipped) or 'none'})"
+        )
+    order = np.random.default_rng(params.seed).permutation(len(instances))
+    return [instances[i] for i in order], skipped
+
+
+def prepare_output(out: Path, params: ShardParams, overwrite: bool) -> bool:
+    """Make `out` ready: resume an unfinished run with the same parameters, refuse (or, with
+    `overwrite`, clear) anything else. Returns True when it already holds the finished result."""
+    now = params.as_json()
+    recorded, finished = _recorded_params(out)
+    if recorded == now:
+        if finished:
+            return True
+    elif recorded is not None or (out.is_dir() and any(out.glob("*.tar"))):
+        if not overwrite:
+            what = "shards made" if finished else "an unfinished run"
+            detail = (
+                f"differences: {_diff(recorded, now)}"
+                if recorded
+                else "tar files of unknown origin"
+            )
+            raise ShardingError(
+                f"'{out}' holds {what} with other parameters; use a new --out folder or "
+                f"--overwrite ({detail})"
+            )
+        for path in [*out.glob("*.tar"), *out.glob("*.idx"), out / MANIFEST, out / PROGRESS]:
+            path.unlink(missing_ok=True)
+        shutil.rmtree(out / META_DIR, ignore_errors=True)
+    (out / META_DIR).mkdir(parents=True, exist_ok=True)
+    atomic_write(out / PROGRESS, json.dumps(now))
+    return False
+
+
+def _recorded_params(out: Path) -> tuple[dict | None, bool]:
+    """The parameters an earlier run recorded in `out`, and whether that run finished."""
+    for name, finished in ((MANIFEST, True), (PROGRESS, False)):
+        path = out / name
+        if path.is_file():
+            try:
+                data = json.loads(path.read_text())
+            except json.JSONDecodeError:
+                return {"unreadable": name}, finished
+            return (data.get("params") if finished else data), finished
+    return None, False
+
+
+def _diff(previous: dict, now: dict) -> str:
+    keys = sorted(k for k in set(previous) | set(now) if previous.get(k) != now.get(k))
+    return ", ".join(f"{k}: {previous.get(k)!r} -> {now.get(k)!r}" for k in keys)
+
+
+def finished_shards(out: Path) -> dict[int, dict]:
+    """Records of shards completed by an earlier run whose files are intact."""
+    done = {}
+    for meta in (out / META_DIR).glob("*.json"):
+        record = json.loads(meta.read_text())
+        if "entry" not in record:  # written by an older version: crop that shard again
+            continue
+        index = int(meta.stem.rsplit("-", 1)[1])
+        entry = record["entry"]
+        if entry is None or _intact(out / entry["name"], entry["bytes"]):
+            done[index] = record
+    return done
+
+
+def _intact(path: Path, size: int) -> bool:
+    return path.is_file() and path.stat().st_size == size
+
+
+def estimate_shard_size(
+    instances: list[PersonInstance], params: ShardParams, images_dir: Path, megabytes: float
+) -> int:
+    """Samples per shard for shards of about `megabytes`, from the mean size of the first
+    (shuffled) instances' samples. An estimate: shards come out near, not at, that size."""
+    sizes = []
+    for inst in instances[:32]:
+        image, _ = read_image(images_dir / inst.file_name, inst.image_wh)
+        if image is not None:
+            sizes.append(sum(len(d) + 1024 for _, d in crop_sample(image, inst, params).members()))
+    if not sizes:
+        raise ShardingError("--shard-mb: none of the first instances could be read to estimate")
+    return max(1, int(megabytes * 1e6 / float(np.mean(sizes))))
+
+
+def _run_jobs(jobs: list[ShardJob], workers: int, bar: tqdm) -> Iterator[tuple[int, dict]]:
+    """Yield (shard index, record) as shards finish, updating the bar per image."""
+    if workers <= 1:
+        global _progress_queue
+        _progress_queue = _BarQueue(bar)
+        try:
+            for job in jobs:
+                yield job.index, crop_shard(job)
+        finally:
+            _progress_queue = None
+        return
+    context = mp.get_context("spawn")
+    progress = context.Queue()
+    with context.Pool(workers, initializer=_init_worker, initargs=(progress,)) as pool:
+        pending = {job.index: pool.apply_async(crop_shard, (job,)) for job in jobs}
+        while pending:
+            _drain(progress, bar)
+            for index in [i for i, r in pending.items() if r.ready()]:
+                yield index, pending.pop(index).get()  # re-raises a worker's error here
+        _drain(progress, bar)
+
+
+class _BarQueue:
+    def __init__(self, bar: tqdm):
+        self.bar = bar
+
+    def put(self, count: int) -> None:
+        self.bar.update(count)
+
+
+def _drain(progress, bar: tqdm) -> None:
+    try:
+        bar.update(progress.get(timeout=0.05))
+        while True:
+            bar.update(progress.get_nowait())
+    except queue.Empty:
+        pass
+
+
+def _finish(out: Path, params: ShardParams, records: list[dict], skipped: Counter) -> dict:
+    """The manifest over the shard records, and the run's resume state removed."""
+    total_skipped = Counter(skipped)
+    for record in records:
+        total_skipped.update(record["skipped"])
+    entries = [ShardEntry(**r["entry"]) for r in records if r["entry"]]
+    if not entries:
+        raise ShardingError(f"every instance was skipped ({dict(total_skipped)}); nothing written")
+    manifest = write_manifest(out, entries, dict(total_skipped), params.as_json())
+    (out / PROGRESS).unlink(missing_ok=True)
+    return manifest

@@ -1,0 +1,148 @@
+"""DeepSpeed behind names of ours: the generated DeepSpeed config (never hand-kept), the choice of
+precision, and `TrainEngine`, the one object that wraps DeepSpeed's engine. Nothing else in the
+project touches DeepSpeed's attributes or file names.
+
+Mixed precision uses DeepSpeed's `torch_autocast` section, not its `bf16`/`fp16` sections: those
+cast the whole module, BatchNorm included (its running statistics then break), while autocast
+keeps fp32 weights and BatchNorm in fp32 and runs convolutions in the lower precision.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from pose.config import ConfigError, TrainConfig
+
+MODEL_STATES_FILE = "mp_rank_00_model_states.pt"  # DeepSpeed's model weights in a checkpoint
+
+
+def resolve_precision(requested: str, device: torch.device) -> str:
+    """`auto`: bf16 on a GPU that has it, else fp32 (CPUs without bf16 instructions run bf16
+    convolutions far slower than fp32: BENCHMARKS.md). fp16 needs a GPU."""
+    if requested == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return "bf16"
+        return "fp32"
+    if requested == "fp16" and device.type != "cuda":
+        raise ConfigError("config key 'train.precision': fp16 needs a GPU; use fp32 or bf16")
+    return requested
+
+
+def deepspeed_config(cfg: TrainConfig, world_size: int, precision: str) -> dict:
+    if precision == "fp16" and cfg.zero_stage != 0:
+        raise ConfigError(
+            "config key 'train.precision': fp16 takes its dynamic loss scaling from DeepSpeed's "
+            "autocast grad scaler, which exists for train.zero_stage=0 only; use bf16 with ZeRO"
+        )
+    config = {
+        "train_micro_batch_size_per_gpu": cfg.batch_size,
+        "gradient_accumulation_steps": cfg.grad_accum,
+        "train_batch_size": cfg.batch_size * cfg.grad_accum * world_size,
+        "zero_optimization": {"stage": cfg.zero_stage},
+        "steps_per_print": 10**9,  # we log ourselves
+        "wall_clock_breakdown": False,
+        # Always written: DeepSpeed's default clips at norm 1.0, and 0 must mean no clipping.
+        "gradient_clipping": cfg.grad_clip,
+    }
+    if precision in ("bf16", "fp16"):
+        config["torch_autocast"] = {
+            "enabled": True,
+            "dtype": "bfloat16" if precision == "bf16" else "float16",
+            "lower_precision_safe_modules": [
+                "torch.nn.modules.conv.Conv2d",
+                "torch.nn.modules.conv.ConvTranspose2d",
+                "torch.nn.modules.linear.Linear",
+            ],
+        }
+    return config
+
+
+class TrainEngine:
+    """A model, its optimizer and lr schedule, trained by DeepSpeed: forward, backward, an
+    optimizer step at each gradient-accumulation boundary, checkpoints of all of it."""
+
+    def __init__(self, engine):
+        self._engine = engine
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """The plain module being trained (no DeepSpeed wrapper)."""
+        return self._engine.module
+
+    @property
+    def optimizer_steps(self) -> int:
+        """Optimizer steps taken (micro-batches / gradient accumulation)."""
+        return self._engine.global_steps
+
+    @property
+    def gradient_clipping(self) -> float:
+        return self._engine.gradient_clipping()
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return self._engine(images)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self._engine.backward(loss)
+
+    def step(self) -> None:
+        """The optimizer and lr schedule step (at an accumulation boundary; else nothing)."""
+        self._engine.step()
+
+    def loss_scale(self) -> torch.Tensor | None:
+        """The fp16 grad scaler's current scale (a device tensor, no sync), or None without
+        one. The scaler halves it when it skips a step whose gradients overflowed."""
+        scaler = getattr(self._engine, "torch_autocast_z0_gradscaler", None)
+        scale = getattr(scaler, "_scale", None) if scaler is not None else None
+        return scale.clone() if scale is not None else None
+
+    def save(self, folder: Path, tag: str, client_state: dict) -> None:
+        """Every rank writes its part of checkpoint `tag` under `folder` (a collective, which
+        returns when all ranks have written theirs); `latest` is left to the caller."""
+        self._engine.save_checkpoint(
+            str(folder), tag=tag, client_state=client_state, save_latest=False
+        )
+
+    def load(self, folder: Path, tag: str) -> dict | None:
+        """Restore model, optimizer, schedule and loss scaler from checkpoint `tag`; returns
+        the client state saved with it, or None when DeepSpeed found nothing to load."""
+        path, client_state = self._engine.load_checkpoint(str(folder), tag=tag)
+        return None if path is None else (client_state or {})
+
+
+def build_engine(
+    model: torch.nn.Module, optimizer, scheduler, cfg: TrainConfig, world_size: int, precision: str
+) -> TrainEngine:
+    """The one function that wraps a plain model in DeepSpeed (with our torch optimizer and
+    per-iteration schedule). With one rank there is nothing to all-reduce, so DeepSpeed's
+    gradient bucketing (flattening and copying every gradient each step) is switched off; without
+    ZeRO, gradients are zeroed in place rather than freed."""
+    import deepspeed
+
+    engine, _, _, _ = deepspeed.initialize(
+        model=model,
+        optimizer=optimizer,
+        lr_scheduler=scheduler,
+        config=deepspeed_config(cfg, world_size, precision),
+    )
+    if world_size == 1:
+        engine.enable_backward_allreduce = False
+    if not engine.zero_optimization():
+        engine.zero_grad = _zero_grads_in_place(engine.module)
+    return TrainEngine(engine)
+
+
+def _zero_grads_in_place(module: torch.nn.Module):
+    """DeepSpeed frees every gradient after the optimizer step (grad = None), so the next
+    backward allocates them afresh, after the forward has taken the freed memory: on a CPU that
+    costs page faults (BENCHMARKS.md, training step). Zeroing them in place keeps the buffers (a
+    parameter that never got a gradient keeps None, so the optimizer still skips it)."""
+    params = [p for p in module.parameters() if p.requires_grad]
+
+    def zero_grad() -> None:
+        grads = [p.grad for p in params if p.grad is not None]
+        if grads:
+            torch._foreach_zero_(grads)
+
+    return zero_grad

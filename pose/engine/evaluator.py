@@ -1,0 +1,62 @@
+"""Evaluation during training: when it runs (at the end of every `train.eval_every`-th epoch
+and after the last step) and what it leaves behind (the metrics in metrics.jsonl and wandb,
+eval/results.json, and a picture of predictions on val crops)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from pose.config import DataConfig, EvalConfig
+from pose.data.loader import Loader
+from pose.engine.schedule import StepPlan
+from pose.eval.evaluate import evaluate, model_predictor
+from pose.run_folder import RunFolder
+from pose.tracking import Tracker
+from pose.viz.panels import prediction_panel
+
+
+class Evaluator:
+    def __init__(
+        self,
+        loader: Loader,
+        cfg: EvalConfig,
+        data: DataConfig,
+        every_epochs: int,
+        plan: StepPlan,
+        run: RunFolder,
+        tracker: Tracker,
+    ):
+        self.loader, self.cfg, self.data = loader, cfg, data
+        self.every_epochs, self.plan = every_epochs, plan
+        self.run, self.tracker = run, tracker
+
+    def due(self, step: int) -> bool:
+        if not self.every_epochs:
+            return False
+        every = (
+            self.plan.ends_epoch(step) and self.plan.completed_epochs(step) % self.every_epochs == 0
+        )
+        return every or self.plan.is_last(step)
+
+    def evaluate(self, model: torch.nn.Module, step: int, autocast) -> dict:
+        """Evaluate `model` after `step`; returns the metrics ({} on ranks without them)."""
+        epoch = self.plan.completed_epochs(step)
+        flip = self.loader.spec.layout.flip_permutation
+        predict = model_predictor(model, self.cfg, self.data, flip)
+        metrics = evaluate(
+            predict, self.loader, self.cfg, self.data, self.run.eval, autocast, progress=False
+        )
+        if self.tracker.enabled:  # a picture of predictions (and attention) on val crops
+            batches = self.loader.epoch(0)
+            batch = next(batches)
+            batches.close()
+            path = self.run.pictures / f"predictions_epoch{epoch:03d}.png"
+            self.tracker.log_images(step, {"val/predictions": prediction_panel(model, batch, path)})
+        model.train()
+        if metrics is None:
+            return {}
+        finite = {k: v for k, v in metrics.items() if not math.isnan(v)}
+        self.tracker.log({"step": step, "epoch": epoch, "split": "val", **finite})
+        return metrics

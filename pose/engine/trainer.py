@@ -1,0 +1,206 @@
+"""Training a pose model: `Trainer` builds the run (loaders, model, optimizer, schedule, engine,
+resume) and `Trainer.train` is the loop, one pass per optimizer step, in which the checkpointer
+and the evaluator decide when they act. The epoch and the position inside it follow from the step
+counter. Device values reach the host only at log steps."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from pose.config import Config, DataConfig, TrainConfig, save_config, to_dict
+from pose.data.backends import build_loader
+from pose.data.codec import encode_heatmaps
+from pose.data.loader import LoaderSpec
+from pose.engine.checkpoint import Checkpointer, RunState
+from pose.engine.deepspeed_adapter import TrainEngine, build_engine, resolve_precision
+from pose.engine.distributed import DistEnv, barrier, init_distributed
+from pose.engine.evaluator import Evaluator
+from pose.engine.loss import joints_mse_loss
+from pose.engine.schedule import StepPlan, base_lr, lr_factor
+from pose.engine.step_metrics import StepMetrics
+from pose.engine.stop import StopRequest
+from pose.models import build_model
+from pose.run_folder import RunFolder
+from pose.tracking import Tracker
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    step: int  # optimizer steps done
+    epochs: int  # epochs completed
+    best_ap: float  # -1 before any evaluation
+    metrics: dict  # the last evaluation's, {} if none ran
+    precision: str
+    stop_signal: int | None  # the signal that stopped the run early; None: it ran to its end
+
+    @property
+    def stopped(self) -> bool:
+        return self.stop_signal is not None
+
+
+class Trainer:
+    def __init__(self, cfg: Config, run: RunFolder, env: DistEnv):
+        self.cfg, self.run, self.env = cfg, run, env
+        if env.is_main:
+            save_config(cfg, run.config)
+        barrier()
+        self.precision = resolve_precision(cfg.train.precision, env.device)
+        torch.manual_seed(cfg.seed + env.rank)
+        np.random.seed(cfg.seed + env.rank)
+        self.train_loader = build_loader(self._spec("train", cfg.train.batch_size))
+        self.plan = StepPlan.of(cfg.train, self.train_loader.batches_per_epoch)
+        self.model = build_model(cfg.model, cfg.data.num_joints).to(env.device)
+        self.engine = self._build_engine()
+        self.checkpointer = Checkpointer(run, self.engine, cfg.train, self.plan, env.is_main)
+        self.resumed = self.checkpointer.restore()
+        self.state = self.resumed or RunState()
+        self.tracker = Tracker(cfg.log, run, to_dict(cfg), enabled=env.is_main)
+        val_loader = build_loader(self._spec("val", cfg.eval.batch_size))
+        self.evaluator = Evaluator(
+            val_loader, cfg.eval, cfg.data, cfg.train.eval_every, self.plan, run, self.tracker
+        )
+        bf16 = self.precision == "bf16"
+        self.autocast = torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=bf16)
+
+    def _spec(self, split: str, batch_size: int) -> LoaderSpec:
+        env = self.env
+        return LoaderSpec(
+            self.cfg.data, split, batch_size, env.rank, env.world_size, env.device, self.cfg.seed
+        )
+
+    def _build_engine(self) -> TrainEngine:
+        train = self.cfg.train
+        optimizer_cls = torch.optim.AdamW if train.optimizer == "adamw" else torch.optim.Adam
+        lr = base_lr(train, self.env.world_size)
+        params = self.model.parameters()
+        optimizer = optimizer_cls(params, lr=lr, weight_decay=train.weight_decay)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(train, self.plan))
+        self.optimizer = optimizer
+        return build_engine(
+            self.model, optimizer, schedule, train, self.env.world_size, self.precision
+        )
+
+    def train(self) -> TrainResult:
+        """Run from the current step to the plan's last (or until a stop signal)."""
+        state, plan, log_every = self.state, self.plan, self.cfg.train.log_every
+        self._log_start()
+        stop, metrics = StopRequest(), StepMetrics(self.env)
+        micro_batches = self._micro_batches()
+        bar = tqdm(
+            total=plan.total_steps, initial=state.step, disable=not self.env.is_main, unit="step"
+        )
+        last_eval, stopping = {}, False
+        try:
+            while not plan.is_last(state.step) and not stopping:
+                self._optimizer_step(micro_batches, metrics, state.step + 1)
+                state.step += 1
+                if state.step % log_every == 0 or plan.is_last(state.step):
+                    self._log(metrics.flush(state.step, plan.epoch_of(state.step), self._lr()), bar)
+                bar.update(1)
+                stopping = stop.agreed(self.env, at_log_step=state.step % log_every == 0)
+                improved = False
+                if self.evaluator.due(state.step) and not stopping:
+                    last_eval = self.evaluator.evaluate(self.model, state.step, self.autocast)
+                    improved = last_eval.get("AP", -1.0) >= state.best_ap  # the same on all ranks
+                    state.best_ap = max(state.best_ap, last_eval.get("AP", -1.0))
+                if self.checkpointer.due(state.step, stopping):
+                    tag = self.checkpointer.save(state)
+                    if improved:
+                        self.checkpointer.mark_best(tag)
+        finally:
+            micro_batches.close()
+            bar.close()
+            self.tracker.finish()
+            stop.restore()
+        signal = stop.signum if stopping else None
+        epochs = plan.completed_epochs(state.step)
+        return TrainResult(state.step, epochs, state.best_ap, last_eval, self.precision, signal)
+
+    def _optimizer_step(self, micro_batches: Iterator[dict], metrics: StepMetrics, step: int):
+        """The micro-batches of one optimizer step (DeepSpeed steps at the last of them)."""
+        for _ in range(self.cfg.train.grad_accum):
+            wait = time.perf_counter()
+            batch = next(micro_batches)
+            metrics.data_time += time.perf_counter() - wait
+            loss, skipped = train_step(self.engine, batch, self.cfg.data, self.cfg.train)
+            metrics.add(loss, skipped, batch["image"].shape[0], step)
+
+    def _micro_batches(self) -> Iterator[dict]:
+        """The training batches from the current step on, epoch after epoch; each epoch gives
+        exactly steps_per_epoch x grad_accum of them."""
+        accum, plan = self.cfg.train.grad_accum, self.plan
+        epoch, within = divmod(self.state.step, plan.steps_per_epoch)
+        while True:
+            batches = self.train_loader.epoch(epoch, start_batch=within * accum)
+            try:
+                for _ in range((plan.steps_per_epoch - within) * accum):
+                    yield next(batches)
+            finally:
+                batches.close()
+            epoch, within = epoch + 1, 0
+
+    def _lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def _log_start(self) -> None:
+        """One record per (re)start: what compare and sweep status read besides the metrics."""
+        state, env = self.state, self.env
+        if self.resumed and env.is_main:
+            epoch, within = divmod(state.step, self.plan.steps_per_epoch)
+            print(
+                f"train: resuming {self.run.path} at step {state.step} (epoch {epoch}, "
+                f"step {within} of the epoch)",
+                flush=True,
+            )
+        record = {
+            "step": state.step,
+            "epoch": self.plan.completed_epochs(state.step),
+            "split": "run",
+            "params": sum(p.numel() for p in self.model.parameters()),
+            "steps_per_epoch": self.plan.steps_per_epoch,
+            "world_size": env.world_size,
+            "precision": self.precision,
+            "launcher": env.source,
+            "resumed": self.resumed is not None,
+        }
+        self.tracker.log(record)
+
+    def _log(self, record: dict, bar: tqdm) -> None:
+        self.tracker.log(record)
+        bar.set_postfix(
+            loss=f"{record['loss']:.3g}",
+            lr=f"{record['lr']:.2e}",
+            img_s=f"{record['images_per_s']:.0f}",
+        )
+
+
+def train_step(
+    engine: TrainEngine, batch: dict, data: DataConfig, train: TrainConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward, JointsMSELoss on device-made targets at the model's output size, backward,
+    optimizer step (DeepSpeed applies it at the gradient-accumulation boundary). Returns the
+    loss and whether fp16 loss scaling skipped the step (1) or not (0), both on the device."""
+    heatmaps = engine(batch["image"])
+    targets, weights = encode_heatmaps(
+        batch["keypoints"], data.image_size, heatmaps.shape[-2:], data.sigma, data.target
+    )
+    loss = joints_mse_loss(heatmaps, targets, weights, train.ohkm_topk if train.ohkm else 0)
+    engine.backward(loss)
+    scale_before = engine.loss_scale()
+    engine.step()
+    skipped = torch.zeros((), device=loss.device)
+    if scale_before is not None:  # the scaler halves its scale when it skips an overflow
+        skipped = (engine.loss_scale() < scale_before).float()
+    return loss.detach(), skipped
+
+
+def train(cfg: Config, run_dir, env: DistEnv | None = None) -> TrainResult:
+    """Train as `cfg` says in `run_dir` (resuming from its latest checkpoint if any)."""
+    env = env or init_distributed(cfg.launch)
+    return Trainer(cfg, RunFolder(run_dir), env).train()

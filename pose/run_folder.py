@@ -1,0 +1,82 @@
+"""The layout of a run folder, in one place. Everything that reads or writes a run asks this
+object where things are:
+
+    config.yaml         the resolved config (pose.config)
+    metrics.jsonl       one JSON record per line (pose.tracking)
+    wandb_id.txt        the wandb run id, so that a resumed run continues the same wandb run
+    checkpoints/        one folder per checkpoint tag (pose.engine.checkpoint), and
+      latest, best      the tag of the newest complete checkpoint and of the best by AP
+    pictures/           PNGs written during training
+    eval/               results.json of the last evaluation
+    wandb/              wandb's own files
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+from pose.files import atomic_write
+
+
+class RunFolder:
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunFolder('{self.path}')"
+
+    @property
+    def config(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def pictures(self) -> Path:
+        return self.path / "pictures"
+
+    @property
+    def eval(self) -> Path:
+        return self.path / "eval"
+
+    def checkpoint(self, tag: str) -> Path:
+        return self.checkpoints / tag
+
+    def checkpoint_tags(self) -> list[str]:
+        """The checkpoint folders present, oldest first."""
+        if not self.checkpoints.is_dir():
+            return []
+        return sorted(p.name for p in self.checkpoints.iterdir() if p.is_dir())
+
+    def latest_tag(self) -> str | None:
+        return _read_pointer(self.checkpoints / "latest")
+
+    def best_tag(self) -> str | None:
+        return _read_pointer(self.checkpoints / "best")
+
+    def set_latest(self, tag: str) -> None:
+        """Point `latest` at a checkpoint that is complete (durably: a crash after this must
+        not leave it pointing at nothing)."""
+        atomic_write(self.checkpoints / "latest", tag, durable=True)
+
+    def set_best(self, tag: str) -> None:
+        atomic_write(self.checkpoints / "best", tag, durable=True)
+
+    def wandb_id(self) -> str:
+        """A stable wandb run id for this folder, made on first use."""
+        path = self.path / "wandb_id.txt"
+        if not path.is_file():
+            atomic_write(path, secrets.token_hex(4))
+        return path.read_text().strip()
+
+
+def _read_pointer(path: Path) -> str | None:
+    return path.read_text().strip() or None if path.is_file() else None

@@ -1,0 +1,43 @@
+"""The step plan and the learning-rate schedule (pose/engine/schedule.py)."""
+
+import pytest
+
+from pose.config import load_config
+from pose.engine.schedule import StepPlan, base_lr, lr_factor
+
+
+def test_lr_schedule_decays_on_the_right_epoch():
+    cfg = load_config(None, ["train.warmup_steps=10"]).train  # multistep 90/120 of 140
+    factor = lr_factor(cfg, StepPlan(100, 140 * 100))
+    assert factor(0) == pytest.approx(0.1) and factor(9) == 1.0
+    assert factor(90 * 100 - 1) == 1.0 and factor(90 * 100) == pytest.approx(0.1)
+    assert factor(120 * 100 - 1) == pytest.approx(0.1) and factor(120 * 100) == pytest.approx(0.01)
+
+
+def test_cosine_reaches_its_floor_at_the_last_step_of_the_plan():
+    overrides = ["train.schedule=cosine", "train.warmup_steps=0", "train.epochs=2"]
+    train = load_config(None, overrides).train
+    cosine = lr_factor(train, StepPlan.of(train, batches_per_epoch=10))
+    assert cosine(0) == 1.0 and cosine(10) == pytest.approx(0.5) and cosine(20) == pytest.approx(0)
+    capped = load_config(None, [*overrides, "train.max_steps=8"]).train
+    cosine = lr_factor(capped, StepPlan.of(capped, batches_per_epoch=10))
+    assert cosine(4) == pytest.approx(0.5) and cosine(8) == pytest.approx(0)
+
+
+def test_step_plan_from_the_epoch_length():
+    train = load_config(None, ["train.epochs=3", "train.grad_accum=2"]).train
+    plan = StepPlan.of(train, batches_per_epoch=9)  # 4 steps of 2 batches; the 9th is left out
+    assert (plan.steps_per_epoch, plan.total_steps) == (4, 12)
+    assert [plan.epoch_of(s) for s in (1, 4, 5, 12)] == [0, 0, 1, 2]
+    assert [plan.completed_epochs(s) for s in (3, 4, 12)] == [0, 1, 3]
+    assert plan.ends_epoch(8) and not plan.ends_epoch(9) and plan.is_last(12)
+    capped = load_config(None, ["train.epochs=3", "train.max_steps=5"]).train
+    assert StepPlan.of(capped, 9).total_steps == 5
+    with pytest.raises(ValueError, match="shorter than one optimizer step"):
+        StepPlan.of(load_config(None, ["train.grad_accum=4"]).train, batches_per_epoch=3)
+
+
+def test_lr_scales_with_the_total_batch_over_the_reference_128():
+    train = load_config(None, ["train.scale_lr=true", "train.batch_size=64"]).train
+    assert base_lr(train, world_size=4) == pytest.approx(1e-3 * 64 * 4 / 128)
+    assert base_lr(load_config(None).train, world_size=4) == 1e-3
