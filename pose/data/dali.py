@@ -117,28 +117,35 @@ def to_dali_convention(matrix):
     return fn.reshape(fn.stack(*rows), shape=[2, 3])
 
 
-def pose_pipeline(shards: ShardSet, spec: LoaderSpec, gpu: bool, augmentation=None):
-    """The graph. `augmentation` replaces the random draws (tests pass external sources)."""
+def sample_nodes(shards: ShardSet, spec: LoaderSpec, gpu: bool):
+    """The reader over the rank's part of the shards and the decoded sample: (image, crop
+    width, keypoints, meta, affine)."""
     from nvidia.dali import fn, types
 
-    cfg, training = spec.data, spec.training
     jpg, kpts, meta, affine = fn.readers.webdataset(
         paths=[str(p) for p in shards.tars],
         index_paths=[str(p) for p in shards.indices],
         ext=EXTENSIONS,
         shard_id=spec.rank,
         num_shards=spec.world,
-        random_shuffle=training,
+        random_shuffle=spec.training,
         initial_fill=1024,
-        pad_last_batch=not training,
+        pad_last_batch=not spec.training,
         missing_component_behavior="error",
         name=READER,
     )
     crop_width = fn.cast(fn.slice(fn.peek_image_shape(jpg), 1, 1, axes=[0]), dtype=types.FLOAT)[0]
     image = fn.decoders.image(jpg, device="mixed" if gpu else "cpu", output_type=types.RGB)
-    kpts = fn.decoders.numpy(kpts)
-    meta = fn.decoders.numpy(meta)
-    affine = fn.decoders.numpy(affine)
+    decoded = (fn.decoders.numpy(part) for part in (kpts, meta, affine))
+    return image, crop_width, *decoded
+
+
+def pose_pipeline(shards: ShardSet, spec: LoaderSpec, gpu: bool, augmentation=None):
+    """The graph. `augmentation` replaces the random draws (tests pass external sources)."""
+    from nvidia.dali import fn, types
+
+    cfg, training = spec.data, spec.training
+    image, crop_width, kpts, meta, affine = sample_nodes(shards, spec, gpu)
     geometry = fn.cast(meta, dtype=types.FLOAT)
     out_h, out_w = cfg.image_size
     box = tuple(geometry[META[k]] for k in ("center_x", "center_y", "scale_w", "scale_h"))

@@ -1,8 +1,8 @@
 """Crops stored as JPEGs with restart markers, so that a sample decodes only the window it uses.
 
 A stored crop keeps the context that scale and rotation augmentation may reach, but one sample's
-warp reads only part of it, and entropy decoding (about two thirds of the time) cannot skip
-anything in a plain JPEG. `encode_crop` therefore writes a restart marker every few MCUs, with
+warp reads only part of it, and entropy decoding (most of a decode: BENCHMARKS.md) cannot
+skip anything in a plain JPEG. `encode_crop` therefore writes a restart marker every few MCUs, with
 the intervals lined up with the MCU rows: each interval then starts afresh (byte aligned, DC
 prediction reset) and covers a fixed rectangle of the image. `JpegIntervals.window` copies the
 intervals that cover a region into a smaller, valid JPEG (its size in the frame header, its
@@ -10,7 +10,7 @@ restart markers renumbered) without decoding anything, and cv2 decodes that. Ins
 its pixels equal those of the whole decoded crop; a margin around the region keeps chroma
 upsampling at the cut edges away from the pixels a warp reads.
 
-The markers cost about 6% in file size. JPEGs without suitable restart intervals (shards written
+The markers cost a few percent in file size (BENCHMARKS.md, sharding). JPEGs without suitable restart intervals (shards written
 before this, or by other tools) are decoded whole: `JpegIntervals.find` returns None for them.
 """
 
@@ -31,9 +31,10 @@ RST0, EOI, DRI, SOS, SOF_BASELINE = 0xD0, 0xD9, 0xDD, 0xDA, (0xC0, 0xC1)
 # the chroma sample beyond the edge, which changes the one outermost pixel row or column; a
 # bilinear warp reads one pixel past the sample point (added by the caller). Tested exactly.
 EDGE_MARGIN = 2
-# Cutting costs about 40 us (finding the intervals, copying them, a second decoder set-up);
-# decoding costs about 8.5 us per KB of entropy-coded data on this project's CPU. A window is cut
-# out only where it skips at least this much of the crop's data (estimated by interval count).
+# Cutting has a fixed cost (finding the intervals, copying them, a second decoder set-up) and
+# decoding a cost per KB of entropy-coded data (both measured: BENCHMARKS.md, "Numbers the code
+# relies on"). A window is cut out only where it skips at least this much of the crop's data
+# (estimated by interval count), about what the cut costs.
 MIN_SKIPPED_BYTES = 8 << 10
 
 

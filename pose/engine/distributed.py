@@ -80,9 +80,9 @@ def keep_freed_memory() -> bool:
     """Have glibc's malloc serve allocations up to 32 MB from the heap and keep freed heap
     memory (up to 1 GiB) for reuse, instead of mapping fresh pages for every large tensor and
     returning them when it is freed. Training allocates the same large tensors every step
-    (activations, gradients, input batches); fresh pages cost a page fault each and zeroing. On
-    this project's CPU machine the training loop went from ~101 to ~112 images/s
-    (BENCHMARKS.md, training step). The price is a resident size that stays at its peak.
+    (activations, gradients, input batches); fresh pages cost a page fault each and zeroing
+    (the measured gain: BENCHMARKS.md, training step). The price is a resident size that stays
+    at its peak.
     Forked data workers inherit it. False where the C library is not glibc."""
     import ctypes
 

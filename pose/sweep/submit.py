@@ -81,6 +81,47 @@ def sbatch_preview(sweep: Sweep, folder: Path) -> str:
 def submit(sweep: Sweep, out: Path, local: bool = False, resubmit: bool = False) -> dict:
     """Submit every run of `sweep` as one job array; writes and returns the manifest."""
     out = out.resolve()
+    _check_submittable(sweep, out, local, resubmit)
+    import submitit
+
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(sweep.path, out / "sweep.yaml")
+    executor = submitit.AutoExecutor(
+        folder=out / "submitit" / "%j",
+        cluster="local" if local else "slurm",
+        slurm_max_num_timeout=sweep.spec.slurm.max_requeues,
+    )
+    executor.update_parameters(**executor_parameters(sweep, local))
+    # The local executor starts every run at once: share this machine's cores between them.
+    threads = max(1, (os.cpu_count() or 1) // len(sweep.runs)) if local else 0
+    jobs_to_run, rows = [], []
+    for run in sweep.runs:
+        run_dir = out / "runs" / run.name
+        overrides = tuple(run_overrides(sweep, run, run_dir))
+        max_requeues = sweep.spec.slurm.max_requeues
+        job = TrainingJob(str(sweep.base), overrides, os.getcwd(), max_requeues, threads=threads)
+        jobs_to_run.append(job)
+        rows.append(
+            {"name": run.name, "overrides": list(overrides), "varying": run.varying}
+            | {"run_dir": str(run_dir)}
+        )
+    jobs = executor.submit_array(jobs_to_run)
+    for row, job in zip(rows, jobs):
+        row["job_id"] = str(job.job_id)
+    manifest = {
+        "name": sweep.name,
+        "sweep_file": str(sweep.path.resolve()),
+        "base": str(sweep.base),
+        "executor": "local" if local else "slurm",
+        "submitit_folder": str(out / "submitit"),
+        "submitted": time.time(),
+        "runs": rows,
+    }
+    atomic_write(out / MANIFEST, json.dumps(manifest, indent=1) + "\n")
+    return manifest
+
+
+def _check_submittable(sweep: Sweep, out: Path, local: bool, resubmit: bool) -> None:
     if (out / MANIFEST).is_file() and not resubmit:
         raise SweepError(
             f"{out} already holds a sweep (see `sweep.py status {out}`); pass "
@@ -98,53 +139,6 @@ def submit(sweep: Sweep, out: Path, local: bool = False, resubmit: bool = False)
             f"{sweep.spec.slurm.nodes} node(s) x {sweep.spec.slurm.tasks} task(s))",
             file=sys.stderr,
         )
-    import submitit
-
-    out.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(sweep.path, out / "sweep.yaml")
-    executor = submitit.AutoExecutor(
-        folder=out / "submitit" / "%j",
-        cluster="local" if local else "slurm",
-        slurm_max_num_timeout=sweep.spec.slurm.max_requeues,
-    )
-    executor.update_parameters(**executor_parameters(sweep, local))
-    # The local executor starts every run at once: share this machine's cores between them.
-    threads = max(1, (os.cpu_count() or 1) // len(sweep.runs)) if local else 0
-    jobs_to_run, rows = [], []
-    for run in sweep.runs:
-        run_dir = out / "runs" / run.name
-        overrides = tuple(run_overrides(sweep, run, run_dir))
-        jobs_to_run.append(
-            TrainingJob(
-                str(sweep.base),
-                overrides,
-                os.getcwd(),
-                sweep.spec.slurm.max_requeues,
-                threads=threads,
-            )
-        )
-        rows.append(
-            {
-                "name": run.name,
-                "overrides": list(overrides),
-                "varying": run.varying,
-                "run_dir": str(run_dir),
-            }
-        )
-    jobs = executor.submit_array(jobs_to_run)
-    for row, job in zip(rows, jobs):
-        row["job_id"] = str(job.job_id)
-    manifest = {
-        "name": sweep.name,
-        "sweep_file": str(sweep.path.resolve()),
-        "base": str(sweep.base),
-        "executor": "local" if local else "slurm",
-        "submitit_folder": str(out / "submitit"),
-        "submitted": time.time(),
-        "runs": rows,
-    }
-    atomic_write(out / MANIFEST, json.dumps(manifest, indent=1) + "\n")
-    return manifest
 
 
 def read_manifest(sweep_dir: Path) -> dict:
@@ -280,44 +274,11 @@ SLURM_STATES = {
 def _slurm_states(job_ids: list[str]) -> dict[str, tuple[str, str]]:
     """job id -> (our state, Slurm's) from `sacct` (all attempts, so a requeued run shows as
     such while it waits), with `squeue` for what accounting does not know yet."""
-    states: dict[str, list[str]] = {}
     arrays = sorted({j.split("_")[0] for j in job_ids})
-    try:
-        out = subprocess.run(
-            [
-                "sacct",
-                "-X",
-                "-P",
-                "-n",
-                "--duplicates",
-                "-o",
-                "JobID,State",
-                "-j",
-                ",".join(arrays),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        ).stdout
-        for line in out.splitlines():
-            job, _, state = line.partition("|")
-            states.setdefault(job, []).append(state.split()[0] if state else "UNKNOWN")
-    except (OSError, subprocess.SubprocessError):
-        pass
-    try:
-        out = subprocess.run(
-            ["squeue", "-h", "-r", "-o", "%i|%T", "-j", ",".join(arrays)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        ).stdout
-        for line in out.splitlines():
-            job, _, state = line.partition("|")
-            if job in job_ids and not states.get(job):
-                states[job] = [state]
-    except (OSError, subprocess.SubprocessError):
-        pass
+    states = _accounting_states(arrays)
+    for job, state in _queue_states(arrays).items():
+        if job in job_ids and not states.get(job):
+            states[job] = [state]
     restarted: set[str] | None = None  # read once per call, only when needed
     result = {}
     for job in job_ids:
@@ -332,6 +293,40 @@ def _slurm_states(job_ids: list[str]) -> dict[str, tuple[str, str]]:
             ours = "requeued"
         result[job] = (ours, last if len(attempts) == 1 else f"{last}, attempt {len(attempts)}")
     return result
+
+
+def _accounting_states(arrays: list[str]) -> dict[str, list[str]]:
+    """job id -> the state of each of its attempts, from `sacct` ({} without accounting)."""
+    command = ["sacct", "-X", "-P", "-n", "--duplicates", "-o", "JobID,State"]
+    states: dict[str, list[str]] = {}
+    try:
+        out = subprocess.run(
+            [*command, "-j", ",".join(arrays)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return states
+    for line in out.splitlines():
+        job, _, state = line.partition("|")
+        states.setdefault(job, []).append(state.split()[0] if state else "UNKNOWN")
+    return states
+
+
+def _queue_states(arrays: list[str]) -> dict[str, str]:
+    """job id -> its state in `squeue` (jobs accounting may not know yet)."""
+    try:
+        out = subprocess.run(
+            ["squeue", "-h", "-r", "-o", "%i|%T", "-j", ",".join(arrays)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return dict(line.partition("|")[::2] for line in out.splitlines())
 
 
 def _restarted(arrays: list[str]) -> set[str]:
