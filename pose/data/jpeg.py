@@ -10,8 +10,9 @@ restart markers renumbered) without decoding anything, and cv2 decodes that. Ins
 its pixels equal those of the whole decoded crop; a margin around the region keeps chroma
 upsampling at the cut edges away from the pixels a warp reads.
 
-The markers cost a few percent in file size (BENCHMARKS.md, sharding). JPEGs without suitable restart intervals (shards written
-before this, or by other tools) are decoded whole: `JpegIntervals.find` returns None for them.
+The markers cost a few percent in file size (BENCHMARKS.md, sharding). JPEGs without suitable
+restart intervals (shards written before this, or by other tools) are decoded whole:
+`JpegIntervals.find` returns None for them.
 """
 
 from __future__ import annotations
