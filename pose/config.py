@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import re
 import types
@@ -46,7 +47,8 @@ class DataConfig:
     flip_prob: float = 0.5
     half_body_prob: float = 0.0
     num_workers: int = 2
-    bad_sample_policy: Literal["skip", "stop"] = "skip"
+    bad_sample_policy: Literal["skip", "stop"] = "skip"  # a sample whose JPEG does not decode
+    max_bad_fraction: float = 0.01  # skipped samples beyond this share of those read stop a run
 
     def check(self) -> None:
         h, w = self.image_size
@@ -59,6 +61,7 @@ class DataConfig:
         if not 0 <= self.scale_factor < 1:
             fail_key("data.scale_factor", f"{self.scale_factor} must lie in [0, 1)")
         check_non_negative("data.num_workers", self.num_workers)
+        check_probability("data.max_bad_fraction", self.max_bad_fraction)
 
 
 @dataclass
@@ -181,6 +184,11 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     launch: LaunchConfig = field(default_factory=LaunchConfig)
 
+    def check(self) -> None:
+        check_non_negative("seed", self.seed)
+        if self.seed >= 2**31:
+            fail_key("seed", f"{self.seed} must be below 2**31")
+
 
 # --------------------------------------------------------------------------------------------
 # Loading, overriding, saving
@@ -287,7 +295,22 @@ def read_yaml_mapping(path: str | os.PathLike) -> dict[str, Any]:
 
 class _StrictLoader(yaml.SafeLoader):
     """YAML 1.2-style scalars: only true/false are booleans ('off' stays a string), and
-    '1e-3' is a float."""
+    '1e-3' is a float. A key written twice in one mapping is an error (plain YAML keeps the
+    last one, so a section written twice silently resets what the first one set)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"duplicate key '{key}' (first at line {seen[key] + 1})",
+                    key_node.start_mark,
+                )
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
 
 
 _StrictLoader.yaml_implicit_resolvers = {
@@ -392,9 +415,12 @@ def _convert_scalar(value: Any, typ: Any, key: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, int | float | str):
             fail_key(key, f"expects a number, got {value!r}")
         try:
-            return float(value)
+            number = float(value)
         except ValueError:
             fail_key(key, f"expects a number, got {value!r}")
+        if not math.isfinite(number):
+            fail_key(key, f"expects a finite number, got {value!r}")
+        return number
     if typ is str:
         if isinstance(value, bool) or value is None or isinstance(value, dict | list):
             fail_key(key, f"expects a string, got {value!r}")

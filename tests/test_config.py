@@ -138,3 +138,36 @@ def test_parse_overrides_nests_and_build_config_accepts_partial_dicts():
     assert nested == {"a": {"b": {"c": 1, "d": "x"}}, "e": ""}
     cfg = build_config({"train": {"lr": 0.5}})
     assert cfg.train.lr == 0.5 and cfg.model == Config().model
+
+
+@pytest.mark.parametrize(
+    ("override", "words"),
+    [
+        ("seed=-1", ["'seed'", "must not be negative"]),
+        ("seed=4294967296", ["'seed'", "below 2**31"]),
+        ("train.lr=.nan", ["train.lr", "finite"]),
+        ("train.lr=nan", ["train.lr", "finite"]),
+        ("data.sigma=inf", ["data.sigma", "finite"]),
+        ("train.weight_decay=-.inf", ["train.weight_decay", "finite"]),
+        ("data.max_bad_fraction=2", ["data.max_bad_fraction", "[0, 1]"]),
+    ],
+)
+def test_values_that_would_crash_later_fail_now(override, words):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    for word in words:
+        assert word in str(err.value)
+
+
+def test_a_key_written_twice_is_an_error_naming_it(tmp_path):
+    path = tmp_path / "twice.yaml"
+    path.write_text(
+        "train:\n  lr: 0.5\n  epochs: 3\nmodel:\n  backbone: resnet18\ntrain:\n  seed: 1\n"
+    )
+    with pytest.raises(
+        ConfigError, match=r"twice\.yaml.*duplicate key 'train' \(first at line 1\)"
+    ):
+        load_config(path)
+    path.write_text("train:\n  lr: 0.5\n  lr: 0.1\n")
+    with pytest.raises(ConfigError, match="duplicate key 'lr'"):
+        load_config(path)
