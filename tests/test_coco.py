@@ -82,6 +82,13 @@ def test_training_instances_count_bad_annotations():
         {**good, "id": 5, "keypoints": [float("nan")] * 51},
         {k: v for k, v in good.items() if k != "bbox"} | {"id": 6},
         {**good, "id": 7, "image_id": 99},
+        {**good, "id": 8, "bbox": [10, 10, "20", 40]},  # wrong-typed fields
+        {**good, "id": 9, "keypoints": ["15", 20, 2] + [0] * 48},
+        {**good, "id": 10, "bbox": [10, float("nan"), 20, 40]},
+        {**good, "id": 11, "bbox": [10, 10, float("inf"), 40]},
+        {**good, "id": 12, "keypoints": [15, 20, 2] + [0] * 60},  # 21 joints, not 17
+        {**good, "id": 13, "keypoints": [15, 20, True] + [0] * 48},
+        {**good, "id": 14, "num_keypoints": "1"},
     ]
     coco = COCO()
     coco.dataset = {
@@ -99,8 +106,28 @@ def test_training_instances_count_bad_annotations():
     assert dict(skipped) == {
         "crowd": 1,
         "no_keypoints": 1,
-        "invalid_box": 1,
-        "bad_keypoints": 1,
+        "invalid_box": 4,
+        "bad_keypoints": 4,
         "missing_fields": 1,
         "unknown_image": 1,
+        "wrong_keypoint_count": 1,
     }
+
+
+@pytest.mark.parametrize(
+    ("document", "words"),
+    [
+        ({"images": [{"id": "1", "file_name": "a", "width": 1, "height": 1}]}, "images[0]"),
+        ({"images": [{"id": 1, "file_name": "a", "width": "640", "height": 1}]}, "'width'"),
+        ({"annotations": [{"image_id": 1}]}, "annotations[0] needs an integer 'id'"),
+        ({"annotations": [{"id": 1}]}, "annotations[0]"),
+        ({"annotations": "none"}, "'annotations' list"),
+    ],
+)
+def test_files_pycocotools_cannot_index_are_named_errors(tmp_path, document, words):
+    base = {"images": [], "annotations": [], "categories": [PERSON_CATEGORY]}
+    path = tmp_path / "ann.json"
+    path.write_text(json.dumps(base | document))
+    with pytest.raises(CocoFormatError) as err:
+        load_coco(path)
+    assert str(path) in str(err.value) and words in str(err.value)

@@ -291,11 +291,23 @@ def test_epoch_reshuffle_is_seeded_and_resumable(cfg, shard_dir):
         assert len(first) == a.batches_per_epoch == ShardSet.open(shard_dir).num_samples // B
 
 
+def test_dali_batches_do_not_depend_on_thread_count_or_start(cfg):
+    runs = {}
+    for threads, start in ((1, 0), (3, 0), (3, 2)):
+        loader = DaliLoader(spec(replace(cfg, num_workers=threads), True))
+        runs[(threads, start)] = [b["keypoints"] for b in loader.epoch(2, start)]
+    whole = runs[(1, 0)]
+    for (_, start), batches in runs.items():
+        assert len(batches) == len(whole) - start
+        for x, y in zip(whole[start:], batches):
+            torch.testing.assert_close(x, y)
+
+
 def test_torch_backend_batches_do_not_depend_on_worker_count_or_start(cfg):
     """Batch b is the same whichever worker builds it, also when an epoch starts at a batch
     that is not a multiple of the worker count (a resumed run)."""
     runs = {}
-    for workers, start in ((0, 0), (2, 0), (2, 1), (3, 1)):
+    for workers, start in ((0, 0), (1, 1), (2, 0), (2, 1), (3, 1), (3, 2)):
         loader = TorchLoader(spec(replace(cfg, num_workers=workers), True))
         runs[(workers, start)] = [b["keypoints"] for b in loader.epoch(3, start)]
     whole = runs[(0, 0)]
@@ -322,9 +334,13 @@ def test_corrupt_sample_follows_the_policy(cfg, shard_dir, tmp_path):
     skip = TorchLoader(spec(copy_cfg, False, 4))
     total = sum(b["image"].shape[0] for b in skip.epoch(0))
     assert total == shards.num_samples - 1 and skip.bad_samples == 1
-    stop = TorchLoader(spec(replace(copy_cfg, bad_sample_policy="stop"), False, 4))
-    with pytest.raises(ShardError, match=rf"{tar.name}.*{first_key}"):
+    assert skip.bad_sample_names == [f"{tar.name} {first_key}"]
+    assert skip.samples_read == shards.num_samples
+    stop_cfg = replace(copy_cfg, bad_sample_policy="stop", num_workers=2)
+    stop = TorchLoader(spec(stop_cfg, False, 4))
+    with pytest.raises(ShardError, match=rf"{tar.name}.*{first_key}") as err:
         list(stop.epoch(0))
+    assert "Traceback" not in str(err.value)  # the message, not a worker's traceback
     with pytest.raises(ShardError, match=rf"{tar.name} {first_key}: jpg does not decode"):
         list(DaliLoader(spec(copy_cfg, False, 4)).epoch(0))
 

@@ -270,3 +270,77 @@ def test_verify_reports_damage_with_shard_and_key(synthetic_train, tmp_path, cap
     assert f"{victim.name}: size or sha256 differs" in out
     assert f"{victim.name} {first_key}: jpg does not decode" in out
     assert f"{manifest['shards'][2]['name']}: missing" in out
+
+
+def test_a_wrong_image_folder_leaves_nothing_to_resume(synthetic_dataset, tmp_path, capsys):
+    """The first run skips every image (wrong folder) and fails; it leaves no state, and the
+    image folder is among the parameters, so a run with the right folder starts afresh."""
+    ann = synthetic_dataset / "annotations" / "person_keypoints_train.json"
+    out = tmp_path / "out"
+    (tmp_path / "empty").mkdir()
+    assert shard_cli(ann, tmp_path / "empty", out, "--detail", "128x96") == 2
+    assert "every instance was skipped" in capsys.readouterr().err
+    assert not list(out.iterdir())  # no state left to "resume"
+    images = synthetic_dataset / "images" / "train"
+    assert shard_cli(ann, images, out, "--detail", "128x96") == 0
+    manifest = read_manifest(out)
+    assert manifest["num_samples"] > 0 and manifest["params"]["images"] == str(images.resolve())
+    copy = tmp_path / "copy"
+    shutil.copytree(images, copy)
+    assert shard_cli(ann, copy, out, "--detail", "128x96") == 2
+    assert "images:" in capsys.readouterr().err  # another folder is another input
+    assert shard_cli(ann, copy, out, "--detail", "128x96", "--overwrite") == 0
+
+
+def test_overwrite_clears_an_unfinished_run(synthetic_dataset, tmp_path, monkeypatch):
+    ann = synthetic_dataset / "annotations" / "person_keypoints_train.json"
+    images = synthetic_dataset / "images" / "train"
+    options = {"shard_size": 16, "detail": (128, 96)}
+    real_crop = sharding.crop_shard
+
+    def dies_on_second_shard(job):
+        if job.index == 1:
+            raise KeyboardInterrupt
+        return real_crop(job)
+
+    monkeypatch.setattr(sharding, "crop_shard", dies_on_second_shard)
+    with pytest.raises(KeyboardInterrupt):
+        shard(ann, images, tmp_path / "out", **options)
+    monkeypatch.setattr(sharding, "crop_shard", real_crop)
+    result = shard(ann, images, tmp_path / "out", overwrite=True, **options)
+    assert result.resumed_shards == 0 and result.cropped == result.num_samples
+
+
+def test_verify_checks_keypoint_shapes_against_the_manifest(synthetic_train, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(synthetic_train, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    assert manifest["num_joints"] == 17
+    (copy / "manifest.json").write_text(json.dumps(manifest | {"num_joints": 16}))
+    problems = verify(copy, decode_images=False)
+    assert len(problems) == manifest["num_samples"]
+    assert "keypoints (17, 3)" in problems[0] and "16 joints" in problems[0]
+
+
+def test_damaged_index_or_counts_are_named_when_a_loader_opens_the_shards(
+    synthetic_train, tmp_path
+):
+    from pose.data.shards import ShardError, ShardIndex, ShardSet
+
+    copy = tmp_path / "copy"
+    shutil.copytree(synthetic_train, copy)
+    manifest = read_manifest(copy)
+    index = copy / manifest["shards"][0]["index"]
+    lines = index.read_text().splitlines()
+    index.write_text("\n".join([lines[0], "jpg 1536 x"] + lines[2:]) + "\n")
+    with pytest.raises(ShardError, match=rf"index '.*{index.name}' is damaged"):
+        ShardIndex(index)
+    index.write_text("garbage\n")
+    with pytest.raises(ShardError, match=rf"index '.*{index.name}' starts with 'garbage'"):
+        ShardSet.open(copy)
+    shutil.copy(synthetic_train / index.name, index)
+    data = json.loads((copy / "manifest.json").read_text())
+    data["shards"][1]["bytes"] += 512
+    (copy / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(ShardError, match=r"has \d+ bytes, .*manifest.json says"):
+        ShardSet.open(copy)

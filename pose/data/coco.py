@@ -68,16 +68,36 @@ def load_coco(path: str | Path):
 
     path = Path(path)
     data = read_json(path, "annotation file")
-    for key in ("images", "annotations", "categories"):
-        if not isinstance(data, dict) or key not in data:
-            raise CocoFormatError(f"annotation file '{path}' has no '{key}' list")
-    if not any(c.get("id") == 1 and "keypoints" in c for c in data["categories"]):
-        raise CocoFormatError(f"annotation file '{path}' has no person category with keypoints")
+    _check_structure(data, path)
     coco = COCO()
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
         coco.createIndex()
     return coco
+
+
+def _check_structure(data, path: Path) -> None:
+    """What pycocotools needs to index the file; anything else wrong with one annotation is
+    counted as a skip later."""
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data, dict) or not isinstance(data.get(key), list):
+            raise CocoFormatError(f"annotation file '{path}' has no '{key}' list")
+    for i, image in enumerate(data["images"]):
+        fields = {"id": int, "width": int, "height": int, "file_name": str}
+        for key, kind in fields.items():
+            if not isinstance(image, dict) or not isinstance(image.get(key), kind):
+                raise CocoFormatError(
+                    f"annotation file '{path}': images[{i}] needs '{key}' ({kind.__name__})"
+                )
+    for i, ann in enumerate(data["annotations"]):
+        if not isinstance(ann, dict) or not isinstance(ann.get("id"), int) or "image_id" not in ann:
+            raise CocoFormatError(
+                f"annotation file '{path}': annotations[{i}] needs an integer 'id' and an "
+                "'image_id'"
+            )
+    people = [c for c in data["categories"] if isinstance(c, dict) and c.get("id") == 1]
+    if not people or not isinstance(people[0].get("keypoints"), list):
+        raise CocoFormatError(f"annotation file '{path}' has no person category with keypoints")
 
 
 def clean_bbox(
@@ -111,23 +131,23 @@ OnSkip = Callable[[str, str], None]  # (reason, what) -> None; may raise to make
 
 
 def training_instances(coco, on_skip: OnSkip | None = None) -> tuple[list[PersonInstance], Counter]:
-    """Annotations with num_keypoints > 0, iscrowd == 0 and a valid cleaned box.
+    """Annotations with num_keypoints > 0, iscrowd == 0, the category's number of keypoints
+    and a valid cleaned box.
 
     Returns the instances and a counter of skipped annotations by reason; `on_skip` hears of
     each skip first (strict callers raise there)."""
     skipped: Counter = Counter()
     instances = []
+    num_joints = len(person_category(coco)["keypoints"])
     for ann_id in sorted(coco.anns):
         ann = coco.anns[ann_id]
-        reason = _skip_reason(coco, ann)
-        img = coco.imgs.get(ann.get("image_id"))
-        if not reason and clean_bbox(ann["bbox"], img["width"], img["height"]) is None:
-            reason = "invalid_box"
+        reason = _skip_reason(coco, ann, num_joints)
         if reason:
             if on_skip and reason not in ("crowd", "no_keypoints", "not_person"):
                 on_skip(reason, f"annotation {ann_id}")
             skipped[reason] += 1
             continue
+        img = coco.imgs[ann["image_id"]]
         box = clean_bbox(ann["bbox"], img["width"], img["height"])
         kpts = np.asarray(ann["keypoints"], dtype=np.float32).reshape(-1, 3)
         instances.append(
@@ -145,7 +165,22 @@ def training_instances(coco, on_skip: OnSkip | None = None) -> tuple[list[Person
     return instances, skipped
 
 
-def _skip_reason(coco, ann: dict) -> str | None:
+def person_category(coco) -> dict:
+    return next(c for c in coco.dataset["categories"] if c.get("id") == 1 and "keypoints" in c)
+
+
+def numbers(value, length: int | None = None) -> np.ndarray | None:
+    """`value` as a float64 array if it is a list of finite real numbers (of `length` when
+    given), else None: strings, booleans, NaN and infinities are not numbers here."""
+    if not isinstance(value, list | tuple) or (length is not None and len(value) != length):
+        return None
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in value):
+        return None
+    array = np.asarray(value, dtype=np.float64)
+    return array if np.isfinite(array).all() else None
+
+
+def _skip_reason(coco, ann: dict, num_joints: int) -> str | None:
     missing = [k for k in REQUIRED_ANN_FIELDS if k not in ann]
     if missing:
         return "missing_fields"
@@ -153,14 +188,20 @@ def _skip_reason(coco, ann: dict) -> str | None:
         return "not_person"
     if ann["iscrowd"]:
         return "crowd"
+    if not isinstance(ann["num_keypoints"], int) or isinstance(ann["num_keypoints"], bool):
+        return "bad_keypoints"
     if ann["num_keypoints"] <= 0:
         return "no_keypoints"
-    if ann["image_id"] not in coco.imgs:
+    img = coco.imgs.get(ann["image_id"])
+    if img is None:
         return "unknown_image"
-    kpts = np.asarray(ann["keypoints"], dtype=np.float64)
-    if kpts.size % 3 or not np.isfinite(kpts).all():
-        return "bad_keypoints"
-    img = coco.imgs[ann["image_id"]]
+    kpts = numbers(ann["keypoints"], 3 * num_joints)
+    if kpts is None:
+        ok_count = isinstance(ann["keypoints"], list) and len(ann["keypoints"]) == 3 * num_joints
+        return "bad_keypoints" if ok_count else "wrong_keypoint_count"
+    box = numbers(ann["bbox"], 4)
+    if box is None or clean_bbox(box, img["width"], img["height"]) is None:
+        return "invalid_box"
     labelled = kpts.reshape(-1, 3)[kpts.reshape(-1, 3)[:, 2] > 0]
     width, height = img["width"], img["height"]
     far_x = (labelled[:, 0] < -0.5 * width) | (labelled[:, 0] > 1.5 * width)
@@ -171,15 +212,13 @@ def _skip_reason(coco, ann: dict) -> str | None:
 
 
 def detection_instances(
-    coco,
-    dets_path: str | Path,
-    score_threshold: float,
-    num_joints: int = 17,
-    on_skip: OnSkip | None = None,
+    coco, dets_path: str | Path, score_threshold: float, on_skip: OnSkip | None = None
 ) -> tuple[list[PersonInstance], Counter]:
-    """Person detections (COCO results format) with score >= threshold, as instances to crop.
+    """Person detections (COCO results format) with score >= threshold, as instances to crop
+    (with as many all-zero keypoints as the person category names).
 
     Returns the instances and a counter of skipped detections by reason."""
+    num_joints = len(person_category(coco)["keypoints"])
     path = Path(dets_path)
     dets = read_json(path, "detections file")
     if not isinstance(dets, list):
@@ -217,12 +256,14 @@ def _detection_skip_reason(coco, det: dict, score_threshold: float) -> str | Non
         return "missing_fields"
     if det.get("category_id", 1) != 1:
         return "not_person"
+    if numbers([det["score"]]) is None:
+        return "bad_score"
     if det["score"] < score_threshold:
         return "below_score_threshold"
-    if det["image_id"] not in coco.imgs:
+    if not isinstance(det["image_id"], int) or det["image_id"] not in coco.imgs:
         return "unknown_image"
-    box = np.asarray(det["bbox"], dtype=np.float64)
-    if box.shape != (4,) or not np.isfinite(box).all() or box[2] <= 0 or box[3] <= 0:
+    box = numbers(det["bbox"], 4)
+    if box is None or box[2] <= 0 or box[3] <= 0:
         return "invalid_box"
     img = coco.imgs[det["image_id"]]
     if (

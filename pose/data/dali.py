@@ -237,6 +237,7 @@ class DaliLoader(Loader):
                 if batch >= self.batches_per_epoch:
                     break  # ranks whose part is one sample longer stop with the others
                 if batch >= start_batch:
+                    self.samples_read += outputs[0]["image"].shape[0]
                     yield finish_batch(outputs[0], spec.device)
         except RuntimeError as e:
             if "pipeline" not in str(e):  # not one of DALI's operator errors

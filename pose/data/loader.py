@@ -69,12 +69,15 @@ class Loader(ABC):
     """The interface of both backends: `epoch(e, start_batch)` yields the device batches of
     epoch `e` from batch `start_batch` on; `batches_per_epoch` is how many it yields from 0
     (training: fixed by the manifest, the same on every rank; evaluation: this rank's part);
-    `bad_samples` counts the samples skipped so far."""
+    `samples_read` and `bad_samples` count the samples read and those skipped because they do
+    not decode, and `bad_sample_names` names the skipped ones ('shard.tar key')."""
 
     def __init__(self, spec: LoaderSpec):
         self.spec = spec
         self.shards = ShardSet.open(spec.folder)
+        self.samples_read = 0
         self.bad_samples = 0
+        self.bad_sample_names: list[str] = []
         if spec.training:
             self.batches_per_epoch = self.shards.num_samples // (spec.world * spec.batch_size)
             if self.batches_per_epoch == 0:

@@ -105,6 +105,7 @@ class ShardParams:
     split: str
     annotations: str
     annotations_sha256: str
+    images: str  # the image folder (resolved): another folder is another input
     detections: str | None
     detections_sha256: str | None
     det_thr: float
@@ -158,7 +159,9 @@ def shard_dataset(request: ShardRequest) -> ShardResult:
     with bar:
         for index, record in _run_jobs(jobs, request.workers, bar):
             records[index] = record
-    manifest = _finish(out, params, [records[i] for i in range(len(chunks))], skipped)
+    num_joints = instances[0].keypoints.shape[0]
+    ordered = [records[i] for i in range(len(chunks))]
+    manifest = _finish(out, params, ordered, skipped, num_joints)
     return _result(out, manifest, todo, len(done), time.perf_counter() - start)
 
 
@@ -190,6 +193,7 @@ def make_params(request: ShardRequest) -> ShardParams:
         split=request.split,
         annotations=str(ann.resolve()),
         annotations_sha256=sha256_file(ann),
+        images=str(Path(request.images).resolve()),
         detections=str(dets.resolve()) if dets else None,
         detections_sha256=sha256_file(dets) if dets else None,
         det_thr=request.det_thr,
@@ -381,28 +385,26 @@ def select_instances(
 
 
 def prepare_output(out: Path, params: ShardParams, overwrite: bool) -> bool:
-    """Make `out` ready: resume an unfinished run with the same parameters, refuse (or, with
-    `overwrite`, clear) anything else. Returns True when it already holds the finished result."""
+    """Make `out` ready. Returns True when it already holds the finished result of the same
+    parameters; else, with `overwrite`, clears what a sharding run left there, or resumes an
+    unfinished run with the same parameters, and refuses anything else."""
     now = params.as_json()
     recorded, finished = _recorded_params(out)
-    if recorded == now:
-        if finished:
-            return True
+    if recorded == now and finished:
+        return True  # the same result: nothing to redo, with or without --overwrite
+    if overwrite:
+        _clear(out)
+    elif recorded == now:
+        pass  # resume the unfinished run
     elif recorded is not None or (out.is_dir() and any(out.glob("*.tar"))):
-        if not overwrite:
-            what = "shards made" if finished else "an unfinished run"
-            detail = (
-                f"differences: {_diff(recorded, now)}"
-                if recorded
-                else "tar files of unknown origin"
-            )
-            raise ShardingError(
-                f"'{out}' holds {what} with other parameters; use a new --out folder or "
-                f"--overwrite ({detail})"
-            )
-        for path in [*out.glob("*.tar"), *out.glob("*.idx"), out / MANIFEST, out / PROGRESS]:
-            path.unlink(missing_ok=True)
-        shutil.rmtree(out / META_DIR, ignore_errors=True)
+        what = "shards made" if finished else "an unfinished run"
+        detail = (
+            f"differences: {_diff(recorded, now)}" if recorded else "tar files of unknown origin"
+        )
+        raise ShardingError(
+            f"'{out}' holds {what} with other parameters; use a new --out folder or "
+            f"--overwrite ({detail})"
+        )
     (out / META_DIR).mkdir(parents=True, exist_ok=True)
     atomic_write(out / PROGRESS, json.dumps(now))
     return False
@@ -498,14 +500,26 @@ def _drain(progress, bar: tqdm) -> None:
         pass
 
 
-def _finish(out: Path, params: ShardParams, records: list[dict], skipped: Counter) -> dict:
-    """The manifest over the shard records, and the run's resume state removed."""
+def _finish(
+    out: Path, params: ShardParams, records: list[dict], skipped: Counter, num_joints: int
+) -> dict:
+    """The manifest over the shard records, and the run's resume state removed (also when
+    nothing could be written: a failed run leaves nothing to resume)."""
     total_skipped = Counter(skipped)
     for record in records:
         total_skipped.update(record["skipped"])
     entries = [ShardEntry(**r["entry"]) for r in records if r["entry"]]
     if not entries:
+        _clear(out)
         raise ShardingError(f"every instance was skipped ({dict(total_skipped)}); nothing written")
-    manifest = write_manifest(out, entries, dict(total_skipped), params.as_json())
+    manifest = write_manifest(out, entries, dict(total_skipped), params.as_json(), num_joints)
     (out / PROGRESS).unlink(missing_ok=True)
+    shutil.rmtree(out / META_DIR, ignore_errors=True)
     return manifest
+
+
+def _clear(out: Path) -> None:
+    """Remove everything a sharding run writes into `out` (nothing else)."""
+    for path in [*out.glob("*.tar"), *out.glob("*.idx"), out / MANIFEST, out / PROGRESS]:
+        path.unlink(missing_ok=True)
+    shutil.rmtree(out / META_DIR, ignore_errors=True)

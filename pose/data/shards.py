@@ -136,11 +136,12 @@ def write_shard(folder: Path, name: str, samples: list[Sample]) -> ShardEntry:
 
 
 def write_manifest(
-    folder: Path, entries: list[ShardEntry], skipped: dict[str, int], params: dict
+    folder: Path, entries: list[ShardEntry], skipped: dict[str, int], params: dict, num_joints: int
 ) -> dict:
     """The manifest of a finished shard folder, written last (its presence means finished)."""
     manifest = {
         "num_samples": sum(e.num_samples for e in entries),
+        "num_joints": num_joints,
         "shards": [e.as_json() for e in entries],
         "skipped": dict(sorted(skipped.items())),
         "params": {**params, "version": FORMAT_VERSION},
@@ -188,12 +189,21 @@ class ShardSet:
 
     @classmethod
     def open(cls, folder: str | Path) -> ShardSet:
+        """The shards a manifest lists, checked cheaply against it (files present, sizes and
+        index headers as listed); `check_shards` reads everything."""
         folder = Path(folder)
         shards = read_manifest(folder)["shards"]
         tars = [folder / s["name"] for s in shards]
         missing = [str(p) for p in tars if not p.is_file()]
         if missing:
             raise ShardError(f"shards listed in {folder}/{MANIFEST} are missing: {missing}")
+        for tar, shard in zip(tars, shards):
+            if tar.stat().st_size != shard["bytes"]:
+                raise ShardError(
+                    f"shard '{tar}' has {tar.stat().st_size} bytes, {folder}/{MANIFEST} says "
+                    f"{shard['bytes']} (a damaged or replaced file: data_prep.verify checks all)"
+                )
+            _check_index_header(folder / shard["index"], shard["num_samples"])
         indices = [folder / s["index"] for s in shards]
         return cls(folder, tars, indices, [s["num_samples"] for s in shards])
 
@@ -224,6 +234,19 @@ class ShardSet:
         return segments
 
 
+def _check_index_header(path: Path, count: int) -> None:
+    try:
+        with open(path) as f:
+            header = f.readline().split()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ShardError(f"index '{path}' cannot be read: {e}") from None
+    if header != [INDEX_VERSION, str(count)]:
+        raise ShardError(
+            f"index '{path}' starts with {' '.join(header)!r}, expected '{INDEX_VERSION} {count}' "
+            f"(damaged? data_prep.verify checks the folder)"
+        )
+
+
 class ShardIndex:
     """Where each sample's members lie in a shard, from its DALI index, so that a sample is
     read with one seek and one read (no tar headers parsed on the hot path)."""
@@ -232,17 +255,23 @@ class ShardIndex:
         self.spans: list[tuple[int, int]] = []  # (first byte, end byte) of each sample
         self.members: list[dict[str, tuple[int, int]]] = []  # ext -> (offset, size) in span
         self.keys: list[str] = []
-        for line in index_path.read_text().splitlines()[1:]:
-            fields = line.split()
-            self.keys.append(fields[3].split(".", 1)[0])
-            entries = {
-                fields[k]: (int(fields[k + 1]), int(fields[k + 2]))
-                for k in range(0, len(fields), 4)
-            }
-            start = min(offset for offset, _ in entries.values())
-            end = max(offset + size for offset, size in entries.values())
-            self.spans.append((start, end))
-            self.members.append({ext: (off - start, size) for ext, (off, size) in entries.items()})
+        try:
+            for line in index_path.read_text().splitlines()[1:]:
+                self._add(line.split())
+        except (ValueError, IndexError, UnicodeDecodeError) as e:
+            raise ShardError(f"index '{index_path}' is damaged: {e}") from None
+
+    def _add(self, fields: list[str]) -> None:
+        if not fields or len(fields) % 4:
+            raise ValueError(f"a line of {len(fields)} fields")
+        self.keys.append(fields[3].split(".", 1)[0])
+        entries = {
+            fields[k]: (int(fields[k + 1]), int(fields[k + 2])) for k in range(0, len(fields), 4)
+        }
+        start = min(offset for offset, _ in entries.values())
+        end = max(offset + size for offset, size in entries.values())
+        self.spans.append((start, end))
+        self.members.append({ext: (off - start, size) for ext, (off, size) in entries.items()})
 
     def read(self, stream, index: int) -> dict[str, bytes]:
         start, end = self.spans[index]
@@ -302,8 +331,9 @@ def check_shards(
     except ShardError as e:
         return [str(e)]
     problems, total = [], 0
+    num_joints = manifest.get("num_joints")
     for shard in tqdm(manifest["shards"], desc="verify", unit="shard", disable=not progress):
-        count, found = _check_shard(folder, shard, decode_images)
+        count, found = _check_shard(folder, shard, decode_images, num_joints)
         total += count
         problems += found
     if total != manifest["num_samples"]:
@@ -311,7 +341,9 @@ def check_shards(
     return problems
 
 
-def _check_shard(folder: Path, shard: dict, decode_images: bool) -> tuple[int, list[str]]:
+def _check_shard(
+    folder: Path, shard: dict, decode_images: bool, num_joints: int | None
+) -> tuple[int, list[str]]:
     """(samples found, problems) of one shard listed in the manifest."""
     path = folder / shard["name"]
     if not path.is_file():
@@ -323,7 +355,8 @@ def _check_shard(folder: Path, shard: dict, decode_images: bool) -> tuple[int, l
     try:
         for key, parts in iter_samples(path):
             count += 1
-            problems += [f"{shard['name']} {key}: {p}" for p in _check_sample(parts, decode_images)]
+            found = _check_sample(parts, decode_images, num_joints)
+            problems += [f"{shard['name']} {key}: {p}" for p in found]
     except ShardError as e:
         problems.append(str(e))
     if count != shard["num_samples"]:
@@ -331,7 +364,9 @@ def _check_shard(folder: Path, shard: dict, decode_images: bool) -> tuple[int, l
     return count, problems + _check_index(folder / shard["index"], count, shard["name"])
 
 
-def _check_sample(parts: dict[str, bytes], decode_images: bool) -> list[str]:
+def _check_sample(
+    parts: dict[str, bytes], decode_images: bool, num_joints: int | None
+) -> list[str]:
     missing = [c for c in COMPONENTS if c not in parts]
     if missing:
         return [f"missing components {missing}"]
@@ -341,8 +376,12 @@ def _check_sample(parts: dict[str, bytes], decode_images: bool) -> list[str]:
     try:
         kpts, affine = decode_npy(parts["kpts.npy"]), decode_npy(parts["affine.npy"])
         meta = decode_npy(parts["meta.npy"])
-        if kpts.ndim != 2 or kpts.shape[1] != 3 or affine.shape != (2, 3):
-            problems.append(f"keypoints {kpts.shape} / affine {affine.shape} have wrong shapes")
+        joints = num_joints or (kpts.shape[0] if kpts.ndim == 2 else -1)
+        if kpts.shape != (joints, 3) or affine.shape != (2, 3):
+            problems.append(
+                f"keypoints {kpts.shape} / affine {affine.shape} have wrong shapes (the manifest "
+                f"says {num_joints} joints)"
+            )
         elif meta.shape != (len(META_FIELDS),):
             problems.append(f"meta has shape {meta.shape}, expected ({len(META_FIELDS)},)")
         elif not all(np.isfinite(a).all() for a in (kpts, affine, meta)):

@@ -131,13 +131,17 @@ class _EpochBatches(IterableDataset):
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         for batch in range(self.start + worker, self.stop, workers):
-            yield self._batch(batch)
+            try:
+                yield self._batch(batch)
+            except ShardError as e:  # its message, not a worker's traceback around it
+                yield {"error": str(e)}
+                return
 
     def _batch(self, batch: int) -> dict:
         spec = self.spec
         wanted = self.order[batch * spec.batch_size : (batch + 1) * spec.batch_size]
         rng = np.random.default_rng([self.seed, batch])
-        samples, bad = [], 0
+        samples, bad = [], []
         for (shard, index), (key, parts) in zip(wanted, self._read(wanted)):
             augmentation = draw_augmentation(rng, spec.data) if spec.training else NO_AUGMENTATION
             sample = transform_sample(parts, augmentation, spec.data, spec.layout)
@@ -147,13 +151,13 @@ class _EpochBatches(IterableDataset):
                         f"shard '{self.shards.tars[shard]}' sample '{key}' (#{index}): "
                         "jpg does not decode"
                     )
-                bad += 1
+                bad.append(f"{self.shards.tars[shard].name} {key}")
                 continue
             samples.append(sample)
         if not samples:
-            raise ShardError(f"every sample of batch {batch} failed to decode")
+            raise ShardError(f"no sample of batch {batch} decodes: {', '.join(bad)}")
         out = {k: torch.from_numpy(np.stack([s[k] for s in samples])) for k in samples[0]}
-        out["bad_samples"] = torch.tensor(bad)
+        out["bad_samples"] = bad
         return out
 
     def _read(self, wanted: np.ndarray) -> list[tuple[str, dict[str, bytes]]]:
@@ -187,5 +191,10 @@ class TorchLoader(Loader):
             persistent_workers=False,
         )
         for batch in loader:
-            self.bad_samples += int(batch.pop("bad_samples"))
+            if "error" in batch:
+                raise ShardError(batch["error"])
+            bad = batch.pop("bad_samples")
+            self.bad_samples += len(bad)
+            self.bad_sample_names += bad
+            self.samples_read += batch["image"].shape[0] + len(bad)
             yield finish_batch(batch, self.spec.device)
