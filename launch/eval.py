@@ -23,8 +23,9 @@ from pose.data.backends import build_loader
 from pose.data.codec import heatmap_size
 from pose.data.loader import Loader, LoaderSpec
 from pose.data.shards import ShardError
-from pose.engine.checkpoint import CheckpointError, resolve_checkpoint
+from pose.engine.checkpoint import resolve_checkpoint
 from pose.engine.distributed import DistEnv, init_distributed
+from pose.engine.errors import CheckpointError
 from pose.eval.coco_eval import write_json
 from pose.eval.evaluate import (
     EvaluationError,

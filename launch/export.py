@@ -19,7 +19,8 @@ import torch
 
 from pose.caches import use_cache_folders
 from pose.config import ConfigError, load_config
-from pose.engine.checkpoint import CheckpointError, resolve_checkpoint
+from pose.engine.checkpoint import resolve_checkpoint
+from pose.engine.errors import CheckpointError
 from pose.models import build_model
 from pose.models.weights import WeightsError, load_model_weights
 from pose.run_folder import RunFolder

@@ -23,7 +23,8 @@ from tqdm import tqdm
 
 from pose.caches import use_cache_folders
 from pose.config import ConfigError, load_config
-from pose.engine.checkpoint import CheckpointError, resolve_checkpoint
+from pose.engine.checkpoint import resolve_checkpoint
+from pose.engine.errors import CheckpointError
 from pose.eval.coco_eval import write_json
 from pose.eval.inference import predict_people
 from pose.models import build_model

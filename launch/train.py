@@ -4,6 +4,12 @@ Slurm's srun (one task per device). Starting in a run folder that has a checkpoi
     python launch/train.py --config configs/demo.yaml [run.dir=runs/demo] [train.max_steps=N] ...
     torchrun --nproc_per_node 2 launch/train.py --config configs/demo.yaml ...
     srun --ntasks-per-node 4 python launch/train.py --config configs/coco_res50_256x192.yaml ...
+
+Exit codes: 0 the run reached its last step; 1 it failed while training (a non-finite loss or
+weight, too many samples that do not decode, a checkpoint that could not be written); 2 it could
+not start (config, shards, the checkpoint to resume, a run folder in use, the distributed
+environment); 75 (EX_TEMPFAIL) a stop signal (SIGTERM, SIGUSR1, SIGUSR2) made it write a
+checkpoint and stop early: run the same command again to resume.
 """
 
 from __future__ import annotations
@@ -15,11 +21,13 @@ from pathlib import Path
 from pose.caches import use_cache_folders
 from pose.config import ConfigError, load_config
 from pose.data.shards import ShardError
-from pose.engine.checkpoint import CheckpointError
 from pose.engine.distributed import DistributedSetupError, init_distributed, shutdown
-from pose.engine.step_metrics import TrainingError
+from pose.engine.errors import CheckpointError, TrainingError
 from pose.engine.trainer import train
 from pose.eval.evaluate import print_metrics
+from pose.run_folder import RunFolderBusy
+
+EXIT_FAILED, EXIT_NOT_STARTED, EXIT_STOPPED = 1, 2, 75
 
 
 def run_dir_for(cfg, config_path: str) -> Path:
@@ -32,26 +40,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="dotted overrides: train.lr=5e-4 ...")
     args = parser.parse_args(argv)
     use_cache_folders()
+    env = None
     try:
         cfg = load_config(args.config, args.overrides)
         env = init_distributed(cfg.launch)
         result = train(cfg, run_dir_for(cfg, args.config), env)
-    except (ConfigError, ShardError, DistributedSetupError, CheckpointError) as e:
+    except (ConfigError, ShardError, DistributedSetupError, CheckpointError, RunFolderBusy) as e:
         print(f"train: error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_NOT_STARTED
     except TrainingError as e:
         print(f"train: stopped: {e}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     finally:
         shutdown()
     if env.is_main:
-        stopped = " (stopped by signal)" if result.stopped else ""
-        print(
-            f"train: {result.step} steps, {result.epochs} epochs, precision "
-            f"{result.precision}{stopped}"
-        )
+        print(f"train: {result.step} steps, {result.epochs} epochs, precision {result.precision}")
         if result.metrics:
             print_metrics(result.metrics)
+    if result.stopped:
+        print(
+            f"train: stopped by signal {result.stop_signal} after writing a checkpoint at step "
+            f"{result.step}; run the same command again to resume (exit code {EXIT_STOPPED})",
+            file=sys.stderr,
+        )
+        return EXIT_STOPPED
     return 0
 
 

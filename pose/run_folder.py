@@ -9,15 +9,23 @@ object where things are:
     pictures/           PNGs written during training
     eval/               results.json of the last evaluation
     wandb/              wandb's own files
+    lock                held (an advisory lock) by the training that uses the folder
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import secrets
+import socket
+import time
 from pathlib import Path
 
 from pose.files import atomic_write
+
+
+class RunFolderBusy(RuntimeError):
+    """Another process holds the run folder's lock; the message names its host and pid."""
 
 
 class RunFolder:
@@ -70,12 +78,42 @@ class RunFolder:
     def set_best(self, tag: str) -> None:
         atomic_write(self.checkpoints / "best", tag, durable=True)
 
+    def lock(self) -> RunLock:
+        """Take the folder's lock for this process (released when it ends, whatever the
+        reason), or raise RunFolderBusy naming the holder."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        path = self.path / "lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = path.read_text().strip() or "an unknown process"
+            os.close(fd)
+            raise RunFolderBusy(
+                f"run folder '{self.path}' is in use by {holder} (another training, or ranks "
+                "left behind by a killed launcher); stop it or choose another run.dir"
+            ) from None
+        os.ftruncate(fd, 0)
+        started = time.strftime("%Y-%m-%d %H:%M:%S")
+        os.write(fd, f"pid {os.getpid()} on host {socket.gethostname()} since {started}\n".encode())
+        return RunLock(fd)
+
     def wandb_id(self) -> str:
         """A stable wandb run id for this folder, made on first use."""
         path = self.path / "wandb_id.txt"
         if not path.is_file():
             atomic_write(path, secrets.token_hex(4))
         return path.read_text().strip()
+
+
+class RunLock:
+    def __init__(self, fd: int):
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)  # closing the descriptor drops the lock
+            self.fd = -1
 
 
 def _read_pointer(path: Path) -> str | None:

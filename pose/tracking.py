@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 from pose.config import LogConfig
+from pose.files import atomic_write
 from pose.run_folder import RunFolder
 
 
@@ -28,14 +29,23 @@ def wandb_mode(setting: str, env: dict | None = None) -> str:
 
 class Tracker:
     """metrics.jsonl of `run` and a wandb run as `cfg` (log section) says, with `config` (the
-    whole resolved tree) as wandb's run config. Disabled on ranks other than 0."""
+    whole resolved tree) as wandb's run config. Disabled on ranks other than 0.
 
-    def __init__(self, cfg: LogConfig, run: RunFolder, config: dict, enabled: bool):
+    A run resumed at `resume_step` will log the steps after it again: the records of those
+    steps that the interrupted run wrote are dropped from metrics.jsonl first, so readers see
+    each step once (wandb ignores steps below its last one, so it keeps the first records)."""
+
+    def __init__(
+        self, cfg: LogConfig, run: RunFolder, config: dict, enabled: bool, resume_step: int = 0
+    ):
         self.enabled = enabled
         self.path = run.metrics
         self.run = None
         if not enabled:
             return
+        if resume_step and self.path.is_file():
+            kept = [r for r in read_metrics(run.path) if r["step"] <= resume_step]
+            atomic_write(self.path, "".join(json.dumps(r) + "\n" for r in kept))
         mode = wandb_mode(cfg.wandb)
         if mode != "off":
             import wandb
@@ -82,5 +92,13 @@ class Tracker:
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
+    """The records of a run's metrics.jsonl in order; of train and val records logged twice
+    for one step (by an older version, before a resume), only the last."""
     path = RunFolder(run_dir).metrics
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    last = {(r["split"], r["step"]): i for i, r in enumerate(records)}
+    return [
+        r
+        for i, r in enumerate(records)
+        if r["split"] == "run" or last[(r["split"], r["step"])] == i
+    ]

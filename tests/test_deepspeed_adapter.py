@@ -17,8 +17,9 @@ from pose.engine.deepspeed_adapter import (
     resolve_precision,
 )
 from pose.engine.distributed import init_distributed
+from pose.engine.errors import TrainingError
 from pose.engine.loss import joints_mse_loss
-from pose.engine.step_metrics import StepMetrics, TrainingError
+from pose.engine.step_metrics import StepMetrics
 from pose.engine.trainer import train_step
 from pose.models import build_model
 

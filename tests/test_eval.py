@@ -1,6 +1,7 @@
 import contextlib
 import io
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -323,3 +324,33 @@ def test_throughput_bars_draw_one_bar_per_variant(tmp_path):
     three = throughput_bars(rates, tmp_path / "three.png", "t", "x", "reference")
     h2, h3 = mpimg.imread(two).shape[0], mpimg.imread(three).shape[0]
     assert h3 == h2 + 60  # 0.5 inch more per bar at 120 dpi
+
+
+@pytest.mark.slow
+def test_two_rank_evaluation_counts_a_bad_sample_outside_rank_0(
+    synthetic_dataset, tmp_path, run_python
+):
+    """A sample that does not decode in the second rank's part: every rank's skip count is
+    gathered, so the prediction count still checks out and the skip is reported."""
+    from pose.data.shards import iter_samples
+    from pose.engine.distributed import free_port
+
+    ann = synthetic_dataset / "annotations" / "person_keypoints_val.json"
+    out = tmp_path / "val"
+    request = ShardRequest(ann, synthetic_dataset / "images" / "val", out, split="val")
+    total = shard_dataset(replace(request, detail=(128, 96), progress=False)).num_samples
+    tar = sorted(out.glob("*.tar"))[-1]
+    data = bytearray(tar.read_bytes())
+    last = list(iter_samples(tar))[-1][1]["jpg"]
+    start = data.index(last[:64])
+    data[start : start + 200] = b"\x00" * 200  # the last sample, in rank 1's part
+    tar.write_bytes(bytes(data))
+    torchrun = ["-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    torchrun += ["--master_port", str(free_port())]
+    args = ["launch/eval.py", "--config", "configs/demo.yaml", "--gt-as-predictions"]
+    args += [f"data.val_shards={out}", f"data.val_ann={ann}", "data.num_workers=0"]
+    done = run_python([*torchrun, *args, "--out", tmp_path / "m.json"], timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert metrics["instances"] == total - 1 and metrics["skipped"] == 1
+    assert "1 skipped: their crops do not decode" in done.stdout

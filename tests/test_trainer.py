@@ -2,6 +2,7 @@
 resuming to the same weights, a NaN loss stopping the run, and what the loop derives from one
 step counter."""
 
+import shutil
 import signal
 import subprocess
 import sys
@@ -113,3 +114,137 @@ def test_nan_loss_stops_naming_the_step(shards, tmp_path, tiny_overrides, run_py
     done = run_python([*TRAIN, *tiny_overrides(shards, tmp_path / "nan", **extra)])
     assert done.returncode == 1, done.stderr[-2000:]
     assert "loss is not finite at step" in done.stderr
+
+
+def wait_for(predicate, timeout: float = 300, poll: float = 0.05):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(poll)
+    raise AssertionError("timed out")
+
+
+def progressed(run: Path, step: int) -> bool:
+    try:
+        return any(r["step"] >= step for r in train_records(run))
+    except (OSError, ValueError):
+        return False
+
+
+@pytest.mark.slow
+def test_random_kills_with_loader_workers_resume_to_the_same_weights(
+    shards, tmp_path, tiny_overrides, run_python, clean_env
+):
+    """Three SIGKILLs at random moments (mid-step, mid-checkpoint, mid-epoch) of a run with
+    two loader workers: the resumed run ends with the uninterrupted run's weights, and its
+    metrics.jsonl holds each step once."""
+    import random
+
+    extra = {"train.max_steps": 20, "train.checkpoint_every": 3, "data.num_workers": 2}
+    whole = run_python([*TRAIN, *tiny_overrides(shards, tmp_path / "whole", **extra)])
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    run = tmp_path / "killed"
+    command = [sys.executable, *TRAIN, *tiny_overrides(shards, run, **extra)]
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    rng = random.Random(7)
+    done_at = 0
+    for _ in range(3):
+        proc = subprocess.Popen(command, cwd=ROOT, env=clean_env(), **quiet)
+        target = done_at + rng.randint(3, 6)
+        wait_for(lambda t=target, p=proc: progressed(run, t) or p.poll() is not None)
+        time.sleep(rng.uniform(0.0, 0.6))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        done_at = max(r["step"] for r in train_records(run))
+    resumed = run_python(command[1:])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a, b = final_weights(tmp_path / "whole"), final_weights(run)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    steps = [r["step"] for r in train_records(run)]
+    assert steps == sorted(set(steps)) and steps[-1] == 20  # each step once
+    assert sum(r["split"] == "run" for r in read_metrics(run)) == 4
+
+
+def test_a_stop_signal_checkpoints_and_exits_75(shards, tmp_path, tiny_overrides, clean_env):
+    run = tmp_path / "run"
+    command = [sys.executable, *TRAIN, *tiny_overrides(shards, run, **{"train.epochs": 100})]
+    proc = subprocess.Popen(
+        command, cwd=ROOT, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    wait_for(lambda: progressed(run, 3))
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 75, err.decode()[-2000:]
+    assert "run the same command again to resume" in err.decode()
+    step = max(r["step"] for r in train_records(run))
+    assert RunFolder(run).latest_tag() == f"step-{step:09d}"
+
+
+def test_a_run_folder_in_use_is_refused_naming_its_holder(
+    shards, tmp_path, tiny_overrides, run_python, clean_env
+):
+    run = tmp_path / "run"
+    args = [*TRAIN, *tiny_overrides(shards, run, **{"train.epochs": 100})]
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    first = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=clean_env(), **quiet)
+    try:
+        wait_for(lambda: progressed(run, 1))
+        second = run_python(args)
+        assert second.returncode == 2, second.stderr[-2000:]
+        assert f"is in use by pid {first.pid} on host" in second.stderr
+        assert len(train_records(run)) == len({r["step"] for r in train_records(run)})
+    finally:
+        first.kill()
+        first.wait()
+
+
+@pytest.mark.slow
+def test_ranks_die_with_their_killed_agent_and_free_the_folder(
+    shards, tmp_path, tiny_overrides, run_python, clean_env
+):
+    from pose.engine.distributed import free_port
+
+    run = tmp_path / "run"
+    torchrun = ["-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    torchrun += ["--master_port", str(free_port())]
+    args = [*TRAIN, *tiny_overrides(shards, run, **{"train.epochs": 100})]
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    agent = subprocess.Popen([sys.executable, *torchrun, *args], cwd=ROOT, env=clean_env(), **quiet)
+    wait_for(lambda: progressed(run, 2))
+    ranks = [
+        int(p) for p in Path(f"/proc/{agent.pid}/task/{agent.pid}/children").read_text().split()
+    ]
+    assert len(ranks) == 2
+    agent.send_signal(signal.SIGKILL)
+    agent.wait()
+    wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in ranks), timeout=30)
+    again = run_python([*args[:-1], "train.epochs=100", "train.max_steps=4"], timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+
+
+def test_samples_that_do_not_decode_are_named_counted_and_bounded(
+    shards, tmp_path, tiny_overrides, run_python
+):
+    from pose.data.shards import ShardSet, iter_samples
+
+    copy = tmp_path / "shards"
+    shutil.copytree(shards, copy)
+    tar = ShardSet.open(copy / "train").tars[0]
+    data = bytearray(tar.read_bytes())
+    key, _ = next(iter_samples(tar))
+    start = data.index(b"\xff\xd8\xff")
+    data[start : start + 400] = b"\x00" * 400  # the first JPEG no longer decodes
+    tar.write_bytes(bytes(data))
+    extra = {"train.max_steps": 8, "train.log_every": 1, "data.max_bad_fraction": 0.2}
+    done = run_python([*TRAIN, *tiny_overrides(copy, tmp_path / "run", **extra)])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"skipped a sample that does not decode: {tar.name} {key}" in done.stdout
+    assert train_records(tmp_path / "run")[-1]["bad_samples"] == 2  # read in each of 2 epochs
+    strict = {**extra, "data.max_bad_fraction": 0.0}
+    done = run_python([*TRAIN, *tiny_overrides(copy, tmp_path / "strict", **strict)])
+    assert done.returncode == 1
+    assert "1 of" in done.stderr and "did not decode, more than data.max_bad_fraction=0.0" in (
+        done.stderr
+    )

@@ -19,14 +19,11 @@ import torch
 
 from pose.config import TrainConfig
 from pose.engine.deepspeed_adapter import MODEL_STATES_FILE, TrainEngine
+from pose.engine.errors import CheckpointError, TrainingError
 from pose.engine.schedule import StepPlan
 from pose.run_folder import RunFolder
 
 CLIENT_KEY = "posescale"  # our state inside DeepSpeed's client state
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint cannot be found or restored; the message names the folder."""
 
 
 @dataclass
@@ -57,7 +54,8 @@ class Checkpointer:
         return stopping or every or self.plan.ends_epoch(step) or self.plan.is_last(step)
 
     def save(self, state: RunState) -> str:
-        """Write a checkpoint of `state` on every rank (a collective); returns its tag."""
+        """Write a checkpoint of `state` on every rank (a collective); returns its tag. A
+        failed write (disk full, say) removes what it wrote and keeps `latest` as it was."""
         tag = tag_for(state.step)
         epoch, batch = divmod(state.step, self.plan.steps_per_epoch)
         client = {
@@ -67,7 +65,15 @@ class Checkpointer:
             "step_in_epoch": batch * self.cfg.grad_accum,
             "rng": rng_state(),
         }
-        self.engine.save(self.run.checkpoints, tag, {CLIENT_KEY: client})
+        try:
+            self.engine.save(self.run.checkpoints, tag, {CLIENT_KEY: client})
+        except (OSError, RuntimeError) as e:
+            shutil.rmtree(self.run.checkpoint(tag), ignore_errors=True)
+            kept = self.run.latest_tag() or "none"
+            raise TrainingError(
+                f"could not write checkpoint {self.run.checkpoint(tag)}: {_reason(e)}; the "
+                f"previous checkpoint ({kept}) is kept"
+            ) from None
         if self.is_main:
             self.run.set_latest(tag)
             prune(self.run, self.cfg.keep_last)
@@ -78,16 +84,50 @@ class Checkpointer:
             self.run.set_best(tag)
 
     def restore(self) -> RunState | None:
-        """Restore the engine and RNGs from the latest checkpoint; None when there is none."""
-        tag = self.run.latest_tag()
-        if tag is None:
+        """Restore the engine and RNGs from the latest checkpoint; None when there is none. A
+        latest checkpoint that cannot be read (missing, truncated, not ours, or a pickle that
+        would run code) is passed over for the newest older one that can, saying so."""
+        latest = self.run.latest_tag()
+        if latest is None:
             return None
-        client = self.engine.load(self.run.checkpoints, tag)
-        if client is None or CLIENT_KEY not in client:
-            raise CheckpointError(f"could not restore checkpoint {self.run.checkpoint(tag)}")
+        older = [t for t in self.run.checkpoint_tags() if t < latest and t.startswith("step-")]
+        problems = []
+        for tag in [latest, *reversed(older)]:
+            try:
+                state = self._restore(tag)
+            except CheckpointError as e:
+                problems.append(str(e))
+                print(f"train: {e}; trying an older checkpoint", flush=True)
+                continue
+            if tag != latest:
+                print(f"train: resuming from {self.run.checkpoint(tag)} instead", flush=True)
+            return state
+        raise CheckpointError(
+            f"no checkpoint in {self.run.checkpoints} can be restored: " + "; ".join(problems)
+        )
+
+    def _restore(self, tag: str) -> RunState:
+        folder = self.run.checkpoint(tag)
+        if not folder.is_dir():
+            raise CheckpointError(f"checkpoint {folder} does not exist")
+        try:
+            client = self.engine.load(self.run.checkpoints, tag)
+        except Exception as e:  # unpickling, shapes, truncated files: errors of many kinds
+            raise CheckpointError(f"checkpoint {folder} cannot be restored: {_reason(e)}") from None
+        if client is None or not isinstance(client.get(CLIENT_KEY), dict):
+            raise CheckpointError(f"checkpoint {folder} holds no posescale state")
         state = client[CLIENT_KEY]
         set_rng_state(state["rng"])
         return RunState(step=int(state["global_step"]), best_ap=float(state["best_ap"]))
+
+
+def _reason(error: Exception) -> str:
+    """The start of an error message, with its type; a hint where the model does not fit."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    text = f"{type(error).__name__}: {' '.join(lines[:3])}"[:500]
+    if "size mismatch" in text or "Missing key" in text or "Unexpected key" in text:
+        text += " (the model config does not fit this checkpoint: compare it with config.yaml)"
+    return text
 
 
 def prune(run: RunFolder, keep_last: int) -> None:

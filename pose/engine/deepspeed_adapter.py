@@ -9,6 +9,7 @@ keeps fp32 weights and BatchNorm in fp32 and runs convolutions in the lower prec
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -130,7 +131,41 @@ def build_engine(
         engine.enable_backward_allreduce = False
     if not engine.zero_optimization():
         engine.zero_grad = _zero_grads_in_place(engine.module)
+    engine.checkpoint_engine = SafeCheckpointFiles(engine.checkpoint_engine)
     return TrainEngine(engine)
+
+
+def _deepspeed_checkpoint_classes() -> list:
+    """The classes of DeepSpeed's own that its checkpoint files hold (ZeRO's optimizer
+    states): plain data, allowed through the weights-only unpickler."""
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, ZeroStageEnum, fragment_address]
+
+
+class SafeCheckpointFiles:
+    """DeepSpeed's checkpoint engine with our reading and writing: files are read with
+    `torch.load(weights_only=True)` (tensors, plain containers and the few DeepSpeed data
+    classes above; a pickle that would run code is refused) and flushed to disk before DeepSpeed
+    goes on. Everything else is DeepSpeed's own."""
+
+    def __init__(self, inner):
+        self._inner = inner
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    def save(self, state_dict, path: str) -> None:
+        with open(path, "wb") as f:
+            torch.save(state_dict, f)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def load(self, path: str, map_location=None):
+        with torch.serialization.safe_globals(_deepspeed_checkpoint_classes()):
+            return torch.load(path, map_location=map_location, weights_only=True)
 
 
 def _zero_grads_in_place(module: torch.nn.Module):

@@ -101,6 +101,8 @@ def init_distributed(cfg: LaunchConfig, timeout_minutes: float = 30) -> DistEnv:
     if cfg.keep_freed_memory:
         keep_freed_memory()
     found = describe_environment()
+    if found["SOURCE"] == "torchrun":
+        die_with_parent()
     for var in TORCHRUN_VARS:
         os.environ[var] = found[var]
     rank, world, local = int(found["RANK"]), int(found["WORLD_SIZE"]), int(found["LOCAL_RANK"])
@@ -157,6 +159,39 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def die_with_parent() -> None:
+    """Have the kernel kill this process when its parent (torchrun's agent) dies: ranks left
+    behind by a killed agent would go on writing to the run folder beside a restarted run."""
+    import ctypes
+    import signal
+
+    pr_set_pdeathsig = 1  # linux/prctl.h
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    except (OSError, AttributeError):
+        return  # not Linux: nothing to arrange
+    if os.getppid() == 1:  # the agent died before the request was made
+        os._exit(1)
+
+
+def any_rank(flag: bool, env: DistEnv) -> bool:
+    """Whether `flag` holds on any rank (a collective: every rank must call it)."""
+    if env.world_size == 1:
+        return flag
+    value = torch.tensor([int(flag)], device=env.device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def sum_over_ranks(values: list[float], env: DistEnv) -> list[float]:
+    """Element-wise sums of `values` over the ranks (a collective)."""
+    if env.world_size == 1:
+        return list(values)
+    total = torch.tensor(values, dtype=torch.float64, device=env.device)
+    dist.all_reduce(total)
+    return total.tolist()
 
 
 def barrier() -> None:

@@ -8,10 +8,7 @@ import time
 import torch
 
 from pose.engine.distributed import DistEnv
-
-
-class TrainingError(RuntimeError):
-    """The run cannot go on (a NaN loss, say); the message names the step."""
+from pose.engine.errors import TrainingError
 
 
 class StepMetrics:

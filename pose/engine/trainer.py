@@ -19,14 +19,15 @@ from pose.data.codec import encode_heatmaps
 from pose.data.loader import LoaderSpec
 from pose.engine.checkpoint import Checkpointer, RunState
 from pose.engine.deepspeed_adapter import TrainEngine, build_engine, resolve_precision
-from pose.engine.distributed import DistEnv, barrier, init_distributed
+from pose.engine.distributed import DistEnv, any_rank, barrier, init_distributed, sum_over_ranks
+from pose.engine.errors import TrainingError
 from pose.engine.evaluator import Evaluator
 from pose.engine.loss import joints_mse_loss
 from pose.engine.schedule import StepPlan, base_lr, lr_factor
 from pose.engine.step_metrics import StepMetrics
 from pose.engine.stop import StopRequest
 from pose.models import build_model
-from pose.run_folder import RunFolder
+from pose.run_folder import RunFolder, RunFolderBusy, RunLock
 from pose.tracking import Tracker
 
 
@@ -45,11 +46,21 @@ class TrainResult:
 
 
 class Trainer:
+    """Everything of the run is built and checked (a resume included) before anything is
+    written to the run folder, which rank 0 holds locked until the run ends."""
+
     def __init__(self, cfg: Config, run: RunFolder, env: DistEnv):
         self.cfg, self.run, self.env = cfg, run, env
-        if env.is_main:
-            save_config(cfg, run.config)
-        barrier()
+        self.lock = _lock_run_folder(run, env)
+        try:
+            self._build()
+        except BaseException:
+            if self.lock is not None:
+                self.lock.release()
+            raise
+
+    def _build(self) -> None:
+        cfg, run, env = self.cfg, self.run, self.env
         self.precision = resolve_precision(cfg.train.precision, env.device)
         torch.manual_seed(cfg.seed + env.rank)
         np.random.seed(cfg.seed + env.rank)
@@ -60,7 +71,12 @@ class Trainer:
         self.checkpointer = Checkpointer(run, self.engine, cfg.train, self.plan, env.is_main)
         self.resumed = self.checkpointer.restore()
         self.state = self.resumed or RunState()
-        self.tracker = Tracker(cfg.log, run, to_dict(cfg), enabled=env.is_main)
+        if env.is_main:  # the config is known to fit: now it may replace the folder's
+            save_config(cfg, run.config)
+        barrier()
+        resume_step = self.state.step if self.resumed else 0
+        self.tracker = Tracker(cfg.log, run, to_dict(cfg), env.is_main, resume_step)
+        self.bad_reported = 0
         val_loader = build_loader(self._spec("val", cfg.eval.batch_size))
         self.evaluator = Evaluator(
             val_loader, cfg.eval, cfg.data, cfg.train.eval_every, self.plan, run, self.tracker
@@ -100,16 +116,19 @@ class Trainer:
             while not plan.is_last(state.step) and not stopping:
                 self._optimizer_step(micro_batches, metrics, state.step + 1)
                 state.step += 1
-                if state.step % log_every == 0 or plan.is_last(state.step):
-                    self._log(metrics.flush(state.step, plan.epoch_of(state.step), self._lr()), bar)
+                at_log_step = state.step % log_every == 0
+                stopping = stop.agreed(self.env, at_log_step)
+                if at_log_step or stopping or plan.is_last(state.step):
+                    record = metrics.flush(state.step, plan.epoch_of(state.step), self._lr())
+                    self._log(self._count_bad_samples(record), bar)
                 bar.update(1)
-                stopping = stop.agreed(self.env, at_log_step=state.step % log_every == 0)
                 improved = False
                 if self.evaluator.due(state.step) and not stopping:
                     last_eval = self.evaluator.evaluate(self.model, state.step, self.autocast)
                     improved = last_eval.get("AP", -1.0) >= state.best_ap  # the same on all ranks
                     state.best_ap = max(state.best_ap, last_eval.get("AP", -1.0))
                 if self.checkpointer.due(state.step, stopping):
+                    self._check_healthy(metrics, state.step)
                     tag = self.checkpointer.save(state)
                     if improved:
                         self.checkpointer.mark_best(tag)
@@ -118,6 +137,8 @@ class Trainer:
             bar.close()
             self.tracker.finish()
             stop.restore()
+            if self.lock is not None:
+                self.lock.release()
         signal = stop.signum if stopping else None
         epochs = plan.completed_epochs(state.step)
         return TrainResult(state.step, epochs, state.best_ap, last_eval, self.precision, signal)
@@ -144,6 +165,37 @@ class Trainer:
             finally:
                 batches.close()
             epoch, within = epoch + 1, 0
+
+    def _check_healthy(self, metrics: StepMetrics, step: int) -> None:
+        """Before a checkpoint: no non-finite loss since the last log step, no non-finite
+        weight, on any rank; a run that fails this stops with the last good checkpoint as
+        `latest`."""
+        bad_loss = int(metrics.first_bad)  # a host sync, once per checkpoint
+        finite = torch.stack([p.detach().isfinite().all() for p in self.model.parameters()])
+        if any_rank(bad_loss >= 0 or not bool(finite.all()), self.env):
+            where = f"at step {bad_loss}" if bad_loss >= 0 else f"by step {step}"
+            raise TrainingError(
+                f"loss or weights are not finite {where}; no checkpoint of them is written, "
+                f"the last good one is {self.run.latest_tag() or 'none'} in {self.run.checkpoints}"
+            )
+
+    def _count_bad_samples(self, record: dict) -> dict:
+        """Samples skipped because they do not decode: named in the log as they appear,
+        counted in the record, and the run stopped once they are more than
+        `data.max_bad_fraction` of those read (on all ranks together)."""
+        loader = self.train_loader
+        for name in loader.bad_sample_names[self.bad_reported :]:
+            print(f"train: skipped a sample that does not decode: {name}", flush=True)
+        self.bad_reported = len(loader.bad_sample_names)
+        bad, read = sum_over_ranks([loader.bad_samples, loader.samples_read], self.env)
+        record["bad_samples"] = int(bad)
+        if bad > self.cfg.data.max_bad_fraction * read:
+            raise TrainingError(
+                f"{int(bad)} of {int(read)} samples read did not decode, more than "
+                f"data.max_bad_fraction={self.cfg.data.max_bad_fraction}; check the shards with "
+                f"data_prep.verify {loader.spec.folder}"
+            )
+        return record
 
     def _lr(self) -> float:
         return self.optimizer.param_groups[0]["lr"]
@@ -198,6 +250,19 @@ def train_step(
     if scale_before is not None:  # the scaler halves its scale when it skips an overflow
         skipped = (engine.loss_scale() < scale_before).float()
     return loss.detach(), skipped
+
+
+def _lock_run_folder(run: RunFolder, env: DistEnv) -> RunLock | None:
+    """Rank 0 locks the run folder; every rank learns whether it could."""
+    lock, error = None, None
+    if env.is_main:
+        try:
+            lock = run.lock()
+        except RunFolderBusy as e:
+            error = e
+    if any_rank(error is not None, env):
+        raise error or RunFolderBusy(f"rank 0 could not lock the run folder '{run.path}'")
+    return lock
 
 
 def train(cfg: Config, run_dir, env: DistEnv | None = None) -> TrainResult:

@@ -115,12 +115,12 @@ def evaluate(
         batches = tqdm(loader.epoch(0), total=loader.batches_per_epoch, desc="eval", disable=quiet)
         for batch in batches:
             preds += batch_predictions(predict(batch), batch, cfg.decode, data.image_size)
-    gathered = _gather(preds, distributed, rank)
+    gathered, bad = _gather(preds, loader.bad_samples, distributed, rank)
     metrics = None
     if rank == 0:
-        expected = loader.shards.num_samples - loader.bad_samples
-        check_predictions(gathered, expected, loader.shards.folder)
+        check_predictions(gathered, loader.shards.num_samples - bad, loader.shards.folder)
         metrics = score_predictions(gathered, cfg, data.val_ann, out_dir)
+        metrics["skipped"] = bad  # samples that do not decode, on every rank
     if distributed:
         box = [metrics]
         dist.broadcast_object_list(box, src=0)
@@ -128,12 +128,17 @@ def evaluate(
     return metrics
 
 
-def _gather(preds: list[Prediction], distributed: bool, rank: int) -> list[Prediction]:
+def _gather(
+    preds: list[Prediction], bad: int, distributed: bool, rank: int
+) -> tuple[list[Prediction], int]:
+    """Every rank's predictions and count of skipped samples, on rank 0."""
     if not distributed:
-        return preds
+        return preds, bad
     parts = [None] * dist.get_world_size() if rank == 0 else None
-    dist.gather_object(preds, parts, dst=0)
-    return [p for part in parts for p in part] if rank == 0 else []
+    dist.gather_object((preds, bad), parts, dst=0)
+    if rank != 0:
+        return [], 0
+    return [p for part, _ in parts for p in part], sum(count for _, count in parts)
 
 
 def check_predictions(preds: list[Prediction], expected: int, folder: str | Path) -> None:
@@ -161,4 +166,6 @@ def score_predictions(
 
 def print_metrics(metrics: dict) -> None:
     print(format_table(metrics))
-    print(f"({metrics['instances']} instances scored)")
+    skipped = metrics.get("skipped", 0)
+    note = f"; {skipped} skipped: their crops do not decode" if skipped else ""
+    print(f"({metrics['instances']} instances scored{note})")
