@@ -111,3 +111,33 @@ def test_dry_run_prints_runs_and_the_sbatch_array_without_slurm(tmp_path, sweep_
         assert f"#SBATCH {line}\n" in out, line
     assert "module load cuda" in out and "submitit.core._submit" in out
     assert not (tmp_path / "sw").exists()
+
+
+def test_no_cluster_answering_is_said_and_leaves_nothing(tmp_path, sweep_cli):
+    """sbatch and srun are installed but the controller does not answer (or sbatch fails):
+    a clear error, and no half-made sweep folder."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    refused = "Batch job submission failed: Unable to contact slurm controller"
+    scripts = {
+        "srun": "exit 1",
+        "sbatch": f"echo 'sbatch: error: {refused}' >&2; exit 1",
+        "sinfo": "echo 'slurm_load_partitions: Unable to contact slurm controller' >&2; exit 1",
+    }
+    for name, script in scripts.items():
+        (bin_dir / name).write_text(f"#!/bin/sh\n{script}\n")
+        (bin_dir / name).chmod(0o755)
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"base": "configs/demo.yaml", "grid": {"seed": [0, 1]}}))
+    env = {"PATH": f"{bin_dir}:/usr/local/bin:/usr/bin:/bin"}
+    done = sweep_cli(path, "--out", tmp_path / "sw", env=env)
+    assert done.returncode == 2, done.stderr
+    assert "no Slurm cluster answers (sinfo: slurm_load_partitions: Unable to contact" in (
+        done.stderr
+    )
+    assert "Traceback" not in done.stderr and not (tmp_path / "sw").exists()
+    (bin_dir / "sinfo").write_text("#!/bin/sh\necho debug\n")  # answers, but sbatch fails
+    done = sweep_cli(path, "--out", tmp_path / "sw", env=env)
+    assert done.returncode == 2, done.stderr
+    assert "submitting the sweep failed" in done.stderr and "Unable to contact" in done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "sw").exists()

@@ -26,7 +26,7 @@ from typing import Any
 from pose.files import atomic_write
 from pose.sweep.job import TrainingJob
 from pose.sweep.spec import Sweep, run_overrides
-from pose.sweep.submitit_adapter import read_result, sbatch_script
+from pose.sweep.submitit_adapter import read_result, sbatch_script, submission_errors
 from pose.tracking import read_metrics
 
 MANIFEST = "sweep.json"
@@ -39,6 +39,21 @@ class SweepError(RuntimeError):
 
 def slurm_available() -> bool:
     return shutil.which("srun") is not None and shutil.which("sbatch") is not None
+
+
+def cluster_problem(timeout_s: float = 30) -> str | None:
+    """Why the Slurm controller does not answer (`sinfo` fails), or None when it does."""
+    try:
+        done = subprocess.run(
+            ["sinfo", "-h", "-o", "%P"], capture_output=True, text=True, timeout=timeout_s
+        )
+    except FileNotFoundError:
+        return "sinfo is not on PATH"
+    except subprocess.TimeoutExpired:
+        return f"sinfo did not answer within {timeout_s:.0f} s"
+    if done.returncode != 0:
+        return f"sinfo: {(done.stderr or done.stdout).strip()[:300]}"
+    return None
 
 
 def executor_parameters(sweep: Sweep, local: bool) -> dict[str, Any]:
@@ -82,6 +97,17 @@ def submit(sweep: Sweep, out: Path, local: bool = False, resubmit: bool = False)
     """Submit every run of `sweep` as one job array; writes and returns the manifest."""
     out = out.resolve()
     _check_submittable(sweep, out, local, resubmit)
+    made = not out.exists()
+    try:
+        return _submit(sweep, out, local)
+    except submission_errors() as e:  # sbatch refused, or is not there after all
+        if made:
+            shutil.rmtree(out, ignore_errors=True)
+        detail = getattr(e, "stderr", None) or getattr(e, "output", None) or str(e)
+        raise SweepError(f"submitting the sweep failed: {str(detail).strip()[:500]}") from None
+
+
+def _submit(sweep: Sweep, out: Path, local: bool) -> dict:
     import submitit
 
     out.mkdir(parents=True, exist_ok=True)
@@ -133,6 +159,13 @@ def _check_submittable(sweep: Sweep, out: Path, local: bool, resubmit: bool) -> 
             "no Slurm here (srun/sbatch not on PATH); use --local to run the "
             "sweep on this machine, or --dry-run to see what would be submitted"
         )
+    if not local:
+        problem = cluster_problem()
+        if problem:
+            raise SweepError(
+                f"sbatch is here but no Slurm cluster answers ({problem}); start one or point "
+                "SLURM_CONF at it, or use --local to run the sweep on this machine"
+            )
     if local and sweep.spec.slurm.nodes * sweep.spec.slurm.tasks > 1:
         print(
             f"sweep: --local runs each run as one process (the sweep asks for "

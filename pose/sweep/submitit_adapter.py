@@ -36,6 +36,15 @@ def sbatch_script(parameters: dict[str, Any], folder: Path, array_size: int) -> 
     )
 
 
+def submission_errors() -> tuple[type[BaseException], ...]:
+    """What submitting through sbatch raises when Slurm refuses or cannot be reached."""
+    import subprocess
+
+    from submitit.core.utils import FailedJobError
+
+    return (FailedJobError, OSError, subprocess.SubprocessError)
+
+
 class _PlainValues(pickle.Unpickler):
     """Unpickles builtin values only (dict, list, str, numbers): any class is refused, so
     reading a result file never runs code."""
