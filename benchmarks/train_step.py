@@ -77,7 +77,7 @@ def main() -> None:
     autocast = torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
     torch.manual_seed(0)
-    plain = build_model(cfg.model, data.num_joints).to(env.device).train()
+    plain = build_model(cfg.model, loader.layout.num_joints).to(env.device).train()
     optimizer = torch.optim.Adam(plain.parameters(), lr=cfg.train.lr)
 
     def torch_step():
@@ -92,7 +92,7 @@ def main() -> None:
         optimizer.step()
 
     torch.manual_seed(0)
-    model = build_model(cfg.model, data.num_joints).to(env.device)
+    model = build_model(cfg.model, loader.layout.num_joints).to(env.device)
     adam = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
     engine = build_engine(model, adam, None, train, env.world_size, precision)
     batches = iter(())

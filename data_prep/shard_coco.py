@@ -16,6 +16,7 @@ from pathlib import Path
 
 from pose.data.coco import CocoFormatError
 from pose.data.jpeg import RESTART_MCUS
+from pose.data.layout import LayoutError
 from pose.data.sharding import ShardingError, ShardRequest, ShardResult, shard_dataset
 
 
@@ -73,6 +74,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the shuffle across shards")
     p.add_argument(
+        "--layout",
+        default="auto",
+        help="keypoint layout: a preset (coco17, crowdpose14, aic14, mpii16, coco_wholebody133), "
+        "a layout YAML file, or auto: the preset the annotation file's joint names match, else "
+        "one derived from them (pose/data/layout.py)",
+    )
+    p.add_argument(
         "--overwrite",
         action="store_true",
         help="replace what --out holds if made with other parameters",
@@ -103,6 +111,7 @@ def request_from_args(args: argparse.Namespace) -> ShardRequest:
         quality=args.quality,
         restart_mcus=args.restart_mcus,
         seed=args.seed,
+        layout=args.layout,
         overwrite=args.overwrite,
     )
 
@@ -127,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         report(shard_dataset(request_from_args(args)))
-    except (ShardingError, CocoFormatError) as e:
+    except (ShardingError, CocoFormatError, LayoutError) as e:
         print(f"shard_coco: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -21,9 +21,10 @@ from pose.caches import use_cache_folders
 from pose.config import Config, ConfigError, load_config
 from pose.data.backends import build_loader
 from pose.data.codec import heatmap_size
+from pose.data.layout import one_layout
 from pose.data.loader import Loader, LoaderSpec
 from pose.data.shards import ShardError
-from pose.engine.checkpoint import resolve_checkpoint
+from pose.engine.checkpoint import checkpoint_layout, resolve_checkpoint
 from pose.engine.distributed import DistEnv, init_distributed
 from pose.engine.errors import CheckpointError
 from pose.eval.coco_eval import write_json
@@ -43,10 +44,14 @@ def make_predictor(cfg: Config, checkpoint: str | None, loader: Loader, env: Dis
     if checkpoint is None:
         size = heatmap_size(cfg.data.image_size, cfg.model.output_stride)
         return ground_truth_predictor(cfg.data, size)
-    model = build_model(cfg.model, cfg.data.num_joints)
+    layouts = {str(loader.shards.folder): loader.layout}
+    trained_for = checkpoint_layout(checkpoint)
+    if trained_for is not None:
+        layouts[f"checkpoint '{checkpoint}'"] = trained_for
+    layout = one_layout(layouts, cfg.data.layout)
+    model = build_model(cfg.model, layout.num_joints)
     load_model_weights(model, resolve_checkpoint(checkpoint))
-    flip = loader.spec.layout.flip_permutation
-    return model_predictor(model.to(env.device), cfg.eval, cfg.data, flip)
+    return model_predictor(model.to(env.device), cfg.eval, cfg.data, layout.flip_permutation)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,7 +19,8 @@ import torch
 
 from pose.caches import use_cache_folders
 from pose.config import ConfigError, load_config
-from pose.engine.checkpoint import resolve_checkpoint
+from pose.data.layout import KeypointLayout, load_layout, save_layout
+from pose.engine.checkpoint import checkpoint_layout, resolve_checkpoint
 from pose.engine.errors import CheckpointError
 from pose.models import build_model
 from pose.models.weights import WeightsError, load_model_weights
@@ -37,11 +38,12 @@ class HeatmapsOnly(torch.nn.Module):
         return self.model(images)
 
 
-def export(checkpoint: str, out: Path, cfg) -> tuple[Path, Path]:
-    model = build_model(cfg.model, cfg.data.num_joints)
+def export(checkpoint: str, out: Path, cfg, layout: KeypointLayout) -> tuple[Path, ...]:
+    model = build_model(cfg.model, layout.num_joints)
     load_model_weights(model, resolve_checkpoint(checkpoint))
     model.eval()
     out.mkdir(parents=True, exist_ok=True)
+    save_layout(layout, out / "layout.yaml")  # what each output channel is
     state_path, script_path = out / "model_state_dict.pth", out / "model_torchscript.pt"
     torch.save(model.state_dict(), state_path)
     example = torch.randn(1, 3, *cfg.data.image_size)
@@ -51,7 +53,7 @@ def export(checkpoint: str, out: Path, cfg) -> tuple[Path, Path]:
         reloaded = torch.jit.load(str(script_path))
         if not torch.allclose(reloaded(example), model(example), atol=1e-5):
             raise RuntimeError("the traced module does not reproduce the model's output")
-    return state_path, script_path
+    return state_path, script_path, out / "layout.yaml"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,13 +61,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--out", required=True)
     parser.add_argument("--config", help="config (default: the run directory's config.yaml)")
+    parser.add_argument("--layout", help="keypoint layout of a plain state dict (default coco17)")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
     use_cache_folders()
     try:
         config = args.config or RunFolder(args.checkpoint).config
         cfg = load_config(config if Path(config).is_file() else None, args.overrides)
-        paths = export(args.checkpoint, Path(args.out), cfg)
+        layout = checkpoint_layout(args.checkpoint)
+        if args.layout or layout is None:
+            layout = load_layout(args.layout or "coco17")
+        paths = export(args.checkpoint, Path(args.out), cfg, layout)
     except (ConfigError, WeightsError, CheckpointError) as e:
         print(f"export: error: {e}", file=sys.stderr)
         return 2

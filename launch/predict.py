@@ -2,18 +2,20 @@
 COCO results format (JSON), and, for the attention variants, the attention maps over each crop.
 
     python launch/predict.py --checkpoint CKPT --image IMG_OR_DIR --out DIR
-        [--boxes BOXES.json --box-thr 0.0] [--config CFG] [--gif] [overrides]
+        [--boxes BOXES.json --box-thr 0.0 --ann ANNOTATIONS.json] [--config CFG]
+        [--layout NAME_OR_FILE] [--gif] [overrides]
 
-CKPT is a run directory (its config is used unless --config is given), a DeepSpeed checkpoint
-folder or a state dict. BOXES.json holds person boxes [x, y, w, h(, score)]: a list (one image),
-{file name: list}, or a COCO detections file; without boxes the whole image is one person.
---gif animates the attention pictures (or the skeletons) over a folder.
+CKPT is a run folder (its config and keypoint layout are used unless --config / --layout are
+given), a checkpoint folder or a state dict (COCO's 17 joints unless --layout says otherwise).
+BOXES.json holds person boxes [x, y, w, h(, score)]: a list (one image), {file name: list}, or a
+COCO detections file, whose image ids are matched to files through --ann's images or digit file
+names (pose/eval/boxes.py); without boxes the whole image is one person. --gif animates the
+attention pictures (or the skeletons) over a folder.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -23,8 +25,10 @@ from tqdm import tqdm
 
 from pose.caches import use_cache_folders
 from pose.config import ConfigError, load_config
-from pose.engine.checkpoint import resolve_checkpoint
+from pose.data.layout import load_layout
+from pose.engine.checkpoint import checkpoint_layout, resolve_checkpoint
 from pose.engine.errors import CheckpointError
+from pose.eval.boxes import BoxesError, read_boxes
 from pose.eval.coco_eval import write_json
 from pose.eval.inference import predict_people
 from pose.models import build_model
@@ -44,32 +48,6 @@ def list_images(path: Path) -> list[Path]:
     return [path]
 
 
-def read_boxes(path: str | None, images: list[Path], threshold: float) -> dict:
-    """Boxes by file name or image id, from a list (one image), {file name: list}, or a COCO
-    detections file (list of {image_id, bbox, score}); detections below `threshold` dropped."""
-    if not path:
-        return {}
-    data = json.loads(Path(path).read_text())
-    if isinstance(data, list) and data and isinstance(data[0], dict):
-        grouped: dict = {}
-        for det in data:
-            if det.get("score", 1.0) >= threshold:
-                grouped.setdefault(det["image_id"], []).append(
-                    [*det["bbox"], det.get("score", 1.0)]
-                )
-        return grouped
-    if isinstance(data, list):
-        if len(images) != 1:
-            raise ValueError("--boxes holds a list, which fits one image; use {file name: boxes}")
-        return {images[0].name: data}
-    return data
-
-
-def image_id(path: Path, index: int) -> int:
-    """COCO-style ids from file names like 000000000785.jpg, else the position in the list."""
-    return int(path.stem) if path.stem.isdigit() else index
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", required=True)
@@ -77,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--boxes", help="person boxes JSON")
     parser.add_argument("--box-thr", type=float, default=0.0, help="drop boxes scored below this")
+    parser.add_argument("--ann", help="COCO annotations whose images map file names to ids")
+    parser.add_argument("--layout", help="keypoint layout of a plain state dict (default coco17)")
     parser.add_argument("--config", help="config (default: the run directory's config.yaml)")
     parser.add_argument("--gif", action="store_true", help="an animation over the images")
     parser.add_argument("--limit", type=int, default=0, help="only the first N images")
@@ -86,11 +66,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = args.config or RunFolder(args.checkpoint).config
         cfg = load_config(config if Path(config).is_file() else None, args.overrides)
-        model = build_model(cfg.model, cfg.data.num_joints)
+        layout = checkpoint_layout(args.checkpoint)
+        if args.layout or layout is None:
+            layout = load_layout(args.layout or "coco17")
+        model = build_model(cfg.model, layout.num_joints)
         load_model_weights(model, resolve_checkpoint(args.checkpoint))
         images = list_images(Path(args.image))[: args.limit or None]
-        boxes = read_boxes(args.boxes, images, args.box_thr)
-    except (ConfigError, WeightsError, CheckpointError, FileNotFoundError, ValueError) as e:
+        boxes = read_boxes(args.boxes, images, args.box_thr, args.ann)
+    except (ConfigError, WeightsError, CheckpointError, BoxesError, FileNotFoundError) as e:
         print(f"predict: error: {e}", file=sys.stderr)
         return 2
     out = Path(args.out)
@@ -102,20 +85,19 @@ def main(argv: list[str] | None = None) -> int:
         if image is None:
             print(f"predict: skipped '{path}': not a readable image", file=sys.stderr)
             continue
-        found = boxes.get(path.name) or boxes.get(image_id(path, index))
-        people = predict_people(model, image, found, cfg.eval, cfg.data, device)
+        people = predict_people(model, image, boxes.of(path), cfg.eval, cfg.data, device, layout)
         drawn = image
         for n, person in enumerate(people):
-            drawn = draw_skeleton(drawn, person.keypoints, min_score=cfg.eval.keypoint_thr)
+            drawn = draw_skeleton(drawn, person.keypoints, cfg.eval.keypoint_thr, layout=layout)
             results.append(
                 {
-                    "image_id": image_id(path, index),
+                    "image_id": boxes.image_id(path, index),
                     "category_id": 1,
                     "keypoints": [round(float(v), 2) for v in person.keypoints.reshape(-1)],
                     "score": person.score,
                 }
             )
-            panel = attention_panels(person.crop, person.attention)
+            panel = attention_panels(person.crop, person.attention, layout)
             if panel is not None:
                 cv2.imwrite(str(out / f"{path.stem}_person{n}_attention.png"), panel)
                 frames.append(panel)

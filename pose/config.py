@@ -38,7 +38,7 @@ class DataConfig:
     val_ann: str = "data/demo/annotations/person_keypoints_val.json"
     backend: Literal["auto", "dali", "torch"] = "auto"
     image_size: tuple[int, int] = (256, 192)  # input (height, width); heatmaps: model.output_stride
-    num_joints: int = 17
+    layout: str = ""  # the keypoint layout: "" = the shards'; a preset or YAML file must match it
     sigma: float = 2.0
     target: Literal["gaussian", "udp"] = "gaussian"
     scale_factor: float = 0.35
@@ -54,7 +54,6 @@ class DataConfig:
         h, w = self.image_size
         if h <= 0 or w <= 0 or h % 32 or w % 32:
             fail_key("data.image_size", f"{list(self.image_size)} must be positive multiples of 32")
-        check_positive("data.num_joints", self.num_joints)
         check_positive("data.sigma", self.sigma)
         for key in ("rotation_prob", "flip_prob", "half_body_prob"):
             check_probability(f"data.{key}", getattr(self, key))
@@ -117,6 +116,7 @@ class TrainConfig:
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     ohkm: bool = False  # online hard keypoint mining
     ohkm_topk: int = 8
+    joint_weights: bool = False  # weigh each joint's loss by the layout's joint_weights
     log_every: int = 20  # steps
     checkpoint_every: int = 1000  # steps
     keep_last: int = 3

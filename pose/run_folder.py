@@ -2,6 +2,7 @@
 object where things are:
 
     config.yaml         the resolved config (pose.config)
+    layout.yaml         the keypoint layout the model was trained for (pose.data.layout)
     metrics.jsonl       one JSON record per line (pose.tracking)
     wandb_id.txt        the wandb run id, so that a resumed run continues the same wandb run
     checkpoints/        one folder per checkpoint tag (pose.engine.checkpoint), and
@@ -38,6 +39,10 @@ class RunFolder:
     @property
     def config(self) -> Path:
         return self.path / "config.yaml"
+
+    @property
+    def layout(self) -> Path:
+        return self.path / "layout.yaml"
 
     @property
     def metrics(self) -> Path:

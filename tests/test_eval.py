@@ -180,7 +180,7 @@ def test_oks_nms_keeps_and_drops_the_right_instances():
     scores = np.array([0.9, 0.8, 0.7, 0.6])
     assert oks_nms(dets, scores, areas, 0.9) == [0, 2, 3]
     assert oks_nms(dets, scores[[1, 0, 2, 3]], areas, 0.9) == [1, 2, 3]  # the better one stays
-    keep, decayed = soft_oks_nms(dets, scores, areas)
+    keep, decayed = soft_oks_nms(dets, scores, areas, 0.3)
     assert sorted(keep) == [0, 1, 2, 3] and decayed[1] < 0.8 * np.exp(-(0.9**2) / 0.3) + 1e-9
     assert decayed[3] == pytest.approx(0.6)
 
@@ -307,7 +307,7 @@ def test_training_panel_lays_out_every_attention_variant(attention, height, tmp_
         ModelConfig(backbone="resnet18", attention=attention, deconv_filters=32), 17
     )
     batch = {"image": torch.randn(3, 3, 128, 96)}
-    path = prediction_panel(model, batch, tmp_path / "panel.png", count=2)
+    path = prediction_panel(model, batch, tmp_path / "panel.png", COCO_17, count=2)
     panel = cv2.imread(str(path))
     assert panel.shape[0] == 2 * height
     assert panel.shape[1] >= 96 and panel.reshape(-1, 3).std(0).min() > 0

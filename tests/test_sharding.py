@@ -315,8 +315,12 @@ def test_verify_checks_keypoint_shapes_against_the_manifest(synthetic_train, tmp
     copy = tmp_path / "copy"
     shutil.copytree(synthetic_train, copy)
     manifest = json.loads((copy / "manifest.json").read_text())
-    assert manifest["num_joints"] == 17
-    (copy / "manifest.json").write_text(json.dumps(manifest | {"num_joints": 16}))
+    assert manifest["layout"]["name"] == "coco17" and len(manifest["layout"]["joints"]) == 17
+    layout = manifest["layout"]
+    fewer = {**layout, "joints": layout["joints"][:16], "sigmas": layout["sigmas"][:16]}
+    fewer |= {"flip_pairs": layout["flip_pairs"][:-1], "skeleton": [], "upper_body": []}
+    fewer.pop("joint_weights")
+    (copy / "manifest.json").write_text(json.dumps(manifest | {"layout": fewer}))
     problems = verify(copy, decode_images=False)
     assert len(problems) == manifest["num_samples"]
     assert "keypoints (17, 3)" in problems[0] and "16 joints" in problems[0]

@@ -130,15 +130,17 @@ def box_to_center_scale(
 OnSkip = Callable[[str, str], None]  # (reason, what) -> None; may raise to make skips errors
 
 
-def training_instances(coco, on_skip: OnSkip | None = None) -> tuple[list[PersonInstance], Counter]:
-    """Annotations with num_keypoints > 0, iscrowd == 0, the category's number of keypoints
-    and a valid cleaned box.
+def training_instances(
+    coco, on_skip: OnSkip | None = None, num_joints: int | None = None
+) -> tuple[list[PersonInstance], Counter]:
+    """Annotations with num_keypoints > 0, iscrowd == 0, `num_joints` keypoints (by default the
+    person category's number) and a valid cleaned box.
 
     Returns the instances and a counter of skipped annotations by reason; `on_skip` hears of
     each skip first (strict callers raise there)."""
     skipped: Counter = Counter()
     instances = []
-    num_joints = len(person_category(coco)["keypoints"])
+    num_joints = num_joints or len(person_category(coco)["keypoints"])
     for ann_id in sorted(coco.anns):
         ann = coco.anns[ann_id]
         reason = _skip_reason(coco, ann, num_joints)
@@ -212,13 +214,17 @@ def _skip_reason(coco, ann: dict, num_joints: int) -> str | None:
 
 
 def detection_instances(
-    coco, dets_path: str | Path, score_threshold: float, on_skip: OnSkip | None = None
+    coco,
+    dets_path: str | Path,
+    score_threshold: float,
+    on_skip: OnSkip | None = None,
+    num_joints: int | None = None,
 ) -> tuple[list[PersonInstance], Counter]:
     """Person detections (COCO results format) with score >= threshold, as instances to crop
-    (with as many all-zero keypoints as the person category names).
+    (with `num_joints` all-zero keypoints, by default as many as the person category names).
 
     Returns the instances and a counter of skipped detections by reason."""
-    num_joints = len(person_category(coco)["keypoints"])
+    num_joints = num_joints or len(person_category(coco)["keypoints"])
     path = Path(dets_path)
     dets = read_json(path, "detections file")
     if not isinstance(dets, list):

@@ -152,7 +152,7 @@ def pose_pipeline(shards: ShardSet, spec: LoaderSpec, gpu: bool, augmentation=No
     if training:
         scale, rotation, flip, half, upper = augmentation or augmentation_nodes(cfg)
         if cfg.half_body_prob > 0:
-            box = half_body_nodes(kpts, geometry, half, upper, out_w / out_h, spec.layout)
+            box = half_body_nodes(kpts, geometry, half, upper, out_w / out_h, shards.layout)
     else:
         scale, rotation, flip = (
             fn.constant(fdata=v, shape=[], dtype=types.FLOAT) for v in (1.0, 0.0, 0.0)
@@ -169,7 +169,7 @@ def pose_pipeline(shards: ShardSet, spec: LoaderSpec, gpu: bool, augmentation=No
     xy = fn.coord_transform(kpts[:, 0:2], MT=matrix)
     keypoints = fn.cat(xy, kpts[:, 2:3], axis=1)
     if training:
-        rows = [keypoints[int(j) : int(j) + 1] for j in spec.layout.flip_permutation]
+        rows = [keypoints[int(j) : int(j) + 1] for j in shards.layout.flip_permutation]
         keypoints = fn.cat(*rows, axis=0) * flip + keypoints * (1.0 - flip)
     image = fn.crop_mirror_normalize(
         warped,

@@ -1,13 +1,38 @@
 """The keypoint layout of a dataset: joint names, left/right flip pairs, OKS sigmas, the skeleton
-drawn in pictures and the upper-body joints of half-body augmentation. Everything sized by the
-joints asks the layout, never a constant."""
+drawn in pictures, the upper-body joints of half-body augmentation, per-joint loss weights and
+colours. Everything sized by the joints asks the layout, never a constant.
+
+A layout comes from the data: sharding takes it from the annotation file's person category (a
+built-in preset when the joint names match one, else derived from the names and the category's
+skeleton) or from `--layout` (a preset name or a YAML file), and records it in the manifest;
+loaders, the model head, the loss, decoding, the flip test, NMS, scoring and pictures read it
+from there. Presets live in `pose/data/layouts/*.yaml`, each citing where its numbers come from;
+a custom layout is a YAML file of the same form (only `joints` is required).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+import warnings
+from dataclasses import dataclass, field
 from functools import cached_property
+from pathlib import Path
 
 import numpy as np
+
+from pose.config import ConfigError, read_yaml_mapping
+
+PRESETS = Path(__file__).parent / "layouts"
+# OKS sigma for joints of a layout that gives none: the mean of COCO's 17 (0.0669). AP computed
+# with it is not comparable with published numbers for that dataset; a warning says so.
+DEFAULT_SIGMA = 0.067
+LEFT, RIGHT, MIDDLE = (0, 140, 255), (255, 120, 0), (60, 200, 60)  # BGR: orange, blue, green
+_UPPER_WORDS = ("head", "eye", "ear", "nose", "neck", "shoulder", "elbow", "wrist", "hand", "face")
+_UPPER_WORDS += ("mouth", "chin", "thorax", "finger", "thumb")
+
+
+class LayoutError(ConfigError):
+    """A keypoint layout is malformed or does not fit the data; the message names the source."""
 
 
 @dataclass(frozen=True)
@@ -16,8 +41,11 @@ class KeypointLayout:
     joints: tuple[str, ...]
     flip_pairs: tuple[tuple[int, int], ...]  # (left, right) joint indices
     sigmas: tuple[float, ...]  # per-joint OKS constants
-    skeleton: tuple[tuple[int, int], ...]  # 0-based joint index pairs
+    skeleton: tuple[tuple[int, int], ...]  # joint index pairs drawn as limbs
     upper_body: tuple[int, ...]  # joints of the upper half (half-body augmentation)
+    joint_weights: tuple[float, ...] = ()  # per-joint loss weights; () = all 1
+    sigmas_known: bool = True  # False: DEFAULT_SIGMA stands in for the dataset's own
+    source: str = field(default="", compare=False)  # where it was read from, for messages
 
     @property
     def num_joints(self) -> int:
@@ -40,44 +68,248 @@ class KeypointLayout:
         mask.flags.writeable = False
         return mask
 
+    @property
+    def weights(self) -> tuple[float, ...]:
+        return self.joint_weights or (1.0,) * self.num_joints
+
+    def colour(self, joint: int) -> tuple[int, int, int]:
+        """BGR: the left joint of a flip pair orange, the right one blue, others green."""
+        for left, right in self.flip_pairs:
+            if joint == left:
+                return LEFT
+            if joint == right:
+                return RIGHT
+        return MIDDLE
+
+    def check(self) -> KeypointLayout:
+        """Itself, or a LayoutError naming what does not fit together."""
+        n, where = self.num_joints, f"layout '{self.name}' ({self.source or 'built'})"
+        problems = []
+        if n == 0 or len(set(self.joints)) != n:
+            problems.append("joint names must be given and distinct")
+        if len(self.sigmas) != n or not all(s > 0 for s in self.sigmas):
+            problems.append(f"{len(self.sigmas)} positive sigmas are needed, one per joint ({n})")
+        if self.joint_weights and len(self.joint_weights) != n:
+            problems.append(f"{len(self.joint_weights)} joint weights for {n} joints")
+        paired = [j for pair in self.flip_pairs for j in pair]
+        if len(set(paired)) != len(paired) or any(a == b for a, b in self.flip_pairs):
+            problems.append("a joint is in two flip pairs, or paired with itself")
+        indices = paired + [j for pair in self.skeleton for j in pair] + list(self.upper_body)
+        if any(not 0 <= j < n for j in indices):
+            problems.append("an index is out of range")
+        if problems:
+            raise LayoutError(f"{where}: " + "; ".join(problems))
+        return self
+
+    def to_json(self) -> dict:
+        """Names rather than indices, as in the YAML files; `from_json` reads it back."""
+        name = self.joints.__getitem__
+        data = {
+            "name": self.name,
+            "joints": list(self.joints),
+            "flip_pairs": [[name(a), name(b)] for a, b in self.flip_pairs],
+            "sigmas": list(self.sigmas),
+            "skeleton": [[name(a), name(b)] for a, b in self.skeleton],
+            "upper_body": [name(j) for j in self.upper_body],
+            "sigmas_known": self.sigmas_known,
+        }
+        if self.joint_weights:
+            data["joint_weights"] = list(self.joint_weights)
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict, source: str = "") -> KeypointLayout:
+        """A layout from its JSON/YAML form; only `joints` is required: flip pairs follow from
+        left/right names, sigmas default to DEFAULT_SIGMA, upper-body joints from names."""
+        where = f"layout {source or 'data'}"
+        if not isinstance(data, dict) or not _strings(data.get("joints")):
+            raise LayoutError(f"{where}: 'joints' must be a list of joint names")
+        unknown = set(data) - set(_FIELDS)
+        if unknown:
+            raise LayoutError(f"{where}: unknown keys {sorted(unknown)}; known: {list(_FIELDS)}")
+        joints = tuple(data["joints"])
+        index = _indexer(joints, where)
+        flips = flip_pairs_from_names(joints)
+        if "flip_pairs" in data:
+            flips = _pairs(data["flip_pairs"], index)
+        upper = upper_body_from_names(joints)
+        if "upper_body" in data:
+            upper = tuple(index(j) for j in data["upper_body"])
+        layout = cls(
+            name=str(data.get("name") or Path(source).stem or "custom"),
+            joints=joints,
+            flip_pairs=flips,
+            sigmas=_floats(data.get("sigmas", [DEFAULT_SIGMA] * len(joints)), where, "sigmas"),
+            skeleton=_pairs(data.get("skeleton", []), index),
+            upper_body=upper,
+            joint_weights=_floats(data.get("joint_weights", []), where, "joint_weights"),
+            sigmas_known=bool(data.get("sigmas_known", "sigmas" in data)),
+            source=source,
+        )
+        return layout.check()
+
+
+_FIELDS = ("name", "joints", "flip_pairs", "sigmas", "skeleton", "upper_body", "joint_weights")
+_FIELDS += ("sigmas_known",)
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESETS.glob("*.yaml"))
+
+
+def preset(name: str) -> KeypointLayout:
+    path = PRESETS / f"{name}.yaml"
+    if not path.is_file():
+        raise LayoutError(f"no built-in layout '{name}'; built in: {', '.join(preset_names())}")
+    return _read_yaml(path, source=f"preset {name}")
+
+
+def load_layout(spec: str) -> KeypointLayout:
+    """A preset by name, or a layout YAML file by path."""
+    if spec in preset_names():
+        return preset(spec)
+    path = Path(spec)
+    if not path.is_file():
+        raise LayoutError(
+            f"'{spec}' is neither a built-in layout ({', '.join(preset_names())}) nor a file"
+        )
+    return _read_yaml(path, source=str(path))
+
+
+def layout_from_category(category: dict, source: str = "") -> KeypointLayout:
+    """The layout of a COCO person category: the preset with exactly its joint names, else one
+    derived from the names (flip pairs from left/right names, upper body from body-part words)
+    and its skeleton (1-based pairs), with DEFAULT_SIGMA for every joint and a warning."""
+    joints = tuple(category.get("keypoints") or ())
+    for name in preset_names():
+        candidate = preset(name)
+        if candidate.joints == joints:
+            return candidate
+    skeleton = [[joints[a - 1], joints[b - 1]] for a, b in _valid_links(category, len(joints))]
+    data = {"name": f"custom{len(joints)}", "joints": list(joints), "skeleton": skeleton}
+    layout = KeypointLayout.from_json(data, source or "the person category")
+    warn_unknown_sigmas(layout)
+    return layout
+
+
+def save_layout(layout: KeypointLayout, path: Path) -> None:
+    """Write a layout as a YAML file `load_layout` reads back."""
+    import yaml
+
+    from pose.files import atomic_write
+
+    text = yaml.safe_dump(layout.to_json(), default_flow_style=None, sort_keys=False, width=100)
+    atomic_write(path, text)
+
+
+def one_layout(found: dict[str, KeypointLayout], configured: str = "") -> KeypointLayout:
+    """The layout that every source in `found` (where -> layout) has, and that `configured` (a
+    preset or file; "" = any) names; a LayoutError naming both sides where they differ."""
+    (first_where, first), *others = found.items()
+    for where, other in others:
+        if other.joints != first.joints:
+            raise LayoutError(
+                f"{first_where} has keypoint layout '{first.name}' ({first.num_joints} joints), "
+                f"{where} '{other.name}' ({other.num_joints}): they must be the same"
+            )
+    if configured:
+        wanted = load_layout(configured)
+        if wanted.joints != first.joints:
+            raise LayoutError(
+                f"config key 'data.layout': '{wanted.name}' ({wanted.num_joints} joints) is not "
+                f"the layout of {first_where}, '{first.name}' ({first.num_joints} joints)"
+            )
+    return first
+
+
+def warn_unknown_sigmas(layout: KeypointLayout) -> None:
+    if not layout.sigmas_known:
+        warnings.warn(
+            f"keypoint layout '{layout.name}' ({layout.num_joints} joints) has no OKS sigmas of "
+            f"its own: every joint uses {DEFAULT_SIGMA} (the mean of COCO's), so its AP is not "
+            "comparable with published numbers; give sigmas in a layout file (--layout)",
+            stacklevel=2,
+        )
+
+
+# A left/right marker before the name or after it; its twin is the same name with the other.
+_LEFT_MARKERS = (re.compile(r"^(left|l)[_\-]"), re.compile(r"[_\-](left|l)$"))
+
 
 def flip_pairs_from_names(joints: tuple[str, ...]) -> tuple[tuple[int, int], ...]:
-    """Index pairs (left, right) of joints named `left_*` / `right_*`."""
-    index = {name: i for i, name in enumerate(joints)}
-    return tuple(
-        (i, index["right_" + name[5:]])
-        for i, name in enumerate(joints)
-        if name.startswith("left_") and "right_" + name[5:] in index
+    """(left, right) index pairs of joints whose names differ only in a left/right marker:
+    `left_`/`right_` or `l_`/`r_` before the name (or `-`), or `_left`/`_right`, `_l`/`_r`
+    after it, in any letter case."""
+    index = {name.lower(): i for i, name in enumerate(joints)}
+    pairs = []
+    for i, name in enumerate(joints):
+        for marker in _LEFT_MARKERS:
+            match = marker.search(name.lower())
+            if not match:
+                continue
+            word = match.group(1)
+            twin_word = {"left": "right", "l": "r"}[word]
+            start, end = match.span(1)
+            twin = name.lower()[:start] + twin_word + name.lower()[end:]
+            if twin in index and index[twin] != i:
+                pairs.append((i, index[twin]))
+                break
+    return tuple(pairs)
+
+
+def upper_body_from_names(joints: tuple[str, ...]) -> tuple[int, ...]:
+    """Joints whose names name a part above the hips (head, face, arms, hands)."""
+    return tuple(i for i, name in enumerate(joints) if any(w in name.lower() for w in _UPPER_WORDS))
+
+
+def _read_yaml(path: Path, source: str) -> KeypointLayout:
+    try:
+        data = read_yaml_mapping(path)
+    except ConfigError as e:
+        raise LayoutError(str(e)) from None
+    return KeypointLayout.from_json(data, source=source)
+
+
+def _strings(value) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(v, str) for v in value)
+
+
+def _indexer(joints: tuple[str, ...], where: str):
+    positions = {name: i for i, name in enumerate(joints)}
+
+    def index(name) -> int:
+        if name not in positions:
+            raise LayoutError(f"{where}: '{name}' is not one of its joints")
+        return positions[name]
+
+    return index
+
+
+def _pairs(pairs, index) -> tuple[tuple[int, int], ...]:
+    if not isinstance(pairs, list) or not all(isinstance(p, list) and len(p) == 2 for p in pairs):
+        raise LayoutError("flip_pairs and skeleton are lists of [joint, joint] pairs")
+    return tuple((index(a), index(b)) for a, b in pairs)
+
+
+def _floats(values, where: str, key: str) -> tuple[float, ...]:
+    ok = isinstance(values, list) and all(
+        isinstance(v, int | float) and not isinstance(v, bool) for v in values
     )
+    if not ok:
+        raise LayoutError(f"{where}: '{key}' must be a list of numbers")
+    return tuple(float(v) for v in values)
 
 
-def _pairs(text: str, base: int = 1) -> tuple[tuple[int, int], ...]:
-    """'16-14 14-12' -> ((15, 13), (13, 11)) for 1-based pairs as COCO writes them."""
-    return tuple(tuple(int(v) - base for v in pair.split("-")) for pair in text.split())
+def _valid_links(category: dict, num_joints: int) -> list[tuple[int, int]]:
+    links = category.get("skeleton") or []
+    return [
+        (a, b)
+        for a, b in (link for link in links if isinstance(link, list) and len(link) == 2)
+        if isinstance(a, int)
+        and isinstance(b, int)
+        and 1 <= a <= num_joints
+        and 1 <= b <= num_joints
+    ]
 
 
-def _words(text: str) -> tuple[str, ...]:
-    return tuple(text.split())
-
-
-_COCO_JOINTS = _words(
-    "nose left_eye right_eye left_ear right_ear left_shoulder right_shoulder left_elbow "
-    "right_elbow left_wrist right_wrist left_hip right_hip left_knee right_knee left_ankle "
-    "right_ankle"
-)
-
-# COCO person keypoints: names and skeleton from the categories block of the COCO annotation
-# files; sigmas from the COCO keypoint evaluation (pycocotools cocoeval.py, kpt_oks_sigmas).
-COCO_17 = KeypointLayout(
-    name="coco17",
-    joints=_COCO_JOINTS,
-    flip_pairs=flip_pairs_from_names(_COCO_JOINTS),
-    sigmas=tuple(
-        float(s) / 10
-        for s in _words(".26 .25 .25 .35 .35 .79 .79 .72 .72 .62 .62 1.07 1.07 .87 .87 .89 .89")
-    ),
-    skeleton=_pairs(
-        "16-14 14-12 17-15 15-13 12-13 6-12 7-13 6-7 6-8 7-9 8-10 9-11 2-3 1-2 1-3 2-4 3-5 4-6 5-7"
-    ),
-    upper_body=tuple(range(11)),  # face, shoulders, elbows, wrists
-)
+COCO_17 = preset("coco17")

@@ -23,7 +23,7 @@ import torch
 
 from pose.config import DataConfig
 from pose.data.geometry import compose_affine_batch, invert_affine_batch
-from pose.data.layout import COCO_17, KeypointLayout
+from pose.data.layout import KeypointLayout
 from pose.data.shards import ShardError, ShardSet
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # RGB
@@ -54,7 +54,6 @@ class LoaderSpec:
     world: int = 1
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     seed: int = 0
-    layout: KeypointLayout = COCO_17
 
     @property
     def training(self) -> bool:
@@ -70,11 +69,13 @@ class Loader(ABC):
     epoch `e` from batch `start_batch` on; `batches_per_epoch` is how many it yields from 0
     (training: fixed by the manifest, the same on every rank; evaluation: this rank's part);
     `samples_read` and `bad_samples` count the samples read and those skipped because they do
-    not decode, and `bad_sample_names` names the skipped ones ('shard.tar key')."""
+    not decode, and `bad_sample_names` names the skipped ones ('shard.tar key'). `layout` is
+    the shards' keypoint layout."""
 
     def __init__(self, spec: LoaderSpec):
         self.spec = spec
         self.shards = ShardSet.open(spec.folder)
+        self.layout: KeypointLayout = self.shards.layout
         self.samples_read = 0
         self.bad_samples = 0
         self.bad_sample_names: list[str] = []

@@ -31,6 +31,7 @@ from pose.data.coco import (
     box_to_center_scale,
     detection_instances,
     load_coco,
+    person_category,
     training_instances,
 )
 from pose.data.geometry import (
@@ -41,6 +42,7 @@ from pose.data.geometry import (
     window_to_image_affine,
 )
 from pose.data.jpeg import RESTART_MCUS, encode_crop
+from pose.data.layout import KeypointLayout, LayoutError, layout_from_category, load_layout
 from pose.data.shards import (
     FORMAT_VERSION,
     MANIFEST,
@@ -81,6 +83,7 @@ class ShardRequest:
     quality: int = 95
     restart_mcus: int = RESTART_MCUS
     seed: int = 0
+    layout: str = "auto"  # a preset name, a layout YAML file, or auto: from the annotation file
     overwrite: bool = False
     progress: bool = True
 
@@ -117,6 +120,7 @@ class ShardParams:
     jpeg_restart_mcus: int  # restart interval cap (pose/data/jpeg.py); 0: crops decode whole
     shard_size: int
     seed: int
+    layout: str  # as requested; the layout itself is in the manifest
 
     @property
     def aspect_ratio(self) -> float:
@@ -136,7 +140,7 @@ def shard_dataset(request: ShardRequest) -> ShardResult:
     params = make_params(request)
     if not Path(request.images).is_dir():
         raise ShardingError(f"image folder '{request.images}' does not exist")
-    instances, skipped = select_instances(request, params)
+    instances, skipped, layout = select_instances(request, params)
     if request.shard_mb:
         size = estimate_shard_size(instances, params, Path(request.images), request.shard_mb)
         params = replace(params, shard_size=size)
@@ -159,9 +163,8 @@ def shard_dataset(request: ShardRequest) -> ShardResult:
     with bar:
         for index, record in _run_jobs(jobs, request.workers, bar):
             records[index] = record
-    num_joints = instances[0].keypoints.shape[0]
     ordered = [records[i] for i in range(len(chunks))]
-    manifest = _finish(out, params, ordered, skipped, num_joints)
+    manifest = _finish(out, params, ordered, skipped, layout)
     return _result(out, manifest, todo, len(done), time.perf_counter() - start)
 
 
@@ -205,6 +208,7 @@ def make_params(request: ShardRequest) -> ShardParams:
         jpeg_restart_mcus=request.restart_mcus,
         shard_size=request.shard_size,
         seed=request.seed,
+        layout=request.layout,
     )
 
 
@@ -362,26 +366,48 @@ def _report(count: int) -> None:
 
 def select_instances(
     request: ShardRequest, params: ShardParams
-) -> tuple[list[PersonInstance], Counter]:
-    """Instances to crop (ground-truth boxes or detections), shuffled, and skips by reason."""
+) -> tuple[list[PersonInstance], Counter, KeypointLayout]:
+    """Instances to crop (ground-truth boxes or detections), shuffled, skips by reason, and the
+    keypoint layout."""
     coco = load_coco(request.annotations)
+    layout = dataset_layout(coco, request)
     source = request.detections or request.annotations
 
     def strict_skip(reason: str, what: str) -> None:
         raise ShardingError(f"{reason}: {what} in '{source}'")
 
     on_skip = strict_skip if request.strict else None
+    joints = layout.num_joints
     if request.detections:
-        found = detection_instances(coco, request.detections, request.det_thr, on_skip=on_skip)
+        found = detection_instances(coco, request.detections, request.det_thr, on_skip, joints)
     else:
-        found = training_instances(coco, on_skip=on_skip)
+        found = training_instances(coco, on_skip=on_skip, num_joints=joints)
     instances, skipped = found
     if not instances:
         raise ShardingError(
             f"no instances to shard from '{source}' (skipped: {dict(skipped) or 'none'})"
         )
     order = np.random.default_rng(params.seed).permutation(len(instances))
-    return [instances[i] for i in order], skipped
+    return [instances[i] for i in order], skipped, layout
+
+
+def dataset_layout(coco, request: ShardRequest) -> KeypointLayout:
+    """`request.layout`, or with `auto` the annotation file's (pose/data/layout.py); a layout
+    whose joint count differs from the person category's is an error naming both."""
+    category = person_category(coco)
+    try:
+        if request.layout == "auto":
+            return layout_from_category(category, str(request.annotations))
+        layout = load_layout(request.layout)
+    except LayoutError as e:
+        raise ShardingError(str(e)) from None
+    names = category["keypoints"]
+    if layout.num_joints != len(names):
+        raise ShardingError(
+            f"layout '{layout.name}' has {layout.num_joints} joints, the person category of "
+            f"'{request.annotations}' {len(names)}: {', '.join(map(str, names))}"
+        )
+    return layout
 
 
 def prepare_output(out: Path, params: ShardParams, overwrite: bool) -> bool:
@@ -501,7 +527,7 @@ def _drain(progress, bar: tqdm) -> None:
 
 
 def _finish(
-    out: Path, params: ShardParams, records: list[dict], skipped: Counter, num_joints: int
+    out: Path, params: ShardParams, records: list[dict], skipped: Counter, layout: KeypointLayout
 ) -> dict:
     """The manifest over the shard records, and the run's resume state removed (also when
     nothing could be written: a failed run leaves nothing to resume)."""
@@ -512,7 +538,7 @@ def _finish(
     if not entries:
         _clear(out)
         raise ShardingError(f"every instance was skipped ({dict(total_skipped)}); nothing written")
-    manifest = write_manifest(out, entries, dict(total_skipped), params.as_json(), num_joints)
+    manifest = write_manifest(out, entries, dict(total_skipped), params.as_json(), layout)
     (out / PROGRESS).unlink(missing_ok=True)
     shutil.rmtree(out / META_DIR, ignore_errors=True)
     return manifest

@@ -9,8 +9,8 @@ through DALI's iterator) and `KEY.json` (ids, box, center, scale, image size, ar
 
 A shard folder holds `<split>-NNNNNN.tar` with its `.idx` (DALI's wds2idx v1.2) and
 `manifest.json`: the sample count of every shard, its size and sha256, the samples skipped by
-reason, the parameters the shards were made with and the format version. Readers refuse other
-versions.
+reason, the keypoint layout (pose/data/layout.py), the parameters the shards were made with and
+the format version. Readers refuse other versions.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import numpy as np
 from tqdm import tqdm
 
 from pose.data.jpeg import decode_rgb
+from pose.data.layout import COCO_17, KeypointLayout, LayoutError
 from pose.files import atomic_write, sha256_bytes, sha256_file
 
 FORMAT_VERSION = 2  # of the sample layout; readers refuse other versions
@@ -136,12 +137,16 @@ def write_shard(folder: Path, name: str, samples: list[Sample]) -> ShardEntry:
 
 
 def write_manifest(
-    folder: Path, entries: list[ShardEntry], skipped: dict[str, int], params: dict, num_joints: int
+    folder: Path,
+    entries: list[ShardEntry],
+    skipped: dict[str, int],
+    params: dict,
+    layout: KeypointLayout,
 ) -> dict:
     """The manifest of a finished shard folder, written last (its presence means finished)."""
     manifest = {
         "num_samples": sum(e.num_samples for e in entries),
-        "num_joints": num_joints,
+        "layout": layout.to_json(),
         "shards": [e.as_json() for e in entries],
         "skipped": dict(sorted(skipped.items())),
         "params": {**params, "version": FORMAT_VERSION},
@@ -180,32 +185,42 @@ def read_manifest(folder: str | Path) -> dict:
 
 @dataclass(frozen=True)
 class ShardSet:
-    """The shards of one split, as listed by its manifest."""
+    """The shards of one split, as listed by its manifest, and their keypoint layout."""
 
     folder: Path
     tars: list[Path]
     indices: list[Path]
     counts: list[int]
+    layout: KeypointLayout
 
     @classmethod
     def open(cls, folder: str | Path) -> ShardSet:
-        """The shards a manifest lists, checked cheaply against it (files present, sizes and
-        index headers as listed); `check_shards` reads everything."""
+        """The shards a manifest lists, checked cheaply against it (files present, sizes, index
+        headers, each shard's first sample sized by the layout); `check_shards` reads all."""
         folder = Path(folder)
-        shards = read_manifest(folder)["shards"]
+        manifest = read_manifest(folder)
+        shards = manifest["shards"]
         tars = [folder / s["name"] for s in shards]
         missing = [str(p) for p in tars if not p.is_file()]
         if missing:
             raise ShardError(f"shards listed in {folder}/{MANIFEST} are missing: {missing}")
+        layout = manifest_layout(manifest, folder, tars[0], folder / shards[0]["index"])
         for tar, shard in zip(tars, shards):
             if tar.stat().st_size != shard["bytes"]:
                 raise ShardError(
                     f"shard '{tar}' has {tar.stat().st_size} bytes, {folder}/{MANIFEST} says "
                     f"{shard['bytes']} (a damaged or replaced file: data_prep.verify checks all)"
                 )
-            _check_index_header(folder / shard["index"], shard["num_samples"])
+            index = folder / shard["index"]
+            _check_index_header(index, shard["num_samples"])
+            joints = first_sample_joints(tar, index)
+            if joints != layout.num_joints:
+                raise ShardError(
+                    f"shard '{tar}' holds samples of {joints} joints, its manifest's layout "
+                    f"'{layout.name}' {layout.num_joints}: shards of two layouts in one folder"
+                )
         indices = [folder / s["index"] for s in shards]
-        return cls(folder, tars, indices, [s["num_samples"] for s in shards])
+        return cls(folder, tars, indices, [s["num_samples"] for s in shards], layout)
 
     @property
     def num_samples(self) -> int:
@@ -232,6 +247,40 @@ class ShardSet:
                 segments.append((shard, lo, hi))
             offset += count
         return segments
+
+
+def manifest_layout(manifest: dict, folder: Path, tar: Path, index: Path) -> KeypointLayout:
+    """The manifest's keypoint layout. Manifests written before layouts were recorded held
+    COCO's 17 joints: taken as such when the first sample has 17, else an error."""
+    if "layout" in manifest:
+        try:
+            return KeypointLayout.from_json(manifest["layout"], f"{folder}/{MANIFEST}")
+        except LayoutError as e:
+            raise ShardError(str(e)) from None
+    joints = first_sample_joints(tar, index)
+    if joints != COCO_17.num_joints:
+        raise ShardError(
+            f"{folder}/{MANIFEST} records no keypoint layout and its samples have {joints} "
+            "joints: shard again (data_prep.shard_coco ... --overwrite)"
+        )
+    return COCO_17
+
+
+def first_sample_joints(tar: Path, index: Path) -> int:
+    """The joint count of a shard's first sample, read through its index (a few hundred bytes)."""
+    try:
+        with open(index) as f:
+            f.readline()
+            fields = f.readline().split()
+        entries = {
+            fields[k]: (int(fields[k + 1]), int(fields[k + 2])) for k in range(0, len(fields), 4)
+        }
+        offset, size = entries["kpts.npy"]
+        with open(tar, "rb") as f:
+            f.seek(offset)
+            return int(decode_npy(f.read(size)).shape[0])
+    except (OSError, ValueError, IndexError, KeyError) as e:
+        raise ShardError(f"shard '{tar}' or its index '{index}' cannot be read: {e}") from None
 
 
 def _check_index_header(path: Path, count: int) -> None:
@@ -331,7 +380,7 @@ def check_shards(
     except ShardError as e:
         return [str(e)]
     problems, total = [], 0
-    num_joints = manifest.get("num_joints")
+    num_joints = len(manifest["layout"]["joints"]) if "layout" in manifest else None
     for shard in tqdm(manifest["shards"], desc="verify", unit="shard", disable=not progress):
         count, found = _check_shard(folder, shard, decode_images, num_joints)
         total += count

@@ -107,6 +107,7 @@ class _EpochBatches(IterableDataset):
 
     def __init__(self, loader: TorchLoader, epoch: int, start: int, stop: int):
         self.spec, self.shards, self.indices = loader.spec, loader.shards, loader.indices
+        self.layout = loader.layout
         self.start, self.stop = start, stop
         self.seed = epoch_seed(self.spec.seed, epoch, self.spec.rank)
         self.order = self._epoch_order(self.shards.rank_segments(self.spec.rank, self.spec.world))
@@ -144,7 +145,7 @@ class _EpochBatches(IterableDataset):
         samples, bad = [], []
         for (shard, index), (key, parts) in zip(wanted, self._read(wanted)):
             augmentation = draw_augmentation(rng, spec.data) if spec.training else NO_AUGMENTATION
-            sample = transform_sample(parts, augmentation, spec.data, spec.layout)
+            sample = transform_sample(parts, augmentation, spec.data, self.layout)
             if sample is None:
                 if spec.data.bad_sample_policy == "stop":
                     raise ShardError(

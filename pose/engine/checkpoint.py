@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from pose.config import TrainConfig
+from pose.data.layout import KeypointLayout, load_layout
 from pose.engine.deepspeed_adapter import MODEL_STATES_FILE, TrainEngine
 from pose.engine.errors import CheckpointError, TrainingError
 from pose.engine.schedule import StepPlan
@@ -154,6 +155,17 @@ def resolve_checkpoint(path: str | Path) -> Path:
         f"'{path}' is neither a state-dict file, a checkpoint folder (with {MODEL_STATES_FILE}), "
         "nor a run folder with checkpoints/best or checkpoints/latest"
     )
+
+
+def checkpoint_layout(path: str | Path) -> KeypointLayout | None:
+    """The keypoint layout a `--checkpoint` was trained for, from its run folder's layout.yaml
+    (a run folder, a checkpoint folder or a checkpoint file inside one); None when it has none
+    (a plain state dict, or a run made before layouts were recorded)."""
+    path = Path(path)
+    for folder in (path, path.parent.parent, path.parent.parent.parent):
+        if RunFolder(folder).layout.is_file():
+            return load_layout(str(RunFolder(folder).layout))
+    return None
 
 
 def rng_state() -> dict:

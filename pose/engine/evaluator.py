@@ -43,7 +43,7 @@ class Evaluator:
     def evaluate(self, model: torch.nn.Module, step: int, autocast) -> dict:
         """Evaluate `model` after `step`; returns the metrics ({} on ranks without them)."""
         epoch = self.plan.completed_epochs(step)
-        flip = self.loader.spec.layout.flip_permutation
+        flip = self.loader.layout.flip_permutation
         predict = model_predictor(model, self.cfg, self.data, flip)
         metrics = evaluate(
             predict, self.loader, self.cfg, self.data, self.run.eval, autocast, progress=False
@@ -53,7 +53,8 @@ class Evaluator:
             batch = next(batches)
             batches.close()
             path = self.run.pictures / f"predictions_epoch{epoch:03d}.png"
-            self.tracker.log_images(step, {"val/predictions": prediction_panel(model, batch, path)})
+            picture = prediction_panel(model, batch, path, self.loader.layout)
+            self.tracker.log_images(step, {"val/predictions": picture})
         model.train()
         if metrics is None:
             return {}

@@ -16,6 +16,7 @@ from tqdm import tqdm
 from pose.config import Config, DataConfig, TrainConfig, save_config, to_dict
 from pose.data.backends import build_loader
 from pose.data.codec import encode_heatmaps
+from pose.data.layout import one_layout, save_layout
 from pose.data.loader import LoaderSpec
 from pose.engine.checkpoint import Checkpointer, RunState
 from pose.engine.deepspeed_adapter import TrainEngine, build_engine, resolve_precision
@@ -65,19 +66,30 @@ class Trainer:
         torch.manual_seed(cfg.seed + env.rank)
         np.random.seed(cfg.seed + env.rank)
         self.train_loader = build_loader(self._spec("train", cfg.train.batch_size))
+        val_loader = build_loader(self._spec("val", cfg.eval.batch_size))
+        self.layout = one_layout(
+            {
+                f"{cfg.data.train_shards}": self.train_loader.layout,
+                cfg.data.val_shards: val_loader.layout,
+            },
+            cfg.data.layout,
+        )
+        self.joint_weights = None
+        if cfg.train.joint_weights:
+            self.joint_weights = torch.tensor(self.layout.weights, device=env.device)
         self.plan = StepPlan.of(cfg.train, self.train_loader.batches_per_epoch)
-        self.model = build_model(cfg.model, cfg.data.num_joints).to(env.device)
+        self.model = build_model(cfg.model, self.layout.num_joints).to(env.device)
         self.engine = self._build_engine()
         self.checkpointer = Checkpointer(run, self.engine, cfg.train, self.plan, env.is_main)
         self.resumed = self.checkpointer.restore()
         self.state = self.resumed or RunState()
         if env.is_main:  # the config is known to fit: now it may replace the folder's
             save_config(cfg, run.config)
+            save_layout(self.layout, run.layout)
         barrier()
         resume_step = self.state.step if self.resumed else 0
         self.tracker = Tracker(cfg.log, run, to_dict(cfg), env.is_main, resume_step)
         self.bad_reported = 0
-        val_loader = build_loader(self._spec("val", cfg.eval.batch_size))
         self.evaluator = Evaluator(
             val_loader, cfg.eval, cfg.data, cfg.train.eval_every, self.plan, run, self.tracker
         )
@@ -149,7 +161,8 @@ class Trainer:
             wait = time.perf_counter()
             batch = next(micro_batches)
             metrics.data_time += time.perf_counter() - wait
-            loss, skipped = train_step(self.engine, batch, self.cfg.data, self.cfg.train)
+            data, train = self.cfg.data, self.cfg.train
+            loss, skipped = train_step(self.engine, batch, data, train, self.joint_weights)
             metrics.add(loss, skipped, batch["image"].shape[0], step)
 
     def _micro_batches(self) -> Iterator[dict]:
@@ -233,15 +246,22 @@ class Trainer:
 
 
 def train_step(
-    engine: TrainEngine, batch: dict, data: DataConfig, train: TrainConfig
+    engine: TrainEngine,
+    batch: dict,
+    data: DataConfig,
+    train: TrainConfig,
+    joint_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Forward, JointsMSELoss on device-made targets at the model's output size, backward,
-    optimizer step (DeepSpeed applies it at the gradient-accumulation boundary). Returns the
-    loss and whether fp16 loss scaling skipped the step (1) or not (0), both on the device."""
+    """Forward, JointsMSELoss on device-made targets at the model's output size (each joint's
+    term weighed by `joint_weights` when given), backward, optimizer step (DeepSpeed applies it
+    at the gradient-accumulation boundary). Returns the loss and whether fp16 loss scaling
+    skipped the step (1) or not (0), both on the device."""
     heatmaps = engine(batch["image"])
     targets, weights = encode_heatmaps(
         batch["keypoints"], data.image_size, heatmaps.shape[-2:], data.sigma, data.target
     )
+    if joint_weights is not None:
+        weights = weights * joint_weights
     loss = joints_mse_loss(heatmaps, targets, weights, train.ohkm_topk if train.ohkm else 0)
     engine.backward(loss)
     scale_before = engine.loss_scale()

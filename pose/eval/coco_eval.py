@@ -56,15 +56,21 @@ def oks_iou(
 
 
 def oks_nms(
-    keypoints: np.ndarray, scores: np.ndarray, areas: np.ndarray, threshold: float
+    keypoints: np.ndarray,
+    scores: np.ndarray,
+    areas: np.ndarray,
+    threshold: float,
+    sigmas: np.ndarray | None = None,
 ) -> list[int]:
-    """Greedy NMS by OKS: indices kept, best first."""
+    """Greedy NMS by OKS (with the layout's `sigmas`; COCO's by default): indices kept, best
+    first."""
     order = np.argsort(-scores, kind="stable")
     keep = []
     while order.size:
         i = order[0]
         keep.append(int(i))
-        overlap = oks_iou(keypoints[i], keypoints[order[1:]], areas[i], areas[order[1:]])
+        rest = order[1:]
+        overlap = oks_iou(keypoints[i], keypoints[rest], areas[i], areas[rest], sigmas)
         order = order[1:][overlap <= threshold]
     return keep
 
@@ -73,11 +79,13 @@ def soft_oks_nms(
     keypoints: np.ndarray,
     scores: np.ndarray,
     areas: np.ndarray,
-    threshold: float = 0.3,
+    threshold: float,
     max_dets: int = 20,
+    sigmas: np.ndarray | None = None,
 ) -> tuple[list[int], np.ndarray]:
-    """Soft NMS by OKS (Gaussian decay exp(-oks^2 / threshold), as mmpose): indices kept, best
-    first, and the decayed scores of all instances."""
+    """Soft NMS by OKS (Gaussian decay exp(-oks^2 / threshold), as mmpose, whose threshold is
+    the same OKS threshold hard NMS uses): indices kept, best first, and the decayed scores of
+    all instances."""
     scores = scores.astype(np.float64).copy()
     order = list(np.argsort(-scores, kind="stable"))
     keep = []
@@ -87,16 +95,20 @@ def soft_oks_nms(
         if not order:
             break
         rest = np.array(order)
-        overlap = oks_iou(keypoints[i], keypoints[rest], areas[i], areas[rest])
+        overlap = oks_iou(keypoints[i], keypoints[rest], areas[i], areas[rest], sigmas)
         scores[rest] *= np.exp(-(overlap**2) / threshold)
         order = list(rest[np.argsort(-scores[rest], kind="stable")])
     return keep, scores
 
 
 def coco_results(
-    predictions: list[Prediction], keypoint_thr: float, nms_thr: float, soft: bool = False
+    predictions: list[Prediction],
+    keypoint_thr: float,
+    nms_thr: float,
+    soft: bool = False,
+    sigmas: np.ndarray | None = None,
 ) -> list[dict]:
-    """Rescored, NMS-filtered predictions in COCO results format."""
+    """Rescored, NMS-filtered (OKS with `sigmas`) predictions in COCO results format."""
     by_image: dict[int, list[Prediction]] = defaultdict(list)
     for pred in predictions:
         by_image[pred.image_id].append(pred)
@@ -106,9 +118,9 @@ def coco_results(
         scores = np.array([rescore(p, keypoint_thr) for p in preds])
         areas = np.array([p.area for p in preds])
         if soft:
-            keep, scores = soft_oks_nms(kpts, scores, areas)
+            keep, scores = soft_oks_nms(kpts, scores, areas, nms_thr, sigmas=sigmas)
         else:
-            keep = oks_nms(kpts, scores, areas, nms_thr)
+            keep = oks_nms(kpts, scores, areas, nms_thr, sigmas)
         for i in keep:
             results.append(
                 {
@@ -121,8 +133,11 @@ def coco_results(
     return results
 
 
-def score_results(ann_file: str | Path, results: list[dict]) -> dict[str, float]:
-    """pycocotools keypoint metrics of `results` against an annotation file."""
+def score_results(
+    ann_file: str | Path, results: list[dict], sigmas: np.ndarray | None = None
+) -> dict[str, float]:
+    """pycocotools keypoint metrics of `results` against an annotation file, with the layout's
+    OKS `sigmas` (COCO's by default)."""
     from pycocotools.cocoeval import COCOeval
 
     gt = load_coco(ann_file)
@@ -132,6 +147,7 @@ def score_results(ann_file: str | Path, results: list[dict]) -> dict[str, float]
         dt = gt.loadRes(results)
         evaluator = COCOeval(gt, dt, "keypoints")
         evaluator.params.useSegm = None
+        evaluator.params.kpt_oks_sigmas = np.asarray(COCO_17.sigmas if sigmas is None else sigmas)
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()

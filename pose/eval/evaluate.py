@@ -119,7 +119,8 @@ def evaluate(
     metrics = None
     if rank == 0:
         check_predictions(gathered, loader.shards.num_samples - bad, loader.shards.folder)
-        metrics = score_predictions(gathered, cfg, data.val_ann, out_dir)
+        sigmas = np.asarray(loader.layout.sigmas)
+        metrics = score_predictions(gathered, cfg, data.val_ann, out_dir, sigmas)
         metrics["skipped"] = bad  # samples that do not decode, on every rank
     if distributed:
         box = [metrics]
@@ -152,12 +153,16 @@ def check_predictions(preds: list[Prediction], expected: int, folder: str | Path
 
 
 def score_predictions(
-    preds: list[Prediction], cfg: EvalConfig, ann_file: str | Path, out_dir: str | Path | None
+    preds: list[Prediction],
+    cfg: EvalConfig,
+    ann_file: str | Path,
+    out_dir: str | Path | None,
+    sigmas: np.ndarray | None = None,
 ) -> dict:
-    """Rescoring, OKS NMS and pycocotools' metrics, with the instance count; the COCO results
-    go to `out_dir`/results.json when given."""
-    results = coco_results(preds, cfg.keypoint_thr, cfg.oks_nms_thr, cfg.soft_nms)
-    metrics = score_results(ann_file, results)
+    """Rescoring, OKS NMS and pycocotools' metrics (OKS with the layout's `sigmas`), with the
+    instance count; the COCO results go to `out_dir`/results.json when given."""
+    results = coco_results(preds, cfg.keypoint_thr, cfg.oks_nms_thr, cfg.soft_nms, sigmas)
+    metrics = score_results(ann_file, results, sigmas)
     metrics["instances"] = len(preds)
     if out_dir is not None:
         write_json(Path(out_dir) / "results.json", results)

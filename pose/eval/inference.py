@@ -37,9 +37,13 @@ def predict_people(
     device: torch.device,
     layout: KeypointLayout = COCO_17,
 ) -> list[PersonPose]:
-    """One PersonPose per box (x, y, w, h[, score]); no boxes: the whole image is one box."""
+    """One PersonPose per box (x, y, w, h[, score]); `boxes` None: the whole image is one box,
+    an empty list: nobody."""
     height, width = image_bgr.shape[:2]
-    boxes = boxes or [(0.0, 0.0, float(width), float(height), 1.0)]
+    if boxes is None:
+        boxes = [(0.0, 0.0, float(width), float(height), 1.0)]
+    if not boxes:
+        return []
     crops, inverses = crop_boxes(image_bgr, boxes, data.image_size)
     rgb = torch.from_numpy(np.stack([c[:, :, ::-1] for c in crops]).copy()).to(device)
     model.eval()

@@ -20,6 +20,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from pose.config import ConfigError, ModelConfig, load_config
+from pose.data.layout import load_layout
 from pose.files import atomic_write
 from pose.models.build import build_model
 
@@ -59,6 +60,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", help="YAML config (default: built-in defaults)")
     parser.add_argument("--sizes", nargs="+", type=_size, help="input sizes HxW (default: config)")
     parser.add_argument("--json", help="write the numbers to this JSON file")
+    parser.add_argument(
+        "--layout",
+        default="coco17",
+        help="keypoint layout (a preset or file) when data.layout is ''",
+    )
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. model.attention=none")
     args = parser.parse_args(argv)
     try:
@@ -66,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         parser.error(str(e))
     sizes = args.sizes or [cfg.data.image_size]
-    rows = [summarize(cfg.model, cfg.data.num_joints, size) for size in sizes]
+    joints = load_layout(cfg.data.layout or args.layout).num_joints
+    rows = [summarize(cfg.model, joints, size) for size in sizes]
     name = f"{cfg.model.backbone} + deconv, attention={cfg.model.attention}"
     print(f"{name}\n{'input':>10} {'heatmap':>10} {'params (M)':>11} {'GMACs':>8}")
     for row in rows:

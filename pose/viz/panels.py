@@ -10,12 +10,18 @@ import numpy as np
 import torch
 
 from pose.data.codec import decode_heatmaps
+from pose.data.layout import KeypointLayout
 from pose.viz.attention import attention_panels
 from pose.viz.skeleton import draw_skeleton, tile, to_bgr
 
 
 def prediction_panel(
-    model: torch.nn.Module, batch: dict, path: Path, count: int = 4, min_score: float = 0.2
+    model: torch.nn.Module,
+    batch: dict,
+    path: Path,
+    layout: KeypointLayout,
+    count: int = 4,
+    min_score: float = 0.2,
 ) -> Path:
     """Write a PNG of `count` val crops with predicted skeletons (and attention maps)."""
     model.eval()
@@ -29,8 +35,9 @@ def prediction_panel(
         kpts = np.concatenate(
             [coords[i].cpu().numpy() * stride, scores[i, :, None].cpu().numpy()], 1
         )
-        row = [draw_skeleton(crop, kpts, min_score=min_score, thickness=1)]
-        attention = attention_panels(crop, {k: v[i].float().cpu().numpy() for k, v in maps.items()})
+        row = [draw_skeleton(crop, kpts, min_score=min_score, thickness=1, layout=layout)]
+        person_maps = {k: v[i].float().cpu().numpy() for k, v in maps.items()}
+        attention = attention_panels(crop, person_maps, layout)
         if attention is not None:  # a part-wise grid is taller than the crop
             row.append(attention)
         rows.append(np.concatenate(_pad_to(row, axis=0), axis=1))

@@ -5,15 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from pose.data.layout import COCO_17, KeypointLayout
-
-# Left joints and limbs orange, right ones blue, the rest green (BGR).
-LEFT, RIGHT, MIDDLE = (0, 140, 255), (255, 120, 0), (60, 200, 60)
-
-
-def _side(layout: KeypointLayout, index: int) -> tuple[int, int, int]:
-    name = layout.joints[index] if index < layout.num_joints else ""
-    return LEFT if name.startswith("left_") else RIGHT if name.startswith("right_") else MIDDLE
+from pose.data.layout import COCO_17, MIDDLE, KeypointLayout
 
 
 def draw_skeleton(
@@ -31,13 +23,13 @@ def draw_skeleton(
     shown = kpts[:, 2] > min_score
     for i, j in layout.skeleton:
         if i < len(kpts) and j < len(kpts) and shown[i] and shown[j]:
-            side = _side(layout, i)
-            colour = side if side == _side(layout, j) else MIDDLE
+            side = layout.colour(i)
+            colour = side if side == layout.colour(j) else MIDDLE
             cv2.line(out, _pt(kpts[i]), _pt(kpts[j]), colour, thickness, cv2.LINE_AA)
     for i, (x, y, v) in enumerate(kpts):
         if shown[i]:
             filled = -1 if v != 1 else 1
-            cv2.circle(out, _pt((x, y)), thickness + 1, _side(layout, i), filled, cv2.LINE_AA)
+            cv2.circle(out, _pt((x, y)), thickness + 1, layout.colour(i), filled, cv2.LINE_AA)
     return out
 
 

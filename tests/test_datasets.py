@@ -1,0 +1,147 @@
+"""Any COCO-format keypoint dataset, end to end on real images: a 13-joint layout derived from
+the COCO fixtures (eyes and ears dropped, joints renamed l_*/r_*) is sharded, trained, scored
+with its own sigmas, predicted and drawn, and every mismatch is an error naming both sides."""
+
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from pose.data.layout import COCO_17
+from pose.data.sharding import ShardRequest, shard_dataset
+from pose.data.shards import ShardError, ShardSet, decode_npy, iter_samples, read_manifest
+
+KEEP = [0, *range(5, 17)]  # nose and the 12 body joints
+TRAIN = ["launch/train.py", "--config", "configs/demo.yaml"]
+
+
+def renamed(name: str) -> str:
+    return name.replace("left_", "l_").replace("right_", "r_")
+
+
+@pytest.fixture(scope="module")
+def body13(coco_fixtures, tmp_path_factory) -> Path:
+    """The fixtures' annotations cut to 13 joints, with a layout file giving COCO's sigmas."""
+    root = tmp_path_factory.mktemp("body13")
+    data = json.loads((coco_fixtures / "test_coco.json").read_text())
+    names = [renamed(COCO_17.joints[j]) for j in KEEP]
+    position = {old: new for new, old in enumerate(KEEP)}
+    skeleton = [
+        [position[a] + 1, position[b] + 1]
+        for a, b in COCO_17.skeleton
+        if a in position and b in position
+    ]
+    data["categories"] = [{"id": 1, "name": "person", "keypoints": names, "skeleton": skeleton}]
+    for ann in data["annotations"]:
+        kpts = np.asarray(ann["keypoints"]).reshape(17, 3)[KEEP]
+        ann["keypoints"] = kpts.reshape(-1).tolist()
+        ann["num_keypoints"] = int((kpts[:, 2] > 0).sum())
+    (root / "ann.json").write_text(json.dumps(data))
+    layout = {
+        "name": "body13",
+        "joints": names,
+        "sigmas": [COCO_17.sigmas[j] for j in KEEP],
+        "skeleton": [[names[a - 1], names[b - 1]] for a, b in skeleton],
+    }
+    (root / "body13.yaml").write_text(yaml.safe_dump(layout))
+    for split in ("train", "val"):
+        request = ShardRequest(
+            root / "ann.json",
+            coco_fixtures,
+            root / split,
+            split=split,
+            layout=str(root / "body13.yaml"),
+            progress=False,
+        )
+        shard_dataset(request)
+    return root
+
+
+def overrides(root: Path, run: Path, **extra) -> list[str]:
+    values = {
+        "data.train_shards": root / "train",
+        "data.val_shards": root / "val",
+        "data.val_ann": root / "ann.json",
+        "data.image_size": "[256,192]",
+        "data.num_workers": 0,
+        "data.flip_prob": 1.0,
+        "model.backbone": "resnet18",
+        "model.deconv_filters": 32,
+        "train.batch_size": 4,
+        "train.log_every": 1,
+        "train.eval_every": 1,
+        "train.precision": "fp32",
+        "eval.batch_size": 4,
+        "log.wandb": "off",
+        "run.dir": run,
+        **extra,
+    }
+    return [f"{k}={v}" for k, v in values.items()]
+
+
+def test_the_manifest_records_the_layout_from_the_data(body13, coco_fixtures, tmp_path):
+    manifest = read_manifest(body13 / "train")
+    assert manifest["layout"]["name"] == "body13" and len(manifest["layout"]["joints"]) == 13
+    assert ["l_shoulder", "r_shoulder"] in manifest["layout"]["flip_pairs"]
+    assert ShardSet.open(body13 / "train").layout.sigmas[0] == COCO_17.sigmas[0]
+    with pytest.warns(UserWarning, match="no OKS sigmas of its own"):  # auto: from the category
+        auto = shard_dataset(ShardRequest(body13 / "ann.json", coco_fixtures, tmp_path / "auto"))
+    assert auto.manifest["layout"]["name"] == "custom13"
+    assert not auto.manifest["layout"]["sigmas_known"]
+    dets = coco_fixtures / "test_coco_det_AP_H_56.json"
+    layout = str(body13 / "body13.yaml")
+    request = ShardRequest(body13 / "ann.json", coco_fixtures, tmp_path / "dets", split="val")
+    shard_dataset(replace(request, detections=dets, layout=layout, progress=False))
+    tar = ShardSet.open(tmp_path / "dets").tars[0]
+    assert decode_npy(next(iter_samples(tar))[1]["kpts.npy"]).shape == (13, 3)  # not 17
+
+
+def test_ground_truth_scores_ap_1_with_the_layouts_own_sigmas(body13, run_python, tmp_path):
+    args = ["launch/eval.py", *TRAIN[1:], "--gt-as-predictions", "--out", tmp_path / "m.json"]
+    done = run_python([*args, *overrides(body13, tmp_path / "unused")])
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert metrics["instances"] == 12 and metrics["AP"] == pytest.approx(1.0)
+
+
+@pytest.mark.slow
+def test_train_evaluate_predict_and_draw_a_13_joint_model(
+    body13, coco_fixtures, run_python, tmp_path
+):
+    run = tmp_path / "run"
+    done = run_python([*TRAIN, *overrides(body13, run, **{"train.max_steps": 3})])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert yaml.safe_load((run / "layout.yaml").read_text())["name"] == "body13"
+    assert "AP" in json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    out = tmp_path / "pred"
+    args = ["launch/predict.py", "--checkpoint", run, "--image", coco_fixtures, "--out", out]
+    args += ["--boxes", coco_fixtures / "test_coco_det_AP_H_56.json", "--box-thr", "0.9"]
+    args += ["--ann", body13 / "ann.json"]
+    done = run_python(args)
+    assert done.returncode == 0, done.stderr[-3000:]
+    people = json.loads((out / "keypoints.json").read_text())
+    assert people and all(len(p["keypoints"]) == 13 * 3 for p in people)
+    assert {p["image_id"] for p in people} <= {785, 40083, 196141, 197388}
+    assert len(list(out.glob("*_pose.png"))) == 4
+
+
+def test_mismatched_layouts_are_errors_before_any_work(body13, coco_fixtures, run_python, tmp_path):
+    done = run_python([*TRAIN, *overrides(body13, tmp_path / "a", **{"data.layout": "coco17"})])
+    assert done.returncode == 2
+    assert "data.layout': 'coco17' (17 joints) is not the layout of" in done.stderr
+    coco_val = tmp_path / "coco_val"  # the same images with COCO's 17 joints
+    ann = coco_fixtures / "test_coco.json"
+    shard_dataset(ShardRequest(ann, coco_fixtures, coco_val, split="val", progress=False))
+    done = run_python([*TRAIN, *overrides(body13, tmp_path / "b", **{"data.val_shards": coco_val})])
+    assert done.returncode == 2
+    assert "layout 'body13' (13 joints)" in done.stderr and "'coco17' (17)" in done.stderr
+    mixed = tmp_path / "mixed"  # a manifest that lies about its shards
+    shutil.copytree(body13 / "train", mixed)
+    data = read_manifest(mixed)
+    (mixed / "manifest.json").write_text(json.dumps(data | {"layout": COCO_17.to_json()}))
+    with pytest.raises(ShardError, match="holds samples of 13 joints, its manifest's layout"):
+        ShardSet.open(mixed)

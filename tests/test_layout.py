@@ -1,0 +1,113 @@
+"""Keypoint layouts (pose/data/layout.py): the presets, custom layouts from YAML files and from
+an annotation file's category, and the errors where layouts do not agree."""
+
+import numpy as np
+import pytest
+import yaml
+
+from pose.data.layout import (
+    COCO_17,
+    DEFAULT_SIGMA,
+    KeypointLayout,
+    LayoutError,
+    flip_pairs_from_names,
+    layout_from_category,
+    load_layout,
+    one_layout,
+    preset,
+    preset_names,
+    save_layout,
+)
+
+
+@pytest.mark.parametrize(
+    "name, joints",
+    [
+        ("coco17", 17),
+        ("crowdpose14", 14),
+        ("aic14", 14),
+        ("mpii16", 16),
+        ("coco_wholebody133", 133),
+    ],
+)
+def test_presets_are_consistent(name, joints):
+    layout = preset(name)
+    assert layout.num_joints == joints and len(layout.sigmas) == joints and layout.sigmas_known
+    permutation = layout.flip_permutation
+    assert np.array_equal(permutation[permutation], np.arange(joints))  # an involution
+    for left, right in layout.flip_pairs:  # (left, right): a joint and its mirror image
+        if "left" in layout.joints[left] or "right" in layout.joints[left]:
+            assert layout.joints[left].replace("left", "right") == layout.joints[right]
+    assert all(0 <= a < joints and 0 <= b < joints for a, b in layout.skeleton)
+    assert len(layout.weights) == joints and set(layout.upper_body) < set(range(joints))
+    assert set(preset_names()) >= {"coco17", "crowdpose14", "aic14", "mpii16"}
+
+
+def test_coco17_is_what_pycocotools_and_the_annotation_files_use():
+    from pycocotools.cocoeval import Params
+
+    np.testing.assert_allclose(COCO_17.sigmas, Params(iouType="keypoints").kpt_oks_sigmas)
+    coco_skeleton = [[16, 14], [14, 12], [17, 15], [15, 13], [12, 13], [6, 12], [7, 13], [6, 7]]
+    coco_skeleton += [[6, 8], [7, 9], [8, 10], [9, 11], [2, 3], [1, 2], [1, 3], [2, 4], [3, 5]]
+    coco_skeleton += [[4, 6], [5, 7]]
+    assert {frozenset((a - 1, b - 1)) for a, b in coco_skeleton} == {
+        frozenset(pair) for pair in COCO_17.skeleton
+    }
+    assert COCO_17.upper_body == tuple(range(11))
+
+
+def test_a_custom_layout_needs_only_joint_names(tmp_path, recwarn):
+    path = tmp_path / "hands.yaml"
+    path.write_text(yaml.safe_dump({"joints": ["head", "l_hand", "r_hand", "Foot_L", "foot_r"]}))
+    layout = load_layout(str(path))
+    assert layout.name == "hands" and layout.flip_pairs == ((1, 2), (3, 4))
+    assert layout.sigmas == (DEFAULT_SIGMA,) * 5 and not layout.sigmas_known
+    assert layout.upper_body == (0, 1, 2) and layout.weights == (1.0,) * 5
+    save_layout(layout, tmp_path / "again.yaml")
+    assert load_layout(str(tmp_path / "again.yaml")).joints == layout.joints
+    assert flip_pairs_from_names(("left-eye", "right-eye", "eye_left", "eye_right")) == (
+        (0, 1),
+        (2, 3),
+    )
+
+
+@pytest.mark.parametrize(
+    "content, words",
+    [
+        ({"joints": "nose"}, "'joints' must be a list"),
+        ({"joints": ["a", "b"], "sigma": [1, 2]}, "unknown keys ['sigma']"),
+        ({"joints": ["a", "b"], "skeleton": [["a", "c"]]}, "'c' is not one of its joints"),
+        ({"joints": ["a", "b"], "sigmas": [0.1]}, "1 positive sigmas are needed"),
+        ({"joints": ["a", "a"]}, "distinct"),
+        ({"joints": ["a", "b", "c"], "flip_pairs": [["a", "b"], ["b", "c"]]}, "two flip pairs"),
+    ],
+)
+def test_bad_layout_files_are_named_errors(tmp_path, content, words):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(content))
+    with pytest.raises(LayoutError) as err:
+        load_layout(str(path))
+    assert "bad.yaml" in str(err.value) and words in str(err.value)
+    with pytest.raises(LayoutError, match="neither a built-in layout"):
+        load_layout("coco_18")
+
+
+def test_the_category_picks_a_preset_or_derives_a_layout():
+    assert layout_from_category({"keypoints": list(preset("crowdpose14").joints)}).name == (
+        "crowdpose14"
+    )
+    category = {"keypoints": ["top", "l_arm", "r_arm"], "skeleton": [[1, 2], [1, 3], [9, 1]]}
+    with pytest.warns(UserWarning, match="no OKS sigmas of its own"):
+        derived = layout_from_category(category, "ann.json")
+    assert derived.flip_pairs == ((1, 2),) and derived.skeleton == ((0, 1), (0, 2))
+
+
+def test_layouts_that_differ_are_errors_naming_both():
+    crowd = preset("crowdpose14")
+    assert one_layout({"a": COCO_17, "b": COCO_17}, "coco17") is COCO_17
+    with pytest.raises(LayoutError, match=r"'coco17' \(17 joints\), b 'crowdpose14' \(14\)"):
+        one_layout({"a": COCO_17, "b": crowd})
+    with pytest.raises(LayoutError, match=r"data\.layout': 'coco17' .* is not the layout of a"):
+        one_layout({"a": crowd}, "coco17")
+    with pytest.raises(LayoutError, match="flip pairs"):
+        KeypointLayout("x", ("a", "b"), ((0, 0),), (0.1, 0.1), (), ()).check()
