@@ -43,7 +43,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def submit_sweep(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog="The runs of a submitted sweep: sweep.py status|wait|cancel SWEEP_DIR",
+    )
     parser.add_argument("sweep_file", help="a sweep file (see configs/sweeps/)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides for every run")
     parser.add_argument("--out", help="sweep folder (default runs/sweeps/<sweep name>)")
