@@ -19,8 +19,8 @@ import torch
 
 from pose.caches import use_cache_folders
 from pose.config import ConfigError, load_config
-from pose.data.layout import KeypointLayout, load_layout, save_layout
-from pose.engine.checkpoint import checkpoint_layout, resolve_checkpoint
+from pose.data.layout import KeypointLayout, save_layout
+from pose.engine.checkpoint import layout_to_use, resolve_checkpoint
 from pose.engine.errors import CheckpointError
 from pose.models import build_model
 from pose.models.weights import WeightsError, load_model_weights
@@ -68,9 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = args.config or RunFolder(args.checkpoint).config
         cfg = load_config(config if Path(config).is_file() else None, args.overrides)
-        layout = checkpoint_layout(args.checkpoint)
-        if args.layout or layout is None:
-            layout = load_layout(args.layout or "coco17")
+        layout = layout_to_use(args.checkpoint, args.layout)
         paths = export(args.checkpoint, Path(args.out), cfg, layout)
     except (ConfigError, WeightsError, CheckpointError) as e:
         print(f"export: error: {e}", file=sys.stderr)

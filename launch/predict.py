@@ -25,8 +25,7 @@ from tqdm import tqdm
 
 from pose.caches import use_cache_folders
 from pose.config import ConfigError, load_config
-from pose.data.layout import load_layout
-from pose.engine.checkpoint import checkpoint_layout, resolve_checkpoint
+from pose.engine.checkpoint import layout_to_use, resolve_checkpoint
 from pose.engine.errors import CheckpointError
 from pose.eval.boxes import BoxesError, read_boxes
 from pose.eval.coco_eval import write_json
@@ -66,9 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = args.config or RunFolder(args.checkpoint).config
         cfg = load_config(config if Path(config).is_file() else None, args.overrides)
-        layout = checkpoint_layout(args.checkpoint)
-        if args.layout or layout is None:
-            layout = load_layout(args.layout or "coco17")
+        layout = layout_to_use(args.checkpoint, args.layout)
         model = build_model(cfg.model, layout.num_joints)
         load_model_weights(model, resolve_checkpoint(args.checkpoint))
         images = list_images(Path(args.image))[: args.limit or None]

@@ -272,15 +272,17 @@ def first_sample_joints(tar: Path, index: Path) -> int:
         with open(index) as f:
             f.readline()
             fields = f.readline().split()
-        entries = {
-            fields[k]: (int(fields[k + 1]), int(fields[k + 2])) for k in range(0, len(fields), 4)
-        }
-        offset, size = entries["kpts.npy"]
+        offset, size = index_members(fields)["kpts.npy"]
         with open(tar, "rb") as f:
             f.seek(offset)
             return int(decode_npy(f.read(size)).shape[0])
     except (OSError, ValueError, IndexError, KeyError) as e:
         raise ShardError(f"shard '{tar}' or its index '{index}' cannot be read: {e}") from None
+
+
+def index_members(fields: list[str]) -> dict[str, tuple[int, int]]:
+    """One line of a DALI index, split: extension -> (byte offset, size) of each member."""
+    return {fields[k]: (int(fields[k + 1]), int(fields[k + 2])) for k in range(0, len(fields), 4)}
 
 
 def _check_index_header(path: Path, count: int) -> None:
@@ -314,9 +316,7 @@ class ShardIndex:
         if not fields or len(fields) % 4:
             raise ValueError(f"a line of {len(fields)} fields")
         self.keys.append(fields[3].split(".", 1)[0])
-        entries = {
-            fields[k]: (int(fields[k + 1]), int(fields[k + 2])) for k in range(0, len(fields), 4)
-        }
+        entries = index_members(fields)
         start = min(offset for offset, _ in entries.values())
         end = max(offset + size for offset, size in entries.values())
         self.spans.append((start, end))

@@ -168,6 +168,14 @@ def checkpoint_layout(path: str | Path) -> KeypointLayout | None:
     return None
 
 
+def layout_to_use(checkpoint: str | Path, override: str | None = None) -> KeypointLayout:
+    """The layout to predict or export with: `override` (a preset or file) when given, else the
+    checkpoint's own, else COCO's 17 joints (plain state dicts, older runs)."""
+    if override:
+        return load_layout(override)
+    return checkpoint_layout(checkpoint) or load_layout("coco17")
+
+
 def rng_state() -> dict:
     """RNG states in types `torch.load(weights_only=True)` accepts (no numpy arrays), so that
     checkpoints load without unpickling arbitrary objects."""
