@@ -15,6 +15,7 @@ object where things are:
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import secrets
@@ -85,23 +86,36 @@ class RunFolder:
 
     def lock(self) -> RunLock:
         """Take the folder's lock for this process (released when it ends, whatever the
-        reason), or raise RunFolderBusy naming the holder."""
+        reason), or raise RunFolderBusy naming the holder.
+
+        A POSIX record lock (`lockf`), not `flock`: forked children (loader workers) do not
+        inherit it, so a SIGKILLed training frees its folder at once, not when its orphaned
+        workers notice and exit seconds later. Record locks belong to the process, so this
+        process must not open the lock file elsewhere (closing any descriptor of it would drop
+        the lock); `_held` refuses a second lock on the same folder from one process."""
         self.path.mkdir(parents=True, exist_ok=True)
-        path = self.path / "lock"
+        path = (self.path / "lock").resolve()
+        if path in _held:
+            raise RunFolderBusy(f"run folder '{self.path}' is in use by this process already")
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = path.read_text().strip() or "an unknown process"
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EACCES, errno.EAGAIN):
+                os.close(fd)
+                raise
+            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip()
             os.close(fd)
             raise RunFolderBusy(
-                f"run folder '{self.path}' is in use by {holder} (another training, or ranks "
-                "left behind by a killed launcher); stop it or choose another run.dir"
+                f"run folder '{self.path}' is in use by {holder or 'an unknown process'} "
+                "(another training, or ranks left behind by a killed launcher); stop it or "
+                "choose another run.dir"
             ) from None
         os.ftruncate(fd, 0)
         started = time.strftime("%Y-%m-%d %H:%M:%S")
         os.write(fd, f"pid {os.getpid()} on host {socket.gethostname()} since {started}\n".encode())
-        return RunLock(fd)
+        _held.add(path)
+        return RunLock(fd, path)
 
     def wandb_id(self) -> str:
         """A stable wandb run id for this folder, made on first use."""
@@ -111,14 +125,19 @@ class RunFolder:
         return path.read_text().strip()
 
 
+_held: set[Path] = set()  # lock files this process holds (see RunFolder.lock)
+
+
 class RunLock:
-    def __init__(self, fd: int):
+    def __init__(self, fd: int, path: Path):
         self.fd = fd
+        self.path = path
 
     def release(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)  # closing the descriptor drops the lock
             self.fd = -1
+            _held.discard(self.path)
 
 
 def _read_pointer(path: Path) -> str | None:

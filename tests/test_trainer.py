@@ -153,6 +153,7 @@ def test_random_kills_with_loader_workers_resume_to_the_same_weights(
         proc = subprocess.Popen(command, cwd=ROOT, env=clean_env(), **quiet)
         target = done_at + rng.randint(3, 6)
         wait_for(lambda t=target, p=proc: progressed(run, t) or p.poll() is not None)
+        assert progressed(run, target), f"the restarted run exited {proc.returncode} early"
         time.sleep(rng.uniform(0.0, 0.6))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
