@@ -49,14 +49,17 @@ demo: demo-shards
 	$(PY) benchmarks/data_pipeline.py --rounds 3 --json runs/demo/data_pipeline.json \
 	  --plot runs/demo/data_pipeline.png && \
 	$(PY) -m pose.models.summary --config configs/demo.yaml && \
+	train_start=$$(date +%s) && \
 	$(PY) launch/train.py --config configs/demo.yaml && \
+	train_s=$$(( $$(date +%s) - train_start )) && \
 	$(PY) launch/eval.py --config configs/demo.yaml --checkpoint runs/demo \
 	  --out runs/demo/metrics.json && \
 	$(PY) launch/predict.py --checkpoint runs/demo --image $(DEMO_DATA)/images/val \
 	  --boxes $(DEMO_DATA)/annotations/person_detections_val.json --box-thr 0.5 \
 	  --out runs/demo/pictures/predict --limit 6 && \
-	echo "demo: trained, evaluated and drew pictures in $$(( $$(date +%s) - start )) s;" \
-	  "see runs/demo/ (metrics.json, pictures/, input_preview.png, data_pipeline.json/.png)"
+	echo "demo: done in $$(( $$(date +%s) - start )) s; see runs/demo/ (metrics.json, pictures/," \
+	  "input_preview.png, data_pipeline.json/.png)" && \
+	$(PY) launch/summary.py runs/demo --eval runs/demo/metrics.json --seconds $$train_s
 
 # The three attention variants as one sweep: through Slurm when a cluster answers (for one on
 # this machine: `slurm/local-cluster.sh start`, then export the SLURM_CONF line it prints),

@@ -54,7 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutdown()
     if env.is_main:
-        print(f"train: {result.step} steps, {result.epochs} epochs, precision {result.precision}")
+        print(
+            f"train: {result.step} steps ({result.images} images), {result.epochs} epochs, "
+            f"precision {result.precision}"
+        )
         if result.metrics:
             print_metrics(result.metrics)
     if result.stopped:

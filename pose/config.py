@@ -101,6 +101,11 @@ class ModelConfig:
 class TrainConfig:
     epochs: int = 140
     max_steps: int = 0  # stop after this many optimizer steps; 0 = run all epochs
+    # A budget replaces `epochs` as the run's length; the schedule is laid over it (multistep
+    # `lr_steps` then count as fractions of `epochs`). See pose/engine/budget.py.
+    budget_images: int = 0  # train on this many images, all ranks together; 0 = no budget
+    budget_minutes: float = 0.0  # train for about this long (steps measured, then fixed)
+    budget_calibration_steps: int = 20  # with budget_minutes: the steps that measure speed
     batch_size: int = 32  # micro-batch per device
     grad_accum: int = 1
     optimizer: Literal["adam", "adamw"] = "adam"
@@ -128,6 +133,11 @@ class TrainConfig:
         for key in ("max_steps", "warmup_steps", "weight_decay", "grad_clip", "eval_every"):
             check_non_negative(f"train.{key}", getattr(self, key))
         check_positive("train.lr", self.lr)
+        check_non_negative("train.budget_images", self.budget_images)
+        check_non_negative("train.budget_minutes", self.budget_minutes)
+        check_positive("train.budget_calibration_steps", self.budget_calibration_steps)
+        if self.budget_images and self.budget_minutes:
+            fail_key("train.budget_minutes", "set train.budget_images or this, not both")
         check_positive("train.keep_last", self.keep_last)
         if not 0 < self.lr_factor <= 1:
             fail_key("train.lr_factor", f"{self.lr_factor} must lie in (0, 1]")

@@ -5,6 +5,7 @@ object where things are:
     layout.yaml         the keypoint layout the model was trained for (pose.data.layout)
     metrics.jsonl       one JSON record per line (pose.tracking)
     wandb_id.txt        the wandb run id, so that a resumed run continues the same wandb run
+    budget.json         the step count a wall-clock budget was measured to (pose.engine.budget)
     checkpoints/        one folder per checkpoint tag (pose.engine.checkpoint), and
       latest, best      the tag of the newest complete checkpoint and of the best by AP
     pictures/           PNGs written during training
@@ -48,6 +49,10 @@ class RunFolder:
     @property
     def metrics(self) -> Path:
         return self.path / "metrics.jsonl"
+
+    @property
+    def budget(self) -> Path:
+        return self.path / "budget.json"
 
     @property
     def checkpoints(self) -> Path:

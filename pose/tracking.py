@@ -102,3 +102,26 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
         for i, r in enumerate(records)
         if r["split"] == "run" or last[(r["split"], r["step"])] == i
     ]
+
+
+def run_summary(run_dir: str | Path, metrics: dict | None = None) -> str:
+    """One line on what a run trained and reached: steps, images (all ranks), epochs, the budget
+    it used if it had one, and AP from `metrics` (an evaluation's) or its last val record."""
+    records = read_metrics(run_dir)
+    train = [r for r in records if r["split"] == "train"]
+    if not train:
+        return f"{run_dir}: no training step logged yet"
+    last, start = train[-1], [r for r in records if r["split"] == "run"][-1]
+    parts = [f"{last['step']} steps"]
+    if "images" in last:  # logged since budgets exist
+        parts.append(f"{last['images']:,} images")
+    parts.append(f"{last['step'] / start['steps_per_epoch']:.1f} epochs")
+    if start.get("budget_minutes"):
+        parts.append(f"budget {start['budget_minutes']:g} min")
+    elif start.get("budget_images"):
+        parts.append(f"budget {start['budget_images']:,} images")
+    if metrics is None:
+        val = [r for r in records if r["split"] == "val"]
+        metrics = val[-1] if val else {}
+    ap = f"AP {metrics['AP']:.3f}" if "AP" in metrics else "not evaluated"
+    return f"{run_dir}: trained {', '.join(parts)}; {ap}"

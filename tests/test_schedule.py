@@ -2,7 +2,7 @@
 
 import pytest
 
-from pose.config import load_config
+from pose.config import ConfigError, load_config
 from pose.engine.schedule import StepPlan, base_lr, lr_factor
 
 
@@ -41,3 +41,50 @@ def test_lr_scales_with_the_total_batch_over_the_reference_128():
     train = load_config(None, ["train.scale_lr=true", "train.batch_size=64"]).train
     assert base_lr(train, world_size=4) == pytest.approx(1e-3 * 64 * 4 / 128)
     assert base_lr(load_config(None).train, world_size=4) == 1e-3
+
+
+def test_an_image_budget_sets_the_length_over_all_ranks_and_max_steps_caps_it():
+    budget = ["train.budget_images=1000", "train.batch_size=8", "train.grad_accum=2"]
+    train = load_config(None, budget).train
+    plan = StepPlan.of(train, batches_per_epoch=50, world_size=2)  # 32 images a step
+    assert (plan.steps_per_epoch, plan.total_steps) == (25, 32)  # ceil(1000 / 32)
+    capped = load_config(None, [*budget, "train.max_steps=10"]).train
+    assert StepPlan.of(capped, 50, world_size=2).total_steps == 10
+
+
+def test_cosine_starts_after_warmup_and_ends_at_the_budget():
+    overrides = ["train.schedule=cosine", "train.warmup_steps=10", "train.budget_images=880"]
+    train = load_config(None, [*overrides, "train.batch_size=8"]).train
+    plan = StepPlan.of(train, batches_per_epoch=5)  # 110 steps, whatever train.epochs says
+    cosine = lr_factor(train, plan)
+    assert cosine(4) == pytest.approx(0.5) and cosine(9) == 1.0 and cosine(10) == 1.0
+    assert cosine(60) == pytest.approx(0.5) and cosine(110) == pytest.approx(0.0)
+
+
+def test_multistep_under_a_budget_decays_at_the_same_fractions_of_the_run():
+    overrides = ["train.epochs=10", "train.lr_steps=[5,8]", "train.warmup_steps=0"]
+    train = load_config(None, [*overrides, "train.budget_images=800", "train.batch_size=8"]).train
+    factor = lr_factor(train, StepPlan.of(train, batches_per_epoch=3))  # 100 steps
+    assert factor(49) == 1.0 and factor(50) == pytest.approx(0.1)
+    assert factor(79) == pytest.approx(0.1) and factor(80) == pytest.approx(0.01)
+
+
+def test_a_wall_clock_budget_keeps_the_lr_of_its_calibration_steps_independent_of_its_length():
+    overrides = ["train.schedule=cosine", "train.warmup_steps=4", "train.budget_minutes=5"]
+    train = load_config(None, [*overrides, "train.budget_calibration_steps=8"]).train
+    plan = StepPlan.of(train, batches_per_epoch=10)
+    assert not plan.known and not plan.is_last(10**6)
+    capped = load_config(None, [*overrides, "train.max_steps=5"]).train
+    assert StepPlan.of(capped, batches_per_epoch=10).is_last(5)  # before the length is known
+    factor = lr_factor(train, plan)
+    before = [factor(s) for s in range(9)]
+    assert before == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]
+    for total in (20, 500):
+        plan.fix_total(total)
+        assert [factor(s) for s in range(9)] == before
+        assert factor(total) == pytest.approx(0.0) and factor(total - 1) > 0
+
+
+def test_one_budget_at_a_time():
+    with pytest.raises(ConfigError, match=r"'train\.budget_minutes'.*not both"):
+        load_config(None, ["train.budget_images=100", "train.budget_minutes=2"])

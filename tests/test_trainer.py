@@ -2,6 +2,7 @@
 resuming to the same weights, a NaN loss stopping the run, and what the loop derives from one
 step counter."""
 
+import json
 import shutil
 import signal
 import subprocess
@@ -249,3 +250,55 @@ def test_samples_that_do_not_decode_are_named_counted_and_bounded(
     assert "1 of" in done.stderr and "did not decode, more than data.max_bad_fraction=0.0" in (
         done.stderr
     )
+
+
+def test_an_image_budget_ends_at_its_step_with_the_lr_at_its_floor(
+    shards, tmp_path, tiny_overrides, run_python
+):
+    run = tmp_path / "run"
+    extra = {"train.budget_images": 100, "train.schedule": "cosine", "train.epochs": 1}
+    result = run_python([*TRAIN, *tiny_overrides(shards, run, **extra)])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "budget of 100 images = 13 steps of 8 images" in result.stdout  # ceil(100 / 8)
+    last = train_records(run)[-1]
+    assert (last["step"], last["images"], last["budget_used"]) == (13, 104, 1.0)
+    assert last["lr"] == 0.0
+    assert "train: 13 steps (104 images)" in result.stdout
+    summary = run_python(["launch/summary.py", run])
+    assert "trained 13 steps, 104 images, " in summary.stdout
+    assert "budget 100 images; not evaluated" in summary.stdout
+
+
+@pytest.mark.slow
+def test_a_wall_clock_budget_killed_after_calibration_resumes_to_its_recorded_length(
+    shards, tmp_path, tiny_overrides, run_python, clean_env
+):
+    """The budget's step count is measured once and kept: the killed and resumed run ends at
+    it with the weights of an uninterrupted run of that many steps."""
+    calibration = 6
+    common = {"train.schedule": "cosine", "train.warmup_steps": calibration}
+    budget = {"train.budget_minutes": 0.15, "train.budget_calibration_steps": calibration}
+    run = tmp_path / "budget"
+    command = [sys.executable, *TRAIN, *tiny_overrides(shards, run, **common, **budget)]
+    proc = subprocess.Popen(
+        command, cwd=ROOT, env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    wait_for(lambda: progressed(run, calibration + 2) or proc.poll() is not None)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    measured = RunFolder(run).budget.read_text()
+    total = json.loads(measured)["total_steps"]
+    assert max(r["step"] for r in train_records(run)) < total, "killed too late to resume"
+    resumed = run_python(command[1:])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming" in resumed.stdout and "budget of" not in resumed.stdout
+    assert RunFolder(run).budget.read_text() == measured  # measured once
+    assert train_records(run)[-1]["step"] == total
+    assert train_records(run)[-1]["budget_used"] == 1.0
+
+    fixed = {"train.max_steps": total, "train.epochs": 1000}
+    whole = run_python([*TRAIN, *tiny_overrides(shards, tmp_path / "whole", **common, **fixed)])
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    a, b = final_weights(tmp_path / "whole"), final_weights(run)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key

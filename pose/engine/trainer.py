@@ -18,13 +18,14 @@ from pose.data.backends import build_loader
 from pose.data.codec import encode_heatmaps
 from pose.data.layout import one_layout, save_layout
 from pose.data.loader import LoaderSpec
+from pose.engine.budget import BudgetClock, MeasuredBudget
 from pose.engine.checkpoint import Checkpointer, RunState
 from pose.engine.deepspeed_adapter import TrainEngine, build_engine, resolve_precision
 from pose.engine.distributed import DistEnv, any_rank, barrier, init_distributed, sum_over_ranks
 from pose.engine.errors import TrainingError
 from pose.engine.evaluator import Evaluator
 from pose.engine.loss import joints_mse_loss
-from pose.engine.schedule import StepPlan, base_lr, lr_factor
+from pose.engine.schedule import StepPlan, base_lr, images_per_step, lr_factor
 from pose.engine.step_metrics import StepMetrics
 from pose.engine.stop import StopRequest
 from pose.models import build_model
@@ -35,6 +36,7 @@ from pose.tracking import Tracker
 @dataclass(frozen=True)
 class TrainResult:
     step: int  # optimizer steps done
+    images: int  # training images of those steps, all ranks together
     epochs: int  # epochs completed
     best_ap: float  # -1 before any evaluation
     metrics: dict  # the last evaluation's, {} if none ran
@@ -77,17 +79,20 @@ class Trainer:
         self.joint_weights = None
         if cfg.train.joint_weights:
             self.joint_weights = torch.tensor(self.layout.weights, device=env.device)
-        self.plan = StepPlan.of(cfg.train, self.train_loader.batches_per_epoch)
+        batches = self.train_loader.batches_per_epoch
+        self.plan = StepPlan.of(cfg.train, batches, env.world_size)
+        self.images_per_step = images_per_step(cfg.train, env.world_size)
         self.model = build_model(cfg.model, self.layout.num_joints).to(env.device)
         self.engine = self._build_engine()
         self.checkpointer = Checkpointer(run, self.engine, cfg.train, self.plan, env.is_main)
         self.resumed = self.checkpointer.restore()
         self.state = self.resumed or RunState()
+        resume_step = self.state.step if self.resumed else 0
+        self.budget_clock = BudgetClock.restore(cfg.train, self.plan, run, env, resume_step)
         if env.is_main:  # the config is known to fit: now it may replace the folder's
             save_config(cfg, run.config)
             save_layout(self.layout, run.layout)
         barrier()
-        resume_step = self.state.step if self.resumed else 0
         self.tracker = Tracker(cfg.log, run, to_dict(cfg), env.is_main, resume_step)
         self.bad_reported = 0
         self.evaluator = Evaluator(
@@ -121,18 +126,24 @@ class Trainer:
         stop, metrics = StopRequest(), StepMetrics(self.env)
         micro_batches = self._micro_batches()
         bar = tqdm(
-            total=plan.total_steps, initial=state.step, disable=not self.env.is_main, unit="step"
+            total=plan.total_steps or None,
+            initial=state.step,
+            disable=not self.env.is_main,
+            unit="step",
         )
+        if self.budget_clock is not None:
+            self.budget_clock.begin()
         last_eval, stopping = {}, False
         try:
             while not plan.is_last(state.step) and not stopping:
                 self._optimizer_step(micro_batches, metrics, state.step + 1)
                 state.step += 1
+                self._measure_budget(state.step, bar)
                 at_log_step = state.step % log_every == 0
                 stopping = stop.agreed(self.env, at_log_step)
                 if at_log_step or stopping or plan.is_last(state.step):
                     record = metrics.flush(state.step, plan.epoch_of(state.step), self._lr())
-                    self._log(self._count_bad_samples(record), bar)
+                    self._log(self._count_bad_samples(self._with_budget(record)), bar)
                 bar.update(1)
                 improved = False
                 if self.evaluator.due(state.step) and not stopping:
@@ -153,7 +164,33 @@ class Trainer:
                 self.lock.release()
         signal = stop.signum if stopping else None
         epochs = plan.completed_epochs(state.step)
-        return TrainResult(state.step, epochs, state.best_ap, last_eval, self.precision, signal)
+        images = state.step * self.images_per_step
+        return TrainResult(
+            state.step, images, epochs, state.best_ap, last_eval, self.precision, signal
+        )
+
+    def _measure_budget(self, step: int, bar: tqdm) -> None:
+        """With a wall-clock budget not measured yet: time this step, and at the last
+        calibration step fix the run's length."""
+        if self.budget_clock is None:
+            return
+        measured = self.budget_clock.observe(step)
+        if measured is None:
+            return
+        self.budget_clock = None
+        bar.total = self.plan.total_steps
+        bar.refresh()
+        if self.env.is_main:
+            line = describe_budget(measured, self.plan, self.images_per_step)
+            print(f"train: {line}", flush=True)
+
+    def _with_budget(self, record: dict) -> dict:
+        """Images seen so far (all ranks) and, with a budget, the part of it used."""
+        train, step = self.cfg.train, record["step"]
+        record["images"] = step * self.images_per_step
+        if (train.budget_images or train.budget_minutes) and self.plan.known:
+            record["budget_used"] = step / self.plan.total_steps
+        return record
 
     def _optimizer_step(self, micro_batches: Iterator[dict], metrics: StepMetrics, step: int):
         """The micro-batches of one optimizer step (DeepSpeed steps at the last of them)."""
@@ -223,18 +260,40 @@ class Trainer:
                 f"step {within} of the epoch)",
                 flush=True,
             )
+        if env.is_main and self._budget_line():
+            print(f"train: {self._budget_line()}", flush=True)
         record = {
             "step": state.step,
             "epoch": self.plan.completed_epochs(state.step),
             "split": "run",
             "params": sum(p.numel() for p in self.model.parameters()),
             "steps_per_epoch": self.plan.steps_per_epoch,
+            "total_steps": self.plan.total_steps,  # 0: a wall-clock budget not measured yet
+            "budget_images": self.cfg.train.budget_images,
+            "budget_minutes": self.cfg.train.budget_minutes,
             "world_size": env.world_size,
             "precision": self.precision,
             "launcher": env.source,
             "resumed": self.resumed is not None,
         }
         self.tracker.log(record)
+
+    def _budget_line(self) -> str:
+        """What the run's budget is, at its start ("" without one)."""
+        train, plan = self.cfg.train, self.plan
+        if train.budget_images:
+            epochs = plan.total_steps / plan.steps_per_epoch
+            return (
+                f"budget of {train.budget_images} images = {plan.total_steps} steps of "
+                f"{self.images_per_step} images ({epochs:.1f} epochs)"
+            )
+        if self.budget_clock is not None:
+            first, last = self.budget_clock.start + 1, self.budget_clock.end
+            return (
+                f"budget of {train.budget_minutes:g} min: steps {first}-{last} are timed to fix "
+                "the run's length"
+            )
+        return ""
 
     def _log(self, record: dict, bar: tqdm) -> None:
         self.tracker.log(record)
@@ -270,6 +329,16 @@ def train_step(
     if scale_before is not None:  # the scaler halves its scale when it skips an overflow
         skipped = (engine.loss_scale() < scale_before).float()
     return loss.detach(), skipped
+
+
+def describe_budget(measured: MeasuredBudget, plan: StepPlan, images_per_step: int) -> str:
+    images = plan.total_steps * images_per_step
+    first, last = measured.timed_steps
+    return (
+        f"budget of {measured.budget_minutes:g} min = {plan.total_steps} steps at "
+        f"{measured.seconds_per_step:.3g} s/step (timed over steps {first}-{last}): "
+        f"{images} images, {images / (plan.steps_per_epoch * images_per_step):.1f} epochs"
+    )
 
 
 def _lock_run_folder(run: RunFolder, env: DistEnv) -> RunLock | None:
