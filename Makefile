@@ -1,7 +1,7 @@
 # posescale: the two commands a new user runs are `make demo` and `make test`.
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
-PY := .venv/bin/python
+VENV_PYTHON := .venv/bin/python
 DEMO_DATA := data/demo
 DEMO_TRAIN_IMAGES ?= 2000
 DEMO_VAL_IMAGES ?= 300
@@ -16,7 +16,7 @@ export MPLCONFIGDIR ?= $(CURDIR)/.cache/matplotlib
 export TRITON_CACHE_DIR ?= $(CURDIR)/.cache/triton
 export PIP_CACHE_DIR ?= $(CURDIR)/.cache/pip
 
-.PHONY: install demo demo-data demo-shards demo-sweep test lint format clean lock
+.PHONY: install demo demo-data demo-shards demo-sweep test lint format clean lock wheelhouse gpu-check install-check
 
 install:
 	bash launch/install.sh
@@ -28,38 +28,38 @@ demo-data: install
 	stamp="$(DEMO_DATA)/.generated-$(DEMO_TRAIN_IMAGES)-$(DEMO_VAL_IMAGES)-seed0-$$gen"; \
 	if [ -f "$$stamp" ]; then echo "demo data: $(DEMO_DATA) is up to date"; else \
 	  rm -rf $(DEMO_DATA) && \
-	  $(PY) -m data_prep.synthetic --out $(DEMO_DATA) --seed 0 \
+	  $(VENV_PYTHON) -m data_prep.synthetic --out $(DEMO_DATA) --seed 0 \
 	    --train-images $(DEMO_TRAIN_IMAGES) --val-images $(DEMO_VAL_IMAGES) && touch "$$stamp"; fi
 
 # Crop every person once into WebDataset shards (a finished folder is left as it is).
 demo-shards: demo-data
-	$(PY) -m data_prep.shard_coco --ann $(DEMO_DATA)/annotations/person_keypoints_train.json \
+	$(VENV_PYTHON) -m data_prep.shard_coco --ann $(DEMO_DATA)/annotations/person_keypoints_train.json \
 	  --images $(DEMO_DATA)/images/train --out $(DEMO_DATA)/shards/train --split train \
 	  --detail 128x96 --workers 2 --overwrite
-	$(PY) -m data_prep.shard_coco --ann $(DEMO_DATA)/annotations/person_keypoints_val.json \
+	$(VENV_PYTHON) -m data_prep.shard_coco --ann $(DEMO_DATA)/annotations/person_keypoints_val.json \
 	  --images $(DEMO_DATA)/images/val --out $(DEMO_DATA)/shards/val --split val --detail 128x96 --overwrite
-	$(PY) -m data_prep.shard_coco --ann $(DEMO_DATA)/annotations/person_keypoints_val.json \
+	$(VENV_PYTHON) -m data_prep.shard_coco --ann $(DEMO_DATA)/annotations/person_keypoints_val.json \
 	  --images $(DEMO_DATA)/images/val --out $(DEMO_DATA)/shards/val_dets --split val \
 	  --dets $(DEMO_DATA)/annotations/person_detections_val.json --detail 128x96 --overwrite
-	$(PY) -m data_prep.verify $(DEMO_DATA)/shards/train
+	$(VENV_PYTHON) -m data_prep.verify $(DEMO_DATA)/shards/train
 
 demo: demo-shards
 	@start=$$(date +%s); \
-	$(PY) -m data_prep.preview --config configs/demo.yaml --out runs/demo/input_preview.png && \
-	$(PY) benchmarks/data_pipeline.py --rounds 3 --json runs/demo/data_pipeline.json \
+	$(VENV_PYTHON) -m data_prep.preview --config configs/demo.yaml --out runs/demo/input_preview.png && \
+	$(VENV_PYTHON) benchmarks/data_pipeline.py --rounds 3 --json runs/demo/data_pipeline.json \
 	  --plot runs/demo/data_pipeline.png && \
-	$(PY) -m pose.models.summary --config configs/demo.yaml && \
+	$(VENV_PYTHON) -m pose.models.summary --config configs/demo.yaml && \
 	train_start=$$(date +%s) && \
-	$(PY) launch/train.py --config configs/demo.yaml && \
+	$(VENV_PYTHON) launch/train.py --config configs/demo.yaml && \
 	train_s=$$(( $$(date +%s) - train_start )) && \
-	$(PY) launch/eval.py --config configs/demo.yaml --checkpoint runs/demo \
+	$(VENV_PYTHON) launch/eval.py --config configs/demo.yaml --checkpoint runs/demo \
 	  --out runs/demo/metrics.json && \
-	$(PY) launch/predict.py --checkpoint runs/demo --image $(DEMO_DATA)/images/val \
+	$(VENV_PYTHON) launch/predict.py --checkpoint runs/demo --image $(DEMO_DATA)/images/val \
 	  --boxes $(DEMO_DATA)/annotations/person_detections_val.json --box-thr 0.5 \
 	  --out runs/demo/pictures/predict --limit 6 && \
 	echo "demo: done in $$(( $$(date +%s) - start )) s; see runs/demo/ (metrics.json, pictures/," \
 	  "input_preview.png, data_pipeline.json/.png)" && \
-	$(PY) launch/summary.py runs/demo --eval runs/demo/metrics.json --seconds $$train_s
+	$(VENV_PYTHON) launch/summary.py runs/demo --eval runs/demo/metrics.json --seconds $$train_s
 
 # The three attention variants as one sweep: through Slurm when a cluster answers (for one on
 # this machine: `slurm/local-cluster.sh start`, then export the SLURM_CONF line it prints),
@@ -69,16 +69,32 @@ demo-sweep: demo-shards
 	if command -v sinfo >/dev/null && sinfo -h >/dev/null 2>&1; then mode=--wait; \
 	  echo "demo-sweep: submitting to Slurm ($$(sinfo -h -o '%P %D node(s)' | head -n 1))"; \
 	else mode=--local; echo "demo-sweep: no Slurm cluster answers; running with --local"; fi; \
-	$(PY) launch/sweep.py configs/sweeps/demo.yaml --out runs/sweeps/demo-attention $$mode && \
-	$(PY) launch/compare.py runs/sweeps/demo-attention --by model.attention && \
+	$(VENV_PYTHON) launch/sweep.py configs/sweeps/demo.yaml --out runs/sweeps/demo-attention $$mode && \
+	$(VENV_PYTHON) launch/compare.py runs/sweeps/demo-attention --by model.attention && \
 	echo "demo-sweep: done in $$(( $$(date +%s) - start )) s; see runs/sweeps/demo-attention/compare/"
+
+# Wheels to install posescale offline on a machine that has its own torch (README: Installing).
+wheelhouse: install
+	PY=$(or $(PY),3.12) CUDA=$(or $(CUDA),13) OUT=$(OUT) bash launch/wheelhouse.sh
+
+# Install into a fresh venv that has its own torch (PY, TORCH), offline from WHEELHOUSE if given,
+# and run the console scripts from another folder (launch/install_check.sh).
+install-check:
+	PY=$(or $(PY),3.12) TORCH=$(or $(TORCH),2.11.0) WHEELHOUSE=$(WHEELHOUSE) bash launch/install_check.sh
+
+# On a machine with a CUDA GPU: the gpu-marked tests and the throughput benchmark, written to
+# runs/gpu-check/report.md and report.json. Without CUDA it says so and exits 0.
+# GPU_PYTHON: the interpreter whose torch sees the GPU (default: the venv's, else python3).
+GPU_PYTHON ?= $(if $(wildcard $(VENV_PYTHON)),$(VENV_PYTHON),python3)
+gpu-check:
+	$(GPU_PYTHON) benchmarks/gpu_check.py --out runs/gpu-check
 
 lint: install
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
 
 test: lint
-	$(PY) -m pytest
+	$(VENV_PYTHON) -m pytest
 
 format: install
 	.venv/bin/ruff check --fix .
@@ -86,7 +102,7 @@ format: install
 
 # Re-resolve the pinned environment after changing a direct dependency in setup.cfg.
 lock: install
-	$(PY) -m pip freeze --exclude-editable | grep -v -e '^pip==' -e '^setuptools==' -e '^wheel==' \
+	$(VENV_PYTHON) -m pip freeze --exclude-editable | grep -v -e '^pip==' -e '^setuptools==' -e '^wheel==' \
 	  > requirements.lock.new && mv requirements.lock.new requirements.lock
 
 clean:

@@ -11,7 +11,7 @@ stamp=$venv/.posescale-installed
 # Caches go under the project, not the home directory.
 export PIP_CACHE_DIR="$root/.cache/pip"
 
-want=$(cat requirements.lock setup.cfg pyproject.toml | sha256sum | cut -d' ' -f1)
+want=$(cat requirements.lock setup.cfg pyproject.toml launch/install.sh | sha256sum | cut -d' ' -f1)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x "$venv/bin/python" ]; then
   echo "install: .venv is up to date"
   exit 0
@@ -25,7 +25,7 @@ fi
 start=$(date +%s)
 "$venv/bin/python" -m pip install -q --upgrade -c requirements.lock pip setuptools wheel
 # torch/torchvision come from this machine's local wheel store where pip is configured for it.
-"$venv/bin/python" -m pip install -q -c requirements.lock --no-build-isolation -e ".[dev]"
+"$venv/bin/python" -m pip install -q -c requirements.lock --no-build-isolation -e ".[dev,dali-cuda13]"
 "$venv/bin/python" -m pip check
 echo "$want" > "$stamp"
 echo "install: done in $(( $(date +%s) - start )) s"

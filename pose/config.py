@@ -11,6 +11,7 @@ import difflib
 import math
 import os
 import re
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -119,6 +120,9 @@ class TrainConfig:
     grad_clip: float = 0.0  # 0 = off
     zero_stage: Literal[0, 1, 2] = 0
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    # auto: channels_last on a GPU (faster convolutions there), the default layout on a CPU
+    memory_format: Literal["auto", "channels_last", "contiguous"] = "auto"
+    compile: bool = False  # torch.compile the model (Module.compile: checkpoints keep their keys)
     ohkm: bool = False  # online hard keypoint mining
     ohkm_topk: int = 8
     joint_weights: bool = False  # weigh each joint's loss by the layout's joint_weights
@@ -136,6 +140,8 @@ class TrainConfig:
         check_non_negative("train.budget_images", self.budget_images)
         check_non_negative("train.budget_minutes", self.budget_minutes)
         check_positive("train.budget_calibration_steps", self.budget_calibration_steps)
+        if self.memory_format == "channels_last" and self.zero_stage:
+            fail_key("train.memory_format", "channels_last needs train.zero_stage=0")
         if self.budget_images and self.budget_minutes:
             fail_key("train.budget_minutes", "set train.budget_images or this, not both")
         check_positive("train.keep_last", self.keep_last)
@@ -288,10 +294,36 @@ def parse_override(item: str) -> tuple[str, Any]:
     return key, "" if text.strip() == "" else yaml.load(text, Loader=_StrictLoader)
 
 
+def shipped_config_folders() -> list[Path]:
+    """Where the configs that come with posescale are: a checkout's configs/, and once
+    installed `share/posescale/configs` under the environment (or beside the packages, for
+    `pip install --target`)."""
+    checkout = Path(__file__).resolve().parents[1]
+    share = Path("share", "posescale", "configs")
+    return [checkout / "configs", Path(sys.prefix) / share, checkout / share]
+
+
+def find_config(name: str | os.PathLike) -> Path:
+    """The config file `name`: a path as given, else a shipped config of that name
+    (`demo`, `demo.yaml`, `configs/demo.yaml` and `sweeps/demo` all work from any folder)."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    if not path.is_absolute():
+        relative = Path(*path.parts[1:]) if path.parts[:1] == ("configs",) else path
+        names = [relative] if relative.suffix else [relative.with_suffix(".yaml"), relative]
+        for folder in shipped_config_folders():
+            for candidate in names:
+                if (folder / candidate).is_file():
+                    return folder / candidate
+    raise ConfigError(
+        f"config file '{name}' does not exist (nor is it a shipped config: "
+        f"{', '.join(str(f) for f in shipped_config_folders() if f.is_dir()) or 'none found'})"
+    )
+
+
 def read_yaml_mapping(path: str | os.PathLike) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file '{path}' does not exist")
+    path = find_config(path)
     try:
         data = yaml.load(path.read_text(), Loader=_StrictLoader)
     except yaml.YAMLError as e:

@@ -1,4 +1,5 @@
 import math
+import sys
 from dataclasses import replace
 
 import cv2
@@ -6,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from pose.config import load_config
+from pose.config import ConfigError, load_config
 from pose.data.backends import build_loader, resolve_backend
 from pose.data.codec import encode_heatmaps
 from pose.data.dali import DaliLoader
@@ -353,6 +354,13 @@ def test_build_loader_picks_a_backend(cfg, shard_dir):
     assert loader.batches_per_epoch == math.ceil(ShardSet.open(shard_dir).num_samples / 16)
     with pytest.raises(ShardError, match="manifest"):
         build_loader(spec(replace(cfg, val_shards=str(shard_dir / "nope")), False, 4))
+
+
+def test_without_dali_auto_uses_torch_and_dali_names_the_extra_to_install(cfg, monkeypatch):
+    monkeypatch.setitem(sys.modules, "nvidia.dali", None)  # as if not installed
+    assert resolve_backend(cfg, torch.device("cuda")) == "torch"
+    with pytest.raises(ConfigError, match=r"data\.backend.*posescale\[dali-cuda13\]"):
+        resolve_backend(replace(cfg, backend="dali"), CPU)
 
 
 def test_half_body_crops_the_chosen_half_in_both_backends(cfg, shard_dir, by_ann):

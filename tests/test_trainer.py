@@ -302,3 +302,28 @@ def test_a_wall_clock_budget_killed_after_calibration_resumes_to_its_recorded_le
     a, b = final_weights(tmp_path / "whole"), final_weights(run)
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+def test_channels_last_is_applied_after_the_engine_and_refused_with_zero():
+    from pose.config import ConfigError, load_config
+    from pose.engine.deepspeed_adapter import build_engine
+    from pose.engine.distributed import init_distributed
+    from pose.engine.trainer import apply_memory_format, prepare_model
+    from pose.models import build_model
+
+    cfg = load_config(None, ["train.memory_format=channels_last", "model.backbone=resnet18"])
+    init_distributed(cfg.launch)
+    model = prepare_model(build_model(cfg.model, 17), cfg.train, torch.device("cpu"))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    build_engine(model, optimizer, None, cfg.train, 1, "fp32")  # refuses channels_last weights
+    params = list(model.parameters())
+    apply_memory_format(model, cfg.train, torch.device("cpu"))
+    assert all(a is b for a, b in zip(params, model.parameters()))  # the optimizer's still
+    convs = [m.weight for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    auto = load_config(None, ["model.backbone=resnet18"]).train
+    plain = build_model(cfg.model, 17)
+    apply_memory_format(plain, auto, torch.device("cpu"))  # auto: not on a CPU
+    assert all(m.weight.is_contiguous() for m in plain.modules() if isinstance(m, torch.nn.Conv2d))
+    with pytest.raises(ConfigError, match=r"train\.memory_format.*zero_stage=0"):
+        load_config(None, ["train.memory_format=channels_last", "train.zero_stage=1"])

@@ -82,8 +82,11 @@ class Trainer:
         batches = self.train_loader.batches_per_epoch
         self.plan = StepPlan.of(cfg.train, batches, env.world_size)
         self.images_per_step = images_per_step(cfg.train, env.world_size)
-        self.model = build_model(cfg.model, self.layout.num_joints).to(env.device)
+        self.model = prepare_model(
+            build_model(cfg.model, self.layout.num_joints), cfg.train, env.device
+        )
         self.engine = self._build_engine()
+        apply_memory_format(self.model, cfg.train, env.device)
         self.checkpointer = Checkpointer(run, self.engine, cfg.train, self.plan, env.is_main)
         self.resumed = self.checkpointer.restore()
         self.state = self.resumed or RunState()
@@ -302,6 +305,27 @@ class Trainer:
             lr=f"{record['lr']:.2e}",
             img_s=f"{record['images_per_s']:.0f}",
         )
+
+
+def prepare_model(model: torch.nn.Module, train: TrainConfig, device: torch.device):
+    """The model on `device`, compiled when `train.compile` is set (on its first call)."""
+    model = model.to(device)
+    if train.compile:
+        model.compile()
+    return model
+
+
+def apply_memory_format(model: torch.nn.Module, train: TrainConfig, device: torch.device):
+    """channels_last weights as `train.memory_format` says (auto: on a GPU, without ZeRO), once
+    the engine is built: DeepSpeed broadcasts parameters viewed as bytes at its start, which a
+    channels_last weight refuses, and ZeRO flattens them into buffers that a conversion would
+    detach them from. The parameters stay the same objects, so the optimizer keeps them."""
+    wanted = train.memory_format == "channels_last" or (
+        train.memory_format == "auto" and device.type == "cuda" and train.zero_stage == 0
+    )
+    if wanted:
+        model.to(memory_format=torch.channels_last)
+    return model
 
 
 def train_step(

@@ -28,6 +28,7 @@ from pose.config import (
     check_non_negative,
     check_positive,
     fail_key,
+    find_config,
     load_config,
     parse_override,
     read_yaml_mapping,
@@ -119,7 +120,7 @@ class Sweep:
 def load_sweep(path: str | Path, extra_overrides: list[str] = ()) -> Sweep:
     """Read a sweep file, expand its runs and validate every run's config now, before anything
     is submitted (a typo fails here, naming the run and the key)."""
-    path = Path(path)
+    path = find_config(path)
     spec = build_dataclass(SweepFile, read_yaml_mapping(path))
     base = _resolve_base(spec.base, path)
     runs = plan_runs(spec, list(extra_overrides))
@@ -174,14 +175,18 @@ def run_overrides(sweep: Sweep, run: PlannedRun, run_dir: Path) -> list[str]:
 
 
 def _resolve_base(base: str, sweep_path: Path) -> Path:
-    """A relative base is looked up from the current folder, then beside the sweep file."""
-    for candidate in (Path(base), sweep_path.parent / base):
-        if candidate.is_file():
-            return candidate.resolve()
-    raise ConfigError(
-        f"sweep '{sweep_path}': base config '{base}' not found (looked in the "
-        f"current folder and beside the sweep file)"
-    )
+    """A relative base is looked up from the current folder, beside the sweep file, then among
+    the shipped configs."""
+    beside = sweep_path.parent / base
+    if not Path(base).is_file() and beside.is_file():
+        return beside.resolve()
+    try:
+        return find_config(base).resolve()
+    except ConfigError:
+        raise ConfigError(
+            f"sweep '{sweep_path}': base config '{base}' not found (looked in the "
+            f"current folder, beside the sweep file and among the shipped configs)"
+        ) from None
 
 
 def _yaml_value(value: Any) -> str:

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Installs posescale the way a user beside their own torch does, and runs it from another folder:
+#
+#   make install-check PY=3.12 TORCH=2.11.0 WHEELHOUSE=wheelhouse-py312-cu13   # offline, wheels
+#   make install-check PY=3.10 TORCH=2.5.1                                     # pip install .
+#
+# A fresh venv for Python PY gets torch==TORCH (and its torchvision) from the index first: the
+# environment's own torch. Then posescale goes in, from the wheelhouse with --no-index (the
+# DALI extra included) or from this checkout, and the check fails if torch was replaced or
+# `pip check` finds a conflict. From a folder outside the checkout, the console scripts then
+# make a small synthetic set, shard it, train 3 steps with a shipped config named `demo`,
+# evaluate and predict: what an installed copy needs (shipped configs, layouts, no
+# writes into site-packages).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+py=${PY:-3.12}
+torch_version=${TORCH:-2.11.0}
+wheelhouse=${WHEELHOUSE:-}
+python=${PYTHON:-}
+for candidate in "$HOME"/.pyenv/versions/"$py".*/bin/python "$(command -v "python$py" || true)"; do
+  if [ -z "$python" ] && [ -x "$candidate" ] && "$candidate" -c '' 2>/dev/null; then
+    python=$candidate
+  fi
+done
+[ -n "$python" ] || { echo "install-check: no Python $py here (set PYTHON=...)" >&2; exit 2; }
+work=$root/.cache/install-check/py$py-torch$torch_version
+export PIP_CACHE_DIR=$root/.cache/pip PIP_CONSTRAINT=
+rm -rf "$work"
+mkdir -p "$work/elsewhere"
+"$python" -m venv "$work/venv"
+venv_python=$work/venv/bin/python
+"$venv_python" -m pip install -q --upgrade pip
+echo "install-check: Python $py, the environment's own torch $torch_version"
+"$venv_python" -m pip install -q "torch==$torch_version" torchvision
+torch_before=$("$venv_python" -c 'import torch, torchvision; print(torch.__version__, torchvision.__version__)')
+if [ -n "$wheelhouse" ]; then
+  echo "install-check: posescale from the wheelhouse $wheelhouse, offline"
+  "$venv_python" -m pip install -q --no-index --find-links "$wheelhouse" 'posescale[dali-cuda13]'
+  "$venv_python" -c 'import nvidia.dali; print("install-check: DALI", nvidia.dali.__version__)'
+else
+  echo "install-check: pip install $root"
+  "$venv_python" -m pip install -q "$root"
+fi
+torch_after=$("$venv_python" -c 'import torch, torchvision; print(torch.__version__, torchvision.__version__)')
+if [ "$torch_before" != "$torch_after" ]; then
+  echo "install-check: FAILED: installing posescale replaced torch $torch_before by $torch_after" >&2
+  exit 1
+fi
+"$venv_python" -m pip check
+echo "install-check: torch kept ($torch_after); running from $work/elsewhere"
+bin=$work/venv/bin
+cd "$work/elsewhere"
+"$bin/posescale-synthetic" --out data --seed 0 --train-images 12 --val-images 6
+for split in train val; do
+  "$bin/posescale-shard-coco" --ann "data/annotations/person_keypoints_$split.json" \
+    --images "data/images/$split" --out "shards/$split" --split "$split" --detail 128x96
+done
+overrides=(data.train_shards=shards/train data.val_shards=shards/val
+  data.val_ann=data/annotations/person_keypoints_val.json data.backend=torch
+  train.budget_minutes=0 train.max_steps=3 train.batch_size=4 train.eval_every=1 run.dir=run)
+"$bin/posescale-train" --config demo "${overrides[@]}"
+"$bin/posescale-eval" --config demo --checkpoint run --out run/metrics.json "${overrides[@]}"
+"$bin/posescale-predict" --checkpoint run --image data/images/val --out pictures --limit 2
+"$bin/posescale-summary" run --eval run/metrics.json
+site=$("$venv_python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+if find "$site" -newer "$work/elsewhere/data" -type f -not -path '*__pycache__*' | grep -q .; then
+  echo "install-check: FAILED: files were written into $site at run time:" >&2
+  find "$site" -newer "$work/elsewhere/data" -type f -not -path '*__pycache__*' | head >&2
+  exit 1
+fi
+echo "install-check: ok (Python $py, torch $torch_after${wheelhouse:+, offline from $wheelhouse})"
