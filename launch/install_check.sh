@@ -51,6 +51,11 @@ fi
 echo "install-check: torch kept ($torch_after); running from $work/elsewhere"
 bin=$work/venv/bin
 cd "$work/elsewhere"
+# An installed copy keeps its caches in the user's cache folder: here one of the check's own,
+# and not the folders that make exports for the checkout.
+export XDG_CACHE_HOME=$work/cache
+unset TORCH_EXTENSIONS_DIR WANDB_DIR WANDB_CACHE_DIR WANDB_CONFIG_DIR WANDB_DATA_DIR \
+  MPLCONFIGDIR TRITON_CACHE_DIR POSESCALE_CACHE
 "$bin/posescale-synthetic" --out data --seed 0 --train-images 12 --val-images 6
 for split in train val; do
   "$bin/posescale-shard-coco" --ann "data/annotations/person_keypoints_$split.json" \

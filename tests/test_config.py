@@ -171,3 +171,18 @@ def test_a_key_written_twice_is_an_error_naming_it(tmp_path):
     path.write_text("train:\n  lr: 0.5\n  lr: 0.1\n")
     with pytest.raises(ConfigError, match="duplicate key 'lr'"):
         load_config(path)
+
+
+def test_shipped_configs_are_found_by_name_from_any_folder(tmp_path, monkeypatch):
+    from pose.config import find_config
+
+    monkeypatch.chdir(tmp_path)
+    demo = find_config("demo")
+    assert demo.name == "demo.yaml" and demo.is_file()
+    assert find_config("configs/demo.yaml") == demo == find_config("demo.yaml")
+    assert find_config("sweeps/demo").parent.name == "sweeps"
+    assert load_config("demo").train.budget_minutes == 9
+    (tmp_path / "demo.yaml").write_text("seed: 3\n")  # a file of that name here comes first
+    assert load_config("demo.yaml").seed == 3
+    with pytest.raises(ConfigError, match="'nope' does not exist"):
+        load_config("nope")

@@ -44,7 +44,7 @@ def predict_heatmaps(
     )
     heatmaps = heatmaps.float()
     if flip_permutation is not None:
-        permutation = torch.as_tensor(flip_permutation, device=heatmaps.device)
+        permutation = torch.tensor(list(flip_permutation), device=heatmaps.device)
         flipped = model(images.flip(-1)).float()
         heatmaps = (heatmaps + flip_back(flipped, permutation, shift=shift)) * 0.5
     return (heatmaps, maps) if return_attention else heatmaps
