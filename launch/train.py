@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from pose.caches import use_cache_folders
-from pose.config import ConfigError, load_config
+from pose.config import ConfigError, config_yaml, load_config
 from pose.data.shards import ShardError
 from pose.engine.distributed import DistributedSetupError, init_distributed, shutdown
 from pose.engine.errors import CheckpointError, TrainingError
@@ -38,11 +38,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True, help="YAML config (see configs/)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides: train.lr=5e-4 ...")
+    parser.add_argument(
+        "--print-config", action="store_true", help="print the resolved config and exit"
+    )
     args = parser.parse_args(argv)
     use_cache_folders()
     env = None
     try:
         cfg = load_config(args.config, args.overrides)
+        if args.print_config:
+            print(config_yaml(cfg), end="")
+            return 0
         env = init_distributed(cfg.launch)
         result = train(cfg, run_dir_for(cfg, args.config), env)
     except (ConfigError, ShardError, DistributedSetupError, CheckpointError, RunFolderBusy) as e:

@@ -176,6 +176,12 @@ class LogConfig:
     group: str = ""
     name: str = ""
     tags: list[str] = field(default_factory=list)
+    # Without a terminal (a Slurm log, a file) progress is one plain line at most this often
+    # instead of a progress bar's carriage returns.
+    progress_every_s: float = 30.0
+
+    def check(self) -> None:
+        check_positive("log.progress_every_s", self.progress_every_s)
 
 
 @dataclass
@@ -263,10 +269,14 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return plain(cfg)
 
 
+def config_yaml(cfg: Config) -> str:
+    """The resolved config as YAML (it loads back to the same tree)."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
 def save_config(cfg: Config, path: str | os.PathLike) -> None:
     """Write the resolved config as YAML, atomically (write a temporary file, then rename)."""
-    text = yaml.safe_dump(to_dict(cfg), sort_keys=False)
-    atomic_write(path, text)
+    atomic_write(path, config_yaml(cfg))
 
 
 def parse_overrides(overrides: list[str]) -> dict[str, Any]:

@@ -6,6 +6,7 @@ object where things are:
     metrics.jsonl       one JSON record per line (pose.tracking)
     wandb_id.txt        the wandb run id, so that a resumed run continues the same wandb run
     budget.json         the step count a wall-clock budget was measured to (pose.engine.budget)
+    deepspeed_config.json  the DeepSpeed config generated for the run (for reading; not read back)
     checkpoints/        one folder per checkpoint tag (pose.engine.checkpoint), and
       latest, best      the tag of the newest complete checkpoint and of the best by AP
     pictures/           PNGs written during training
@@ -49,6 +50,10 @@ class RunFolder:
     @property
     def metrics(self) -> Path:
         return self.path / "metrics.jsonl"
+
+    @property
+    def deepspeed_config(self) -> Path:
+        return self.path / "deepspeed_config.json"
 
     @property
     def budget(self) -> Path:

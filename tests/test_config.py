@@ -186,3 +186,10 @@ def test_shipped_configs_are_found_by_name_from_any_folder(tmp_path, monkeypatch
     assert load_config("demo.yaml").seed == 3
     with pytest.raises(ConfigError, match="'nope' does not exist"):
         load_config("nope")
+
+
+def test_train_prints_the_resolved_config_and_exits(run_python, tmp_path):
+    done = run_python(["launch/train.py", "--config", "demo", "--print-config", "train.lr=5e-4"])
+    assert done.returncode == 0, done.stderr[-2000:]
+    (tmp_path / "printed.yaml").write_text(done.stdout)
+    assert load_config(tmp_path / "printed.yaml").train.lr == 5e-4

@@ -118,6 +118,7 @@ def test_train_evaluate_predict_and_draw_a_13_joint_model(
     assert done.returncode == 0, done.stderr[-3000:]
     assert yaml.safe_load((run / "layout.yaml").read_text())["name"] == "body13"
     assert "AP" in json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert "eval after step 3 (epoch" in done.stdout and "|     AP |" in done.stdout
     out = tmp_path / "pred"
     args = ["launch/predict.py", "--checkpoint", run, "--image", coco_fixtures, "--out", out]
     args += ["--boxes", coco_fixtures / "test_coco_det_AP_H_56.json", "--box-thr", "0.9"]

@@ -11,7 +11,7 @@ import torch
 from pose.config import DataConfig, EvalConfig
 from pose.data.loader import Loader
 from pose.engine.schedule import StepPlan
-from pose.eval.evaluate import evaluate, model_predictor
+from pose.eval.evaluate import evaluate, model_predictor, print_metrics
 from pose.run_folder import RunFolder
 from pose.tracking import Tracker
 from pose.viz.panels import prediction_panel
@@ -60,4 +60,7 @@ class Evaluator:
             return {}
         finite = {k: v for k, v in metrics.items() if not math.isnan(v)}
         self.tracker.log({"step": step, "epoch": epoch, "split": "val", **finite})
+        if self.tracker.enabled:
+            print(f"\neval after step {step} (epoch {epoch}):", flush=True)
+            print_metrics(metrics)
         return metrics

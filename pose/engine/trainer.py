@@ -5,6 +5,8 @@ counter. Device values reach the host only at log steps."""
 
 from __future__ import annotations
 
+import json
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,7 +22,12 @@ from pose.data.layout import one_layout, save_layout
 from pose.data.loader import LoaderSpec
 from pose.engine.budget import BudgetClock, MeasuredBudget
 from pose.engine.checkpoint import Checkpointer, RunState
-from pose.engine.deepspeed_adapter import TrainEngine, build_engine, resolve_precision
+from pose.engine.deepspeed_adapter import (
+    TrainEngine,
+    build_engine,
+    deepspeed_config,
+    resolve_precision,
+)
 from pose.engine.distributed import DistEnv, any_rank, barrier, init_distributed, sum_over_ranks
 from pose.engine.errors import TrainingError
 from pose.engine.evaluator import Evaluator
@@ -28,6 +35,7 @@ from pose.engine.loss import joints_mse_loss
 from pose.engine.schedule import StepPlan, base_lr, images_per_step, lr_factor
 from pose.engine.step_metrics import StepMetrics
 from pose.engine.stop import StopRequest
+from pose.files import atomic_write
 from pose.models import build_model
 from pose.run_folder import RunFolder, RunFolderBusy, RunLock
 from pose.tracking import Tracker
@@ -95,6 +103,8 @@ class Trainer:
         if env.is_main:  # the config is known to fit: now it may replace the folder's
             save_config(cfg, run.config)
             save_layout(self.layout, run.layout)
+            generated = deepspeed_config(cfg.train, env.world_size, self.precision)
+            atomic_write(run.deepspeed_config, json.dumps(generated, indent=1) + "\n")
         barrier()
         self.tracker = Tracker(cfg.log, run, to_dict(cfg), env.is_main, resume_step)
         self.bad_reported = 0
@@ -131,9 +141,10 @@ class Trainer:
         bar = tqdm(
             total=plan.total_steps or None,
             initial=state.step,
-            disable=not self.env.is_main,
+            disable=not self.env.is_main or not sys.stderr.isatty(),
             unit="step",
         )
+        self.last_progress_line = 0.0
         if self.budget_clock is not None:
             self.budget_clock.begin()
         last_eval, stopping = {}, False
@@ -300,10 +311,30 @@ class Trainer:
 
     def _log(self, record: dict, bar: tqdm) -> None:
         self.tracker.log(record)
+        epoch = self.plan.epoch_of(record["step"])
         bar.set_postfix(
+            epoch=epoch,
             loss=f"{record['loss']:.3g}",
             lr=f"{record['lr']:.2e}",
             img_s=f"{record['images_per_s']:.0f}",
+        )
+        if bar.disable and self.env.is_main:
+            self._progress_line(record, epoch)
+
+    def _progress_line(self, record: dict, epoch: int) -> None:
+        """Without a terminal: one plain line every `log.progress_every_s` seconds."""
+        now, step, total = time.time(), record["step"], self.plan.total_steps
+        if now - self.last_progress_line < self.cfg.log.progress_every_s and step != total:
+            return
+        self.last_progress_line = now
+        of_total, eta = (f"/{total}", "") if total else ("", "")
+        if total and record["step_time"] > 0:
+            seconds = (total - step) * record["step_time"] * self.cfg.train.grad_accum
+            eta = f", eta {int(seconds // 60)} min {int(seconds % 60)} s"
+        print(
+            f"train: step {step}{of_total} (epoch {epoch}), loss {record['loss']:.4g}, "
+            f"lr {record['lr']:.3g}, {record['images_per_s']:.1f} images/s{eta}",
+            flush=True,
         )
 
 
