@@ -6,9 +6,10 @@ import json
 import sys
 
 import pytest
+import torch
 
 
-@pytest.mark.skipif("torch.cuda.is_available()", reason="this machine has a GPU")
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 def test_without_a_gpu_it_says_so_and_exits_0(run_python, tmp_path):
     done = run_python(["benchmarks/gpu_check.py", "--out", tmp_path / "out"])
     assert done.returncode == 0, done.stderr[-2000:]
