@@ -1,6 +1,7 @@
 """Evaluate a checkpoint on the val shards with COCO keypoint AP.
 
-    python launch/eval.py --config CFG --checkpoint CKPT [--out METRICS.json] [overrides]
+    python launch/eval.py --config CFG --checkpoint CKPT [--out METRICS.json]
+        [--results COCO_RESULTS.json] [overrides]
     python launch/eval.py --config CFG --gt-as-predictions [--out METRICS.json] [overrides]
 
 CKPT is a run folder (its best, else latest checkpoint), a checkpoint folder or a plain state
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import torch
 
@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         help="score the ground truth through encode/decode (no model)",
     )
     parser.add_argument("--out", help="write the metrics JSON here")
+    parser.add_argument("--results", help="write the COCO results (the scored detections) here")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
     if not args.checkpoint and not args.gt_as_predictions:
@@ -78,8 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         loader = build_loader(spec)
         checkpoint = None if args.gt_as_predictions else args.checkpoint
         predict = make_predictor(cfg, checkpoint, loader, env)
-        out_dir = Path(args.out).parent if args.out else None
-        metrics = evaluate(predict, loader, cfg.eval, cfg.data, out_dir)
+        metrics = evaluate(predict, loader, cfg.eval, cfg.data, args.results)
     except (ConfigError, ShardError, WeightsError, CheckpointError, EvaluationError) as e:
         print(f"eval: error: {e}", file=sys.stderr)
         return 2

@@ -217,6 +217,10 @@ def test_eval_cli_gt_as_predictions_and_a_state_dict(coco_fixtures, tmp_path, ca
     metrics = json.loads((tmp_path / "gt.json").read_text())
     assert {"AP", "AP50", "AP75", "APm", "APl", "AR", "instances"} <= set(metrics)
     assert metrics["instances"] == 12 and metrics["AP"] > 0.8
+    assert not (tmp_path / "results.json").exists()  # nothing beside --out that was not asked
+    results = tmp_path / "coco" / "gt_results.json"
+    assert eval_main([*common, "--gt-as-predictions", "--results", str(results)]) == 0
+    assert len(json.loads(results.read_text())) == 12
     cfg = load_config("configs/demo.yaml")
     torch.save(build_model(cfg.model, 17).state_dict(), tmp_path / "weights.pth")
     assert (

@@ -46,7 +46,13 @@ class Evaluator:
         flip = self.loader.layout.flip_permutation
         predict = model_predictor(model, self.cfg, self.data, flip)
         metrics = evaluate(
-            predict, self.loader, self.cfg, self.data, self.run.eval, autocast, progress=False
+            predict,
+            self.loader,
+            self.cfg,
+            self.data,
+            self.run.eval / "results.json",
+            autocast,
+            progress=False,
         )
         if self.tracker.enabled:  # a picture of predictions (and attention) on val crops
             batches = self.loader.epoch(0)

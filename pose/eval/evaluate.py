@@ -101,12 +101,13 @@ def evaluate(
     loader: Loader,
     cfg: EvalConfig,
     data: DataConfig,
-    out_dir: str | Path | None = None,
+    results_path: str | Path | None = None,
     autocast=None,
     progress: bool = True,
 ) -> dict | None:
     """COCO keypoint metrics of `predict` on the loader's split, scored against `data.val_ann`
-    (on rank 0; None elsewhere unless torch.distributed is up, where every rank gets them)."""
+    (on rank 0; None elsewhere unless torch.distributed is up, where every rank gets them).
+    The COCO results (the detections scored) are written to `results_path` when given."""
     distributed = dist.is_available() and dist.is_initialized()
     rank = dist.get_rank() if distributed else 0
     preds: list[Prediction] = []
@@ -120,7 +121,7 @@ def evaluate(
     if rank == 0:
         check_predictions(gathered, loader.shards.num_samples - bad, loader.shards.folder)
         sigmas = np.asarray(loader.layout.sigmas)
-        metrics = score_predictions(gathered, cfg, data.val_ann, out_dir, sigmas)
+        metrics = score_predictions(gathered, cfg, data.val_ann, results_path, sigmas)
         metrics["skipped"] = bad  # samples that do not decode, on every rank
     if distributed:
         box = [metrics]
@@ -156,16 +157,16 @@ def score_predictions(
     preds: list[Prediction],
     cfg: EvalConfig,
     ann_file: str | Path,
-    out_dir: str | Path | None,
+    results_path: str | Path | None,
     sigmas: np.ndarray | None = None,
 ) -> dict:
     """Rescoring, OKS NMS and pycocotools' metrics (OKS with the layout's `sigmas`), with the
-    instance count; the COCO results go to `out_dir`/results.json when given."""
+    instance count; the COCO results go to `results_path` when given."""
     results = coco_results(preds, cfg.keypoint_thr, cfg.oks_nms_thr, cfg.soft_nms, sigmas)
     metrics = score_results(ann_file, results, sigmas)
     metrics["instances"] = len(preds)
-    if out_dir is not None:
-        write_json(Path(out_dir) / "results.json", results)
+    if results_path is not None:
+        write_json(results_path, results)
     return metrics
 
 
