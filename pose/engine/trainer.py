@@ -156,8 +156,7 @@ class Trainer:
                 at_log_step = state.step % log_every == 0
                 stopping = stop.agreed(self.env, at_log_step)
                 if at_log_step or stopping or plan.is_last(state.step):
-                    record = metrics.flush(state.step, plan.epoch_of(state.step), self._lr())
-                    self._log(self._count_bad_samples(self._with_budget(record)), bar)
+                    self._log_step(metrics, bar)
                 bar.update(1)
                 improved = False
                 if self.evaluator.due(state.step) and not stopping:
@@ -308,6 +307,12 @@ class Trainer:
                 "the run's length"
             )
         return ""
+
+    def _log_step(self, metrics: StepMetrics, bar: tqdm) -> None:
+        """The record of the log interval that ends at this step."""
+        step = self.state.step
+        record = metrics.flush(step, self.plan.completed_epochs(step), self._lr())
+        self._log(self._count_bad_samples(self._with_budget(record)), bar)
 
     def _log(self, record: dict, bar: tqdm) -> None:
         self.tracker.log(record)
