@@ -121,6 +121,8 @@ def build_engine(
     ZeRO, gradients are zeroed in place rather than freed."""
     import deepspeed
 
+    if world_size == 1:
+        _skip_shared_memory_allreduce_op()
     engine, _, _, _ = deepspeed.initialize(
         model=model,
         optimizer=optimizer,
@@ -133,6 +135,19 @@ def build_engine(
         engine.zero_grad = _zero_grads_in_place(engine.module)
     engine.checkpoint_engine = SafeCheckpointFiles(engine.checkpoint_engine)
     return TrainEngine(engine)
+
+
+def _skip_shared_memory_allreduce_op() -> None:
+    """On a CPU, DeepSpeed's communication layer compiles a C++ shared-memory all-reduce op
+    the first time it starts (a minute or two, and a C++ compiler; a compile killed midway
+    leaves a lock that makes the next start wait forever). A single process reduces nothing:
+    mark the op unavailable, so DeepSpeed uses torch.distributed and compiles nothing. Several
+    ranks on a CPU still get it."""
+    import deepspeed.ops
+
+    compatible = getattr(deepspeed.ops, "__compatible_ops__", None)
+    if isinstance(compatible, dict):
+        compatible["deepspeed_shm_comm"] = False
 
 
 def _deepspeed_checkpoint_classes() -> list:
