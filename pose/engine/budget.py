@@ -85,7 +85,8 @@ class BudgetClock:
         if step >= cfg.budget_calibration_steps:
             raise CheckpointError(
                 f"{run.path} resumes at step {step}, after the budget's calibration steps, "
-                f"but holds no {run.budget.name}; its step count is unknown"
+                f"but holds no {run.budget.name}; its step count is unknown (a run started "
+                "before budgets existed?): start a new run.dir, or delete this one"
             )
         return cls(cfg, plan, run, env, step)
 
