@@ -29,6 +29,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from train_step import timed  # benchmarks/: a GPU synchronised at both ends
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -123,18 +124,6 @@ def training_flops_per_image(cfg, device: torch.device) -> float:
     return float(counter.get_total_flops())
 
 
-def timed_steps(step, steps: int, device: torch.device) -> float:
-    """Seconds per step over `steps` steps, synchronising the GPU at both ends."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return (time.perf_counter() - start) / steps
-
-
 def measure(cfg, batch_size: int, compile_model: bool, source: str, device, steps: int) -> dict:
     """images/s and peak memory of one setting; source: device (a), dali (b) or torch (c)."""
     train = replace(cfg.train, batch_size=batch_size, compile=compile_model)
@@ -169,7 +158,7 @@ def measure(cfg, batch_size: int, compile_model: bool, source: str, device, step
         step()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    seconds = timed_steps(step, steps, device)
+    seconds = timed(step, steps)
     memory = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     return {
         "source": source,

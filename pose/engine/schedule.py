@@ -109,5 +109,4 @@ def lr_factor(cfg: TrainConfig, plan: StepPlan) -> Callable[[int], float]:
 def base_lr(cfg: TrainConfig, world_size: int) -> float:
     """`train.lr`, or with `train.scale_lr` scaled linearly by the total batch relative to the
     reference's 128 (32 per GPU x 4 GPUs)."""
-    total = cfg.batch_size * cfg.grad_accum * world_size
-    return cfg.lr * total / 128 if cfg.scale_lr else cfg.lr
+    return cfg.lr * images_per_step(cfg, world_size) / 128 if cfg.scale_lr else cfg.lr
