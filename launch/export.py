@@ -1,59 +1,67 @@
-"""Export a checkpoint as a plain state dict and a TorchScript module (no DeepSpeed needed to
-load either).
+"""Export a checkpoint for deployment: a plain state dict, ONNX and a `torch.export` program (both
+with a dynamic batch dimension), checked against the PyTorch model. No DeepSpeed is needed to
+load any of them, and no posescale to run the ONNX file.
 
-    python launch/export.py --checkpoint CKPT --out DIR [--config CFG] [overrides]
+    python launch/export.py --checkpoint CKPT --out DIR [--image IMG_OR_DIR] [--config CFG]
+        [--layout NAME_OR_FILE] [--no-check] [overrides]
 
 CKPT is a run directory (its config is used unless --config is given), a DeepSpeed checkpoint
-folder or a state dict. Writes DIR/model_state_dict.pth and DIR/model_torchscript.pt (traced at
-the config's input size; it returns heatmaps), and checks that the traced module reproduces the
-model's output.
+folder or a state dict. Writes DIR/model_state_dict.pth, DIR/model.onnx, DIR/model.pt2,
+DIR/layout.yaml (what each heatmap channel is) and DIR/export_check.json. Inputs of both
+programs: normalised RGB crops (N, 3, H, W) at the config's data.image_size; output: heatmaps.
+The check runs onnxruntime and the reloaded program on up to 4 images of --image (each whole
+image as one person's crop; without --image, on fixed random inputs) at batch 1 and at all of
+them, and fails when the heatmaps differ by more than --tolerance of their largest value.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
+import cv2
+import numpy as np
 import torch
 
 from pose.caches import use_cache_folders
 from pose.config import ConfigError, load_config
-from pose.data.layout import KeypointLayout, save_layout
+from pose.data.layout import save_layout
+from pose.data.loader import normalise
 from pose.engine.checkpoint import layout_to_use, resolve_checkpoint
 from pose.engine.errors import CheckpointError
+from pose.eval.inference import crop_boxes
+from pose.files import atomic_write
 from pose.models import build_model
+from pose.models.export import ExportError, check_exports, export_onnx, export_program
 from pose.models.weights import WeightsError, load_model_weights
 from pose.run_folder import RunFolder
 
-
-class HeatmapsOnly(torch.nn.Module):
-    """Tracing wants a tensor out; the attention maps stay behind."""
-
-    def __init__(self, model: torch.nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model(images)
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 
 
-def export(checkpoint: str, out: Path, cfg, layout: KeypointLayout) -> tuple[Path, ...]:
-    model = build_model(cfg.model, layout.num_joints)
-    load_model_weights(model, resolve_checkpoint(checkpoint))
-    model.eval()
-    out.mkdir(parents=True, exist_ok=True)
-    save_layout(layout, out / "layout.yaml")  # what each output channel is
-    state_path, script_path = out / "model_state_dict.pth", out / "model_torchscript.pt"
-    torch.save(model.state_dict(), state_path)
-    example = torch.randn(1, 3, *cfg.data.image_size)
-    with torch.no_grad():
-        traced = torch.jit.trace(HeatmapsOnly(model), example)
-        torch.jit.save(traced, str(script_path))
-        reloaded = torch.jit.load(str(script_path))
-        if not torch.allclose(reloaded(example), model(example), atol=1e-5):
-            raise RuntimeError("the traced module does not reproduce the model's output")
-    return state_path, script_path, out / "layout.yaml"
+def check_inputs(image: str | None, image_size: tuple[int, int], count: int = 4) -> torch.Tensor:
+    """Normalised crops of up to `count` images (each whole image one box), else fixed noise."""
+    if not image:
+        generator = torch.Generator().manual_seed(0)
+        return torch.randn(count, 3, *image_size, generator=generator)
+    path = Path(image)
+    files = (
+        sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if (path.is_dir())
+        else [path]
+    )
+    crops = []
+    for file in files[:count]:
+        bgr = cv2.imread(str(file), cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise FileNotFoundError(f"--image: '{file}' is not a readable image")
+        (crop,), _ = crop_boxes(bgr, [(0.0, 0.0, bgr.shape[1], bgr.shape[0])], image_size)
+        crops.append(crop[:, :, ::-1])
+    if not crops:
+        raise FileNotFoundError(f"--image: no JPEG or PNG at '{image}'")
+    return normalise(torch.from_numpy(np.stack(crops).copy()))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,18 +70,49 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True)
     parser.add_argument("--config", help="config (default: the run directory's config.yaml)")
     parser.add_argument("--layout", help="keypoint layout of a plain state dict (default coco17)")
+    parser.add_argument("--image", help="image or folder to check the exports on")
+    parser.add_argument("--tolerance", type=float, default=1e-4, help="relative; default 1e-4")
+    parser.add_argument("--no-check", action="store_true", help="write without checking")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
     use_cache_folders()
+    out = Path(args.out)
     try:
         config = args.config or RunFolder(args.checkpoint).config
         cfg = load_config(config if Path(config).is_file() else None, args.overrides)
         layout = layout_to_use(args.checkpoint, args.layout)
-        paths = export(args.checkpoint, Path(args.out), cfg, layout)
-    except (ConfigError, WeightsError, CheckpointError) as e:
+        model = build_model(cfg.model, layout.num_joints)
+        load_model_weights(model, resolve_checkpoint(args.checkpoint))
+        inputs = check_inputs(args.image, tuple(cfg.data.image_size))
+        model.eval()
+        out.mkdir(parents=True, exist_ok=True)
+        save_layout(layout, out / "layout.yaml")
+        torch.save(model.state_dict(), out / "model_state_dict.pth")
+        onnx_path = export_onnx(model, inputs[:2], out / "model.onnx")
+        program_path = export_program(model, inputs[:2], out / "model.pt2")
+        checks = [] if args.no_check else check_exports(model, inputs, onnx_path, program_path)
+    except (ConfigError, WeightsError, CheckpointError, ExportError, FileNotFoundError) as e:
         print(f"export: error: {e}", file=sys.stderr)
         return 2
-    print("export: wrote " + ", ".join(str(p) for p in paths))
+    report = {
+        "input": args.image or "random",
+        "tolerance": args.tolerance,
+        "checks": [c.__dict__ | {"relative": c.relative} for c in checks],
+    }
+    atomic_write(out / "export_check.json", json.dumps(report, indent=1))
+    for c in checks:
+        print(
+            f"export: {c.program:12s} batch {c.batch}: max |diff| {c.max_abs_diff:.2e} "
+            f"({c.relative:.1e} of the largest heatmap value)"
+        )
+    print(f"export: wrote {out}/ (model_state_dict.pth, model.onnx, model.pt2, layout.yaml)")
+    failed = [c for c in checks if not c.ok(args.tolerance)]
+    if failed:
+        print(
+            f"export: error: {len(failed)} check(s) beyond tolerance {args.tolerance}",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

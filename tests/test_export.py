@@ -1,26 +1,84 @@
-"""Export (launch/export.py): a run to a plain state dict and a TorchScript module."""
+"""Export (launch/export.py, pose/models/export.py): a state dict, ONNX and a torch.export
+program with a dynamic batch, checked by onnxruntime against the PyTorch model on real images."""
 
+import json
+
+import numpy as np
+import onnxruntime
+import pytest
 import torch
 
 from pose.config import load_config
 from pose.models import build_model
+from pose.models.export import check_exports, export_onnx
 from pose.models.weights import load_model_weights
 
 
-def test_export_a_run_to_a_plain_state_dict_and_torchscript(
-    shards, tmp_path, tiny_overrides, run_python
-):
+def test_export_a_trained_run_to_all_three_forms(shards, tmp_path, tiny_overrides, run_python):
     from launch.export import main as export_main
 
     run = tmp_path / "run"
     args = ["launch/train.py", "--config", "configs/demo.yaml"]
     done = run_python([*args, *tiny_overrides(shards, run, **{"train.max_steps": 2})])
     assert done.returncode == 0, done.stderr[-3000:]
-    assert export_main(["--checkpoint", str(run), "--out", str(tmp_path / "export")]) == 0
+    out = tmp_path / "export"
+    assert export_main(["--checkpoint", str(run), "--out", str(out)]) == 0
     cfg = load_config(run / "config.yaml")
     model = build_model(cfg.model, 17).eval()
-    load_model_weights(model, tmp_path / "export" / "model_state_dict.pth")
-    scripted = torch.jit.load(str(tmp_path / "export" / "model_torchscript.pt"))
+    load_model_weights(model, out / "model_state_dict.pth")
     x = torch.randn(2, 3, 96, 64)
+    program = torch.export.load(str(out / "model.pt2")).module()
     with torch.no_grad():
-        torch.testing.assert_close(scripted(x), model(x))
+        torch.testing.assert_close(program(x), model(x))
+    assert {p.name for p in out.iterdir()} >= {"layout.yaml", "model.onnx", "export_check.json"}
+
+
+@pytest.mark.parametrize("attention", ["none", "holistic", "partwise"])
+def test_onnxruntime_matches_pytorch_on_real_images_at_any_batch(
+    attention, coco_fixtures, tmp_path
+):
+    """Every variant, a head with weights large enough that the heatmaps are far from zero,
+    four real COCO images (checked at batch 1 and 4 by the CLI, at 3 here)."""
+    from launch.export import check_inputs
+    from launch.export import main as export_main
+
+    overrides = [f"model.attention={attention}", "data.image_size=[96,64]"]
+    cfg = load_config("configs/demo.yaml", overrides)
+    torch.manual_seed(0)
+    model = build_model(cfg.model, 17).eval()
+    for name, p in model.named_parameters():
+        if not name.startswith("backbone") and p.dim() > 1:
+            torch.nn.init.normal_(p, std=0.05)
+    torch.save(model.state_dict(), tmp_path / "weights.pth")
+    out = tmp_path / "export"
+    argv = ["--checkpoint", str(tmp_path / "weights.pth"), "--config", "configs/demo.yaml"]
+    argv += ["--out", str(out), "--image", str(coco_fixtures), *overrides]
+    assert export_main(argv) == 0
+    report = json.loads((out / "export_check.json").read_text())
+    assert {(c["program"], c["batch"]) for c in report["checks"]} == {
+        ("onnx", 1),
+        ("onnx", 4),
+        ("torch.export", 1),
+        ("torch.export", 4),
+    }
+    assert all(c["relative"] < 1e-4 and c["max_abs_output"] > 1e-2 for c in report["checks"])
+
+    session = onnxruntime.InferenceSession(str(out / "model.onnx"))
+    images = check_inputs(str(coco_fixtures), (96, 64))[:3]
+    (heatmaps,) = session.run(["heatmaps"], {"images": images.numpy()})
+    with torch.no_grad():
+        expected = model(images).numpy()
+    assert heatmaps.shape == (3, 17, 24, 16)
+    np.testing.assert_allclose(heatmaps, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+    # the same joints win: what a deployed model would report
+    assert (heatmaps.reshape(3, 17, -1).argmax(-1) == expected.reshape(3, 17, -1).argmax(-1)).all()
+
+
+def test_the_check_catches_a_file_that_is_not_the_model(tmp_path):
+    cfg = load_config("configs/demo.yaml", ["data.image_size=[96,64]"])
+    torch.manual_seed(0)
+    exported, other = build_model(cfg.model, 17).eval(), build_model(cfg.model, 17).eval()
+    x = torch.randn(2, 3, 96, 64)
+    path = export_onnx(exported, x, tmp_path / "model.onnx")
+    assert all(c.ok(1e-4) for c in check_exports(exported, x, path, None))
+    assert not any(c.ok(1e-4) for c in check_exports(other, x, path, None))

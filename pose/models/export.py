@@ -1,0 +1,126 @@
+"""A trained model for deployment without posescale: ONNX (torch's dynamo exporter) and a
+`torch.export` program, both with a dynamic batch dimension, and a check that each reproduces
+the PyTorch model. Both take normalised RGB crops (N, 3, H, W) and return heatmaps
+(N, joints, H/4, W/4); the attention maps stay behind.
+
+TorchScript is not written: torch deprecates `torch.jit.trace`/`save`/`load` in favour of
+`torch.export`."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+MAX_BATCH = 4096  # the dynamic batch dimension's upper bound in both programs
+ONNX_OPSET = 18
+
+
+class ExportError(RuntimeError):
+    """An exporter failed, or an exported program does not reproduce the model."""
+
+
+@dataclass
+class ExportCheck:
+    """How far an exported program's heatmaps are from the PyTorch model's, per batch size."""
+
+    program: str  # "onnx" or "torch.export"
+    batch: int
+    max_abs_diff: float
+    max_abs_output: float
+
+    @property
+    def relative(self) -> float:
+        return self.max_abs_diff / max(self.max_abs_output, 1e-12)
+
+    def ok(self, tolerance: float) -> bool:
+        return math.isfinite(self.max_abs_diff) and self.relative <= tolerance
+
+
+def export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> Path:
+    """`model` as ONNX with input `images` and output `heatmaps`, batch dimension dynamic."""
+    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+    chatter = io.StringIO()  # the exporter prints its progress; keep our output readable
+    try:
+        with contextlib.redirect_stdout(chatter), torch.no_grad():
+            program = torch.onnx.export(
+                model.eval(),
+                (example,),
+                dynamo=True,
+                input_names=["images"],
+                output_names=["heatmaps"],
+                dynamic_shapes=({0: batch},),
+                opset_version=ONNX_OPSET,
+            )
+    except ImportError as e:
+        raise ExportError(
+            f"ONNX export needs onnx and onnxscript ({e}); install posescale[export]"
+        ) from e
+    except Exception as e:  # the exporter's own errors carry no common base class
+        raise ExportError(f"ONNX export failed: {e}\n{chatter.getvalue()[-2000:]}") from e
+    path.parent.mkdir(parents=True, exist_ok=True)
+    program.save(str(path))
+    return path
+
+
+def export_program(model: nn.Module, example: torch.Tensor, path: Path) -> Path:
+    """`model` as a `torch.export` program (.pt2), batch dimension dynamic."""
+    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+    with torch.no_grad():
+        program = torch.export.export(model.eval(), (example,), dynamic_shapes=({0: batch},))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.export.save(program, str(path))
+    return path
+
+
+def check_exports(
+    model: nn.Module, inputs: torch.Tensor, onnx_path: Path | None, program_path: Path | None
+) -> list[ExportCheck]:
+    """Run each exported file on the first 1 and on all of `inputs` (two batch sizes, so the
+    dynamic dimension is exercised) and compare with the model."""
+    model.eval()
+    sizes = sorted({1, inputs.shape[0]})
+    with torch.no_grad():
+        expected = {n: model(inputs[:n]).float().numpy() for n in sizes}
+    checks = []
+    if onnx_path is not None:
+        session = _onnx_session(onnx_path)
+        for n in sizes:
+            (got,) = session.run(["heatmaps"], {"images": inputs[:n].numpy()})
+            checks.append(_compare("onnx", n, got, expected[n]))
+    if program_path is not None:
+        program = torch.export.load(str(program_path)).module()
+        with torch.no_grad():
+            for n in sizes:
+                got = program(inputs[:n]).float().numpy()
+                checks.append(_compare("torch.export", n, got, expected[n]))
+    return checks
+
+
+def _onnx_session(path: Path):
+    try:
+        import onnxruntime
+    except ImportError as e:
+        raise ExportError(
+            "checking the ONNX file needs onnxruntime; install posescale[export] "
+            "(or pass --no-check)"
+        ) from e
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3  # errors only
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _compare(program: str, batch: int, got: np.ndarray, expected: np.ndarray) -> ExportCheck:
+    if got.shape != expected.shape:
+        raise ExportError(
+            f"{program} at batch {batch} returned shape {got.shape}, expected {expected.shape}"
+        )
+    return ExportCheck(
+        program, batch, float(np.abs(got - expected).max()), float(np.abs(expected).max())
+    )
