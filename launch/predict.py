@@ -3,7 +3,8 @@ COCO results format (JSON), and, for the attention variants, the attention maps 
 
     python launch/predict.py --checkpoint CKPT --image IMG_OR_DIR --out DIR
         [--boxes BOXES.json --box-thr 0.0 --ann ANNOTATIONS.json] [--config CFG]
-        [--layout NAME_OR_FILE] [--gif] [overrides]
+        [--layout NAME_OR_FILE] [--device auto|cpu|cuda[:N]] [--batch-size 32] [--gif]
+        [overrides]
 
 CKPT is a run folder (its config and keypoint layout are used unless --config / --layout are
 given), a checkpoint folder or a state dict (COCO's 17 joints unless --layout says otherwise).
@@ -59,6 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", help="config (default: the run directory's config.yaml)")
     parser.add_argument("--gif", action="store_true", help="an animation over the images")
     parser.add_argument("--limit", type=int, default=0, help="only the first N images")
+    parser.add_argument(
+        "--device", default="auto", help="auto (a GPU when there is one), cpu, cuda or cuda:N"
+    )
+    parser.add_argument("--batch-size", type=int, default=32, help="people per forward pass")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
     use_cache_folders()
@@ -66,23 +71,33 @@ def main(argv: list[str] | None = None) -> int:
         config = args.config or RunFolder(args.checkpoint).config
         cfg = load_config(config if Path(config).is_file() else None, args.overrides)
         layout = layout_to_use(args.checkpoint, args.layout)
+        device = pick_device(args.device)
         model = build_model(cfg.model, layout.num_joints)
         load_model_weights(model, resolve_checkpoint(args.checkpoint))
+        model.to(device)
         images = list_images(Path(args.image))[: args.limit or None]
         boxes = read_boxes(args.boxes, images, args.box_thr, args.ann)
-    except (ConfigError, WeightsError, CheckpointError, BoxesError, FileNotFoundError) as e:
+    except (
+        ConfigError,
+        WeightsError,
+        CheckpointError,
+        BoxesError,
+        FileNotFoundError,
+        ValueError,
+    ) as e:
         print(f"predict: error: {e}", file=sys.stderr)
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    device = torch.device("cpu")
     results, frames = [], []
     for index, path in enumerate(tqdm(images, desc="predict", disable=len(images) < 2)):
         image = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if image is None:
             print(f"predict: skipped '{path}': not a readable image", file=sys.stderr)
             continue
-        people = predict_people(model, image, boxes.of(path), cfg.eval, cfg.data, device, layout)
+        people = predict_people(
+            model, image, boxes.of(path), cfg.eval, cfg.data, device, layout, args.batch_size
+        )
         drawn = image
         for n, person in enumerate(people):
             drawn = draw_skeleton(drawn, person.keypoints, cfg.eval.keypoint_thr, layout=layout)
@@ -104,8 +119,21 @@ def main(argv: list[str] | None = None) -> int:
     write_json(out / "keypoints.json", results)
     if args.gif and frames:
         save_gif(frames, out / "animation.gif")
-    print(f"predict: {len(results)} people in {len(images)} images -> {out}")
+    print(f"predict: {len(results)} people in {len(images)} images on {device} -> {out}")
     return 0
+
+
+def pick_device(name: str) -> torch.device:
+    """`auto`: the first GPU when torch sees one, else the CPU; otherwise as named."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise ValueError(f"--device '{name}': {e}") from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: torch sees no CUDA GPU here")
+    return device
 
 
 def save_gif(frames: list, path: Path, fps: float = 2.0) -> None:

@@ -36,9 +36,10 @@ def predict_people(
     data: DataConfig,
     device: torch.device,
     layout: KeypointLayout = COCO_17,
+    batch_size: int = 32,
 ) -> list[PersonPose]:
     """One PersonPose per box (x, y, w, h[, score]); `boxes` None: the whole image is one box,
-    an empty list: nobody."""
+    an empty list: nobody. The crops go through the model `batch_size` at a time."""
     height, width = image_bgr.shape[:2]
     if boxes is None:
         boxes = [(0.0, 0.0, float(width), float(height), 1.0)]
@@ -47,10 +48,15 @@ def predict_people(
     crops, inverses = crop_boxes(image_bgr, boxes, data.image_size)
     rgb = torch.from_numpy(np.stack([c[:, :, ::-1] for c in crops]).copy()).to(device)
     model.eval()
+    flip = layout.flip_permutation if cfg.flip_test else None
+    shift = data.target != "udp"
+    parts = []
     with torch.no_grad():
-        flip = layout.flip_permutation if cfg.flip_test else None
-        shift = data.target != "udp"
-        heatmaps, maps = predict_heatmaps(model, normalise(rgb), flip, shift, return_attention=True)
+        for start in range(0, len(crops), max(1, batch_size)):
+            chunk = normalise(rgb[start : start + max(1, batch_size)])
+            parts.append(predict_heatmaps(model, chunk, flip, shift, return_attention=True))
+    heatmaps = torch.cat([h for h, _ in parts])
+    maps = {k: torch.cat([m[k] for _, m in parts]) for k in parts[0][1]}
     coords, confidence = decode_heatmaps(heatmaps, cfg.decode)
     to_image = torch.as_tensor(np.stack(inverses), device=coords.device)
     stride = data.image_size[1] / heatmaps.shape[-1]
