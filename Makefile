@@ -53,7 +53,7 @@ demo: demo-shards
 	$(VENV_PYTHON) launch/train.py --config configs/demo.yaml && \
 	train_s=$$(( $$(date +%s) - train_start )) && \
 	$(VENV_PYTHON) launch/eval.py --config configs/demo.yaml --checkpoint runs/demo \
-	  --out runs/demo/metrics.json && \
+	  --out runs/demo/metrics.json --pictures runs/demo/pictures/val_people.png && \
 	$(VENV_PYTHON) launch/predict.py --checkpoint runs/demo --image $(DEMO_DATA)/images/val \
 	  --boxes $(DEMO_DATA)/annotations/person_detections_val.json --box-thr 0.5 \
 	  --out runs/demo/pictures/predict --limit 6 && \

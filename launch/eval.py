@@ -1,7 +1,7 @@
 """Evaluate a checkpoint on the val shards with COCO keypoint AP.
 
     python launch/eval.py --config CFG --checkpoint CKPT [--out METRICS.json]
-        [--results COCO_RESULTS.json] [overrides]
+        [--results COCO_RESULTS.json] [--pictures PANEL.png] [overrides]
     python launch/eval.py --config CFG --gt-as-predictions [--out METRICS.json] [overrides]
 
 CKPT is a run folder (its best, else latest checkpoint), a checkpoint folder or a plain state
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import torch
 
@@ -30,7 +31,6 @@ from pose.engine.errors import CheckpointError
 from pose.eval.coco_eval import write_json
 from pose.eval.evaluate import (
     EvaluationError,
-    Predictor,
     evaluate,
     ground_truth_predictor,
     model_predictor,
@@ -38,12 +38,11 @@ from pose.eval.evaluate import (
 )
 from pose.models import build_model
 from pose.models.weights import WeightsError, load_model_weights
+from pose.viz.panels import prediction_panel
 
 
-def make_predictor(cfg: Config, checkpoint: str | None, loader: Loader, env: DistEnv) -> Predictor:
-    if checkpoint is None:
-        size = heatmap_size(cfg.data.image_size, cfg.model.output_stride)
-        return ground_truth_predictor(cfg.data, size)
+def load_model(cfg: Config, checkpoint: str, loader: Loader, env: DistEnv) -> torch.nn.Module:
+    """The checkpoint's model, its keypoint layout checked against the val shards'."""
     layouts = {str(loader.shards.folder): loader.layout}
     trained_for = checkpoint_layout(checkpoint)
     if trained_for is not None:
@@ -51,7 +50,7 @@ def make_predictor(cfg: Config, checkpoint: str | None, loader: Loader, env: Dis
     layout = one_layout(layouts, cfg.data.layout)
     model = build_model(cfg.model, layout.num_joints)
     load_model_weights(model, resolve_checkpoint(checkpoint))
-    return model_predictor(model.to(env.device), cfg.eval, cfg.data, layout.flip_permutation)
+    return model.to(env.device)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,6 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", help="write the metrics JSON here")
     parser.add_argument("--results", help="write the COCO results (the scored detections) here")
+    parser.add_argument(
+        "--pictures",
+        help="write a PNG of val people here: ground truth, prediction, heatmaps, attention "
+        "(log.panel_people of them; log.panel_joints=true adds every joint's heatmap)",
+    )
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
     if not args.checkpoint and not args.gt_as_predictions:
@@ -77,8 +81,12 @@ def main(argv: list[str] | None = None) -> int:
             cfg.data, "val", cfg.eval.batch_size, env.rank, env.world_size, env.device, cfg.seed
         )
         loader = build_loader(spec)
-        checkpoint = None if args.gt_as_predictions else args.checkpoint
-        predict = make_predictor(cfg, checkpoint, loader, env)
+        if args.gt_as_predictions:
+            size = heatmap_size(cfg.data.image_size, cfg.model.output_stride)
+            model, predict = None, ground_truth_predictor(cfg.data, size)
+        else:
+            model = load_model(cfg, args.checkpoint, loader, env)
+            predict = model_predictor(model, cfg.eval, cfg.data, loader.layout.flip_permutation)
         metrics = evaluate(predict, loader, cfg.eval, cfg.data, args.results)
     except (ConfigError, ShardError, WeightsError, CheckpointError, EvaluationError) as e:
         print(f"eval: error: {e}", file=sys.stderr)
@@ -87,6 +95,14 @@ def main(argv: list[str] | None = None) -> int:
         print_metrics(metrics)
         if args.out:
             write_json(args.out, metrics)
+        if args.pictures and model is not None and cfg.log.panel_people:
+            batches = loader.epoch(0)
+            batch = next(batches)
+            batches.close()
+            layout, people, joints = loader.layout, cfg.log.panel_people, cfg.log.panel_joints
+            path = Path(args.pictures)
+            prediction_panel(model, batch, path, layout, people, cfg.eval.keypoint_thr, joints)
+            print(f"eval: wrote {path}")
     return 0
 
 

@@ -179,9 +179,17 @@ class LogConfig:
     # Without a terminal (a Slurm log, a file) progress is one plain line at most this often
     # instead of a progress bar's carriage returns.
     progress_every_s: float = 30.0
+    # The debug picture of each evaluation (pose/viz/panels.py): how many val people, and
+    # whether every joint's heatmap is drawn under each.
+    panel_people: int = 6
+    panel_joints: bool = False
 
     def check(self) -> None:
         check_positive("log.progress_every_s", self.progress_every_s)
+        if self.panel_people < 0:
+            raise ConfigError(
+                f"log.panel_people must be >= 0 (0: no picture), got {self.panel_people}"
+            )
 
 
 @dataclass

@@ -8,7 +8,7 @@ import math
 
 import torch
 
-from pose.config import DataConfig, EvalConfig
+from pose.config import DataConfig, EvalConfig, LogConfig
 from pose.data.loader import Loader
 from pose.engine.schedule import StepPlan
 from pose.eval.evaluate import evaluate, model_predictor, print_metrics
@@ -27,8 +27,9 @@ class Evaluator:
         plan: StepPlan,
         run: RunFolder,
         tracker: Tracker,
+        log: LogConfig,
     ):
-        self.loader, self.cfg, self.data = loader, cfg, data
+        self.loader, self.cfg, self.data, self.log = loader, cfg, data, log
         self.every_epochs, self.plan = every_epochs, plan
         self.run, self.tracker = run, tracker
 
@@ -54,12 +55,20 @@ class Evaluator:
             autocast,
             progress=False,
         )
-        if self.tracker.enabled:  # a picture of predictions (and attention) on val crops
+        if self.tracker.enabled and self.log.panel_people:  # ground truth, prediction, maps
             batches = self.loader.epoch(0)
             batch = next(batches)
             batches.close()
             path = self.run.pictures / f"predictions_epoch{epoch:03d}.png"
-            picture = prediction_panel(model, batch, path, self.loader.layout)
+            picture = prediction_panel(
+                model,
+                batch,
+                path,
+                self.loader.layout,
+                self.log.panel_people,
+                self.cfg.keypoint_thr,
+                self.log.panel_joints,
+            )
             self.tracker.log_images(step, {"val/predictions": picture})
         model.train()
         if metrics is None:

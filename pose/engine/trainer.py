@@ -109,7 +109,14 @@ class Trainer:
         self.tracker = Tracker(cfg.log, run, to_dict(cfg), env.is_main, resume_step)
         self.bad_reported = 0
         self.evaluator = Evaluator(
-            val_loader, cfg.eval, cfg.data, cfg.train.eval_every, self.plan, run, self.tracker
+            val_loader,
+            cfg.eval,
+            cfg.data,
+            cfg.train.eval_every,
+            self.plan,
+            run,
+            self.tracker,
+            cfg.log,
         )
         bf16 = self.precision == "bf16"
         self.autocast = torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=bf16)

@@ -4,17 +4,10 @@ the per-joint maps."""
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 
 from pose.data.layout import COCO_17, KeypointLayout
-from pose.viz.skeleton import overlay_heatmap, tile
-
-
-def _label(image: np.ndarray, text: str) -> np.ndarray:
-    out = image.copy()
-    cv2.putText(out, text, (3, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (255, 255, 255), 1, cv2.LINE_AA)
-    return out
+from pose.viz.skeleton import caption, overlay_heatmap, tile
 
 
 def attention_panels(
@@ -24,14 +17,14 @@ def attention_panels(
     panels = []
     stages = sorted(k for k in maps if k.startswith("stage"))
     for name in stages:
-        panels.append(_label(overlay_heatmap(crop, maps[name][0]), name))
+        panels.append(caption(overlay_heatmap(crop, maps[name][0]), name))
     if "holistic" in maps:
         total = maps["holistic"][0]
-        panels.append(_label(overlay_heatmap(crop, total / max(len(stages), 1)), "sum"))
+        panels.append(caption(overlay_heatmap(crop, total / max(len(stages), 1)), "sum"))
     if "parts" in maps:
         for j, part in enumerate(maps["parts"]):
             name = layout.joints[j] if j < layout.num_joints else str(j)
-            panels.append(_label(overlay_heatmap(crop, part), name))
+            panels.append(caption(overlay_heatmap(crop, part), name))
     if not panels:
         return None
     return tile(panels, columns=min(len(panels), 7 if "parts" in maps else 4))

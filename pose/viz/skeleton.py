@@ -43,6 +43,18 @@ def overlay_heatmap(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.5) 
     return cv2.addWeighted(image, 1 - alpha, colour, alpha, 0)
 
 
+def caption(image: np.ndarray, text: str) -> np.ndarray:
+    """A copy of `image` with `text` in its top-left corner, white on a dark strip."""
+    out = image.copy()
+    scale = 0.35 if image.shape[1] < 160 else 0.45
+    (w, h), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+    cv2.rectangle(out, (0, 0), (w + 6, h + 7), (0, 0, 0), -1)
+    cv2.putText(
+        out, text, (3, h + 3), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA
+    )
+    return out
+
+
 def tile(images: list[np.ndarray], columns: int) -> np.ndarray:
     """Images of one size in a grid, row by row (blank cells at the end)."""
     h, w = images[0].shape[:2]
