@@ -1,7 +1,10 @@
 """Compare the runs of a sweep: a markdown table (final and best AP, AP50, AP75, APm, APl, AR,
-parameters, images/s; mean ± std over seeds) and PNG curves (AP and loss against epoch).
+parameters, images/s; mean ± std over seeds), each variant's final AP against the baseline's
+paired by seed with a 95% Student-t interval and a verdict in words, PNG curves (AP and loss
+against epoch, bands over seeds) and, from run folders, the same val people with each variant's
+attention maps side by side.
 
-    python launch/compare.py SWEEP_DIR [--by model.attention] [--out DIR]
+    python launch/compare.py SWEEP_DIR [--by model.attention] [--baseline none] [--out DIR]
     python launch/compare.py --wandb ENTITY/PROJECT/GROUP --out DIR      # from wandb, online
 """
 
@@ -12,15 +15,20 @@ import sys
 from pathlib import Path
 
 from pose.caches import use_cache_folders
+from pose.files import atomic_write
 from pose.sweep.compare import (
     CompareError,
     comparison_plots,
     comparison_table,
+    differences_table,
     group_runs,
     local_runs,
     log_to_wandb,
+    paired_differences,
+    pick_baseline,
     wandb_runs,
 )
+from pose.sweep.pictures import attention_comparison
 from pose.tracking import wandb_mode
 
 
@@ -40,6 +48,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", help="where the table and plots go (default SWEEP_DIR/compare)")
     parser.add_argument(
+        "--baseline",
+        help="the variant the others are paired against (its label or a part of it; "
+        "default: attention=none, else the first)",
+    )
+    parser.add_argument(
+        "--people", type=int, default=4, help="val people in the attention picture (0: none)"
+    )
+    parser.add_argument(
         "--log-wandb",
         default="runs",
         choices=["runs", "auto", "online", "offline", "off"],
@@ -54,16 +70,24 @@ def main(argv: list[str] | None = None) -> int:
         runs = wandb_runs(args.wandb) if args.wandb else local_runs(Path(args.sweep_dir))
         by = [k.strip() for item in args.by or [] for k in item.split(",") if k.strip()]
         keys, variants = group_runs(runs, by or None)
+        baseline = pick_baseline(variants, args.baseline)
     except CompareError as e:
         print(f"compare: error: {e}", file=sys.stderr)
         return 2
     out = Path(args.out) if args.out else Path(args.sweep_dir or ".") / "compare"
     out.mkdir(parents=True, exist_ok=True)
     table = comparison_table(variants)
+    differences = differences_table(paired_differences(variants, baseline))
     plots = comparison_plots(variants, out)
+    if args.people and not args.wandb:
+        plots += attention_comparison(variants, out / "attention.png", args.people)
     by_text = ", ".join(keys) or "nothing (one variant)"
-    (out / "comparison.md").write_text(f"# {len(runs)} runs by {by_text}\n\n{table}\n")
-    print(table)
+    report = (
+        f"# {len(runs)} runs by {by_text}\n\n{table}\n\n"
+        f"## Final AP against {baseline.label}, paired by seed\n\n{differences}\n"
+    )
+    atomic_write(out / "comparison.md", report)
+    print(table, differences, sep="\n\n")
     print(f"compare: wrote {out / 'comparison.md'}, " + ", ".join(str(p) for p in plots))
     log = runs[0].config.get("log", {})
     setting = log.get("wandb", "off") if args.log_wandb == "runs" else args.log_wandb

@@ -7,7 +7,17 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pose.sweep.compare import comparison_table, group_runs, local_runs, summarise
+from pose.sweep.compare import (
+    RunRecord,
+    Variant,
+    comparison_table,
+    differences_table,
+    group_runs,
+    local_runs,
+    paired_differences,
+    pick_baseline,
+    summarise,
+)
 
 
 def write_fake_runs(folder: Path) -> None:
@@ -136,3 +146,46 @@ def test_compare_reads_runs_back_from_the_wandb_api(monkeypatch):
     )
     with pytest.raises(CompareError, match="ENTITY/PROJECT/GROUP"):
         wandb_runs("me/posescale")
+
+
+def _variant(label: str, aps: dict) -> Variant:
+    runs = [
+        RunRecord(
+            f"{label}-{seed}", {"seed": seed}, [{"step": 9, "epoch": 1, "split": "val", "AP": ap}]
+        )
+        for seed, ap in aps.items()
+    ]
+    return Variant(label, runs)
+
+
+def test_paired_differences_with_a_student_t_interval_and_a_verdict():
+    base = _variant("attention=none", {0: 0.40, 1: 0.50, 2: 0.45, 3: 0.47})
+    better = _variant("attention=holistic", {0: 0.50, 1: 0.62, 2: 0.56})  # seed 3 missing
+    noise = _variant("attention=partwise", {0: 0.45, 1: 0.45, 2: 0.45, 3: 0.47})
+    variants = [better, base, noise]
+    assert pick_baseline(variants, None) is base
+    assert pick_baseline(variants, "partwise") is noise
+    first, second = paired_differences(variants, base)
+    assert first.seeds == [0, 1, 2]
+    assert first.differences == pytest.approx([0.10, 0.12, 0.11])
+    # mean 0.11, sd 0.01, t(0.975, 2) = 4.3027: 0.11 -+ 4.3027 * 0.01 / sqrt(3)
+    assert first.interval == pytest.approx((0.085158, 0.134842), abs=1e-6)
+    assert first.verdict.startswith("better than attention=none") and "distinguishable" in (
+        first.verdict
+    )
+    assert second.differences == pytest.approx([0.05, -0.05, 0.0, 0.0])
+    assert second.verdict.startswith("not distinguishable from seed noise")
+    table = differences_table([first, second]).splitlines()
+    assert table[2].startswith(
+        "| attention=holistic | attention=none | 3 | +0.110 | [+0.085, +0.135] | better"
+    )
+    one_seed = paired_differences([base, _variant("x", {0: 0.9})], base)[0]
+    assert "no interval" in one_seed.verdict and "-" in differences_table([one_seed])
+
+
+def test_the_baseline_must_name_one_variant():
+    from pose.sweep.compare import CompareError
+
+    variants = [_variant("attention=none", {0: 0.1}), _variant("attention=holistic", {0: 0.2})]
+    with pytest.raises(CompareError, match="matches 2 variants"):
+        pick_baseline(variants, "attention")

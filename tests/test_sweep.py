@@ -82,6 +82,13 @@ def test_local_sweep_runs_and_compares_without_slurm(
     assert "| attention=holistic | 1 |" in compared.stdout
     for name in ("comparison.md", "ap.png", "loss.png"):
         assert (out / "compare" / name).stat().st_size > 0
+    assert "| attention=holistic | attention=none | 1 |" in compared.stdout  # paired by seed
+    import cv2
+
+    picture = cv2.imread(str(out / "compare" / "attention.png"))
+    # 4 val people, 2x enlarged 96x64 crops, 4 px apart: ground truth, none's prediction and
+    # heatmaps, holistic's prediction, heatmaps and attention side by side
+    assert picture.shape == (4 * (2 * 96 + 4), 6 * 2 * 64, 3)
 
 
 def _why_no_slurm() -> str | None:

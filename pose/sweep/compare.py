@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy import stats
 
 from pose.config import read_yaml_mapping
 from pose.eval.coco_eval import METRIC_NAMES
@@ -30,6 +31,7 @@ class RunRecord:
     name: str
     config: dict[str, Any]  # the resolved config, nested
     records: list[dict] = field(default_factory=list)  # metrics.jsonl lines
+    folder: Path | None = None  # the run folder (None: read from wandb)
 
     def value(self, dotted: str) -> Any:
         node: Any = self.config
@@ -65,7 +67,7 @@ def local_runs(sweep_dir: Path) -> list[RunRecord]:
         if not (folder / "metrics.jsonl").is_file():
             continue  # not started yet
         config = read_yaml_mapping(folder / "config.yaml")
-        runs.append(RunRecord(folder.name, config, read_metrics(folder)))
+        runs.append(RunRecord(folder.name, config, read_metrics(folder), folder))
     if not runs:
         raise CompareError(f"no run under {sweep_dir} has written metrics.jsonl yet")
     return runs
@@ -173,6 +175,107 @@ def comparison_table(variants: list[Variant]) -> str:
     header, rows = comparison_rows(variants)
     lines = ["| " + " | ".join(header) + " |", "|---|---:|" + "---:|" * (len(header) - 2)]
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+@dataclass
+class PairedDifference:
+    """`metric` of `variant` minus that of `baseline` on the seeds both ran, with a Student-t
+    confidence interval of the mean difference (pairing by seed removes what a seed does to
+    both: data order, initialisation)."""
+
+    variant: str
+    baseline: str
+    metric: str
+    seeds: list
+    differences: list[float]
+    level: float = 0.95
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.differences)) if self.differences else math.nan
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        n = len(self.differences)
+        if n < 2:
+            return math.nan, math.nan
+        sem = float(np.std(self.differences, ddof=1)) / math.sqrt(n)
+        half = float(stats.t.ppf(0.5 + self.level / 2, df=n - 1)) * sem
+        return self.mean - half, self.mean + half
+
+    @property
+    def verdict(self) -> str:
+        n = len(self.differences)
+        if n < 2:
+            return f"{n} paired seed(s): no interval; run at least 2 seeds of both"
+        low, high = self.interval
+        if low > 0 or high < 0:
+            better = "better" if low > 0 else "worse"
+            return (
+                f"{better} than {self.baseline}: the {self.level:.0%} interval excludes 0, so "
+                "the difference is distinguishable from seed noise"
+            )
+        return (
+            f"not distinguishable from seed noise: the {self.level:.0%} interval includes 0 "
+            f"(with {n} seeds it resolves differences of about ±{(high - low) / 2:.3f})"
+        )
+
+
+def pick_baseline(variants: list[Variant], name: str | None) -> Variant:
+    """The variant labelled `name` (or containing it), else one with attention=none, else the
+    first."""
+    if name:
+        matches = [v for v in variants if v.label == name] or [
+            v for v in variants if name in v.label
+        ]
+        if len(matches) != 1:
+            labels = ", ".join(v.label for v in variants)
+            raise CompareError(f"--baseline '{name}' matches {len(matches)} variants of: {labels}")
+        return matches[0]
+    return next((v for v in variants if "attention=none" in v.label), variants[0])
+
+
+def paired_differences(
+    variants: list[Variant], baseline: Variant, metric: str = "AP", level: float = 0.95
+) -> list[PairedDifference]:
+    """Each other variant against `baseline`: the final `metric` paired by the runs' seed."""
+
+    def by_seed(variant: Variant) -> dict:
+        out = {}
+        for run in variant.runs:
+            value = summarise(run).get(metric)
+            if value is not None and not math.isnan(value):
+                out[run.config.get("seed")] = value
+        return out
+
+    base = by_seed(baseline)
+    result = []
+    for variant in variants:
+        if variant is baseline:
+            continue
+        own = by_seed(variant)
+        seeds = sorted((s for s in own if s in base), key=str)
+        differences = [own[s] - base[s] for s in seeds]
+        result.append(
+            PairedDifference(variant.label, baseline.label, metric, seeds, differences, level)
+        )
+    return result
+
+
+def differences_table(differences: list[PairedDifference]) -> str:
+    """The paired differences as a markdown table, with the verdict in words."""
+    lines = [
+        "| variant | against | seeds | mean difference | 95% interval | verdict |",
+        "|---|---|---:|---:|---|---|",
+    ]
+    for d in differences:
+        low, high = d.interval
+        interval = "-" if math.isnan(low) else f"[{low:+.3f}, {high:+.3f}]"
+        mean = "-" if math.isnan(d.mean) else f"{d.mean:+.3f}"
+        lines.append(
+            f"| {d.variant} | {d.baseline} | {len(d.seeds)} | {mean} | {interval} | {d.verdict} |"
+        )
+    return "\n".join(lines)
 
 
 def comparison_plots(variants: list[Variant], out: Path) -> list[Path]:

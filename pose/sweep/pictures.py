@@ -1,0 +1,80 @@
+"""The picture that shows what attention does: the same val people, one row each, and for every
+variant of a sweep its prediction and its maps side by side (pose/viz/panels.py's cells), from
+each variant's first run folder (lowest seed) and the val shards of its config."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from pose.config import ConfigError, load_config
+from pose.data.backends import build_loader
+from pose.data.codec import decode_heatmaps
+from pose.data.loader import LoaderSpec
+from pose.data.shards import ShardError
+from pose.engine.checkpoint import layout_to_use, resolve_checkpoint
+from pose.engine.errors import CheckpointError
+from pose.models import build_model
+from pose.models.weights import WeightsError, load_model_weights
+from pose.sweep.compare import RunRecord, Variant
+from pose.viz.panels import person_cells, stack_rows
+from pose.viz.skeleton import caption, to_bgr
+
+
+def attention_comparison(variants: list[Variant], path: Path, people: int) -> list[Path]:
+    """Write the picture; [] (with the reason on stderr) when a run has no checkpoint yet or
+    its val shards are not here."""
+    try:
+        runs = [_first_run(v) for v in variants]
+        cfg = load_config(runs[0].folder / "config.yaml")
+        loader = build_loader(LoaderSpec(cfg.data, "val", people))
+        batches = loader.epoch(0)
+        batch = next(batches)
+        batches.close()
+        columns = [_variant_cells(v.label, run, batch) for v, run in zip(variants, runs)]
+    except (ConfigError, CheckpointError, WeightsError, ShardError, OSError) as e:
+        print(f"compare: no attention picture: {e}", file=sys.stderr)
+        return []
+    truth = batch["keypoints"].float().numpy()
+    layout = loader.layout
+    rows = []
+    for i in range(batch["image"].shape[0]):
+        crop = to_bgr(batch["image"][i])
+        gt = person_cells(crop, truth[i], np.zeros((1, 1, 1)), {}, layout, truth[i])[:1]
+        rows.append(np.concatenate(gt + [cells[i] for cells in columns], axis=1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), stack_rows(rows))
+    return [path]
+
+
+def _first_run(variant: Variant) -> RunRecord:
+    with_folders = [r for r in variant.runs if r.folder is not None]
+    if not with_folders:
+        raise CheckpointError(f"variant '{variant.label}' has no run folder")
+    return min(with_folders, key=lambda r: str(r.config.get("seed")))
+
+
+def _variant_cells(label: str, run: RunRecord, batch: dict) -> list[np.ndarray]:
+    """Per person one strip: this variant's prediction, heatmaps and attention, captioned."""
+    cfg = load_config(run.folder / "config.yaml")
+    layout = layout_to_use(run.folder)
+    model = build_model(cfg.model, layout.num_joints)
+    load_model_weights(model, resolve_checkpoint(run.folder))
+    model.eval()
+    with torch.no_grad():
+        heatmaps, maps = model(batch["image"], return_attention=True)
+    coords, scores = decode_heatmaps(heatmaps.float())
+    stride = batch["image"].shape[-1] / heatmaps.shape[-1]
+    strips = []
+    for i in range(heatmaps.shape[0]):
+        crop = to_bgr(batch["image"][i])
+        kpts = np.concatenate([coords[i].numpy() * stride, scores[i, :, None].numpy()], 1)
+        person_maps = {k: v[i].float().numpy() for k, v in maps.items()}
+        cells = person_cells(crop, kpts, heatmaps[i].float().numpy(), person_maps, layout)
+        cells[0] = caption(cells[0], label)  # which variant this strip is
+        strips.append(np.concatenate(cells, axis=1))
+    return strips
