@@ -294,12 +294,48 @@ def test_predict_writes_pictures_and_coco_json(coco_fixtures, tmp_path):
     )
 
 
-@pytest.mark.parametrize(
-    "attention, height", [("none", 128), ("holistic", 128), ("partwise", 3 * 128)]
-)
-def test_training_panel_lays_out_every_attention_variant(attention, height, tmp_path):
-    """The picture each eval logs: crops, skeletons and (a part-wise grid taller than the
-    crop) attention maps, one row per person."""
+def test_predicting_in_batches_gives_the_same_people_as_one_pass(coco_fixtures):
+    """Six boxes of a real image through the model 4 at a time (and 1 at a time) against one
+    pass: the same keypoints, scores and attention maps, people in box order."""
+    import cv2
+
+    from launch.predict import pick_device
+    from pose.eval.inference import predict_people
+    from pose.models import build_model
+
+    cfg = load_config("configs/demo.yaml", ["model.attention=holistic"])
+    torch.manual_seed(0)
+    model = build_model(cfg.model, 17).eval()
+    for name, p in model.named_parameters():
+        if not name.startswith("backbone") and p.dim() > 1:
+            torch.nn.init.normal_(p, std=0.05)
+    image = cv2.imread(str(coco_fixtures / "000000000785.jpg"))
+    boxes = [(280.8 + 9 * i, 44.7 - 4 * i, 218.7 - 6 * i, 346.7, 0.9) for i in range(6)]
+    device = pick_device("auto")
+    one = predict_people(model, image, boxes, cfg.eval, cfg.data, device, batch_size=64)
+    for batch_size in (4, 1):
+        chunked = predict_people(
+            model, image, boxes, cfg.eval, cfg.data, device, batch_size=batch_size
+        )
+        for a, b in zip(one, chunked, strict=True):
+            assert a.box == b.box
+            # float sums differ with the batch; DARK's refinement carries that to ~0.1 px
+            np.testing.assert_allclose(a.keypoints[:, :2], b.keypoints[:, :2], atol=0.5)
+            np.testing.assert_allclose(a.keypoints[:, 2], b.keypoints[:, 2], atol=1e-4)
+            np.testing.assert_allclose(a.attention["holistic"], b.attention["holistic"], atol=1e-5)
+    assert len({tuple(p.keypoints[:, 0].round(1)) for p in one}) == 6  # six different people
+    with (
+        pytest.raises(ValueError, match="sees no CUDA GPU")
+        if not torch.cuda.is_available()
+        else (contextlib.nullcontext())
+    ):
+        pick_device("cuda")
+
+
+@pytest.mark.parametrize("attention, cells", [("none", 3), ("holistic", 4), ("partwise", 5)])
+def test_debug_panel_lays_out_every_attention_variant(attention, cells, tmp_path):
+    """The picture each eval writes: per person, 2x enlarged, ground truth, prediction, summed
+    heatmaps and each attention map side by side; with joints, every joint's heatmap under."""
     import cv2
 
     from pose.config import ModelConfig
@@ -310,11 +346,19 @@ def test_training_panel_lays_out_every_attention_variant(attention, height, tmp_
     model = build_model(
         ModelConfig(backbone="resnet18", attention=attention, deconv_filters=32), 17
     )
-    batch = {"image": torch.randn(3, 3, 128, 96)}
+    keypoints = torch.zeros(3, 17, 3)
+    keypoints[:, 0] = torch.tensor([48.0, 30.0, 2.0])  # only the nose, visible
+    batch = {"image": torch.randn(3, 3, 128, 96), "keypoints": keypoints}
     path = prediction_panel(model, batch, tmp_path / "panel.png", COCO_17, count=2)
     panel = cv2.imread(str(path))
-    assert panel.shape[0] == 2 * height
-    assert panel.shape[1] >= 96 and panel.reshape(-1, 3).std(0).min() > 0
+    assert panel.shape == (2 * (256 + 4), cells * 192, 3)
+    # the ground truth's nose is drawn at twice its crop position in the first cell
+    nose = panel[60, 96].astype(int)
+    assert np.abs(nose - np.array(COCO_17.colour(0))).max() <= 40
+    with_joints = prediction_panel(model, batch, tmp_path / "j.png", COCO_17, count=1, joints=True)
+    columns = cells * 2  # as many 96-px joint pictures as fit under the row
+    rows = -(-17 // columns)
+    assert cv2.imread(str(with_joints)).shape == (256 + 4 + rows * 128 + 4, cells * 192, 3)
 
 
 def test_throughput_bars_draw_one_bar_per_variant(tmp_path):
