@@ -6,7 +6,8 @@ Slurm's srun (one task per device). Starting in a run folder that has a checkpoi
     srun --ntasks-per-node 4 python launch/train.py --config configs/coco_res50_256x192.yaml ...
 
 Exit codes: 0 the run reached its last step; 1 it failed while training (a non-finite loss or
-weight, too many samples that do not decode, a checkpoint that could not be written); 2 it could
+weight, too many samples that do not decode, a checkpoint that could not be written, a collective
+that timed out or lost a peer: the message names the rank and host); 2 it could
 not start (config, shards, the checkpoint to resume, a run folder in use, the distributed
 environment); 75 (EX_TEMPFAIL) a stop signal (SIGTERM, SIGUSR1, SIGUSR2) made it write a
 checkpoint and stop early: run the same command again to resume.
@@ -21,7 +22,13 @@ from pathlib import Path
 from pose.caches import use_cache_folders
 from pose.config import ConfigError, config_yaml, load_config
 from pose.data.shards import ShardError
-from pose.engine.distributed import DistributedSetupError, init_distributed, shutdown
+from pose.engine.distributed import (
+    DistributedSetupError,
+    init_distributed,
+    is_collective_failure,
+    shutdown,
+    where_am_i,
+)
 from pose.engine.errors import CheckpointError, TrainingError
 from pose.engine.trainer import train
 from pose.eval.evaluate import print_metrics
@@ -56,6 +63,16 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_NOT_STARTED
     except TrainingError as e:
         print(f"train: stopped: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    except RuntimeError as e:
+        if not is_collective_failure(e):
+            raise
+        print(
+            f"train: error: a collective failed on {where_am_i()}: {str(e).splitlines()[0]}\n"
+            "train: another rank has died, hung or lost its link (launch.collective_timeout_s "
+            "bounds the wait); run the same command again to resume from the last checkpoint",
+            file=sys.stderr,
+        )
         return EXIT_FAILED
     finally:
         shutdown()

@@ -74,6 +74,9 @@ class ModelConfig:
     attention_kernel: int = 1  # k of the shared mean-field kernel
     attention_steps: int = 3  # T mean-field iterations
     pretrained: str = ""  # local path to torchvision ImageNet ResNet weights; "" = random init
+    # BatchNorm over the global batch (SyncBatchNorm) when several ranks train: for small
+    # per-device batches. Needs GPUs (torch's SyncBatchNorm has no CPU kernel).
+    sync_bn: bool = False
 
     def check(self) -> None:
         if not 1 <= self.deconv_layers <= 5:
@@ -196,6 +199,14 @@ class LogConfig:
 class LaunchConfig:
     dist_backend: Literal["auto", "nccl", "gloo"] = "auto"  # auto: nccl on GPUs, gloo on CPU
     keep_freed_memory: bool = True  # glibc keeps freed memory for reuse (see distributed.py)
+    # How long a rank waits in one collective before it fails, naming itself and its host. The
+    # longest legitimate wait is the others waiting while rank 0 scores a full COCO val
+    # (pycocotools, 1-2 minutes) or writes a checkpoint: 10 minutes is five times that, and a
+    # lost host is reported after 10 minutes instead of torch's 30 (gloo).
+    collective_timeout_s: float = 600.0
+
+    def check(self) -> None:
+        check_positive("launch.collective_timeout_s", self.collective_timeout_s)
 
 
 @dataclass

@@ -68,3 +68,74 @@ def test_freed_memory_is_kept_for_the_next_step(keep, clean_env):
         assert mapped_mb == 0 and kept_mb >= 19
     else:  # glibc's default: fresh pages mapped for it, returned when freed
         assert mapped_mb >= 19 and kept_mb < 5
+
+
+def _batchnorm_ranks(rank: int, port: int, queue) -> None:
+    """One of two gloo ranks: BatchNorm statistics from different data, then averaged."""
+    import os
+
+    import torch
+    import torch.distributed as dist
+
+    from pose.engine.distributed import average_batchnorm_statistics
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    torch.manual_seed(rank)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU())
+    model.append(torch.nn.BatchNorm2d(4))
+    for _ in range(3):
+        model(torch.randn(8, 3, 9, 9) * (1 + rank) + 5 * rank)
+    before = [b.clone() for n, b in model.named_buffers() if "running" in n]
+    layers = average_batchnorm_statistics(model)
+    after = [b.clone() for n, b in model.named_buffers() if "running" in n]
+    queue.put((rank, layers, before, after))
+    dist.destroy_process_group()
+
+
+def test_batchnorm_statistics_are_the_mean_over_ranks():
+    import torch
+    import torch.multiprocessing as mp
+
+    from pose.engine.distributed import free_port
+
+    context = mp.get_context("spawn")
+    queue = context.Queue()
+    port = free_port()
+    procs = [context.Process(target=_batchnorm_ranks, args=(r, port, queue)) for r in (0, 1)]
+    for p in procs:
+        p.start()
+    results = dict(
+        (r, (layers, before, after))
+        for r, layers, before, after in (queue.get(timeout=120) for _ in procs)
+    )
+    for p in procs:
+        p.join(timeout=60)
+    (layers0, before0, after0), (layers1, before1, after1) = results[0], results[1]
+    assert layers0 == layers1 == 2
+    assert not torch.allclose(before0[0], before1[0])  # the ranks saw different data
+    for b0, b1, a0, a1 in zip(before0, before1, after0, after1, strict=True):
+        torch.testing.assert_close(a0, (b0 + b1) / 2)
+        torch.testing.assert_close(a1, a0, rtol=0, atol=0)
+
+
+def test_sync_bn_converts_for_gpus_and_is_refused_on_cpus():
+    import torch
+
+    from pose.config import ModelConfig
+    from pose.engine.distributed import DistEnv, use_sync_batchnorm
+    from pose.models import build_model
+
+    model = build_model(ModelConfig(backbone="resnet18", deconv_filters=32), 17)
+    keys = list(model.state_dict())
+    one = DistEnv(0, 1, 0, torch.device("cpu"), "gloo", "single")
+    assert use_sync_batchnorm(model, True, one) is model
+    cpus = DistEnv(0, 2, 0, torch.device("cpu"), "gloo", "torchrun")
+    with pytest.raises(DistributedSetupError, match=r"model\.sync_bn=true needs GPUs"):
+        use_sync_batchnorm(model, True, cpus)
+    assert use_sync_batchnorm(model, False, cpus) is model
+    gpus = DistEnv(0, 2, 0, torch.device("cuda", 0), "nccl", "torchrun")
+    synced = use_sync_batchnorm(model, True, gpus)
+    kinds = {type(m).__name__ for m in synced.modules() if "BatchNorm" in type(m).__name__}
+    assert kinds == {"SyncBatchNorm"}
+    assert list(synced.state_dict()) == keys  # checkpoints stay interchangeable

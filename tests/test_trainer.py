@@ -2,7 +2,9 @@
 resuming to the same weights, a NaN loss stopping the run, and what the loop derives from one
 step counter."""
 
+import contextlib
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -224,6 +226,52 @@ def test_ranks_die_with_their_killed_agent_and_free_the_folder(
     wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in ranks), timeout=30)
     again = run_python([*args[:-1], "train.epochs=100", "train.max_steps=4"], timeout=300)
     assert again.returncode == 0, again.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_a_hung_rank_is_reported_with_rank_and_host_within_the_timeout(
+    shards, tmp_path, tiny_overrides, clean_env
+):
+    """Rank 1 frozen (SIGSTOP) mid-run: rank 0's next gradient all-reduce fails after
+    launch.collective_timeout_s, naming itself and its host, and the job ends (exit 1)."""
+    import socket
+
+    from pose.engine.distributed import free_port
+
+    run = tmp_path / "run"
+    torchrun = ["-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    torchrun += ["--master_port", str(free_port())]
+    extra = {"train.epochs": 100, "launch.collective_timeout_s": 10}
+    args = [*TRAIN, *tiny_overrides(shards, run, **extra)]
+    agent = subprocess.Popen(
+        [sys.executable, *torchrun, *args],
+        cwd=ROOT,
+        env=clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    ranks = []
+    try:
+        wait_for(lambda: progressed(run, 2))
+        children = Path(f"/proc/{agent.pid}/task/{agent.pid}/children").read_text().split()
+        ranks = [int(p) for p in children]
+        rank1 = next(p for p in ranks if b"RANK=1\0" in Path(f"/proc/{p}/environ").read_bytes())
+        os.kill(rank1, signal.SIGSTOP)
+        frozen = time.time()
+        _, stderr = agent.communicate(timeout=240)
+        waited = time.time() - frozen
+    finally:
+        for pid in ranks:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+                os.kill(pid, signal.SIGKILL)
+        if agent.poll() is None:
+            agent.kill()
+    assert agent.returncode != 0
+    host = socket.gethostname()
+    assert f"train: error: a collective failed on rank 0 of 2 on {host}" in stderr, stderr[-3000:]
+    assert 10 <= waited < 120  # the timeout, then torchrun's teardown
 
 
 def test_samples_that_do_not_decode_are_named_counted_and_bounded(

@@ -94,7 +94,7 @@ def keep_freed_memory() -> bool:
     return bool(mallopt(m_mmap_threshold, 32 << 20)) and bool(mallopt(m_trim_threshold, 1 << 30))
 
 
-def init_distributed(cfg: LaunchConfig, timeout_minutes: float = 30) -> DistEnv:
+def init_distributed(cfg: LaunchConfig) -> DistEnv:
     """Read the environment, export torchrun-style variables (DeepSpeed reads them too), pick the
     device and backend (nccl on GPUs, gloo on CPU), and start torch.distributed when world > 1.
     Tunes the allocator (`keep_freed_memory`) when `cfg.keep_freed_memory`."""
@@ -125,7 +125,10 @@ def init_distributed(cfg: LaunchConfig, timeout_minutes: float = 30) -> DistEnv:
         from datetime import timedelta
 
         dist.init_process_group(
-            backend, rank=rank, world_size=world, timeout=timedelta(minutes=timeout_minutes)
+            backend,
+            rank=rank,
+            world_size=world,
+            timeout=timedelta(seconds=cfg.collective_timeout_s),
         )
     return DistEnv(rank, world, local, device, backend, found["SOURCE"])
 
@@ -202,3 +205,67 @@ def barrier() -> None:
 def shutdown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+COLLECTIVE_FAILURE_MARKS = ("gloo", "NCCL", "Connection reset", "Connection closed", "Timed out")
+
+
+def is_collective_failure(error: BaseException) -> bool:
+    """Whether `error` is a collective that timed out or lost its peer (gloo raises plain
+    RuntimeErrors that name its transport; NCCL raises DistBackendError)."""
+    if isinstance(error, dist.DistError):
+        return True
+    return isinstance(error, RuntimeError) and any(
+        m in str(error) for m in COLLECTIVE_FAILURE_MARKS
+    )
+
+
+def use_sync_batchnorm(model: torch.nn.Module, wanted: bool, env: DistEnv) -> torch.nn.Module:
+    """`model` with SyncBatchNorm (statistics of the global batch) when `wanted` and several
+    ranks train; its state dict keeps BatchNorm's names, so checkpoints stay interchangeable."""
+    if not wanted or env.world_size == 1:
+        return model
+    if env.device.type == "cpu":
+        raise DistributedSetupError(
+            "model.sync_bn=true needs GPUs: torch's SyncBatchNorm has no CPU kernel; with "
+            "model.sync_bn=false each rank normalises its own batch and the running statistics "
+            "are averaged over ranks at every evaluation and checkpoint"
+        )
+    return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
+def where_am_i() -> str:
+    """'rank R of W on HOST' for error messages (host: this process's name and address)."""
+    rank = dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", "0"))
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    return f"rank {rank} of {world} on {socket.gethostname()}"
+
+
+def average_batchnorm_statistics(model: torch.nn.Module) -> int:
+    """Make every rank's BatchNorm running mean and variance the mean over ranks; returns how
+    many layers. Each rank's running statistics are an exponential average of the batches it
+    saw; the average over ranks is the same exponential average of the ranks' mean batch
+    statistics (the update is linear), so averaging whenever they are used (evaluation, a
+    checkpoint) gives the same values as averaging every step, and a resumed run the same as
+    an uninterrupted one. Rank 0's alone (what a DeepSpeed checkpoint would keep) would rest on
+    1/W of the data. The variance is the mean of the ranks' variances: the spread between the
+    ranks' means is left out, as in timm's distribute_bn."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return 0
+    layers = [
+        m
+        for m in model.modules()
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.running_mean is not None
+    ]
+    if not layers:
+        return 0
+    stats = [t for m in layers for t in (m.running_mean, m.running_var)]
+    flat = torch.cat([t.detach().reshape(-1).float() for t in stats])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    offset = 0
+    with torch.no_grad():
+        for t in stats:
+            t.copy_(flat[offset : offset + t.numel()].view_as(t))
+            offset += t.numel()
+    return len(layers)

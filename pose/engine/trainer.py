@@ -28,7 +28,15 @@ from pose.engine.deepspeed_adapter import (
     deepspeed_config,
     resolve_precision,
 )
-from pose.engine.distributed import DistEnv, any_rank, barrier, init_distributed, sum_over_ranks
+from pose.engine.distributed import (
+    DistEnv,
+    any_rank,
+    average_batchnorm_statistics,
+    barrier,
+    init_distributed,
+    sum_over_ranks,
+    use_sync_batchnorm,
+)
 from pose.engine.errors import TrainingError
 from pose.engine.evaluator import Evaluator
 from pose.engine.loss import joints_mse_loss
@@ -90,9 +98,10 @@ class Trainer:
         batches = self.train_loader.batches_per_epoch
         self.plan = StepPlan.of(cfg.train, batches, env.world_size)
         self.images_per_step = images_per_step(cfg.train, env.world_size)
-        self.model = prepare_model(
-            build_model(cfg.model, self.layout.num_joints), cfg.train, env.device
+        model = use_sync_batchnorm(
+            build_model(cfg.model, self.layout.num_joints), cfg.model.sync_bn, env
         )
+        self.model = prepare_model(model, cfg.train, env.device)
         self.engine = self._build_engine()
         apply_memory_format(self.model, cfg.train, env.device)
         self.checkpointer = Checkpointer(run, self.engine, cfg.train, self.plan, env.is_main)
@@ -166,7 +175,10 @@ class Trainer:
                     self._log_step(metrics, bar)
                 bar.update(1)
                 improved = False
-                if self.evaluator.due(state.step) and not stopping:
+                evaluating = self.evaluator.due(state.step) and not stopping
+                if evaluating or self.checkpointer.due(state.step, stopping):
+                    average_batchnorm_statistics(self.model)  # one set, used and saved
+                if evaluating:
                     last_eval = self.evaluator.evaluate(self.model, state.step, self.autocast)
                     improved = last_eval.get("AP", -1.0) >= state.best_ap  # the same on all ranks
                     state.best_ap = max(state.best_ap, last_eval.get("AP", -1.0))
