@@ -1,11 +1,23 @@
 #!/usr/bin/env bash
 # A one-node Slurm cluster on localhost, for tests and for trying sweeps on one machine.
 #
-#   slurm/local-cluster.sh start    install (apt, when missing) and start munged, MariaDB,
+#   slurm/local-cluster.sh start [--hosts N]
+#                                   install (apt, when missing) and start munged, MariaDB,
 #                                   slurmdbd, slurmctld and slurmd; prints the SLURM_CONF line
 #   slurm/local-cluster.sh status   which of its daemons run, and sinfo
 #   slurm/local-cluster.sh env      the `export SLURM_CONF=...` line for clients (sbatch, srun)
-#   slurm/local-cluster.sh stop     stop the daemons this script started (by their pid files)
+#   slurm/local-cluster.sh stop     stop the daemons this script started (by their pid files),
+#                                   and remove the hosts' namespaces, links and hosts files
+#
+# With --hosts N (N >= 1) the cluster has N hosts h1..hN, each its own Linux network namespace
+# and UTS namespace (its own host name) with one slurmd, joined by a bridge through veth pairs.
+# Addresses come from 198.18.0.0/15 (RFC 2544's benchmark range): $POSESCALE_SLURM_NET.1 is the
+# controller's side of the bridge (slurmctld stays in this machine's namespace), host i is
+# $POSESCALE_SLURM_NET.(10+i); the namespaces have no default route, so nothing leaves the
+# machine. A host's processes also get their own mount namespace, in which $DIR/etc/etc-hosts is
+# bound over /etc/hosts, so h1..hN resolve on every host (the file itself is not changed). Run
+# a command on a host with `slurm/local-cluster.sh exec h2 CMD...`. Needs root, `ip` and
+# util-linux's nsenter and unshare.
 #
 # Everything (config, state, logs, sockets, database) lives in $POSESCALE_SLURM_DIR (default
 # /tmp/posescale-slurm); nothing under /etc is changed, and daemons it did not start are left
@@ -19,7 +31,10 @@
 set -euo pipefail
 
 DIR=${POSESCALE_SLURM_DIR:-${TMPDIR:-/tmp}/posescale-slurm}
+NET=${POSESCALE_SLURM_NET:-198.18.0}
 CLUSTER=posescale
+TAG=$(printf '%s' "$DIR" | md5sum | cut -c1-6)  # names this cluster's links and namespaces
+BRIDGE=psbr$TAG
 PACKAGES=(slurmctld slurmd slurm-client slurmdbd munge mariadb-server)
 DAEMONS=(slurmd slurmctld slurmdbd mariadbd munged)  # stop order
 
@@ -81,7 +96,7 @@ write_configs() {
     local auth="AuthInfo=socket=$DIR/munge/munge.socket"
     cat >"$DIR/etc/slurm.conf" <<EOF
 ClusterName=$CLUSTER
-SlurmctldHost=$host(127.0.0.1)
+SlurmctldHost=$host($(controller_addr))
 SlurmctldPort=$ctld_port
 SlurmdPort=$slurmd_port
 SlurmUser=root
@@ -90,11 +105,11 @@ AuthType=auth/munge
 $auth
 CredType=cred/munge
 StateSaveLocation=$DIR/state/ctld
-SlurmdSpoolDir=$DIR/state/slurmd
+SlurmdSpoolDir=$DIR/state/slurmd%n
 SlurmctldPidFile=$DIR/run/slurmctld.pid
-SlurmdPidFile=$DIR/run/slurmd.pid
+SlurmdPidFile=$DIR/run/slurmd$(pid_suffix).pid
 SlurmctldLogFile=$DIR/log/slurmctld.log
-SlurmdLogFile=$DIR/log/slurmd.log
+SlurmdLogFile=$DIR/log/slurmd%n.log
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 MpiDefault=none
@@ -117,8 +132,7 @@ AccountingStoragePort=$dbd_port
 AccountingStoragePass=$DIR/munge/munge.socket
 JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/none
-NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem State=UNKNOWN
-PartitionName=local Nodes=$host Default=YES MaxTime=INFINITE State=UP
+$(node_lines "$host" "$cpus" "$mem")
 EOF
     cat >"$DIR/etc/slurmdbd.conf" <<EOF
 AuthType=auth/munge
@@ -138,6 +152,90 @@ StorageLoc=slurm_acct_db
 EOF
     chmod 600 "$DIR/etc/slurmdbd.conf"
     echo "$db_port" >"$DIR/etc/db_port"
+}
+
+hosts() { [[ -f $DIR/etc/hosts ]] && cat "$DIR/etc/hosts"; return 0; }  # h1..hN, one a line
+host_count() { hosts | grep -c . || true; }
+netns_of() { echo "ps$TAG-$1"; }
+addr_of() { echo "$NET.$((10 + ${1#h}))"; }
+controller_addr() { if (($(host_count))); then echo "$NET.1"; else echo 127.0.0.1; fi; }
+pid_suffix() { if (($(host_count))); then echo "-%n"; fi; }
+
+node_lines() {  # NodeName and PartitionName lines: this machine, or the namespace hosts
+    local host=$1 cpus=$2 mem=$3 count
+    count=$(host_count)
+    if ((count == 0)); then
+        echo "NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem State=UNKNOWN"
+        echo "PartitionName=local Nodes=$host Default=YES MaxTime=INFINITE State=UP"
+        return
+    fi
+    local h
+    for h in $(hosts); do
+        echo "NodeName=$h NodeAddr=$(addr_of "$h") CPUs=$cpus RealMemory=$((mem / count)) State=UNKNOWN"
+    done
+    echo "PartitionName=local Nodes=h[1-$count] Default=YES MaxTime=INFINITE State=UP"
+}
+
+make_hosts() {  # the bridge, and per host a namespace, a veth pair, an address, a hosts file
+    local count=$1 h ns i
+    [[ $(id -u) == 0 ]] || die "--hosts needs root (network namespaces)"
+    command -v ip >/dev/null || die "--hosts needs the ip command (iproute2)"
+    : >"$DIR/etc/hosts"
+    ip link add "$BRIDGE" type bridge || die "cannot create the bridge $BRIDGE (no CAP_NET_ADMIN?)"
+    echo "link $BRIDGE" >>"$DIR/etc/made"
+    ip addr add "$NET.1/24" dev "$BRIDGE"
+    ip link set "$BRIDGE" up
+    {
+        echo "127.0.0.1 localhost"
+        echo "$NET.1 $(hostname -s)"
+        for ((i = 1; i <= count; i++)); do echo "$NET.$((10 + i)) h$i"; done
+    } >"$DIR/etc/etc-hosts"
+    for ((i = 1; i <= count; i++)); do
+        h=h$i ns=$(netns_of "h$i")
+        ip netns add "$ns" || die "cannot create the network namespace $ns"
+        echo "netns $ns" >>"$DIR/etc/made"
+        ip link add "v$TAG$h" type veth peer name eth0 netns "$ns"
+        ip link set "v$TAG$h" master "$BRIDGE" up
+        ip -n "$ns" addr add "$(addr_of "$h")/24" dev eth0
+        ip -n "$ns" link set eth0 up
+        ip -n "$ns" link set lo up
+        mkdir -p "$DIR/state/slurmd$h"
+        echo "$h" >>"$DIR/etc/hosts"
+    done
+}
+
+remove_hosts() {  # what make_hosts recorded, in reverse
+    [[ -f $DIR/etc/made ]] || return 0
+    local kind name
+    tac "$DIR/etc/made" | while read -r kind name; do
+        case $kind in
+        netns) ip netns del "$name" 2>/dev/null || true ;;
+        link) ip link del "$name" 2>/dev/null || true ;;
+        esac
+    done
+    rm -f "$DIR/etc/made"
+}
+
+on_host() {  # on_host hN CMD...: run CMD in host hN's namespaces, with its host name
+    local h=$1
+    shift
+    hosts | grep -qx "$h" || die "no host '$h' in this cluster (hosts: $(hosts | tr '\n' ' '))"
+    # nsenter, not `ip netns exec`: that one remounts /sys, hiding the cgroup file system slurmd
+    # reads.
+    nsenter --net="/run/netns/$(netns_of "$h")" unshare --uts --mount --propagation private \
+        bash -c 'hostname "$0" && mount --bind "$1" /etc/hosts && shift && exec "$@"' \
+        "$h" "$DIR/etc/etc-hosts" "$@"
+}
+
+start_slurmds() {
+    local h
+    if (($(host_count) == 0)); then
+        slurmd -f "$SLURM_CONF"
+        return
+    fi
+    for h in $(hosts); do
+        on_host "$h" slurmd -f "$SLURM_CONF"
+    done
 }
 
 start_munge() {
@@ -166,7 +264,12 @@ start_database() {
 }
 
 start() {
-    if pid_of slurmctld >/dev/null || pid_of slurmd >/dev/null; then
+    local count=0
+    if [[ ${1:-} == --hosts ]]; then
+        count=${2:-}
+        [[ $count =~ ^[1-9][0-9]?$ ]] || die "--hosts wants a number of hosts (1-99), got '$count'"
+    fi
+    if pid_of slurmctld >/dev/null; then
         log "already running in $DIR"
         print_env
         return 0
@@ -178,7 +281,8 @@ start() {
         die "$DIR exists and is not a cluster folder of this script; set POSESCALE_SLURM_DIR elsewhere"
     fi
     rm -rf "$DIR"
-    mkdir -p "$DIR"/{etc,run,log,munge,db,state/ctld,state/slurmd}
+    mkdir -p "$DIR"/{etc,run,log,munge,db,state/ctld,"state/slurmd$(hostname -s)"}
+    ((count == 0)) || make_hosts "$count"
     write_configs
     export SLURM_CONF=$DIR/etc/slurm.conf
     start_munge
@@ -188,9 +292,11 @@ start() {
     sacctmgr -i add cluster "$CLUSTER" >/dev/null 2>&1 || true
     slurmctld -i -f "$SLURM_CONF"
     wait_for 30 slurmctld scontrol ping
-    slurmd -f "$SLURM_CONF"
-    wait_for 30 "the node" bash -c "sinfo -h -o %T | grep -qE '^(idle|mixed|allocated)'"
-    log "started in $DIR"
+    start_slurmds
+    local nodes=$((count > 0 ? count : 1))
+    wait_for 30 "the node(s)" bash -c \
+        "(( \$(sinfo -h -N -o %T | grep -cE '^(idle|mixed|allocated)') == $nodes ))"
+    log "started in $DIR$( ((count)) && echo " with $count hosts: $(hosts | tr '\n' ' ')")"
     print_env
 }
 
@@ -224,10 +330,16 @@ end_jobs() {  # cancel this cluster's jobs, then end what is left of their proce
     log "ended ${#tree[@]} leftover job process(es)"
 }
 
+daemons() {  # this cluster's daemons, in stop order
+    local h
+    if (($(host_count))); then for h in $(hosts); do echo "slurmd-$h"; done; fi
+    printf '%s\n' "${DAEMONS[@]}"
+}
+
 stop() {
     end_jobs
     local stopped=()
-    for daemon in "${DAEMONS[@]}"; do
+    for daemon in $(daemons); do
         local pid
         if pid=$(pid_of "$daemon"); then
             kill "$pid" 2>/dev/null || true
@@ -240,12 +352,15 @@ stop() {
         fi
         rm -f "$DIR/run/$daemon.pid"
     done
+    remove_hosts
     log "stopped: ${stopped[*]:-nothing was running}"
 }
 
 status() {
-    local up=0
-    for daemon in "${DAEMONS[@]}"; do
+    local up=0 all
+    all=$(daemons | grep -vx slurmd | grep -c . || true)
+    (($(host_count))) || all=$((all + 1))
+    for daemon in $(daemons | { (($(host_count))) && grep -vx slurmd || cat; }); do
         if pid=$(pid_of "$daemon"); then
             echo "$daemon: running (pid $pid)"
             up=$((up + 1))
@@ -253,7 +368,7 @@ status() {
             echo "$daemon: not running"
         fi
     done
-    if ((up == ${#DAEMONS[@]})); then
+    if ((up == all)); then
         SLURM_CONF=$DIR/etc/slurm.conf sinfo
         return 0
     fi
@@ -263,12 +378,13 @@ status() {
 print_env() { echo "export SLURM_CONF=$DIR/etc/slurm.conf"; }
 
 case "${1:-}" in
-start) start ;;
+start) start "${@:2}" ;;
+exec) on_host "${@:2}" ;;
 stop) stop ;;
 status) status ;;
 env) print_env ;;
 *)
-    echo "usage: $0 start|stop|status|env   (state in \$POSESCALE_SLURM_DIR, now $DIR)" >&2
+    echo "usage: $0 start [--hosts N]|stop|status|env|exec HOST CMD...   (state in \$POSESCALE_SLURM_DIR, now $DIR)" >&2
     exit 2
     ;;
 esac

@@ -1,10 +1,14 @@
-"""Shared test fixtures: the real COCO fixtures (outside the project) and a small synthetic set."""
+"""Shared test fixtures: the real COCO fixtures (outside the project), a small synthetic set,
+and the local Slurm cluster (one node, or several namespace hosts)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -136,3 +140,80 @@ def sweep_cli(run_python):
         return run_python(["launch/sweep.py", *args], env=env, timeout=timeout)
 
     return run
+
+
+def why_no_slurm() -> str | None:
+    """Why slurm/local-cluster.sh cannot run here (None: it can, installing Slurm if need be)."""
+    have = all(shutil.which(b) for b in ("slurmctld", "slurmd", "sbatch", "munged", "slurmdbd"))
+    if have:
+        return None
+    if os.geteuid() != 0:
+        return "Slurm is not installed and this user is not root (cannot apt-get install it)"
+    if not shutil.which("apt-get"):
+        return "Slurm is not installed and there is no apt-get to install it"
+    return None
+
+
+def why_no_namespaces() -> str | None:
+    """Why the hosts of `local-cluster.sh start --hosts N` cannot be made here (None: they can,
+    tried by making and removing one network namespace)."""
+    if os.geteuid() != 0:
+        return "network namespaces need root"
+    missing = [b for b in ("ip", "nsenter", "unshare") if not shutil.which(b)]
+    if missing:
+        return f"no {', '.join(missing)} on this machine (iproute2, util-linux)"
+    name = f"posescale-probe-{os.getpid()}"
+    made = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
+    if made.returncode != 0:
+        return f"cannot create a network namespace: {made.stderr.strip()}"
+    subprocess.run(["ip", "netns", "del", name], capture_output=True)
+    return None
+
+
+def skip_or_fail(reason: str | None) -> None:
+    """Skip with `reason`, except under CI=true, where it is a failure."""
+    if reason:
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+
+
+@dataclass(frozen=True)
+class SlurmCluster:
+    conf: dict[str, str]  # what a command needs to reach it (SLURM_CONF)
+    env: dict[str, str]  # a clean environment with it
+    script_env: dict[str, str]  # what local-cluster.sh needs to find it (POSESCALE_SLURM_DIR)
+
+    def run(self, *args) -> str:
+        done = subprocess.run(list(args), env=self.env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, f"{args}: {done.stderr}"
+        return done.stdout
+
+    def on_host(self, host: str, args: list, **popen) -> subprocess.Popen:
+        """Start `args` on one of the cluster's namespace hosts."""
+        script = ["bash", str(ROOT / "slurm" / "local-cluster.sh"), "exec", host]
+        return subprocess.Popen([*script, *map(str, args)], env=self.script_env, **popen)
+
+
+@contextlib.contextmanager
+def local_slurm(state: Path, clean_env, hosts: int = 0):
+    """slurm/local-cluster.sh's cluster in `state` (with `hosts` namespace hosts, or this
+    machine as its one node); stopped afterwards, its own daemons and hosts only."""
+    skip_or_fail(why_no_slurm() or (why_no_namespaces() if hosts else None))
+    env = {**os.environ, "POSESCALE_SLURM_DIR": str(state)}
+    script = ["bash", str(ROOT / "slurm" / "local-cluster.sh")]
+    start = [*script, "start", *(["--hosts", str(hosts)] if hosts else [])]
+    started = subprocess.run(start, env=env, capture_output=True, text=True, timeout=900)
+    try:
+        if started.returncode != 0:
+            logs = "\n".join(
+                f"== {p.name}\n{p.read_text()[-2000:]}"
+                for p in sorted((state / "log").glob("*.log"))
+            )
+            pytest.fail(f"local Slurm did not start: {started.stderr}\n{logs}")
+        conf = {"SLURM_CONF": str(state / "etc" / "slurm.conf")}
+        yield SlurmCluster(
+            conf, clean_env(**conf), clean_env(**conf, POSESCALE_SLURM_DIR=str(state))
+        )
+    finally:
+        subprocess.run([*script, "stop"], env=env, capture_output=True, timeout=120)

@@ -5,14 +5,13 @@ cancel."""
 import json
 import os
 import pickle
-import shutil
 import subprocess
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import local_slurm
 
 from pose.sweep.submit import read_manifest
 from pose.tracking import read_metrics
@@ -91,53 +90,12 @@ def test_local_sweep_runs_and_compares_without_slurm(
     assert picture.shape == (4 * (2 * 96 + 4), 6 * 2 * 64, 3)
 
 
-def _why_no_slurm() -> str | None:
-    have = all(shutil.which(b) for b in ("slurmctld", "slurmd", "sbatch", "munged", "slurmdbd"))
-    if have:
-        return None
-    if os.geteuid() != 0:
-        return "Slurm is not installed and this user is not root (cannot apt-get install it)"
-    if not shutil.which("apt-get"):
-        return "Slurm is not installed and there is no apt-get to install it"
-    return None
-
-
-@dataclass(frozen=True)
-class SlurmCluster:
-    conf: dict[str, str]  # what a command needs to reach it (SLURM_CONF)
-    env: dict[str, str]  # a clean environment with it
-
-    def run(self, *args) -> str:
-        done = subprocess.run(list(args), env=self.env, capture_output=True, text=True, timeout=60)
-        assert done.returncode == 0, f"{args}: {done.stderr}"
-        return done.stdout
-
-
 @pytest.fixture(scope="module")
 def slurm(tmp_path_factory, clean_env):
     """A one-node Slurm cluster of our own for this module; stopped (only its own daemons)
     afterwards. Skips where it cannot run, except under CI=true."""
-    reason = _why_no_slurm()
-    if reason:
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    state = tmp_path_factory.mktemp("slurm")
-    env = {**os.environ, "POSESCALE_SLURM_DIR": str(state)}
-    script = ["bash", str(ROOT / "slurm" / "local-cluster.sh")]
-    started = subprocess.run(
-        [*script, "start"], env=env, capture_output=True, text=True, timeout=900
-    )
-    if started.returncode != 0:
-        logs = "\n".join(
-            f"== {p.name}\n{p.read_text()[-2000:]}" for p in sorted((state / "log").glob("*.log"))
-        )
-        pytest.fail(f"local Slurm did not start: {started.stderr}\n{logs}")
-    conf = {"SLURM_CONF": str(state / "etc" / "slurm.conf")}
-    try:
-        yield SlurmCluster(conf, clean_env(**conf))
-    finally:
-        subprocess.run([*script, "stop"], env=env, capture_output=True, timeout=120)
+    with local_slurm(tmp_path_factory.mktemp("slurm"), clean_env) as cluster:
+        yield cluster
 
 
 def wait_until(predicate, timeout: float, what: str, poll: float = 0.5):

@@ -197,6 +197,15 @@ def sum_over_ranks(values: list[float], env: DistEnv) -> list[float]:
     return total.tolist()
 
 
+def rank_hosts(env: DistEnv) -> list[str]:
+    """The host name of every rank, in rank order (a collective)."""
+    if env.world_size == 1:
+        return [socket.gethostname()]
+    names: list[str] = [""] * env.world_size
+    dist.all_gather_object(names, socket.gethostname())
+    return names
+
+
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()

@@ -34,6 +34,7 @@ from pose.engine.distributed import (
     average_batchnorm_statistics,
     barrier,
     init_distributed,
+    rank_hosts,
     sum_over_ranks,
     use_sync_batchnorm,
 )
@@ -304,6 +305,7 @@ class Trainer:
             "budget_images": self.cfg.train.budget_images,
             "budget_minutes": self.cfg.train.budget_minutes,
             "world_size": env.world_size,
+            "hosts": rank_hosts(env),  # of each rank
             "precision": self.precision,
             "launcher": env.source,
             "resumed": self.resumed is not None,

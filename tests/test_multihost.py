@@ -1,0 +1,140 @@
+"""Several hosts for real: slurm/local-cluster.sh's namespace hosts (each its own network and
+host name, joined by a bridge on 198.18.0.0/24), one run trained across two of them through
+Slurm and through two torchrun agents started by hand, against the same run on one host."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import local_slurm
+
+from pose.engine.deepspeed_adapter import MODEL_STATES_FILE
+from pose.engine.distributed import free_port
+from pose.run_folder import RunFolder
+from pose.tracking import read_metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN = ["launch/train.py", "--config", "configs/demo.yaml"]
+STEPS = 6
+
+
+@pytest.fixture(scope="module")
+def two_hosts(tmp_path_factory, clean_env):
+    with local_slurm(tmp_path_factory.mktemp("slurm"), clean_env, hosts=2) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def one_host_run(shards, tmp_path_factory, tiny_overrides, run_python):
+    """The reference: the same two ranks under torchrun on this machine alone."""
+    run = tmp_path_factory.mktemp("one-host") / "run"
+    torchrun = ["-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    torchrun += ["--master_port", str(free_port())]
+    overrides = tiny_overrides(shards, run, **{"train.max_steps": STEPS})
+    done = run_python([*torchrun, *TRAIN, *overrides], timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return run
+
+
+def final_weights(run_dir: Path) -> dict:
+    run = RunFolder(run_dir)
+    path = run.checkpoint(run.latest_tag()) / MODEL_STATES_FILE
+    return torch.load(path, map_location="cpu", weights_only=True)["module"]
+
+
+def assert_same_run(run: Path, reference: Path) -> None:
+    """Same steps, losses and final weights as the one-host run: the ranks read the same
+    disjoint parts of the data and the all-reduce sums the same gradients, only over TCP between
+    namespaces instead of within one. Tolerance 1e-6 (float sums in another order would show
+    ~1e-7; a rank reading the other's data or a missing all-reduce, ~1e-3)."""
+    losses = [
+        [(r["step"], r["loss"]) for r in read_metrics(folder) if r["split"] == "train"]
+        for folder in (run, reference)
+    ]
+    assert [s for s, _ in losses[0]] == [s for s, _ in losses[1]] == [2, 4, 6]
+    assert [loss for _, loss in losses[0]] == pytest.approx([loss for _, loss in losses[1]])
+    mine, theirs = final_weights(run), final_weights(reference)
+    assert mine.keys() == theirs.keys()
+    for key in mine:
+        torch.testing.assert_close(mine[key], theirs[key], rtol=0, atol=1e-6, msg=key)
+
+
+@pytest.mark.slow
+def test_sbatch_trains_one_run_across_two_hosts(
+    two_hosts, shards, tmp_path, tiny_overrides, one_host_run
+):
+    run = tmp_path / "run"
+    log = tmp_path / "job.out"
+    overrides = tiny_overrides(shards, run, **{"train.max_steps": STEPS})
+    env = {**two_hosts.env, "CONFIG": "configs/demo.yaml", "RUN_DIR": str(run)}
+    submitted = subprocess.run(
+        ["sbatch", "--parsable", "--wait", "--nodes=2", "--gpus-per-node=0"]
+        + ["--cpus-per-task=1", "--mem=2G", f"--output={log}", "slurm/train.sbatch", *overrides],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    output = log.read_text(errors="replace") if log.is_file() else ""
+    assert submitted.returncode == 0, submitted.stderr + output[-3000:]
+    assert "on h[1-2]: 2 node(s) x 1 process(es)" in output
+    start = next(r for r in read_metrics(run) if r["split"] == "run")
+    assert start["hosts"] == ["h1", "h2"] and start["launcher"] == "torchrun"
+    assert_same_run(run, one_host_run)
+
+
+@pytest.mark.slow
+def test_torchrun_by_hand_on_two_hosts_with_c10d_rendezvous(
+    two_hosts, shards, tmp_path, tiny_overrides, one_host_run
+):
+    """One agent per host; the rendezvous store is served by h1's agent, found by matching its
+    host name (h1 resolves to its bridge address on every host)."""
+    run = tmp_path / "run"
+    overrides = tiny_overrides(shards, run, **{"train.max_steps": STEPS})
+    rendezvous = ["--rdzv_backend", "c10d", "--rdzv_endpoint", f"h1:{free_port()}"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2"]
+    torchrun += ["--nproc_per_node", "1", *rendezvous, "--rdzv_id", "by-hand"]
+    agents = {
+        host: two_hosts.on_host(
+            host,
+            [*torchrun, *TRAIN, *overrides],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for host in ("h1", "h2")
+    }
+    try:
+        outputs = {host: agent.communicate(timeout=600)[0] for host, agent in agents.items()}
+    finally:
+        for agent in agents.values():
+            if agent.poll() is None:
+                agent.kill()
+    for host, agent in agents.items():
+        assert agent.returncode == 0, f"{host}:\n{outputs[host][-3000:]}"
+    start = next(r for r in read_metrics(run) if r["split"] == "run")
+    assert start["hosts"] == ["h1", "h2"]
+    assert_same_run(run, one_host_run)
+
+
+def test_the_hosts_see_each_other_and_nothing_else(two_hosts):
+    """Each host has its own name and address, reaches the other through the bridge, and has
+    no default route."""
+    port = next(
+        line.split("=")[1]
+        for line in Path(two_hosts.conf["SLURM_CONF"]).read_text().splitlines()
+        if line.startswith("SlurmdPort=")
+    )
+    # h2's slurmd answers a TCP connection from h1
+    script = f"hostname; getent hosts h2 | cut -d' ' -f1; ip route; echo >/dev/tcp/h2/{port}"
+    probe = two_hosts.on_host("h1", ["bash", "-c", script], stdout=subprocess.PIPE, text=True)
+    out, _ = probe.communicate(timeout=60)
+    assert probe.returncode == 0, out
+    lines = out.splitlines()
+    assert lines[0] == "h1" and lines[1] == "198.18.0.12"
+    assert not any(line.startswith("default") for line in lines[2:])
+    assert all("198.18.0.0/24" in line for line in lines[2:])
