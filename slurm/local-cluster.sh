@@ -17,7 +17,9 @@
 # machine. A host's processes also get their own mount namespace, in which $DIR/etc/etc-hosts is
 # bound over /etc/hosts, so h1..hN resolve on every host (the file itself is not changed). Run
 # a command on a host with `slurm/local-cluster.sh exec h2 CMD...`. Needs root, `ip` and
-# util-linux's nsenter and unshare.
+# util-linux's nsenter and unshare. Faults: `kill-host h2` kills every process in h2's network
+# namespace (its slurmd, job steps and training processes: the host dies), `start-host h2`
+# starts its slurmd again (the host is back), `link h2 down|up` takes its link down or up.
 #
 # Everything (config, state, logs, sockets, database) lives in $POSESCALE_SLURM_DIR (default
 # /tmp/posescale-slurm); nothing under /etc is changed, and daemons it did not start are left
@@ -238,6 +240,32 @@ start_slurmds() {
     done
 }
 
+kill_host() {  # every process in the host's network namespace, at once
+    local h=${1:-} pids
+    hosts | grep -qx "$h" || die "no host '$h' in this cluster"
+    pids=$(ip netns pids "$(netns_of "$h")" | tr '\n' ' ')
+    # shellcheck disable=SC2086
+    [[ -n ${pids// /} ]] && kill -9 $pids 2>/dev/null
+    rm -f "$DIR/run/slurmd-$h.pid"
+    log "killed $h: $(wc -w <<<"$pids") process(es)"
+}
+
+start_host() {
+    local h=${1:-}
+    export SLURM_CONF=$DIR/etc/slurm.conf
+    pid_of "slurmd-$h" >/dev/null && die "$h is up already"
+    on_host "$h" slurmd -f "$SLURM_CONF"
+    log "started slurmd on $h"
+}
+
+set_link() {  # set_link hN up|down: the host's side of the bridge
+    local h=${1:-} state=${2:-}
+    hosts | grep -qx "$h" || die "no host '$h' in this cluster"
+    [[ $state == up || $state == down ]] || die "link $h wants up or down, got '$state'"
+    ip link set "v$TAG$h" "$state"
+    log "link of $h $state"
+}
+
 start_munge() {
     dd if=/dev/urandom of="$DIR/munge/munge.key" bs=1024 count=1 status=none
     chmod 0400 "$DIR/munge/munge.key"
@@ -380,11 +408,14 @@ print_env() { echo "export SLURM_CONF=$DIR/etc/slurm.conf"; }
 case "${1:-}" in
 start) start "${@:2}" ;;
 exec) on_host "${@:2}" ;;
+kill-host) kill_host "${2:-}" ;;
+start-host) start_host "${2:-}" ;;
+link) set_link "${2:-}" "${3:-}" ;;
 stop) stop ;;
 status) status ;;
 env) print_env ;;
 *)
-    echo "usage: $0 start [--hosts N]|stop|status|env|exec HOST CMD...   (state in \$POSESCALE_SLURM_DIR, now $DIR)" >&2
+    echo "usage: $0 start [--hosts N]|stop|status|env|exec HOST CMD...|kill-host HOST|start-host HOST|link HOST up|down   (state in \$POSESCALE_SLURM_DIR, now $DIR)" >&2
     exit 2
     ;;
 esac

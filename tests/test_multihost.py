@@ -4,6 +4,7 @@ Slurm and through two torchrun agents started by hand, against the same run on o
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -138,3 +139,91 @@ def test_the_hosts_see_each_other_and_nothing_else(two_hosts):
     assert lines[0] == "h1" and lines[1] == "198.18.0.12"
     assert not any(line.startswith("default") for line in lines[2:])
     assert all("198.18.0.0/24" in line for line in lines[2:])
+
+
+def wait_until(predicate, timeout: float, what):
+    end = time.time() + timeout
+    while time.time() < end:
+        if predicate():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what()}")
+
+
+def cluster_script(cluster, *args) -> None:
+    script = ["bash", str(ROOT / "slurm" / "local-cluster.sh"), *args]
+    done = subprocess.run(script, env=cluster.script_env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.slow
+def test_a_killed_host_fails_the_job_which_is_requeued_and_resumes_without_a_lost_step(
+    two_hosts, shards, tmp_path, tiny_overrides, run_python
+):
+    """Every process of h2 killed mid-run (its slurmd too: the host is gone): rank 0 on h1
+    fails at its next all-reduce, the batch script requeues the job (this attempt wrote a
+    checkpoint), Slurm starts it again once h2 is back, and the run resumes from its last
+    checkpoint to the same steps and weights as an uninterrupted one."""
+    steps = 24
+    overrides = {"train.max_steps": steps, "launch.collective_timeout_s": 30}
+    run, log = tmp_path / "run", tmp_path / "job.out"
+    env = {**two_hosts.env, "CONFIG": "configs/demo.yaml", "RUN_DIR": str(run)}
+    submitted = subprocess.run(
+        ["sbatch", "--parsable", "--nodes=2", "--gpus-per-node=0", "--cpus-per-task=1"]
+        + ["--mem=2G", f"--output={log}", "slurm/train.sbatch"]
+        + tiny_overrides(shards, run, **overrides),
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert submitted.returncode == 0, submitted.stderr
+    job = submitted.stdout.strip()
+
+    def output() -> str:
+        return log.read_text(errors="replace")[-4000:] if log.is_file() else ""
+
+    def trained() -> list[int]:
+        try:
+            return [r["step"] for r in read_metrics(run) if r["split"] == "train"]
+        except (OSError, ValueError):
+            return []
+
+    wait_until(lambda: trained() and trained()[-1] >= 10, 300, lambda: f"steps\n{output()}")
+    cluster_script(two_hosts, "kill-host", "h2")
+    killed = time.time()
+    # Either the batch script requeues (the step ended) or, when srun is still waiting for the
+    # dead host, Slurm does once it declares h2 down (SlurmdTimeout, 30 s): the job leaves
+    # RUNNING with a restart counted.
+    wait_until(
+        lambda: two_hosts.job_fields(job).get("Restarts", "0") != "0",
+        180,
+        lambda: f"the requeue\n{two_hosts.job_fields(job)}\n{output()}",
+    )
+    failed_after = time.time() - killed
+    cluster_script(two_hosts, "start-host", "h2")
+    wait_until(
+        lambda: two_hosts.start_requeued_now(job),
+        240,
+        lambda: f"a restart\n{two_hosts.job_fields(job)}\n{output()}",
+    )
+    wait_until(
+        lambda: two_hosts.job_fields(job).get("JobState") == "COMPLETED",
+        300,
+        lambda: f"the job to end\n{two_hosts.job_fields(job)}\n{output()}",
+    )
+    assert failed_after < 75, "requeued within SlurmdTimeout (30 s) plus a ping interval"
+    starts = [r for r in read_metrics(run) if r["split"] == "run"]
+    assert [s["resumed"] for s in starts] == [False, True]
+    assert starts[1]["step"] >= 8 and starts[1]["hosts"] == ["h1", "h2"]
+    assert trained() == list(range(2, steps + 1, 2))  # every log step once, none lost
+
+    reference = tmp_path / "uninterrupted"
+    torchrun = ["-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    torchrun += ["--master_port", str(free_port())]
+    done = run_python([*torchrun, *TRAIN, *tiny_overrides(shards, reference, **overrides)])
+    assert done.returncode == 0, done.stderr[-3000:]
+    mine, theirs = final_weights(run), final_weights(reference)
+    for key in mine:
+        torch.testing.assert_close(mine[key], theirs[key], rtol=0, atol=1e-6, msg=key)

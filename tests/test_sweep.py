@@ -129,32 +129,6 @@ def status_of(out: Path, slurm) -> dict[str, str]:
             os.environ["SLURM_CONF"] = old
 
 
-def start_now(slurm, job_id: str) -> bool:
-    """Slurm holds a requeued job for 120 s; bring its begin time to two seconds from now (not
-    `now`: a job started while the node still clears the old instance fails with "credential
-    revoked" and is held again). `scontrol show job`, as squeue hides a job while Slurm
-    requeues it."""
-    from datetime import datetime
-
-    fields = dict(
-        f.split("=", 1)
-        for f in slurm.run("scontrol", "show", "job", "-o", job_id).split()
-        if "=" in f
-    )
-    if fields.get("JobState") == "RUNNING" and fields.get("Restarts", "0") != "0":
-        return True
-    if fields.get("JobState") == "PENDING" and fields.get("Reason") == "BeginTime":
-        eligible = datetime.fromisoformat(fields["EligibleTime"])
-        if (eligible - datetime.now()).total_seconds() > 5:
-            subprocess.run(
-                ["scontrol", "update", f"jobid={job_id}", "starttime=now+2"],
-                env=slurm.env,
-                capture_output=True,
-                timeout=60,
-            )
-    return False
-
-
 def job_log(out: Path) -> str:
     return "\n".join(p.read_text()[-3000:] for p in sorted(out.rglob("*_log.*")))
 
@@ -243,7 +217,9 @@ def test_requeued_and_timed_out_jobs_resume_from_their_checkpoints(
             120,
             f"{run['name']} to be requeued\n{job_log(out)}",
         )
-        wait_until(lambda r=run: start_now(slurm, r["job_id"]), 120, f"{run['name']} to start")
+        wait_until(
+            lambda r=run: slurm.start_requeued_now(r["job_id"]), 120, f"{run['name']} to start"
+        )
     for d in dirs:
         wait_until(
             lambda d=d: (
@@ -320,7 +296,7 @@ def test_sbatch_template_runs_torchrun_and_requeues_near_the_time_limit(
     slurm.run("scancel", "--batch", "--signal=USR1", job)
     wait_until(lambda: "requeueing job" in _tail(log), 120, f"the requeue\n{_tail(log)}")
     wait_until(
-        lambda: start_now(slurm, job),
+        lambda: slurm.start_requeued_now(job),
         120,
         "the requeued job to start\n" + slurm.run("scontrol", "show", "job", job) + _tail(log),
     )
