@@ -227,3 +227,35 @@ def test_a_killed_host_fails_the_job_which_is_requeued_and_resumes_without_a_los
     mine, theirs = final_weights(run), final_weights(reference)
     for key in mine:
         torch.testing.assert_close(mine[key], theirs[key], rtol=0, atol=1e-6, msg=key)
+
+
+@pytest.mark.slow
+def test_a_host_that_never_joins_the_rendezvous_is_an_error_within_the_join_timeout(
+    two_hosts, shards, tmp_path, tiny_overrides
+):
+    """h1's agent waits for a second host that never comes: torchrun gives up after
+    join_timeout (here 15 s; slurm/train.sbatch sets RDZV_JOIN_TIMEOUT, default 600 s) and says
+    why, instead of hanging."""
+    overrides = tiny_overrides(shards, tmp_path / "run", **{"train.max_steps": STEPS})
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2"]
+    torchrun += ["--nproc_per_node", "1", "--rdzv_backend", "c10d"]
+    torchrun += ["--rdzv_endpoint", f"h1:{free_port()}", "--rdzv_id", "alone"]
+    torchrun += ["--rdzv_conf", "join_timeout=15"]
+    started = time.time()
+    agent = two_hosts.on_host(
+        "h1",
+        [*torchrun, *TRAIN, *overrides],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        output = agent.communicate(timeout=180)[0]
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+    waited = time.time() - started
+    assert agent.returncode != 0
+    assert "RendezvousTimeoutError" in output, output[-3000:]
+    assert 15 <= waited < 90
