@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 
 from pose.caches import use_cache_folders
 
@@ -99,6 +100,33 @@ def tiny_overrides():
         return [f"{k}={v}" for k, v in values.items()]
 
     return overrides
+
+
+@pytest.fixture(scope="session")
+def write_sweep(tiny_overrides):
+    """A function that writes a sweep file over the tiny training runs of `shards`."""
+
+    def write(
+        path: Path, shards: Path, val_ann: Path, grid: dict, slurm: dict | None = None, **extra
+    ) -> Path:
+        overrides = tiny_overrides(shards, "unused", **{"data.val_ann": val_ann, **extra})
+        overrides = [o for o in overrides if not o.startswith("run.dir=")]
+        spec = {
+            "base": "configs/demo.yaml",
+            "name": path.stem,
+            "overrides": overrides,
+            "grid": grid,
+            "slurm": {"cpus_per_task": 1, "time_min": 20, "signal_delay_s": 30, **(slurm or {})},
+        }
+        path.write_text(yaml.safe_dump(spec, sort_keys=False))
+        return path
+
+    return write
+
+
+@pytest.fixture(scope="session")
+def val_ann(synthetic_dataset):
+    return synthetic_dataset / "annotations" / "person_keypoints_val.json"
 
 
 @pytest.fixture(scope="session")

@@ -86,9 +86,11 @@ def _batchnorm_ranks(rank: int, port: int, queue) -> None:
     model.append(torch.nn.BatchNorm2d(4))
     for _ in range(3):
         model(torch.randn(8, 3, 9, 9) * (1 + rank) + 5 * rank)
-    before = [b.clone() for n, b in model.named_buffers() if "running" in n]
+    before = [b.tolist() for n, b in model.named_buffers() if "running" in n]
     layers = average_batchnorm_statistics(model)
-    after = [b.clone() for n, b in model.named_buffers() if "running" in n]
+    after = [b.tolist() for n, b in model.named_buffers() if "running" in n]
+    # plain lists: a tensor would travel as a shared-memory fd, which the receiver can only
+    # fetch while this process lives
     queue.put((rank, layers, before, after))
     dist.destroy_process_group()
 
@@ -111,7 +113,10 @@ def test_batchnorm_statistics_are_the_mean_over_ranks():
     )
     for p in procs:
         p.join(timeout=60)
-    (layers0, before0, after0), (layers1, before1, after1) = results[0], results[1]
+    (layers0, before0, after0), (layers1, before1, after1) = (
+        (layers, [torch.tensor(b) for b in before], [torch.tensor(a) for a in after])
+        for layers, before, after in (results[0], results[1])
+    )
     assert layers0 == layers1 == 2
     assert not torch.allclose(before0[0], before1[0])  # the ranks saw different data
     for b0, b1, a0, a1 in zip(before0, before1, after0, after1, strict=True):

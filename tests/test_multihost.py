@@ -14,6 +14,7 @@ from conftest import local_slurm
 from pose.engine.deepspeed_adapter import MODEL_STATES_FILE
 from pose.engine.distributed import free_port
 from pose.run_folder import RunFolder
+from pose.sweep.submit import read_manifest
 from pose.tracking import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -110,7 +111,7 @@ def test_torchrun_by_hand_on_two_hosts_with_c10d_rendezvous(
         for host in ("h1", "h2")
     }
     try:
-        outputs = {host: agent.communicate(timeout=600)[0] for host, agent in agents.items()}
+        outputs = {host: agent.communicate(timeout=400)[0] for host, agent in agents.items()}
     finally:
         for agent in agents.values():
             if agent.poll() is None:
@@ -119,6 +120,30 @@ def test_torchrun_by_hand_on_two_hosts_with_c10d_rendezvous(
         assert agent.returncode == 0, f"{host}:\n{outputs[host][-3000:]}"
     start = next(r for r in read_metrics(run) if r["split"] == "run")
     assert start["hosts"] == ["h1", "h2"]
+    assert_same_run(run, one_host_run)
+
+
+@pytest.mark.slow
+def test_a_sweep_whose_runs_ask_for_two_nodes_trains_across_both_hosts(
+    two_hosts, shards, val_ann, tmp_path, write_sweep, sweep_cli, one_host_run
+):
+    """submitit's job on 2 nodes x 1 task: each task finds its rank and the master (h1) in
+    Slurm's variables, and the run equals the one-host run."""
+    path = write_sweep(
+        tmp_path / "two-nodes.yaml",
+        shards,
+        val_ann,
+        {"seed": [0]},
+        slurm={"nodes": 2, "tasks_per_node": 1},
+        **{"train.max_steps": STEPS},
+    )
+    out = tmp_path / "sweep"
+    done = sweep_cli(path, "--out", out, "--wait", env=two_hosts.conf)
+    logs = "\n".join(p.read_text(errors="replace")[-2000:] for p in out.rglob("*_log.*"))
+    assert done.returncode == 0, done.stdout + done.stderr + logs
+    run = Path(read_manifest(out)["runs"][0]["run_dir"])
+    start = next(r for r in read_metrics(run) if r["split"] == "run")
+    assert (start["launcher"], start["world_size"], start["hosts"]) == ("slurm", 2, ["h1", "h2"])
     assert_same_run(run, one_host_run)
 
 

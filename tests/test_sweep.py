@@ -19,33 +19,6 @@ from pose.tracking import read_metrics
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def write_sweep(tiny_overrides):
-    """A function that writes a sweep file over the tiny training runs of `shards`."""
-
-    def write(
-        path: Path, shards: Path, val_ann: Path, grid: dict, slurm: dict | None = None, **extra
-    ) -> Path:
-        overrides = tiny_overrides(shards, "unused", **{"data.val_ann": val_ann, **extra})
-        overrides = [o for o in overrides if not o.startswith("run.dir=")]
-        spec = {
-            "base": "configs/demo.yaml",
-            "name": path.stem,
-            "overrides": overrides,
-            "grid": grid,
-            "slurm": {"cpus_per_task": 1, "time_min": 20, "signal_delay_s": 30, **(slurm or {})},
-        }
-        path.write_text(yaml.safe_dump(spec, sort_keys=False))
-        return path
-
-    return write
-
-
-@pytest.fixture(scope="module")
-def val_ann(synthetic_dataset):
-    return synthetic_dataset / "annotations" / "person_keypoints_val.json"
-
-
 @pytest.mark.slow
 def test_local_sweep_runs_and_compares_without_slurm(
     shards, val_ann, tmp_path, write_sweep, sweep_cli, run_python
@@ -159,8 +132,12 @@ def test_slurm_sweep_of_three_variants_completes_and_compares(
         assert cfg["log"]["group"] == "three" and cfg["model"]["attention"] in run["name"]
     compared = run_python(["launch/compare.py", out, "--by", "model.attention"])
     assert compared.returncode == 0, compared.stderr
-    rows = [line for line in compared.stdout.splitlines() if line.startswith("| attention=")]
-    assert len(rows) == 3 and all(" - |" not in row.split("|", 4)[3] for row in rows)
+    lines = compared.stdout.splitlines()
+    rows = [line for line in lines if line.startswith("| attention=")]
+    summary = [row for row in rows if row.split("|")[2].strip() == "1"]
+    assert len(summary) == 3 and all(" - |" not in row.split("|", 4)[3] for row in summary)
+    paired = [row for row in rows if row.split("|")[2].strip() == "attention=none"]
+    assert len(paired) == 2, "holistic and partwise, each against the baseline"
     assert (out / "compare" / "ap.png").is_file() and (out / "compare" / "loss.png").is_file()
 
 

@@ -246,7 +246,9 @@ def use_sync_batchnorm(model: torch.nn.Module, wanted: bool, env: DistEnv) -> to
 def where_am_i() -> str:
     """'rank R of W on HOST' for error messages (host: this process's name and address)."""
     rank = dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", "0"))
-    world = dist.get_world_size() if dist.is_initialized() else 1
+    world = (
+        dist.get_world_size() if dist.is_initialized() else int(os.environ.get("WORLD_SIZE", "1"))
+    )
     return f"rank {rank} of {world} on {socket.gethostname()}"
 
 
