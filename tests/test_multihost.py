@@ -111,7 +111,7 @@ def test_torchrun_by_hand_on_two_hosts_with_c10d_rendezvous(
         for host in ("h1", "h2")
     }
     try:
-        outputs = {host: agent.communicate(timeout=400)[0] for host, agent in agents.items()}
+        outputs = {host: agent.communicate(timeout=600)[0] for host, agent in agents.items()}
     finally:
         for agent in agents.values():
             if agent.poll() is None:
