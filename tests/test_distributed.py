@@ -6,7 +6,12 @@ import sys
 
 import pytest
 
-from pose.engine.distributed import DistributedSetupError, describe_environment, first_host
+from pose.engine.distributed import (
+    DistributedSetupError,
+    describe_environment,
+    first_host,
+    restarts_may_meet_stale_addresses,
+)
 
 
 def test_distributed_environment_from_torchrun_slurm_or_nothing():
@@ -144,3 +149,18 @@ def test_sync_bn_converts_for_gpus_and_is_refused_on_cpus():
     kinds = {type(m).__name__ for m in synced.modules() if "BatchNorm" in type(m).__name__}
     assert kinds == {"SyncBatchNorm"}
     assert list(synced.state_dict()) == keys  # checkpoints stay interchangeable
+
+
+def test_torchrun_restarts_over_a_shared_store_are_warned_about():
+    """Restarts over torchrun's shared rendezvous store failed 2 of 3 times in
+    tests/test_multihost.py's elastic test (a restarted rank read the last round's address of
+    rank 0); the warning names the fix. No restarts, or a store per round: no warning."""
+    shared = {"TORCHELASTIC_USE_AGENT_STORE": "True", "TORCHELASTIC_MAX_RESTARTS": "3"}
+    why = restarts_may_meet_stale_addresses(shared)
+    assert "--max-restarts 3" in why and "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1" in why
+    assert restarts_may_meet_stale_addresses({**shared, "TORCHELASTIC_MAX_RESTARTS": "0"}) is None
+    assert (
+        restarts_may_meet_stale_addresses({**shared, "TORCHELASTIC_USE_AGENT_STORE": "False"})
+        is None
+    )
+    assert restarts_may_meet_stale_addresses({}) is None

@@ -2,6 +2,8 @@
 host name, joined by a bridge on 198.18.0.0/24), one run trained across two of them through
 Slurm and through two torchrun agents started by hand, against the same run on one host."""
 
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -38,6 +40,40 @@ def one_host_run(shards, tmp_path_factory, tiny_overrides, run_python):
     done = run_python([*torchrun, *TRAIN, *overrides], timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return run
+
+
+FAULT_STEPS = 24
+FAULT_OVERRIDES = {"train.max_steps": FAULT_STEPS, "launch.collective_timeout_s": 30}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_run(shards, tmp_path_factory, tiny_overrides, run_python):
+    """The fault tests' reference: their run on two ranks of this machine, never stopped."""
+    run = tmp_path_factory.mktemp("uninterrupted") / "run"
+    torchrun = ["-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    torchrun += ["--master_port", str(free_port())]
+    done = run_python([*torchrun, *TRAIN, *tiny_overrides(shards, run, **FAULT_OVERRIDES)])
+    assert done.returncode == 0, done.stderr[-3000:]
+    return run
+
+
+def trained_steps(run: Path) -> list[int]:
+    try:
+        return [r["step"] for r in read_metrics(run) if r["split"] == "train"]
+    except (OSError, ValueError):
+        return []
+
+
+def assert_resumed_to_the_uninterrupted_run(run: Path, reference: Path) -> None:
+    """One restart from a checkpoint of step 8 or later, on both hosts; every log step once
+    (none lost, none replayed) and the final weights of the run that never stopped."""
+    starts = [r for r in read_metrics(run) if r["split"] == "run"]
+    assert [s["resumed"] for s in starts] == [False, True]
+    assert starts[1]["step"] >= 8 and starts[1]["hosts"] == ["h1", "h2"]
+    assert trained_steps(run) == list(range(2, FAULT_STEPS + 1, 2))
+    mine, theirs = final_weights(run), final_weights(reference)
+    for key in mine:
+        torch.testing.assert_close(mine[key], theirs[key], rtol=0, atol=1e-6, msg=key)
 
 
 def final_weights(run_dir: Path) -> dict:
@@ -183,20 +219,18 @@ def cluster_script(cluster, *args) -> None:
 
 @pytest.mark.slow
 def test_a_killed_host_fails_the_job_which_is_requeued_and_resumes_without_a_lost_step(
-    two_hosts, shards, tmp_path, tiny_overrides, run_python
+    two_hosts, shards, tmp_path, tiny_overrides, uninterrupted_run
 ):
     """Every process of h2 killed mid-run (its slurmd too: the host is gone): rank 0 on h1
     fails at its next all-reduce, the batch script requeues the job (this attempt wrote a
     checkpoint), Slurm starts it again once h2 is back, and the run resumes from its last
     checkpoint to the same steps and weights as an uninterrupted one."""
-    steps = 24
-    overrides = {"train.max_steps": steps, "launch.collective_timeout_s": 30}
     run, log = tmp_path / "run", tmp_path / "job.out"
     env = {**two_hosts.env, "CONFIG": "configs/demo.yaml", "RUN_DIR": str(run)}
     submitted = subprocess.run(
         ["sbatch", "--parsable", "--nodes=2", "--gpus-per-node=0", "--cpus-per-task=1"]
         + ["--mem=2G", f"--output={log}", "slurm/train.sbatch"]
-        + tiny_overrides(shards, run, **overrides),
+        + tiny_overrides(shards, run, **FAULT_OVERRIDES),
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -209,13 +243,7 @@ def test_a_killed_host_fails_the_job_which_is_requeued_and_resumes_without_a_los
     def output() -> str:
         return log.read_text(errors="replace")[-4000:] if log.is_file() else ""
 
-    def trained() -> list[int]:
-        try:
-            return [r["step"] for r in read_metrics(run) if r["split"] == "train"]
-        except (OSError, ValueError):
-            return []
-
-    wait_until(lambda: trained() and trained()[-1] >= 10, 300, lambda: f"steps\n{output()}")
+    wait_until(lambda: trained_steps(run)[-1:] >= [10], 300, lambda: f"steps\n{output()}")
     cluster_script(two_hosts, "kill-host", "h2")
     killed = time.time()
     # Either the batch script requeues (the step ended) or, when srun is still waiting for the
@@ -239,19 +267,73 @@ def test_a_killed_host_fails_the_job_which_is_requeued_and_resumes_without_a_los
         lambda: f"the job to end\n{two_hosts.job_fields(job)}\n{output()}",
     )
     assert failed_after < 75, "requeued within SlurmdTimeout (30 s) plus a ping interval"
-    starts = [r for r in read_metrics(run) if r["split"] == "run"]
-    assert [s["resumed"] for s in starts] == [False, True]
-    assert starts[1]["step"] >= 8 and starts[1]["hosts"] == ["h1", "h2"]
-    assert trained() == list(range(2, steps + 1, 2))  # every log step once, none lost
+    assert_resumed_to_the_uninterrupted_run(run, uninterrupted_run)
 
-    reference = tmp_path / "uninterrupted"
-    torchrun = ["-m", "torch.distributed.run", "--nproc_per_node", "2"]
-    torchrun += ["--master_port", str(free_port())]
-    done = run_python([*torchrun, *TRAIN, *tiny_overrides(shards, reference, **overrides)])
-    assert done.returncode == 0, done.stderr[-3000:]
-    mine, theirs = final_weights(run), final_weights(reference)
-    for key in mine:
-        torch.testing.assert_close(mine[key], theirs[key], rtol=0, atol=1e-6, msg=key)
+
+def worker_pid(run: Path, rank: int) -> int | None:
+    """The training process of `rank` in `run` under torchrun: launch/train.py with the run's
+    folder on its command line and the rank torchrun gave it in its environment (the agent
+    has the same command line but no RANK)."""
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+            environ = (proc / "environ").read_bytes().split(b"\0")
+        except OSError:  # not a process, or one that has ended
+            continue
+        if (
+            b"launch/train.py" in cmdline
+            and f"run.dir={run}".encode() in cmdline
+            and f"RANK={rank}".encode() in environ
+            and any(var.startswith(b"TORCHELASTIC_RUN_ID=") for var in environ)
+        ):
+            return int(proc.name)
+    return None
+
+
+@pytest.mark.slow
+def test_an_elastic_job_restarts_both_hosts_after_a_worker_dies_and_resumes(
+    two_hosts, shards, tmp_path, tiny_overrides, uninterrupted_run
+):
+    """`torchrun --nnodes 2:2 --max-restarts 1`, one agent per host, rank 1's training process
+    killed mid-run: h2's agent sees its worker fail and rejoins the rendezvous; h1's agent sees
+    the waiting node (or its own worker failing at the next all-reduce) and stops its worker
+    too; both start new workers, which resume from the last checkpoint. Each round gets its own
+    store (TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1, as slurm/train.sbatch sets): with torch's
+    shared store a restarted rank can read the last round's addresses."""
+    run = tmp_path / "run"
+    logs = {host: tmp_path / f"agent-{host}.log" for host in ("h1", "h2")}
+    overrides = tiny_overrides(shards, run, **FAULT_OVERRIDES)
+    torchrun = ["env", "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1", "LOGLEVEL=INFO", sys.executable]
+    torchrun += ["-m", "torch.distributed.run", "--nnodes", "2:2", "--nproc_per_node", "1"]
+    torchrun += ["--max-restarts", "1", "--monitor-interval", "1", "--rdzv_backend", "c10d"]
+    torchrun += ["--rdzv_endpoint", f"h1:{free_port()}", "--rdzv_id", "elastic"]
+
+    def output() -> str:
+        return "\n".join(
+            f"== {host}\n{log.read_text(errors='replace')[-3000:]}" for host, log in logs.items()
+        )
+
+    agents = {}
+    try:
+        for host, log in logs.items():
+            with log.open("w") as out:
+                agents[host] = two_hosts.on_host(
+                    host, [*torchrun, *TRAIN, *overrides], cwd=ROOT, stdout=out, stderr=out
+                )
+        wait_until(lambda: trained_steps(run)[-1:] >= [10], 300, lambda: f"steps\n{output()}")
+        killed = worker_pid(run, rank=1)
+        assert killed, f"no rank 1 worker of {run}\n{output()}"
+        os.kill(killed, signal.SIGKILL)
+        for agent in agents.values():
+            agent.wait(timeout=600)
+    finally:
+        for agent in agents.values():
+            if agent.poll() is None:
+                agent.kill()
+    assert [agent.returncode for agent in agents.values()] == [0, 0], output()
+    assert worker_pid(run, rank=1) is None
+    assert "will restart worker group" in logs["h2"].read_text(), output()
+    assert_resumed_to_the_uninterrupted_run(run, uninterrupted_run)
 
 
 @pytest.mark.slow

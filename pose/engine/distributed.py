@@ -8,6 +8,7 @@ import os
 import re
 import socket
 import subprocess
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -103,6 +104,8 @@ def init_distributed(cfg: LaunchConfig) -> DistEnv:
     found = describe_environment()
     if found["SOURCE"] == "torchrun":
         die_with_parent()
+        if int(found["RANK"]) == 0 and (why := restarts_may_meet_stale_addresses()):
+            print(f"posescale: warning: {why}", file=sys.stderr, flush=True)
     for var in TORCHRUN_VARS:
         os.environ[var] = found[var]
     rank, world, local = int(found["RANK"]), int(found["WORLD_SIZE"]), int(found["LOCAL_RANK"])
@@ -131,6 +134,28 @@ def init_distributed(cfg: LaunchConfig) -> DistEnv:
             timeout=timedelta(seconds=cfg.collective_timeout_s),
         )
     return DistEnv(rank, world, local, device, backend, found["SOURCE"])
+
+
+def restarts_may_meet_stale_addresses(env: dict[str, str] | None = None) -> str | None:
+    """Why a torchrun restart may hang or fail to connect, or None.
+
+    torchrun's c10d rendezvous shares its agent's TCPStore with the workers (torch >= 2.5,
+    unless TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1). The store outlives a restart and the workers'
+    keys are not scoped per round, so a restarted rank can read the previous round's addresses
+    and connect to a dead process (pytorch/pytorch#135712, #167288; seen here as "Connection
+    refused" to rank 0 after `--max-restarts`). With sharing off, every round gets a new store.
+    """
+    env = os.environ if env is None else env
+    shared = env.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    restarts = env.get("TORCHELASTIC_MAX_RESTARTS", "0")
+    if shared and restarts.isdigit() and int(restarts) > 0:
+        return (
+            f"torchrun may restart the workers (--max-restarts {restarts}) but shares its "
+            "rendezvous store with them, so a restarted rank can meet the last round's addresses "
+            "(pytorch/pytorch#135712); export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 before "
+            "torchrun (slurm/train.sbatch does)"
+        )
+    return None
 
 
 def first_host(nodelist: str) -> str:
