@@ -5,10 +5,12 @@
 - loop:    the engine's step fed by the real input pipeline (shards -> loader -> targets)
 
 engine / torch is the engine's overhead; 1 - loop / engine is the share of time spent waiting
-for data. On a GPU it also prints absolute images/s per GPU.
+for data. On a GPU it also prints absolute images/s per GPU. `--also-batch B` adds the loop at
+batch B (its own model, engine and loader), in the same turns, and prints its images/s against
+the loop's: what a wall-clock budget trains at the other batch size.
 
     python benchmarks/train_step.py [--config configs/demo.yaml] [--steps 5] [--rounds 5]
-        [--json OUT]
+        [--json OUT] [--also-batch B]
         [overrides, e.g. model.backbone=resnet50 data.image_size=[256,192]]
 """
 
@@ -18,13 +20,14 @@ import argparse
 import json
 import statistics
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from turns import take_turns
 
 from pose.caches import use_cache_folders
-from pose.config import load_config
+from pose.config import TrainConfig, load_config
 from pose.data.backends import build_loader
 from pose.data.codec import encode_heatmaps, heatmap_size
 from pose.data.loader import LoaderSpec
@@ -64,6 +67,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5, help="steps per variant per round")
     parser.add_argument("--rounds", type=int, default=5, help="rounds of the variants in turn")
     parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--also-batch", type=int, help="also time the loop at this batch size")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     use_cache_folders()
@@ -91,33 +95,41 @@ def main() -> None:
         loss.backward()
         optimizer.step()
 
-    torch.manual_seed(0)
-    model = build_model(cfg.model, loader.layout.num_joints).to(env.device)
-    adam = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
-    engine = build_engine(model, adam, None, train, env.world_size, precision)
-    batches = iter(())
+    def real_loop(train: TrainConfig):
+        """The engine's step fed by the real input pipeline at `train.batch_size`."""
+        torch.manual_seed(0)
+        model = build_model(cfg.model, loader.layout.num_joints).to(env.device)
+        adam = torch.optim.Adam(model.parameters(), lr=train.lr)
+        engine = build_engine(model, adam, None, train, env.world_size, precision)
+        source = build_loader(LoaderSpec(data, "train", train.batch_size, device=env.device))
+        batches = iter(())
 
-    def loop_step():
-        nonlocal batches
-        try:
-            real = next(batches)
-        except StopIteration:
-            batches = iter(loader.epoch(1))
-            real = next(batches)
-        train_step(engine, real, data, train)
+        def step():
+            nonlocal batches
+            try:
+                real = next(batches)
+            except StopIteration:
+                batches = iter(source.epoch(1))
+                real = next(batches)
+            train_step(engine, real, data, train)
 
+        return engine, step
+
+    engine, loop_step = real_loop(train)
+    variants = {
+        "torch": torch_step,
+        "engine": lambda: train_step(engine, batch, data, train),
+        "loop": loop_step,
+    }
+    images = {name: train.batch_size for name in variants}
+    if args.also_batch:
+        other = f"loop_b{args.also_batch}"
+        variants[other] = real_loop(replace(train, batch_size=args.also_batch))[1]
+        images[other] = args.also_batch
     n = batch["image"].shape[0]
-    seconds = interleaved(
-        {
-            "torch": torch_step,
-            "engine": lambda: train_step(engine, batch, data, train),
-            "loop": loop_step,
-        },
-        args.steps,
-        args.rounds,
-    )
+    seconds = interleaved(variants, args.steps, args.rounds)
     rows = {
-        k: {"seconds_per_step": round(v, 4), "images_per_s": round(n / v, 1)}
+        k: {"seconds_per_step": round(v, 4), "images_per_s": round(images[k] / v, 1)}
         for k, v in seconds.items()
     }
     overhead = seconds["engine"] / seconds["torch"] - 1
@@ -131,6 +143,9 @@ def main() -> None:
         f"engine overhead vs plain torch: {overhead:+.1%}; data-wait fraction of the loop: "
         f"{data_wait:.1%}"
     )
+    if args.also_batch:
+        ratio = rows[other]["images_per_s"] / rows["loop"]["images_per_s"]
+        print(f"loop at batch {args.also_batch} / at batch {n}: {ratio:.3f} of the images/s")
     if args.json:
         Path(args.json).write_text(
             json.dumps(
