@@ -223,8 +223,9 @@ on_host() {  # on_host hN CMD...: run CMD in host hN's namespaces, with its host
     shift
     hosts | grep -qx "$h" || die "no host '$h' in this cluster (hosts: $(hosts | tr '\n' ' '))"
     # nsenter, not `ip netns exec`: that one remounts /sys, hiding the cgroup file system slurmd
-    # reads.
-    nsenter --net="/run/netns/$(netns_of "$h")" unshare --uts --mount --propagation private \
+    # reads. With EXEC=exec (the `exec` command) this process becomes CMD: nsenter and unshare
+    # exec rather than fork here, so whoever started `exec` can signal CMD itself.
+    ${EXEC:-} nsenter --net="/run/netns/$(netns_of "$h")" unshare --uts --mount --propagation private \
         bash -c 'hostname "$0" && mount --bind "$1" /etc/hosts && shift && exec "$@"' \
         "$h" "$DIR/etc/etc-hosts" "$@"
 }
@@ -407,7 +408,7 @@ print_env() { echo "export SLURM_CONF=$DIR/etc/slurm.conf"; }
 
 case "${1:-}" in
 start) start "${@:2}" ;;
-exec) on_host "${@:2}" ;;
+exec) EXEC=exec on_host "${@:2}" ;;
 kill-host) kill_host "${2:-}" ;;
 start-host) start_host "${2:-}" ;;
 link) set_link "${2:-}" "${3:-}" ;;

@@ -247,7 +247,8 @@ class SlurmCluster:
         return False
 
     def on_host(self, host: str, args: list, **popen) -> subprocess.Popen:
-        """Start `args` on one of the cluster's namespace hosts."""
+        """Start `args` on one of the cluster's namespace hosts. The process is `args` itself
+        (`local-cluster.sh exec` execs into it), so kill() ends it, not just a wrapper."""
         script = ["bash", str(ROOT / "slurm" / "local-cluster.sh"), "exec", host]
         return subprocess.Popen([*script, *map(str, args)], env=self.script_env, **popen)
 
