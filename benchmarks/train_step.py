@@ -95,13 +95,12 @@ def main() -> None:
         loss.backward()
         optimizer.step()
 
-    def real_loop(train: TrainConfig):
-        """The engine's step fed by the real input pipeline at `train.batch_size`."""
+    def real_loop(train: TrainConfig, source):
+        """The engine's step fed by the real input pipeline `source` (at `train.batch_size`)."""
         torch.manual_seed(0)
         model = build_model(cfg.model, loader.layout.num_joints).to(env.device)
         adam = torch.optim.Adam(model.parameters(), lr=train.lr)
         engine = build_engine(model, adam, None, train, env.world_size, precision)
-        source = build_loader(LoaderSpec(data, "train", train.batch_size, device=env.device))
         batches = iter(())
 
         def step():
@@ -115,7 +114,7 @@ def main() -> None:
 
         return engine, step
 
-    engine, loop_step = real_loop(train)
+    engine, loop_step = real_loop(train, loader)
     variants = {
         "torch": torch_step,
         "engine": lambda: train_step(engine, batch, data, train),
@@ -124,7 +123,9 @@ def main() -> None:
     images = {name: train.batch_size for name in variants}
     if args.also_batch:
         other = f"loop_b{args.also_batch}"
-        variants[other] = real_loop(replace(train, batch_size=args.also_batch))[1]
+        other_train = replace(train, batch_size=args.also_batch)
+        spec = LoaderSpec(data, "train", args.also_batch, device=env.device)
+        variants[other] = real_loop(other_train, build_loader(spec))[1]
         images[other] = args.also_batch
     n = batch["image"].shape[0]
     seconds = interleaved(variants, args.steps, args.rounds)
@@ -144,7 +145,7 @@ def main() -> None:
         f"{data_wait:.1%}"
     )
     if args.also_batch:
-        ratio = rows[other]["images_per_s"] / rows["loop"]["images_per_s"]
+        ratio = (args.also_batch / seconds[other]) / (n / seconds["loop"])
         print(f"loop at batch {args.also_batch} / at batch {n}: {ratio:.3f} of the images/s")
     if args.json:
         Path(args.json).write_text(
