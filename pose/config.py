@@ -73,7 +73,10 @@ class ModelConfig:
     deconv_kernel: Literal[2, 3, 4] = 4
     attention_kernel: int = 1  # k of the shared mean-field kernel
     attention_steps: int = 3  # T mean-field iterations
-    pretrained: str = ""  # local path to torchvision ImageNet ResNet weights; "" = random init
+    # Backbone weights from a local file: torchvision ImageNet ResNet weights, or a trained pose
+    # model's (a checkpoint's model states, export's state dict), of which only the backbone
+    # is taken; "" = random init.
+    pretrained: str = ""
     # BatchNorm over the global batch (SyncBatchNorm) when several ranks train: for small
     # per-device batches. Needs GPUs (torch's SyncBatchNorm has no CPU kernel).
     sync_bn: bool = False

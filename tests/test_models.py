@@ -178,6 +178,24 @@ def test_imagenet_backbone_weights_load_from_a_local_file(tmp_path):
     torch.testing.assert_close(model.backbone.bn1.running_mean, imagenet.bn1.running_mean)
 
 
+def test_a_trained_pose_models_backbone_loads_and_its_head_starts_fresh(tmp_path):
+    torch.manual_seed(2)
+    trained = build_model(ModelConfig(backbone="resnet18", attention="holistic"), 17)
+    path = tmp_path / "model_states.pt"
+    torch.save({"module": trained.state_dict(), "step": 7}, path)  # a checkpoint's layout
+    torch.manual_seed(3)
+    cfg = ModelConfig(backbone="resnet18", attention="partwise", pretrained=str(path))
+    model = build_model(cfg, 17)
+    torch.testing.assert_close(
+        model.backbone.layer4[1].conv2.weight, trained.backbone.layer4[1].conv2.weight
+    )
+    torch.testing.assert_close(model.backbone.bn1.running_var, trained.backbone.bn1.running_var)
+    torch.manual_seed(3)
+    fresh = build_model(ModelConfig(backbone="resnet18", attention="partwise"), 17)
+    torch.testing.assert_close(model.final_layer.weight, fresh.final_layer.weight)
+    assert not torch.equal(model.final_layer.weight, trained.final_layer.weight)
+
+
 def test_backbone_weight_errors_name_the_problem(tmp_path):
     path = tmp_path / "resnet18.pth"
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)

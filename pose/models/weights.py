@@ -34,8 +34,18 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def load_backbone_weights(backbone: nn.Module, path: str | Path) -> None:
-    """torchvision ImageNet weights (its classifier `fc.*` is dropped) into a backbone."""
-    state = {k: v for k, v in read_state_dict(path).items() if not k.startswith("fc.")}
+    """A backbone's weights from torchvision ImageNet weights (its classifier `fc.*` is dropped)
+    or from a whole pose model's (a checkpoint's model states, export's model_state_dict.pth,
+    or the reference `pose_resnet` naming): its backbone, the head and any attention dropped."""
+    state = read_state_dict(path)
+    if "conv1.weight" in state and "final_layer.weight" in state:
+        state = from_reference_naming(state)
+    if any(k.startswith("backbone.") for k in state):
+        state = {
+            k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")
+        }
+    else:
+        state = {k: v for k, v in state.items() if not k.startswith("fc.")}
     load_checked(backbone, state, f"backbone weights '{path}'")
 
 
