@@ -57,14 +57,21 @@ demo: demo-shards
 	$(VENV_PYTHON) launch/predict.py --checkpoint runs/demo --image $(DEMO_DATA)/images/val \
 	  --boxes $(DEMO_DATA)/annotations/person_detections_val.json --box-thr 0.5 \
 	  --out runs/demo/pictures/predict --limit 6 && \
+	$(VENV_PYTHON) launch/export.py --checkpoint runs/demo --out runs/demo/export \
+	  --image $(DEMO_DATA)/images/val && \
 	echo "demo: done in $$(( $$(date +%s) - start )) s; see runs/demo/ (metrics.json, pictures/," \
-	  "input_preview.png, data_pipeline.json/.png)" && \
+	  "input_preview.png, data_pipeline.json/.png, export/)" && \
 	$(VENV_PYTHON) launch/summary.py runs/demo --eval runs/demo/metrics.json --seconds $$train_s
 
-# The three attention variants as one sweep: through Slurm when a cluster answers (for one on
-# this machine: `slurm/local-cluster.sh start`, then export the SLURM_CONF line it prints),
-# otherwise with submitit's local executor; then the comparison table and plots.
-demo-sweep: demo-shards
+# The three attention variants as one sweep, each fine-tuned from the demo model's backbone
+# (configs/sweeps/demo.yaml; `make demo` first when its export is missing): through Slurm when a
+# cluster answers (for one on this machine: `slurm/local-cluster.sh start`, then export the
+# SLURM_CONF line it prints), otherwise with submitit's local executor; then the comparison.
+DEMO_WEIGHTS := runs/demo/export/model_state_dict.pth
+$(DEMO_WEIGHTS):
+	$(MAKE) demo
+
+demo-sweep: demo-shards $(DEMO_WEIGHTS)
 	@start=$$(date +%s); rm -rf runs/sweeps/demo-attention; \
 	if command -v sinfo >/dev/null && sinfo -h >/dev/null 2>&1; then mode=--wait; \
 	  echo "demo-sweep: submitting to Slurm ($$(sinfo -h -o '%P %D node(s)' | head -n 1))"; \

@@ -1,6 +1,8 @@
 """Sweep files: expansion into runs, their names and overrides, errors before submitting, and
 the sbatch lines a dry run prints (pose/sweep/spec.py, the sbatch preview of submit.py)."""
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -141,3 +143,23 @@ def test_no_cluster_answering_is_said_and_leaves_nothing(tmp_path, sweep_cli):
     assert done.returncode == 2, done.stderr
     assert "submitting the sweep failed" in done.stderr and "Unable to contact" in done.stderr
     assert "Traceback" not in done.stderr and not (tmp_path / "sw").exists()
+
+
+def test_the_sweep_demo_pairs_three_seeds_per_variant_and_needs_the_demo_export(
+    tmp_path, monkeypatch
+):
+    sweep_file = (Path(__file__).parents[1] / "configs/sweeps/demo.yaml").resolve()
+    monkeypatch.chdir(tmp_path)  # the weights path is relative to where the sweep is run
+    with pytest.raises(ConfigError, match=r"model\.pretrained.*runs/demo/export"):
+        load_sweep(sweep_file)
+    weights = tmp_path / "runs/demo/export/model_state_dict.pth"
+    weights.parent.mkdir(parents=True)
+    weights.write_bytes(b"")
+    sweep = load_sweep(sweep_file)
+    seeds = {}
+    for run in sweep.runs:
+        cfg = run_config(sweep, run, tmp_path / "runs" / run.name)
+        seeds.setdefault(cfg.model.attention, []).append(cfg.seed)
+        assert cfg.model.pretrained == "runs/demo/export/model_state_dict.pth"
+        assert cfg.train.budget_images > 0 and cfg.train.budget_minutes == 0
+    assert seeds == {"none": [0, 1, 2], "holistic": [0, 1, 2], "partwise": [0, 1, 2]}
