@@ -87,7 +87,7 @@ wheelhouse: install
 # Install into a fresh venv that has its own torch (PY, TORCH), offline from WHEELHOUSE if given,
 # and run the console scripts from another folder (launch/install_check.sh).
 install-check:
-	PY=$(or $(PY),3.12) TORCH=$(or $(TORCH),2.11.0) WHEELHOUSE=$(WHEELHOUSE) bash launch/install_check.sh
+	PY=$(or $(PY),3.12) TORCH=$(or $(TORCH),2.11.0) WHEELHOUSE=$(WHEELHOUSE) CUDA=$(or $(CUDA),13) bash launch/install_check.sh
 
 # On a machine with a CUDA GPU: the gpu-marked tests and the throughput benchmark, written to
 # runs/gpu-check/report.md and report.json. Without CUDA it says so and exits 0.

@@ -1,31 +1,44 @@
 """The GPU check (`make gpu-check`): on a machine with a CUDA GPU, the gpu-marked tests and the
-training throughput of ResNet-50 256x192 per GPU, written to OUT/report.md and report.json.
+training throughput of ResNet-50 256x192 per GPU, written to OUT/report.md and report.json as
+each test and each row finishes (a row that raises is recorded with its error and the check goes
+on; a deadline skips what no longer fits, each skip recorded).
 
-    python benchmarks/gpu_check.py [--out runs/gpu-check] [--skip-tests] [--quick]
-    python benchmarks/gpu_check.py --cpu --quick --skip-tests    # the same code on a CPU
+    python benchmarks/gpu_check.py [--out runs/gpu-check] [--rows tests,device-128,...]
+        [--budget-s S] [--steps N] [--skip-tests] [--quick] [--cpu]
+    python benchmarks/gpu_check.py --cpu --quick    # the same code on a CPU, small sizes
 
-Throughput, bf16 (fp32 on a CPU), channels_last, one GPU, for each batch size:
-  a  the training step (forward, loss, backward, Adam) on a batch already on the device
-  b  end to end: DALI (`mixed` decoding on the GPU) reading shards, the same step
-  c  end to end: the torch backend reading shards with one worker per core, the same step
-each without and with torch.compile (b and c with compile at the largest batch only: compiling
-takes most of the check's time). Reported: images/s, the data-wait fraction (1 - a/b), peak
-memory and model FLOPs utilisation: measured training FLOPs per image (torch's FLOP counter,
-forward and backward) x images/s / the GPU's peak dense bf16 rate (PEAK_BF16 below). The
-shards are made here from the synthetic generator at the COCO recipe's 384x288 detail.
-Without CUDA (and without --cpu) it says so and exits 0.
+Rows, in the default order (the most telling first; --rows picks and orders them):
+  tests             `pytest -m gpu` (tests/test_gpu.py), each test's outcome as it finishes;
+                    a missing COCO fixture fails there (POSESCALE_REQUIRE_FIXTURES=1)
+  device-B          the training step (forward, loss, backward, Adam) on a batch on the device
+  dali-B            end to end: DALI (`mixed` decoding on a GPU) reading shards, the same step
+  torch-B           end to end: the torch backend with one worker per core, the same step
+  ...-compiled      the same with torch.compile
+bf16 (fp32 on a CPU), channels_last, one device. Every end-to-end row reads a fresh epoch of
+shards holding enough samples for its warm-up and timed steps, so the timed steps run in steady
+state (no epoch start, no new DALI pipeline or worker start among them; each row records its
+samples, batches per epoch, steps and workers). Reported per row: images/s, the data-wait
+fraction (1 - end-to-end / device rate at that batch), peak memory and model FLOPs utilisation:
+training FLOPs per image (torch's FLOP counter, forward and backward) x images/s / the GPU's
+dense bf16 peak (PEAK_BF16). The shards are made here from the synthetic generator at the COCO
+recipe's 384x288 detail. Without CUDA (and without --cpu) it says so and exits 0. Exit 1 when a
+test fails or a row raises.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
+import math
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
-from dataclasses import replace
+import traceback
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -37,7 +50,8 @@ sys.path.insert(0, str(ROOT))
 from pose.caches import use_cache_folders  # noqa: E402
 from pose.config import load_config  # noqa: E402
 from pose.data.backends import build_loader  # noqa: E402
-from pose.data.loader import LoaderSpec  # noqa: E402
+from pose.data.loader import LoaderSpec, normalise  # noqa: E402
+from pose.data.shards import ShardSet  # noqa: E402
 from pose.engine.deepspeed_adapter import build_engine  # noqa: E402
 from pose.engine.distributed import init_distributed  # noqa: E402
 from pose.engine.trainer import apply_memory_format, prepare_model, train_step  # noqa: E402
@@ -48,6 +62,42 @@ from pose.models import build_model  # noqa: E402
 # parts; PCIe/NVL parts are lower, so MFU on those reads low).
 PEAK_BF16 = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0}
 PEAK_SOURCE = "NVIDIA data sheets, dense bf16 tensor-core peak (SXM)"
+WARMUP_STEPS = {False: 3, True: 5}  # compiling happens in the warm-up steps
+# Seconds a row is assumed to take before one of its kind has run (then: the longest seen).
+ROW_ESTIMATE_S = {False: 30.0, True: 150.0}
+PEOPLE_PER_IMAGE = 1.4  # the synthetic generator's lower bound on average, with margin
+
+
+@dataclass(frozen=True)
+class Row:
+    source: str  # device, dali or torch
+    batch: int
+    compile: bool = False
+
+    @property
+    def name(self) -> str:
+        return f"{self.source}-{self.batch}" + ("-compiled" if self.compile else "")
+
+
+def default_rows(quick: bool) -> list[str]:
+    """Row names in order of importance: the tests, then the largest batch (device, both
+    pipelines, compiled), then the smaller batches."""
+    if quick:  # the code paths, a compiled one included, not the numbers
+        return ["tests", "device-2", "dali-2", "torch-2", "device-2-compiled"]
+    names = ["tests", "device-128", "dali-128", "torch-128", "device-128-compiled"]
+    names += ["dali-128-compiled", "torch-128-compiled"]
+    names += [f"{s}-{b}" for b in (64, 32) for s in ("device", "dali", "torch")]
+    return names + ["device-64-compiled", "device-32-compiled"]
+
+
+def parse_row(name: str) -> Row:
+    match = re.fullmatch(r"(device|dali|torch)-(\d+)(-compiled)?", name)
+    if not match:
+        raise ValueError(
+            f"--rows: '{name}' is not a row (tests, or SOURCE-BATCH[-compiled] with SOURCE one "
+            "of device, dali, torch: e.g. device-128, dali-64-compiled)"
+        )
+    return Row(match[1], int(match[2]), bool(match[3]))
 
 
 def peak_tflops(device_name: str) -> float | None:
@@ -84,32 +134,137 @@ def machine(device: torch.device) -> dict:
     return info
 
 
-def run_gpu_tests(out: Path) -> dict:
-    """`pytest -m gpu`: the counts, and the output in OUT/gpu-tests.txt."""
-    command = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider"]
-    start = time.time()
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
-    atomic_write(out / "gpu-tests.txt", done.stdout + done.stderr)
-    last = (done.stdout.strip().splitlines() or [""])[-1]
-    return {"exit_code": done.returncode, "summary": last, "seconds": round(time.time() - start)}
+class Report:
+    """report.json and report.md, both rewritten (atomically) whenever something is added."""
+
+    def __init__(self, out: Path, info: dict, setup: dict):
+        self.out = out
+        self.start = time.time()
+        self.data = {"machine": info, "setup": setup, "tests": None, "rows": [], "seconds": 0}
+
+    def set_tests(self, tests: dict) -> None:
+        self.data["tests"] = tests
+        self.write()
+
+    def add_row(self, row: dict) -> None:
+        self.data["rows"].append(row)
+        add_ratios(self.data["rows"], self.data["setup"])
+        self.write()
+
+    def write(self) -> None:
+        self.data["seconds"] = round(time.time() - self.start)
+        atomic_write(self.out / "report.json", json.dumps(self.data, indent=1) + "\n")
+        atomic_write(self.out / "report.md", markdown(self.data))
+
+    @property
+    def failed(self) -> bool:
+        tests = self.data["tests"] or {}
+        broken = tests.get("exit_code") not in (None, 0, 5) or tests.get("error")
+        return bool(broken) or any("error" in row for row in self.data["rows"])
 
 
-def make_shards(out: Path, images: int) -> Path:
+TEST_LINE = re.compile(
+    r"^(?P<id>\S+::\S+) (?P<outcome>PASSED|FAILED|SKIPPED|ERROR|XFAIL|XPASS)"
+    r"(?: \((?P<reason>.*?)\))?\s*(?:\[\s*\d+%\])?$"
+)
+
+
+def run_gpu_tests(out: Path, report: Report, timeout_s: float | None) -> None:
+    """`pytest -m gpu -v`, each test's outcome recorded as pytest prints it; the whole output
+    in OUT/gpu-tests.txt. A pytest that cannot start is recorded with its own words."""
+    junit = out / "gpu-tests.xml"
+    command = [sys.executable, "-m", "pytest", "-m", "gpu", "-v", "-p", "no:cacheprovider"]
+    command += [f"--junitxml={junit.resolve()}", f"--basetemp={(out / 'tmp').resolve()}"]
+    env = {**os.environ, "POSESCALE_REQUIRE_FIXTURES": "1", "PYTHONUNBUFFERED": "1"}
+    env["COLUMNS"] = "200"
+    tests = {
+        "command": "python " + " ".join(command[1:]),
+        "results": [],
+        "summary": "",
+        "exit_code": None,
+    }
+    report.set_tests(tests)
+    start, lines = time.time(), []
+    proc = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    deadline = None if timeout_s is None else start + timeout_s
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            record_test_line(line.rstrip("\n"), tests, report)
+            if deadline is not None and time.time() > deadline:
+                proc.kill()
+                tests["error"] = f"stopped at the deadline after {round(time.time() - start)} s"
+                break
+    finally:
+        proc.wait()
+    output = "".join(lines)
+    atomic_write(out / "gpu-tests.txt", output)
+    tests["exit_code"] = proc.returncode
+    add_reasons(tests["results"], junit)
+    tests["seconds"] = round(time.time() - start)
+    summary = [ln for ln in output.splitlines() if re.search(r"\b(passed|failed|error)", ln)]
+    tests["summary"] = summary[-1].strip(" =") if summary else ""
+    if not tests["results"] and proc.returncode not in (0, 5):
+        # pytest did not run (not installed, a collection error): its last words say why
+        why = [ln for ln in output.splitlines() if ln.strip()]
+        tests["error"] = tests.get("error") or (why[-1] if why else f"exit {proc.returncode}")
+    report.set_tests(tests)
+    print(f"gpu-check: tests: {tests['summary'] or tests.get('error')}", flush=True)
+
+
+def add_reasons(results: list[dict], junit: Path) -> None:
+    """Each skipped or failed test's whole reason, from pytest's JUnit XML report."""
+    import xml.etree.ElementTree as ET
+
+    if not junit.is_file():
+        return
+    reasons = {}
+    for case in ET.parse(junit).iter("testcase"):
+        node = case.get("classname", "").replace(".", "/") + ".py::" + case.get("name", "")
+        for outcome in ("skipped", "failure", "error"):
+            found = case.find(outcome)
+            if found is not None:
+                reasons[node] = (found.get("message") or "").strip()[:500]
+    for result in results:
+        if reasons.get(result["test"]):
+            result["reason"] = reasons[result["test"]]
+
+
+def record_test_line(line: str, tests: dict, report: Report) -> None:
+    """One line of pytest's output: a test's outcome, recorded as it comes."""
+    match = TEST_LINE.match(line)
+    if match:
+        result = {"test": match["id"], "outcome": match["outcome"].lower()}
+        if match["reason"]:
+            result["reason"] = match["reason"]
+        tests["results"].append(result)
+        print(f"gpu-check: {result['outcome']:>7} {result['test']}", flush=True)
+        report.set_tests(tests)
+
+
+def make_shards(out: Path, samples: int) -> Path:
+    """Synthetic training shards of at least `samples` samples (made once per size)."""
     from data_prep.synthetic import generate
     from pose.data.sharding import ShardRequest, shard_dataset
 
-    data = out / "data"
-    if not (data / "shards" / "train" / "manifest.json").is_file():
+    images = max(8, math.ceil(samples / PEOPLE_PER_IMAGE))
+    data = out / f"data-{images}"
+    shards = data / "shards" / "train"
+    if not (shards / "manifest.json").is_file():
+        print(f"gpu-check: making {images} synthetic images and their shards", flush=True)
         generate(data, seed=0, train_images=images, val_images=2, progress=False)
         request = ShardRequest(
             annotations=data / "annotations" / "person_keypoints_train.json",
             images=data / "images" / "train",
-            out=data / "shards" / "train",
+            out=shards,
             split="train",
+            workers=max(1, min(os.cpu_count() or 1, 16)),
             progress=False,
         )
         shard_dataset(request)
-    return data / "shards" / "train"
+    return shards
 
 
 def training_flops_per_image(cfg, device: torch.device) -> float:
@@ -124,143 +279,204 @@ def training_flops_per_image(cfg, device: torch.device) -> float:
     return float(counter.get_total_flops())
 
 
-def measure(cfg, batch_size: int, compile_model: bool, source: str, device, steps: int) -> dict:
-    """images/s and peak memory of one setting; source: device (a), dali (b) or torch (c)."""
-    train = replace(cfg.train, batch_size=batch_size, compile=compile_model)
+def measure(cfg, row: Row, device: torch.device, steps: int, shards: Path | None) -> dict:
+    """images/s and peak memory of one row, the timed steps inside one epoch."""
+    train = replace(cfg.train, batch_size=row.batch, compile=row.compile)
     data = cfg.data
-    if source != "device":
-        workers = os.cpu_count() if source == "torch" else data.num_workers
-        data = replace(data, backend=source, num_workers=workers)
+    warmup = WARMUP_STEPS[row.compile]
+    record = {"source": row.source, "batch": row.batch, "compile": row.compile}
+    record.update(steps=steps, warmup_steps=warmup)
+    if row.source != "device":
+        workers = os.cpu_count() if row.source == "torch" else data.num_workers
+        data = replace(data, backend=row.source, num_workers=workers, train_shards=str(shards))
+        record.update(workers=workers, samples=ShardSet.open(shards).num_samples)
+    if row.compile:
+        torch._dynamo.reset()  # each compiled row compiles its own model afresh
     torch.manual_seed(0)
     model = prepare_model(build_model(cfg.model, 17), train, device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     engine = build_engine(model, optimizer, None, train, 1, cfg.train.precision)
     apply_memory_format(model, train, device)
-    loader = build_loader(LoaderSpec(data, "train", batch_size, device=device))
-    epochs = iter(range(10**6))
-    batches = iter(())
+    if row.source == "device":
+        fixed = device_batch(row.batch, data.image_size, device)
+        batches = iter(lambda: fixed, None)  # the same device batch for ever
+    else:
+        loader = build_loader(LoaderSpec(data, "train", row.batch, device=device))
+        batches = iter(loader.epoch(0))
+        per_epoch = loader.batches_per_epoch
+        record.update(
+            batches_per_epoch=per_epoch,
+            epoch_starts_in_timed_steps=max(0, math.ceil((warmup + steps) / per_epoch) - 1),
+        )
 
-    def next_batch():
-        nonlocal batches
-        try:
-            return next(batches)
-        except StopIteration:
-            batches = iter(loader.epoch(next(epochs)))
-            return next(batches)
+    def step():
+        train_step(engine, next(batches), data, train)
 
-    fixed = next_batch()
-    step = (
-        (lambda: train_step(engine, fixed, data, train))
-        if source == "device"
-        else (lambda: train_step(engine, next_batch(), data, train))
-    )
-    for _ in range(3 if not compile_model else 5):  # compiling happens here
+    for _ in range(warmup):
         step()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     seconds = timed(step, steps)
     memory = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    record.update(
+        images_per_s=round(row.batch / seconds, 1),
+        peak_memory_gb=None if memory is None else round(memory, 2),
+    )
+    return record
+
+
+def device_batch(batch: int, image_size, device: torch.device, joints: int = 17) -> dict:
+    """A batch as the loaders deliver it (normalised images, keypoints in input pixels with
+    visibility), made on the device from random pixels: no shards needed."""
+    generator = torch.Generator().manual_seed(0)
+    height, width = image_size
+    pixels = torch.randint(0, 256, (batch, height, width, 3), generator=generator)
+    keypoints = torch.rand(batch, joints, 3, generator=generator)
+    keypoints *= torch.tensor([width, height, 1.0])
+    keypoints[..., 2] = 1.0
     return {
-        "source": source,
-        "batch": batch_size,
-        "compile": compile_model,
-        "images_per_s": round(batch_size / seconds, 1),
-        "peak_memory_gb": None if memory is None else round(memory, 2),
+        "image": normalise(pixels.to(torch.uint8).to(device)),
+        "keypoints": keypoints.to(device),
     }
 
 
-def throughput(out: Path, device: torch.device, quick: bool) -> dict:
-    overrides = ["log.wandb=off", "train.budget_minutes=0", "train.memory_format=channels_last"]
-    overrides.append(f"train.precision={'bf16' if device.type == 'cuda' else 'fp32'}")
-    if quick:  # the code paths, not the numbers
-        overrides += ["model.backbone=resnet18", "data.image_size=[128,96]"]
-    shards = make_shards(out, images=16 if quick else 400)
-    overrides += [f"data.train_shards={shards}", f"data.val_shards={shards}"]
-    cfg = load_config("configs/coco_res50_256x192.yaml", overrides)
-    init_distributed(cfg.launch)
-    batches = (2,) if quick else (32, 64, 128)
-    steps = 2 if quick else 20
-    sources = ["device", "dali" if device.type == "cuda" or quick else None, "torch"]
-    sources = [s for s in sources if s]
-    rows = []
-    for compile_model in (False, True) if not quick else (False,):
-        for batch in batches:
-            for source in sources:
-                if compile_model and source != "device" and batch != batches[-1]:
-                    continue
-                row = measure(cfg, batch, compile_model, source, device, steps)
-                rows.append(row)
-                print(f"gpu-check: {describe(row)}", flush=True)
-    add_ratios(rows)
-    flops = training_flops_per_image(cfg, device)
-    peak = peak_tflops(machine(device).get("gpu", ""))
-    for row in rows:
-        achieved = flops * row["images_per_s"] / 1e12
-        row["tflops"] = round(achieved, 1)
-        row["mfu"] = None if peak is None else round(achieved / peak, 3)
-    setup = f"{cfg.model.backbone} {'x'.join(map(str, cfg.data.image_size))} {cfg.train.precision}"
-    return {
-        "setup": setup + ", channels_last",
-        "training_gflops_per_image": round(flops / 1e9, 2),
-        "peak_bf16_tflops": peak,
-        "peak_source": PEAK_SOURCE,
-        "rows": rows,
-    }
+def samples_needed(rows: list[Row], steps: int) -> int:
+    """Samples for every end-to-end row's warm-up and timed steps to fit in one epoch."""
+    wanted = [(WARMUP_STEPS[r.compile] + steps) * r.batch for r in rows if r.source != "device"]
+    return max(wanted, default=0)
 
 
-def add_ratios(rows: list[dict]) -> None:
+class Throughput:
+    """The rows: measured and recorded in turn, the model's config and FLOPs worked out at the
+    first row and the shards made before the first end-to-end row. A row's exception is
+    recorded and the next row runs; a row that would not finish before the deadline is
+    recorded as skipped."""
+
+    def __init__(self, args, rows: list[Row], report: Report, device: torch.device):
+        self.args, self.rows, self.report, self.device = args, rows, report, device
+        self.cfg, self.flops, self.shards = None, None, None
+        self.longest: dict[bool, float] = {}  # seconds of the longest row, by compile
+
+    def _setup(self) -> None:
+        overrides = ["log.wandb=off", "train.budget_minutes=0"]
+        overrides.append("train.memory_format=channels_last")
+        overrides.append(f"train.precision={'bf16' if self.device.type == 'cuda' else 'fp32'}")
+        if self.args.quick:
+            overrides += ["model.backbone=resnet18", "data.image_size=[128,96]"]
+        self.cfg = load_config("configs/coco_res50_256x192.yaml", overrides)
+        init_distributed(self.cfg.launch)
+        setup = self.report.data["setup"]
+        setup["model"] = f"{self.cfg.model.backbone} " + "x".join(
+            map(str, self.cfg.data.image_size)
+        )
+        setup["precision"] = self.cfg.train.precision
+        self.flops = training_flops_per_image(self.cfg, self.device)
+        setup["training_gflops_per_image"] = round(self.flops / 1e9, 2)
+
+    def run(self, row: Row, deadline: float | None) -> None:
+        estimate = self.longest.get(row.compile, ROW_ESTIMATE_S[row.compile])
+        left = None if deadline is None else deadline - time.time()
+        if left is not None and left < estimate:
+            skipped = {"name": row.name, "skipped": f"{left:.0f} s left, takes ~{estimate:.0f} s"}
+            self.report.add_row(skipped)
+            print(f"gpu-check: {row.name}: skipped ({skipped['skipped']})", flush=True)
+            return
+        start = time.time()
+        try:
+            record = {"name": row.name, **self._measure(row)}
+        except Exception as e:  # any failure of a row is recorded; the next row runs
+            record = {"name": row.name, "error": f"{type(e).__name__}: {e}"[:1000]}
+            errors = self.args.out / "errors"
+            errors.mkdir(exist_ok=True)
+            atomic_write(errors / f"{row.name}.txt", traceback.format_exc())
+        record["seconds"] = round(time.time() - start, 1)
+        self.longest[row.compile] = max(self.longest.get(row.compile, 0.0), record["seconds"])
+        self.report.add_row(record)
+        print(f"gpu-check: {describe(record)}", flush=True)
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def _measure(self, row: Row) -> dict:
+        if self.cfg is None:
+            self._setup()
+        if row.source != "device" and self.shards is None:
+            self.shards = make_shards(self.args.out, samples_needed(self.rows, self.args.steps))
+        record = measure(self.cfg, row, self.device, self.args.steps, self.shards)
+        achieved = self.flops * record["images_per_s"] / 1e12
+        record["tflops"] = round(achieved, 1)
+        peak = self.report.data["setup"].get("peak_bf16_tflops")
+        record["mfu"] = None if peak is None else round(achieved / peak, 3)
+        return record
+
+
+def add_ratios(rows: list[dict], setup: dict) -> None:
     """Each end-to-end row's share of the device-batch rate, and its data-wait fraction."""
     device = {
-        (r["batch"], r["compile"]): r["images_per_s"] for r in rows if r["source"] == "device"
+        (r["batch"], r["compile"]): r["images_per_s"]
+        for r in rows
+        if r.get("source") == "device" and "images_per_s" in r
     }
     for row in rows:
-        base = device.get((row["batch"], row["compile"]))
-        if row["source"] != "device" and base:
+        base = device.get((row.get("batch"), row.get("compile")))
+        if row.get("source") not in (None, "device") and base and "images_per_s" in row:
             row["vs_device"] = round(row["images_per_s"] / base, 3)
             row["data_wait"] = round(max(0.0, 1 - row["images_per_s"] / base), 3)
 
 
 def describe(row: dict) -> str:
+    if "error" in row:
+        return f"{row['name']}: FAILED: {row['error']}"
     memory = f", {row['peak_memory_gb']} GB" if row.get("peak_memory_gb") is not None else ""
-    compiled = " compiled" if row["compile"] else ""
-    return (
-        f"{row['source']:>6} batch {row['batch']:>3}{compiled}: {row['images_per_s']} img/s{memory}"
-    )
+    return f"{row['name']}: {row['images_per_s']} img/s{memory} ({row['seconds']} s)"
 
 
 def markdown(report: dict) -> str:
-    m = report["machine"]
     lines = ["# GPU check", "", "| | |", "|---|---|"]
-    lines += [f"| {k} | {v} |" for k, v in m.items()]
-    if "tests" in report:
-        t = report["tests"]
-        lines += ["", f"Tests (`pytest -m gpu`): {t['summary']} (exit {t['exit_code']})"]
-    bench = report.get("throughput")
-    if bench:
-        lines += ["", f"Throughput: {bench['setup']}; {bench['training_gflops_per_image']} "]
-        lines[-1] += f"training GFLOPs per image; peak {bench['peak_bf16_tflops']} TFLOP/s "
-        lines[-1] += f"({bench['peak_source']})"
+    lines += [f"| {k} | {v} |" for k, v in {**report["machine"], **report["setup"]}.items()]
+    tests = report.get("tests")
+    if tests:
+        lines += ["", f"## Tests (`{tests['command']}`)", ""]
+        lines += [f"{tests['summary']} (exit {tests['exit_code']}, {tests.get('seconds')} s)"]
+        if tests.get("error"):
+            lines += ["", f"**Error:** {tests['error']}"]
+        lines += ["", "| test | outcome | reason |", "|---|---|---|"]
         lines += [
-            "",
-            "| source | batch | compile | images/s | vs a | data wait | memory GB | MFU |",
+            f"| {t['test']} | {t['outcome']} | {t.get('reason', '')} |" for t in tests["results"]
         ]
-        lines += ["|---|---|---|---|---|---|---|---|"]
-        for r in bench["rows"]:
-            lines.append(
-                f"| {r['source']} | {r['batch']} | {r['compile']} | {r['images_per_s']} | "
-                f"{r.get('vs_device', '')} | {r.get('data_wait', '')} | "
-                f"{r['peak_memory_gb'] or ''} | {r['mfu'] or ''} |"
-            )
+    if report["rows"]:
+        lines += ["", "## Throughput", ""]
+        head = "| row | images/s | vs device | data wait | memory GB | MFU | samples | batches"
+        head += "/epoch | epoch starts timed | steps | workers | s | error or skip |"
+        lines += [head, "|" + "---|" * 13]
+        keys = ["images_per_s", "vs_device", "data_wait", "peak_memory_gb", "mfu", "samples"]
+        keys += ["batches_per_epoch", "epoch_starts_in_timed_steps", "steps", "workers"]
+        for r in report["rows"]:
+            cells = [r["name"], *("" if r.get(k) is None else r[k] for k in keys)]
+            cells += [r.get("seconds", ""), r.get("error") or r.get("skipped") or ""]
+            lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    lines += ["", f"{report['seconds']} s in all."]
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("runs/gpu-check"))
-    parser.add_argument("--skip-tests", action="store_true", help="only the throughput")
+    parser.add_argument("--rows", help="comma-separated rows to run, in this order (see above)")
+    parser.add_argument("--budget-s", type=float, help="stop cleanly before this many seconds")
+    parser.add_argument("--steps", type=int, help="timed steps per row (default 20; quick: 2)")
+    parser.add_argument("--skip-tests", action="store_true", help="leave out the tests row")
     parser.add_argument("--quick", action="store_true", help="small sizes: the code paths only")
     parser.add_argument("--cpu", action="store_true", help="run on the CPU (a smoke test)")
     args = parser.parse_args(argv)
+    names = args.rows.split(",") if args.rows else default_rows(args.quick)
+    if args.skip_tests:
+        names = [n for n in names if n != "tests"]
+    try:
+        rows = [parse_row(n) for n in names if n != "tests"]
+    except ValueError as e:
+        parser.error(str(e))
+    args.steps = args.steps or (2 if args.quick else 20)
     use_cache_folders()
     if not torch.cuda.is_available() and not args.cpu:
         print(
@@ -269,19 +485,22 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 0
     device = torch.device("cpu" if args.cpu else "cuda")
+    deadline = None if args.budget_s is None else time.time() + args.budget_s
     args.out.mkdir(parents=True, exist_ok=True)
-    start = time.time()
-    report = {"machine": machine(device)}
-    if not args.skip_tests:
-        report["tests"] = run_gpu_tests(args.out)
-        print(f"gpu-check: tests: {report['tests']['summary']}", flush=True)
-    report["throughput"] = throughput(args.out, device, args.quick)
-    report["seconds"] = round(time.time() - start)
-    atomic_write(args.out / "report.json", json.dumps(report, indent=1) + "\n")
-    atomic_write(args.out / "report.md", markdown(report))
-    print(f"gpu-check: done in {report['seconds']} s; {args.out / 'report.md'}")
-    failed = report.get("tests", {}).get("exit_code", 0) not in (0, 5)
-    return 1 if failed else 0
+    info = machine(device)
+    setup = {"rows": ",".join(names), "steps": args.steps, "budget_s": args.budget_s}
+    setup.update(peak_bf16_tflops=peak_tflops(info.get("gpu", "")), peak_source=PEAK_SOURCE)
+    report = Report(args.out, info, setup)
+    report.write()
+    throughput = Throughput(args, rows, report, device)
+    for name in names:
+        if name == "tests":
+            run_gpu_tests(args.out, report, None if deadline is None else deadline - time.time())
+        else:
+            throughput.run(parse_row(name), deadline)
+    report.write()
+    print(f"gpu-check: done in {report.data['seconds']} s; {args.out / 'report.md'}")
+    return 1 if report.failed else 0
 
 
 if __name__ == "__main__":

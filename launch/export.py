@@ -34,7 +34,13 @@ from pose.engine.errors import CheckpointError
 from pose.eval.inference import crop_boxes
 from pose.files import atomic_write
 from pose.models import build_model
-from pose.models.export import ExportError, check_exports, export_onnx, export_program
+from pose.models.export import (
+    ExportError,
+    check_exports,
+    export_onnx,
+    export_program,
+    require_export_tools,
+)
 from pose.models.weights import WeightsError, load_model_weights
 from pose.run_folder import RunFolder
 
@@ -78,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     use_cache_folders()
     out = Path(args.out)
     try:
+        require_export_tools(check=not args.no_check)
         config = args.config or RunFolder(args.checkpoint).config
         cfg = load_config(config if Path(config).is_file() else None, args.overrides)
         layout = layout_to_use(args.checkpoint, args.layout)

@@ -1,22 +1,26 @@
 #!/usr/bin/env bash
 # Installs posescale the way a user beside their own torch does, and runs it from another folder:
 #
-#   make install-check PY=3.12 TORCH=2.11.0 WHEELHOUSE=wheelhouse-py312-cu13   # offline, wheels
-#   make install-check PY=3.10 TORCH=2.5.1                                     # pip install .
+#   make install-check PY=3.12 TORCH=2.11.0 WHEELHOUSE=wheelhouse-py312-cu13 CUDA=13  # offline
+#   make install-check PY=3.10 TORCH=2.5.1                                             # pip install .
 #
 # A fresh venv for Python PY gets torch==TORCH (and its torchvision) from the index first: the
-# environment's own torch. Then posescale goes in, from the wheelhouse with --no-index (the
-# DALI extra included) or from this checkout, and the check fails if torch was replaced or
-# `pip check` finds a conflict. From a folder outside the checkout, the console scripts then
-# make a small synthetic set, shard it, train 3 steps with a shipped config named `demo`,
-# evaluate and predict: what an installed copy needs (shipped configs, layouts, no
-# writes into site-packages).
+# environment's own torch. Then posescale goes in, from the wheelhouse with --no-index (with the
+# DALI extra of CUDA, 12 or 13, and the export and test extras) or from this checkout (with
+# the export extra), and the check fails if torch was replaced or `pip check` finds a conflict.
+# From a folder outside the checkout, the console scripts then make a small synthetic set, shard
+# it, train 3 steps with a shipped config named `demo`, evaluate, predict and export: what an
+# installed copy needs (shipped configs, layouts, no writes into site-packages). From the
+# wheelhouse, the GPU check then runs on the CPU (`benchmarks/gpu_check.py --cpu --quick`: the
+# gpu tests through the wheelhouse's pytest, every row, a compiled one included).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 py=${PY:-3.12}
 torch_version=${TORCH:-2.11.0}
 wheelhouse=${WHEELHOUSE:-}
+cuda=${CUDA:-13}
+case "$cuda" in 12 | 13) ;; *) echo "install-check: CUDA=$cuda: DALI comes for CUDA 12 or 13" >&2; exit 2 ;; esac
 python=${PYTHON:-}
 for candidate in "$HOME"/.pyenv/versions/"$py".*/bin/python "$(command -v "python$py" || true)"; do
   if [ -z "$python" ] && [ -x "$candidate" ] && "$candidate" -c '' 2>/dev/null; then
@@ -36,11 +40,12 @@ echo "install-check: Python $py, the environment's own torch $torch_version"
 torch_before=$("$venv_python" -c 'import torch, torchvision; print(torch.__version__, torchvision.__version__)')
 if [ -n "$wheelhouse" ]; then
   echo "install-check: posescale from the wheelhouse $wheelhouse, offline"
-  "$venv_python" -m pip install -q --no-index --find-links "$wheelhouse" 'posescale[dali-cuda13]'
+  "$venv_python" -m pip install -q --no-index --find-links "$wheelhouse" \
+    "posescale[dali-cuda$cuda,export,test]"
   "$venv_python" -c 'import nvidia.dali; print("install-check: DALI", nvidia.dali.__version__)'
 else
   echo "install-check: pip install $root"
-  "$venv_python" -m pip install -q "$root"
+  "$venv_python" -m pip install -q "$root[export]"
 fi
 torch_after=$("$venv_python" -c 'import torch, torchvision; print(torch.__version__, torchvision.__version__)')
 if [ "$torch_before" != "$torch_after" ]; then
@@ -68,10 +73,16 @@ overrides=(data.train_shards=shards/train data.val_shards=shards/val
 "$bin/posescale-eval" --config demo --checkpoint run --out run/metrics.json "${overrides[@]}"
 "$bin/posescale-predict" --checkpoint run --image data/images/val --out pictures --limit 2
 "$bin/posescale-summary" run --eval run/metrics.json
+"$bin/posescale-export" --checkpoint run --out export --image data/images/val
+test -s export/model.onnx || { echo "install-check: FAILED: no export/model.onnx" >&2; exit 1; }
 site=$("$venv_python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 if find "$site" -newer "$work/elsewhere/data" -type f -not -path '*__pycache__*' | grep -q .; then
   echo "install-check: FAILED: files were written into $site at run time:" >&2
   find "$site" -newer "$work/elsewhere/data" -type f -not -path '*__pycache__*' | head >&2
   exit 1
+fi
+if [ -n "$wheelhouse" ]; then
+  echo "install-check: the GPU check on the CPU, with the wheelhouse's pytest"
+  (cd "$root" && "$venv_python" benchmarks/gpu_check.py --cpu --quick --out "$work/gpu-check")
 fi
 echo "install-check: ok (Python $py, torch $torch_after${wheelhouse:+, offline from $wheelhouse})"

@@ -20,6 +20,12 @@ use_cache_folders()  # as the entry points do: tools write their caches under th
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES_ENV = "POSESCALE_FIXTURES"
+# Set by the GPU check (benchmarks/gpu_check.py): a missing fixture fails there, as under CI.
+REQUIRE_FIXTURES_ENV = "POSESCALE_REQUIRE_FIXTURES"
+
+
+def fixtures_required() -> bool:
+    return os.environ.get("CI") == "true" or os.environ.get(REQUIRE_FIXTURES_ENV) == "1"
 
 
 def fixtures_dir() -> Path:
@@ -30,14 +36,14 @@ def fixtures_dir() -> Path:
 @pytest.fixture(scope="session")
 def coco_fixtures() -> Path:
     """Folder with the real COCO images, annotations and detections. Skips when absent, except
-    under CI=true where their absence is a failure."""
+    under CI=true or in the GPU check, where their absence is a failure."""
     folder = fixtures_dir() / "coco"
     if not (folder / "test_coco.json").is_file():
         reason = (
             f"real COCO fixtures not found at {folder} (set {FIXTURES_ENV} to the folder that "
             "holds coco/test_coco.json)"
         )
-        if os.environ.get("CI") == "true":
+        if fixtures_required():
             pytest.fail(reason)
         pytest.skip(reason)
     return folder

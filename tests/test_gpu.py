@@ -1,10 +1,21 @@
-"""What only a CUDA GPU can check (`pytest -m gpu`, run by `make gpu-check`; skipped without
-CUDA): DALI's `mixed` decoding against its CPU mode, bf16 and fp16 engine steps, nccl, and a
-checkpoint written on the GPU that loads on a CPU and resumes."""
+"""What the GPU check runs (`pytest -m gpu`, from `make gpu-check`), written so that a wrong GPU
+path fails: the bf16 step's gradients against fp32's and proof that autocast ran in bf16; an
+fp16 overflow that the loss scaler must skip with the model still usable; nccl; DALI's `mixed`
+decoding against its CPU mode; a checkpoint written on the GPU that loads where there is no
+CUDA and resumes.
+
+The precision and checkpoint tests run on DeepSpeed's accelerator: the GPU when there is one,
+else the CPU (torch autocasts to bf16 and fp16 there too), so that `make test` runs them before
+a GPU ever does. The tests of the checks themselves (below each) show that each one fails on a
+deliberately broken variant: negated, random, zero or vanishing gradients; autocast left off; a
+model that gives NaN after an overflow; a checkpoint read back onto a CUDA device."""
 
 import os
+import shutil
+import subprocess
 import sys
 from dataclasses import replace
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -18,12 +29,223 @@ from pose.engine.trainer import train_step
 from pose.models import build_model
 from pose.run_folder import RunFolder
 
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
-]
-GPU, CPU = torch.device("cuda"), torch.device("cpu")
+ON_GPU = torch.cuda.is_available()
+CPU = torch.device("cpu")
+DEVICE = torch.device("cuda", 0) if ON_GPU else CPU
+needs_cuda = pytest.mark.skipif(not ON_GPU, reason="needs a CUDA GPU")
 TRAIN = ["launch/train.py", "--config", "configs/demo.yaml"]
+LOWER_PRECISION_MODULES = (torch.nn.Conv2d, torch.nn.ConvTranspose2d, torch.nn.Linear)
+
+# How far a bf16 step's gradients may be from fp32's, per parameter and over all parameters
+# together (cosine, and relative error |g - g32| / |g32|). Measured on the CPU with the config
+# below (ResNet-18, 128x96, batch 4, bf16 autocast, three seeds): per parameter, cosine >= 0.83
+# and relative error <= 0.58 (early BatchNorm parameters, whose gradients are small differences
+# of large sums, are the worst); over all, cosine 0.998 and relative error 0.067. Negated
+# gradients give cosine -1, random ones ~0, zero or vanishing (x1e-6) ones a relative error of
+# ~1: each fails by far. (A ResNet-50 at 256x192 at initialisation has per-parameter cosines
+# down to -0.2 in bf16, so the test uses the small model on every device.)
+PARAMETER_BOUNDS = 0.5, 0.85  # min cosine, max relative error
+OVERALL_BOUNDS = 0.99, 0.15
+
+
+def precision_config():
+    """The demo config (a ResNet-18 at 128x96) without gradient clipping, on every device."""
+    from pose.engine.distributed import init_distributed
+
+    cfg = load_config("configs/demo.yaml", ["log.wandb=off", "train.grad_clip=0"])
+    init_distributed(cfg.launch)
+    return cfg
+
+
+def device_batch(cfg, seed: int = 0, n: int = 4) -> dict:
+    generator = torch.Generator().manual_seed(seed)
+    height, width = cfg.data.image_size
+    image = torch.randn(n, 3, height, width, generator=generator)
+    keypoints = torch.rand(n, 17, 3, generator=generator) * torch.tensor([width, height, 1.0])
+    keypoints[..., 2] = 1.0
+    return {"image": image.to(DEVICE), "keypoints": keypoints.to(DEVICE)}
+
+
+class EngineStep:
+    """One training step of `precision` through the real engine and `train_step`, recording
+    the output dtype of every convolution and linear layer (what autocast ran them in) and the
+    gradients the optimizer was handed (captured just before Adam applies them)."""
+
+    def __init__(self, cfg, precision: str, seed: int = 0):
+        torch.manual_seed(seed)
+        model = build_model(cfg.model, 17).to(DEVICE)
+        if ON_GPU:
+            model = model.to(memory_format=torch.channels_last)
+        self.cfg, self.model = cfg, model
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        self.engine = build_engine(model, self.optimizer, None, cfg.train, 1, precision)
+        self.layer_dtypes: set[torch.dtype] = set()
+        self.gradients: dict[str, torch.Tensor] = {}
+        for module in model.modules():
+            if isinstance(module, LOWER_PRECISION_MODULES):
+                module.register_forward_hook(self._record_dtype)
+        self.optimizer.register_step_pre_hook(self._capture_gradients)
+
+    def _record_dtype(self, module, inputs, output):
+        self.layer_dtypes.add(output.dtype)
+
+    def _capture_gradients(self, optimizer, args, kwargs):
+        self.gradients = {
+            name: p.grad.detach().float().clone()
+            for name, p in self.model.named_parameters()
+            if p.grad is not None
+        }
+
+    def step(self, batch: dict):
+        return train_step(self.engine, batch, self.cfg.data, self.cfg.train)
+
+
+def gradient_disagreements(candidate: dict, reference: dict) -> list[str]:
+    """Where the candidate gradients differ from the reference's beyond the bounds above: each
+    parameter (a parameter missing from either is one too), and all of them together."""
+    problems = [f"{name}: no gradient" for name in sorted(set(reference) ^ set(candidate))]
+    names = sorted(set(reference) & set(candidate))
+    pairs = [(name, candidate[name].flatten(), reference[name].flatten()) for name in names]
+    pairs = [(name, a, b) for name, a, b in pairs if b.norm() > 0]  # the loss reaches them
+    overall = torch.cat([a for _, a, _ in pairs]), torch.cat([b for _, _, b in pairs])
+    for name, (a, b), bounds in [
+        *((name, (a, b), PARAMETER_BOUNDS) for name, a, b in pairs),
+        ("all parameters", overall, OVERALL_BOUNDS),
+    ]:
+        cosine = torch.nn.functional.cosine_similarity(a, b, dim=0).item()
+        relative = ((a - b).norm() / b.norm()).item()
+        if not (cosine >= bounds[0] and relative <= bounds[1]):
+            problems.append(f"{name}: cosine {cosine:.3f}, relative error {relative:.3f}")
+    return problems
+
+
+@pytest.fixture(scope="module")
+def bf16_and_fp32_steps():
+    """The same step in fp32 (true fp32: TF32 off on a GPU) and in bf16, on the accelerator."""
+    cfg = precision_config()
+    batch = device_batch(cfg)
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        fp32 = EngineStep(cfg, "fp32")
+        fp32_loss, _ = fp32.step(batch)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+    bf16 = EngineStep(cfg, "bf16")
+    bf16_loss, skipped = bf16.step(batch)
+    return {"fp32": (fp32, fp32_loss), "bf16": (bf16, bf16_loss), "skipped": skipped}
+
+
+@pytest.mark.gpu
+def test_a_bf16_step_runs_in_bf16_and_its_gradients_match_fp32(bf16_and_fp32_steps):
+    (fp32, fp32_loss), (bf16, bf16_loss) = bf16_and_fp32_steps["fp32"], bf16_and_fp32_steps["bf16"]
+    assert bf16_and_fp32_steps["skipped"].item() == 0
+    assert bf16.layer_dtypes == {torch.bfloat16}, "autocast did not run the layers in bf16"
+    assert fp32.layer_dtypes == {torch.float32}
+    assert bf16_loss.item() != fp32_loss.item()  # equal losses: bf16 was not applied
+    torch.testing.assert_close(bf16_loss.float(), fp32_loss.float(), rtol=2e-2, atol=1e-6)
+    assert len(bf16.gradients) == len(list(bf16.model.parameters()))
+    problems = gradient_disagreements(bf16.gradients, fp32.gradients)
+    assert not problems, "bf16 gradients differ from fp32's:\n" + "\n".join(problems)
+    for name, value in bf16.model.state_dict().items():
+        assert value.dtype in (torch.float32, torch.int64), name  # weights, BN running stats
+    for state in bf16.optimizer.state.values():
+        assert all(v.dtype == torch.float32 for v in state.values() if v.is_floating_point())
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [
+        pytest.param(lambda g: -g, id="negated"),
+        pytest.param(lambda g: torch.randn_like(g) * g.norm() / g.numel() ** 0.5, id="random"),
+        pytest.param(torch.zeros_like, id="zero"),
+        pytest.param(lambda g: g * 1e-6, id="vanishing"),
+    ],
+)
+def test_the_gradient_check_fails_on_a_broken_backward(bf16_and_fp32_steps, broken):
+    fp32, bf16 = bf16_and_fp32_steps["fp32"][0], bf16_and_fp32_steps["bf16"][0]
+    wrong = {name: broken(g) for name, g in bf16.gradients.items()}
+    problems = gradient_disagreements(wrong, fp32.gradients)
+    assert len(problems) >= 0.9 * len(fp32.gradients)
+    assert any(p.startswith("all parameters") for p in problems)
+
+
+def test_the_gradient_check_fails_when_autocast_is_left_off():
+    """A 'bf16' engine whose autocast never ran shows fp32 layer outputs and fp32's loss."""
+    cfg = precision_config()
+    batch = device_batch(cfg)
+    runs = [EngineStep(cfg, "fp32") for _ in range(2)]
+    losses = [run.step(batch)[0].item() for run in runs]
+    assert runs[1].layer_dtypes != {torch.bfloat16}
+    assert losses[0] == losses[1]
+
+
+@pytest.mark.gpu
+def test_fp16_skips_a_step_whose_gradients_overflow_and_the_model_stays_finite():
+    """The overflow is injected into one gradient (what a too-large loss scale causes), so the
+    forward and BatchNorm's running statistics are those of a normal step: a skipped step must
+    leave the weights as they were and the scale halved, and eval and training go on finite."""
+    cfg = precision_config()
+    cfg = replace(cfg, train=replace(cfg.train, precision="fp16"))
+    batch = device_batch(cfg)
+    run = EngineStep(cfg, "fp16")
+    assert run.step(batch)[1].item() == 0
+    assert run.layer_dtypes == {torch.float16}
+    scale = run.engine.loss_scale().item()
+    weights = {k: v.clone() for k, v in run.model.named_parameters()}
+    last = list(run.model.parameters())[-1]
+    handle = last.register_hook(lambda grad: torch.full_like(grad, float("inf")))
+    _, skipped = run.step(batch)
+    handle.remove()
+    assert skipped.item() == 1
+    assert run.engine.loss_scale().item() == scale / 2
+    for name, value in run.model.named_parameters():
+        assert torch.equal(value, weights[name]), f"{name} changed on a skipped step"
+    assert_finite(run.model, batch)
+    losses = [run.step(batch)[0] for _ in range(3)]
+    assert all(torch.isfinite(loss) for loss in losses)
+    assert_finite(run.model, batch)
+
+
+def assert_finite(model: torch.nn.Module, batch: dict) -> None:
+    """Every floating state entry (BatchNorm's running statistics included) and the eval
+    outputs of `batch` are finite."""
+    for name, value in model.state_dict().items():
+        if value.is_floating_point():
+            assert torch.isfinite(value).all(), f"{name} is not finite"
+    model.eval()
+    with torch.no_grad():
+        assert torch.isfinite(model(batch["image"])).all(), "eval outputs are not finite"
+    model.train()
+
+
+def test_the_finite_check_fails_on_a_model_poisoned_by_an_inf_forward():
+    """An inf in the input of a training forward makes BatchNorm's running statistics NaN: the
+    eval outputs are NaN, which the fp16 test's check must catch."""
+    cfg = precision_config()
+    model = build_model(cfg.model, 17).to(DEVICE)
+    batch = device_batch(cfg, n=2)
+    model(batch["image"] * float("inf"))
+    with pytest.raises(AssertionError, match="not finite"):
+        assert_finite(model, batch)
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_nccl_initialises_and_reduces_in_one_process():
+    import torch.distributed as dist
+
+    from pose.engine.distributed import free_port
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+    torch.cuda.set_device(DEVICE)
+    dist.init_process_group("nccl", rank=0, world_size=1, device_id=DEVICE)
+    try:
+        value = torch.ones(4, device=DEVICE)
+        dist.all_reduce(value)
+        assert value.sum().item() == 4
+    finally:
+        dist.destroy_process_group()
 
 
 @pytest.fixture(scope="module")
@@ -35,130 +257,107 @@ def fixture_shards(coco_fixtures, tmp_path_factory):
     return out
 
 
-def data_config(shards, **extra):
-    overrides = [f"data.train_shards={shards}", f"data.val_shards={shards}"]
-    overrides += ["data.image_size=[256,192]", "data.flip_prob=0.5", "data.rotation_prob=1.0"]
-    return load_config("configs/demo.yaml", [*overrides, *(f"{k}={v}" for k, v in extra.items())])
-
-
-def test_dali_mixed_decoding_matches_its_cpu_mode_flip_and_rotation_included(fixture_shards):
-    """nvJPEG and libjpeg-turbo may round differently (a grey level here and there); the
-    geometry is the same arithmetic: keypoints equal to 1e-3 px, images to a few grey levels."""
+def dali_batches(shards, device: torch.device) -> list[dict]:
+    """One epoch of DALI batches of `shards` on `device`, flip and rotation included."""
     from pose.data.dali import DaliLoader
 
-    cfg = data_config(fixture_shards, **{"data.backend": "dali"}).data
-    batches = {}
-    for device in (GPU, CPU):
-        loader = DaliLoader(LoaderSpec(cfg, "train", 4, device=device, seed=3))
-        batches[device.type] = [{k: v.cpu() for k, v in b.items()} for b in loader.epoch(0)]
-    assert len(batches["cuda"]) == len(batches["cpu"]) > 0
-    for on_gpu, on_cpu in zip(batches["cuda"], batches["cpu"]):
-        torch.testing.assert_close(on_gpu["keypoints"], on_cpu["keypoints"], atol=1e-3, rtol=0)
-        difference = (on_gpu["image"].float() - on_cpu["image"].float()).abs()
+    overrides = [f"data.train_shards={shards}", f"data.val_shards={shards}"]
+    overrides += ["data.image_size=[256,192]", "data.flip_prob=0.5", "data.rotation_prob=1.0"]
+    cfg = load_config("configs/demo.yaml", [*overrides, "data.backend=dali"]).data
+    loader = DaliLoader(LoaderSpec(cfg, "train", 4, device=device, seed=3))
+    return [{k: v.cpu() for k, v in b.items()} for b in loader.epoch(0)]
+
+
+def assert_same_crops(got: list[dict], expected: list[dict]) -> None:
+    """nvJPEG and libjpeg-turbo may round differently (a grey level here and there); the
+    geometry is the same arithmetic: keypoints equal to 1e-3 px, images to a few grey levels."""
+    assert len(got) == len(expected) > 0
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a["keypoints"], b["keypoints"], atol=1e-3, rtol=0)
+        difference = (a["image"].float() - b["image"].float()).abs()
         # normalised images: one grey level is about 1 / (255 * 0.226) = 0.017
-        assert difference.mean() < 0.02 and torch.quantile(difference.flatten(), 0.99) < 0.2
+        assert difference.mean() < 0.02, f"mean difference {difference.mean():.3f}"
+        assert torch.quantile(difference.flatten(), 0.99) < 0.2, "1% of pixels differ by > 0.2"
 
 
-def engine_step(cfg, precision: str, batch: dict, seed: int = 0):
-    torch.manual_seed(seed)
-    model = build_model(cfg.model, 17).to(GPU).to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    engine = build_engine(model, optimizer, None, cfg.train, 1, precision)
-    loss, skipped = train_step(engine, batch, cfg.data, cfg.train)
-    return engine, model, optimizer, loss, skipped
+@pytest.mark.gpu
+@needs_cuda
+def test_dali_mixed_decoding_matches_its_cpu_mode_flip_and_rotation_included(fixture_shards):
+    assert_same_crops(dali_batches(fixture_shards, DEVICE), dali_batches(fixture_shards, CPU))
 
 
-def gpu_batch(seed: int = 0, size=(256, 192), n: int = 8) -> dict:
-    generator = torch.Generator().manual_seed(seed)
-    image = torch.randn(n, 3, *size, generator=generator)
-    keypoints = torch.rand(n, 17, 3, generator=generator) * torch.tensor([size[1], size[0], 1.0])
-    keypoints[..., 2] = 1.0
-    return {"image": image.to(GPU), "keypoints": keypoints.to(GPU)}
+def test_the_dali_comparison_fails_on_a_quarter_pixel_shift_or_swapped_channels(fixture_shards):
+    """What the GPU test above must catch, made from DALI's CPU output: the crops a quarter
+    pixel to the side (images interpolated, keypoints moved), or in BGR order."""
+    batches = dali_batches(fixture_shards, CPU)
+    assert_same_crops(batches, batches)
+
+    def shifted(b):
+        image = 0.75 * b["image"] + 0.25 * torch.roll(b["image"], 1, dims=-1)
+        return dict(b, image=image, keypoints=b["keypoints"] + torch.tensor([0.25, 0, 0]))
+
+    def image_shifted(b):
+        return dict(shifted(b), keypoints=b["keypoints"])
+
+    def bgr(b):
+        return dict(b, image=b["image"].flip(1))
+
+    for broken in (shifted, image_shifted, bgr):
+        with pytest.raises(AssertionError):
+            assert_same_crops([broken(b) for b in batches], batches)
 
 
-@pytest.fixture()
-def gpu_cfg(tmp_path):
-    from pose.engine.distributed import init_distributed
-
-    cfg = load_config(
-        "configs/demo.yaml",
-        ["data.image_size=[256,192]", "model.backbone=resnet50", "log.wandb=off"],
-    )
-    init_distributed(cfg.launch)
-    return cfg
+def tag_as_written_on_a_gpu(path) -> None:
+    """Rewrite a checkpoint file so that every tensor records `cuda:0` as its device, as one
+    saved on a GPU does (torch.load without a map_location then needs CUDA)."""
+    state = torch.load(path, map_location="cpu", weights_only=False)  # our own file
+    with mock.patch.object(torch.serialization, "location_tag", lambda storage: "cuda:0"):
+        torch.save(state, path)
 
 
-def test_a_bf16_step_matches_fp32_and_keeps_norm_statistics_and_optimizer_state_fp32(gpu_cfg):
-    batch = gpu_batch()
-    _, fp32_model, _, fp32_loss, _ = engine_step(gpu_cfg, "fp32", batch)
-    _, model, optimizer, loss, skipped = engine_step(gpu_cfg, "bf16", batch)
-    assert skipped.item() == 0
-    torch.testing.assert_close(loss.float(), fp32_loss.float(), rtol=2e-2, atol=1e-6)
-    for name, value in model.state_dict().items():
-        assert value.dtype in (torch.float32, torch.int64), name  # weights, BN running stats
-    for state in optimizer.state.values():
-        assert all(v.dtype == torch.float32 for v in state.values() if v.is_floating_point())
-    bf16, fp32 = model.state_dict(), fp32_model.state_dict()
-    for name in bf16:
-        if bf16[name].is_floating_point():
-            torch.testing.assert_close(bf16[name], fp32[name], rtol=5e-2, atol=2e-3)
+LOAD_WITHOUT_CUDA = """
+import sys, torch
+from pose.config import load_config
+from pose.engine.checkpoint import resolve_checkpoint
+from pose.models import build_model
+from pose.models.weights import load_model_weights
+from pose.run_folder import RunFolder
+assert not torch.cuda.is_available()
+model = build_model(load_config(RunFolder(sys.argv[1]).config).model, 17)
+load_model_weights(model, resolve_checkpoint(sys.argv[1]))
+print("loaded", sum(p.numel() for p in model.parameters()))
+"""
 
 
-def test_fp16_skips_and_counts_an_overflowing_step_then_trains_on(gpu_cfg):
-    fp16 = replace(gpu_cfg, train=replace(gpu_cfg.train, precision="fp16"))
-    batch = gpu_batch()
-    engine, model, _, _, skipped = engine_step(fp16, "fp16", batch)
-    assert skipped.item() == 0
-    overflowing = dict(batch, image=batch["image"] * 1e30)  # inf activations in fp16
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    _, skipped = train_step(engine, overflowing, fp16.data, fp16.train)
-    assert skipped.item() == 1
-    for name, value in model.state_dict().items():
-        if value.is_floating_point() and "running" not in name and "num_batches" not in name:
-            assert torch.equal(value, before[name]), f"{name} changed on a skipped step"
-    losses = [train_step(engine, batch, fp16.data, fp16.train) for _ in range(3)]
-    assert all(torch.isfinite(loss) for loss, _ in losses)
-
-
-def test_nccl_initialises_and_reduces_in_one_process(tmp_path):
-    import torch.distributed as dist
-
-    from pose.engine.distributed import free_port
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
-    dist.init_process_group("nccl", rank=0, world_size=1, device_id=GPU)
-    try:
-        value = torch.ones(4, device=GPU)
-        dist.all_reduce(value)
-        assert value.sum().item() == 4
-    finally:
-        dist.destroy_process_group()
-
-
+@pytest.mark.gpu
 @pytest.mark.slow
-def test_a_checkpoint_written_on_the_gpu_loads_on_a_cpu_and_resumes(
+def test_a_checkpoint_written_on_the_gpu_loads_without_cuda_and_resumes(
     shards, tmp_path, tiny_overrides, run_python
 ):
-    """GPU convolutions may pick non-deterministic algorithms, so the resumed run is compared
-    with the uninterrupted one to a tolerance, not bit for bit."""
-    extra = {"train.precision": "bf16", "train.checkpoint_every": 3, "data.backend": "torch"}
-    whole = run_python(
-        [*TRAIN, *tiny_overrides(shards, tmp_path / "whole", **extra, **{"train.max_steps": 6})]
-    )
+    """Trained on the GPU (bf16) when there is one; on a CPU the checkpoint's tensors are
+    re-tagged as CUDA tensors, which is all that tells a GPU checkpoint from a CPU one. A copy
+    of a finished 6-step run is set back to its step-3 checkpoint, loaded in a process that
+    cannot see CUDA (CUDA_VISIBLE_DEVICES=""), and resumed to step 6: its weights must be the
+    uninterrupted run's (to a tolerance: GPU convolutions may pick non-deterministic
+    algorithms)."""
+    extra = {"train.checkpoint_every": 3, "train.keep_last": 100, "data.backend": "torch"}
+    extra.update({"train.precision": "bf16" if ON_GPU else "fp32", "train.max_steps": 6})
+    whole = run_python([*TRAIN, *tiny_overrides(shards, tmp_path / "whole", **extra)])
     assert whole.returncode == 0, whole.stderr[-3000:]
     run = tmp_path / "parts"
-    first = run_python([*TRAIN, *tiny_overrides(shards, run, **extra, **{"train.max_steps": 3})])
-    assert first.returncode == 0, first.stderr[-3000:]
+    shutil.copytree(tmp_path / "whole", run)
     folder = RunFolder(run)
-    saved = torch.load(
-        folder.checkpoint(folder.latest_tag()) / MODEL_STATES_FILE,
-        map_location="cpu",
-        weights_only=True,
-    )["module"]
-    assert all(v.device == CPU for v in saved.values())
-    cpu_model = build_model(load_config(folder.config).model, 17)
-    cpu_model.load_state_dict(saved)  # loads on a machine without the GPU
-    rest = run_python([*TRAIN, *tiny_overrides(shards, run, **extra, **{"train.max_steps": 6})])
+    for tag in folder.checkpoint_tags():
+        if tag > "step-000000003":
+            shutil.rmtree(folder.checkpoint(tag))
+    folder.set_latest("step-000000003")
+    if not ON_GPU:
+        for path in sorted(folder.checkpoint("step-000000003").glob("*.pt")):
+            tag_as_written_on_a_gpu(path)
+    loaded = run_python(["-c", LOAD_WITHOUT_CUDA, run], env={"CUDA_VISIBLE_DEVICES": ""})
+    assert loaded.returncode == 0, loaded.stderr[-3000:]
+    assert loaded.stdout.startswith("loaded")
+    rest = run_python([*TRAIN, *tiny_overrides(shards, run, **extra)])
     assert rest.returncode == 0, rest.stderr[-3000:]
     assert "resuming" in rest.stdout
     a, b = (
@@ -169,11 +368,31 @@ def test_a_checkpoint_written_on_the_gpu_loads_on_a_cpu_and_resumes(
         )["module"]
         for r in (tmp_path / "whole", run)
     )
+    assert RunFolder(run).latest_tag() == "step-000000006"
     for key in a:
         if a[key].is_floating_point():
             np.testing.assert_allclose(a[key].numpy(), b[key].numpy(), rtol=1e-3, atol=1e-5)
 
 
+def test_a_checkpoint_tagged_as_written_on_a_gpu_needs_a_map_location(tmp_path):
+    """The re-tagging above is faithful: read back without a map_location, in a process that
+    cannot see CUDA, such a file fails as a real GPU checkpoint does."""
+    path = tmp_path / "weights.pt"
+    torch.save({"module": {"w": torch.ones(2)}}, path)
+    tag_as_written_on_a_gpu(path)
+    load = f"import torch; torch.load({str(path)!r}, weights_only=True)"
+    done = subprocess.run(
+        [sys.executable, "-c", load],
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode != 0
+    assert "CUDA" in done.stderr
+
+
+@pytest.mark.gpu
+@needs_cuda
 def test_this_process_sees_the_gpu():
     print(torch.cuda.get_device_name(0), torch.version.cuda, sys.version.split()[0])
     assert torch.cuda.device_count() >= 1

@@ -1,12 +1,24 @@
-"""benchmarks/gpu_check.py (`make gpu-check`) on a CPU: it says there is no GPU and exits 0,
-and with --cpu it goes through every path the GPU run takes (shards made here, the device
-batch, DALI and the torch backend end to end, FLOPs, the report files)."""
+"""benchmarks/gpu_check.py (`make gpu-check`) on a CPU: it says there is no GPU and exits 0;
+with --cpu --quick it goes through every path the GPU run takes (the gpu-marked tests, shards
+made here, the device batch, DALI and the torch backend end to end, a compiled row, FLOPs, the
+report files); a row that raises is recorded and the rest still runs; a deadline skips rows."""
 
+import importlib
 import json
 import sys
+from pathlib import Path
 
 import pytest
 import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture()
+def gpu_check(monkeypatch):
+    """benchmarks/gpu_check.py as a module (it imports its sibling train_step.py)."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    return importlib.import_module("gpu_check")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
@@ -18,16 +30,73 @@ def test_without_a_gpu_it_says_so_and_exits_0(run_python, tmp_path):
 
 
 @pytest.mark.slow
-def test_the_whole_check_runs_on_a_cpu_and_writes_its_report(run_python, tmp_path):
+def test_the_whole_check_runs_on_a_cpu_tests_and_a_compiled_row_included(run_python, tmp_path):
     out = tmp_path / "out"
-    args = ["benchmarks/gpu_check.py", "--cpu", "--quick", "--skip-tests", "--out", out]
-    done = run_python(args)
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = run_python(["benchmarks/gpu_check.py", "--cpu", "--quick", "--out", out])
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
     assert report["machine"]["python"] == sys.version.split()[0]
-    rows = report["throughput"]["rows"]
-    assert [(r["source"], r["batch"]) for r in rows] == [("device", 2), ("dali", 2), ("torch", 2)]
-    assert all(r["images_per_s"] > 0 for r in rows)
-    assert all(0 <= r["data_wait"] <= 1 for r in rows if r["source"] != "device")
-    assert report["throughput"]["training_gflops_per_image"] > 1  # resnet18 at 128x96
-    assert "| dali | 2 | False |" in (out / "report.md").read_text()
+    outcomes = {t["test"].split("::")[1]: t for t in report["tests"]["results"]}
+    bf16 = outcomes["test_a_bf16_step_runs_in_bf16_and_its_gradients_match_fp32"]
+    assert bf16["outcome"] == "passed"
+    nccl = outcomes["test_nccl_initialises_and_reduces_in_one_process"]
+    assert nccl == {**nccl, "outcome": "skipped", "reason": "needs a CUDA GPU"}
+    assert report["tests"]["exit_code"] == 0
+    rows = report["rows"]
+    assert [r["name"] for r in rows] == ["device-2", "dali-2", "torch-2", "device-2-compiled"]
+    assert all(r["images_per_s"] > 0 and "error" not in r for r in rows)
+    assert rows[-1]["compile"] is True
+    for row in rows[1:3]:  # end to end: the timed steps inside one epoch, counted
+        assert row["epoch_starts_in_timed_steps"] == 0 and 0 <= row["data_wait"] <= 1
+        assert row["samples"] >= (row["warmup_steps"] + row["steps"]) * row["batch"]
+    assert report["setup"]["training_gflops_per_image"] > 1  # resnet18 at 128x96
+    markdown = (out / "report.md").read_text()
+    assert "| dali-2 |" in markdown and "needs a CUDA GPU" in markdown
+
+
+def test_a_row_that_raises_is_recorded_and_the_rest_of_the_report_written(
+    gpu_check, monkeypatch, tmp_path
+):
+    real = gpu_check.measure
+
+    def measure(cfg, row, *args):
+        if row.source == "torch":
+            raise RuntimeError("the loader broke")
+        return real(cfg, row, *args)
+
+    monkeypatch.setattr(gpu_check, "measure", measure)
+    rows = "torch-2,device-2"
+    code = gpu_check.main(["--cpu", "--quick", "--rows", rows, "--out", str(tmp_path)])
+    assert code == 1
+    report = json.loads((tmp_path / "report.json").read_text())
+    failed, measured = report["rows"]
+    assert failed["name"] == "torch-2" and failed["error"] == "RuntimeError: the loader broke"
+    assert measured["name"] == "device-2" and measured["images_per_s"] > 0
+    assert "the loader broke" in (tmp_path / "errors" / "torch-2.txt").read_text()
+    assert "RuntimeError: the loader broke" in (tmp_path / "report.md").read_text()
+
+
+def test_a_deadline_skips_the_rows_that_would_not_finish(gpu_check, tmp_path):
+    args = ["--cpu", "--quick", "--rows", "device-2-compiled", "--budget-s", "5"]
+    assert gpu_check.main([*args, "--out", str(tmp_path)]) == 0
+    (row,) = json.loads((tmp_path / "report.json").read_text())["rows"]
+    assert row["name"] == "device-2-compiled" and row["skipped"].endswith("takes ~150 s")
+
+
+def test_an_unknown_row_is_refused_naming_it(gpu_check, capsys, tmp_path):
+    with pytest.raises(SystemExit):
+        gpu_check.main(["--cpu", "--rows", "device-2,gpu-9", "--out", str(tmp_path)])
+    assert "'gpu-9' is not a row" in capsys.readouterr().err
+
+
+def test_a_pytest_that_cannot_start_is_recorded_with_its_reason(gpu_check, monkeypatch, tmp_path):
+    """As in an environment installed without the test extra."""
+    broken = tmp_path / "site" / "pytest"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text("raise ImportError('pytest is not installed here')\n")
+    monkeypatch.setenv("PYTHONPATH", str(broken.parent))
+    args = ["--cpu", "--quick", "--rows", "tests", "--out", str(tmp_path / "out")]
+    assert gpu_check.main(args) == 1
+    tests = json.loads((tmp_path / "out" / "report.json").read_text())["tests"]
+    assert "pytest is not installed here" in tests["error"]
+    assert "pytest is not installed here" in (tmp_path / "out" / "report.md").read_text()

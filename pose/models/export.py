@@ -26,6 +26,21 @@ class ExportError(RuntimeError):
     """An exporter failed, or an exported program does not reproduce the model."""
 
 
+def require_export_tools(check: bool = True) -> None:
+    """Fail before anything is written when the ONNX tools (onnx, onnxscript; onnxruntime for
+    the check) are not installed, naming what is missing and the extra that brings it."""
+    import importlib.util
+
+    wanted = ["onnx", "onnxscript", *(["onnxruntime"] if check else [])]
+    missing = [name for name in wanted if importlib.util.find_spec(name) is None]
+    if missing:
+        hint = " (or pass --no-check)" if missing == ["onnxruntime"] else ""
+        raise ExportError(
+            f"export needs {', '.join(missing)}, not installed here: install "
+            f"posescale[export]{hint}"
+        )
+
+
 @dataclass
 class ExportCheck:
     """How far an exported program's heatmaps are from the PyTorch model's, per batch size."""
