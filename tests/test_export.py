@@ -82,3 +82,21 @@ def test_the_check_catches_a_file_that_is_not_the_model(tmp_path):
     path = export_onnx(exported, x, tmp_path / "model.onnx")
     assert all(c.ok(1e-4) for c in check_exports(exported, x, path, None))
     assert not any(c.ok(1e-4) for c in check_exports(other, x, path, None))
+
+
+def test_export_without_the_onnx_tools_says_which_and_writes_nothing(monkeypatch, tmp_path, capsys):
+    """As on a node installed without the export extra: the error names the missing packages
+    and the extra, before any file is written."""
+    import importlib.util
+
+    from launch import export
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "onnxscript" else real(name)
+    )
+    out = tmp_path / "export"
+    assert export.main(["--checkpoint", str(tmp_path / "run"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "export needs onnxscript" in err and "install posescale[export]" in err
+    assert not out.exists()
