@@ -304,8 +304,15 @@ def save_config(cfg: Config, path: str | os.PathLike) -> None:
 def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     """['train.lr=5e-4', 'model.attention=holistic'] -> nested dict of YAML-parsed values."""
     nested: dict[str, Any] = {}
+    given: dict[str, str] = {}
     for item in overrides:
         key, value = parse_override(item)
+        if key in given:
+            raise ConfigError(
+                f"config key '{key}' is given twice on the command line ('{given[key]}' and "
+                f"'{item}'); give it once"
+            )
+        given[key] = item
         node = nested
         *parents, leaf = key.split(".")
         for part in parents:
@@ -317,13 +324,34 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     return nested
 
 
+def layer_overrides(*layers: list[str] | tuple[str, ...]) -> list[str]:
+    """Several lists of overrides as one, a key in a later list replacing the same key in an
+    earlier one (a sweep's common overrides, then a run's own, then what the sweep sets)."""
+    merged: dict[str, str] = {}
+    for layer in layers:
+        for item in layer:
+            key, _ = parse_override(item)
+            merged.pop(key, None)
+            merged[key] = item
+    return list(merged.values())
+
+
 def parse_override(item: str) -> tuple[str, Any]:
     """'train.lr=5e-4' -> ('train.lr', 0.0005), the value read as the config files are."""
     key, sep, text = item.partition("=")
     key = key.strip()
     if not sep or not key or not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*", key):
         raise ConfigError(f"override '{item}' is not of the form section.key=value")
-    return key, "" if text.strip() == "" else yaml.load(text, Loader=_StrictLoader)
+    if text.strip() == "":
+        return key, ""
+    try:
+        return key, yaml.load(text, Loader=_StrictLoader)
+    except yaml.YAMLError as e:
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(
+            f"config key '{key}': the override value '{text}' is not valid YAML ({problem}); "
+            "quote a string, close a list: key=[1,2]"
+        ) from None
 
 
 def shipped_config_folders() -> list[Path]:

@@ -89,6 +89,8 @@ def test_integer_given_for_float_is_converted():
         ("model.pretrained=/no/such/weights.pth", ["model.pretrained", "no file"]),
         ("train=3", ["'train'", "section"]),
         ("train.lr", ["train.lr", "section.key=value"]),
+        ("train.lr=[1,2", ["'train.lr'", "'[1,2' is not valid YAML", "expected ','"]),
+        ("model.attention={a: 1", ["'model.attention'", "not valid YAML"]),
     ],
 )
 def test_bad_overrides_name_the_key(override, words):
@@ -171,6 +173,30 @@ def test_a_key_written_twice_is_an_error_naming_it(tmp_path):
     path.write_text("train:\n  lr: 0.5\n  lr: 0.1\n")
     with pytest.raises(ConfigError, match="duplicate key 'lr'"):
         load_config(path)
+
+
+def test_a_key_given_twice_on_the_command_line_is_refused_naming_both():
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["train.lr=1e-3", "train.epochs=2", "train.lr=2e-3"])
+    assert "'train.lr' is given twice" in str(err.value)
+    assert "'train.lr=1e-3' and 'train.lr=2e-3'" in str(err.value)
+
+
+def test_layered_overrides_let_a_later_layer_replace_a_key():
+    from pose.config import layer_overrides
+
+    layers = (["train.lr=1e-3", "train.epochs=2"], ["train.lr=2e-3"], ["run.dir=x"])
+    assert layer_overrides(*layers) == ["train.epochs=2", "train.lr=2e-3", "run.dir=x"]
+    assert load_config(None, layer_overrides(*layers)).train.lr == 2e-3
+
+
+def test_a_malformed_override_is_one_line_from_train(run_python):
+    done = run_python(["launch/train.py", "--config", "demo", "train.lr=[1,2"])
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "train: error: config key 'train.lr': the override value '[1,2' is not valid YAML "
+        "(expected ',' or ']', but got '<stream end>'); quote a string, close a list: key=[1,2]"
+    ]
 
 
 def test_shipped_configs_are_found_by_name_from_any_folder(tmp_path, monkeypatch):

@@ -29,6 +29,7 @@ from pose.config import (
     check_positive,
     fail_key,
     find_config,
+    layer_overrides,
     load_config,
     parse_override,
     read_yaml_mapping,
@@ -149,9 +150,12 @@ def plan_runs(spec: SweepFile, extra_overrides: list[str] = ()) -> list[PlannedR
         if len({repr(p.get(k)) for p in parsed}) > 1
     ]
     names = _names([{k: p[k] for k in varying_keys if k in p} for p in parsed])
-    common = list(spec.overrides) + list(extra_overrides)
     return [
-        PlannedRun(name, tuple(common + own), {k: p[k] for k in varying_keys if k in p})
+        PlannedRun(
+            name,
+            tuple(layer_overrides(spec.overrides, extra_overrides, own)),
+            {k: p[k] for k in varying_keys if k in p},
+        )
         for name, own, p in zip(names, combos, parsed)
     ]
 
@@ -165,13 +169,13 @@ def run_overrides(sweep: Sweep, run: PlannedRun, run_dir: Path) -> list[str]:
     sweep sets on each run: its folder, and the wandb group, name and tags (the varying values,
     e.g. attention=holistic), so the wandb UI can group and compare runs."""
     tags = [f"{k.rsplit('.', 1)[-1]}={v}" for k, v in run.varying.items()]
-    return [
-        *run.overrides,
+    sweep_sets = [
         f"run.dir={run_dir}",
         f"log.group={sweep.name}",
         f"log.name={sweep.name}/{run.name}",
         f"log.tags={_yaml_value(tags)}",
     ]
+    return layer_overrides(run.overrides, sweep_sets)
 
 
 def _resolve_base(base: str, sweep_path: Path) -> Path:
