@@ -16,6 +16,7 @@ checkpoint and stop early: run the same command again to resume.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -64,6 +65,11 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingError as e:
         print(f"train: stopped: {e}", file=sys.stderr)
         return EXIT_FAILED
+    except KeyboardInterrupt:  # before the loop catches Ctrl-C, or after it let go
+        print(
+            "train: interrupted (Ctrl-C) outside the training loop: nothing saved", file=sys.stderr
+        )
+        return 130
     except RuntimeError as e:
         if not is_collective_failure(e):
             raise
@@ -85,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
             print_metrics(result.metrics)
     if result.stopped:
         print(
-            f"train: stopped by signal {result.stop_signal} after writing a checkpoint at step "
+            f"train: stopped by {signal.Signals(result.stop_signal).name} after writing a "
+            f"checkpoint at step "
             f"{result.step}; run the same command again to resume (exit code {EXIT_STOPPED})",
             file=sys.stderr,
         )

@@ -186,6 +186,44 @@ def test_a_stop_signal_checkpoints_and_exits_75(shards, tmp_path, tiny_overrides
     assert RunFolder(run).latest_tag() == f"step-{step:09d}"
 
 
+@pytest.mark.slow
+def test_ctrl_c_checkpoints_and_exits_75_without_a_traceback(
+    shards, tmp_path, tiny_overrides, clean_env
+):
+    """Sent to the process group, as a terminal does: the two loader workers get it too."""
+    run = tmp_path / "run"
+    extra = {"train.epochs": 100, "data.num_workers": 2, "data.backend": "torch"}
+    command = [sys.executable, *TRAIN, *tiny_overrides(shards, run, **extra)]
+    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+    proc = subprocess.Popen(command, cwd=ROOT, env=clean_env(), start_new_session=True, **pipes)
+    wait_for(lambda: progressed(run, 3))
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    err = err.decode()
+    assert proc.returncode == 75, err[-2000:]
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    assert "train: stopped by SIGINT after writing a checkpoint at step" in err
+    step = max(r["step"] for r in train_records(run))
+    assert RunFolder(run).latest_tag() == f"step-{step:09d}"
+
+
+def test_a_second_ctrl_c_exits_at_once(monkeypatch, capsys):
+    from pose.engine import stop
+
+    exits = []
+    monkeypatch.setattr(stop.os, "_exit", exits.append)
+    request = stop.StopRequest()
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert request.requested and request.signum == signal.SIGINT and not exits
+        os.kill(os.getpid(), signal.SIGINT)
+        assert exits == [130]
+    finally:
+        request.restore()
+    err = capsys.readouterr().err
+    assert "Ctrl-C again to exit at once" in err and "second Ctrl-C: exiting now" in err
+
+
 def test_a_run_folder_in_use_is_refused_naming_its_holder(
     shards, tmp_path, tiny_overrides, run_python, clean_env
 ):

@@ -11,6 +11,7 @@ are read at the offsets the DALI index gives, as DALI reads them (one read per s
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 
 import cv2
@@ -176,6 +177,13 @@ class _EpochBatches(IterableDataset):
         return [(self.indices[s].keys[i], found[(int(s), int(i))]) for s, i in wanted]
 
 
+def _leave_interrupts_to_the_main_process(worker: int) -> None:
+    """A Ctrl-C in the terminal reaches the workers too. Workers that ended on it would fail
+    the batches the main process still needs before it stops: with several ranks the stop is
+    agreed at the next log step (pose.engine.stop)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class TorchLoader(Loader):
     def __init__(self, spec: LoaderSpec):
         super().__init__(spec)
@@ -190,6 +198,7 @@ class TorchLoader(Loader):
             num_workers=workers,
             pin_memory=self.spec.device.type == "cuda",
             persistent_workers=False,
+            worker_init_fn=_leave_interrupts_to_the_main_process,
         )
         for batch in loader:
             if "error" in batch:
