@@ -6,8 +6,11 @@ disk before the rename (shards, the manifest: what a crash must not leave trunca
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import re
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -41,3 +44,48 @@ def sha256_file(path: str | os.PathLike) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def refused_pickle(error: BaseException) -> str | None:
+    """What a `torch.load(weights_only=True)` refused, in our words, or None for other errors.
+    PyTorch's own message advises loading the file with `weights_only=False`, which would run
+    whatever code it carries: that advice is not passed on."""
+    text = str(error)
+    if "Weights only load failed" not in text and "WeightsUnpickler error" not in text:
+        return None
+    found = re.search(
+        r"WeightsUnpickler error: (.+?)(?: was not an allowed| Please use|\n|$)", text
+    )
+    what = found.group(1).strip().rstrip(".") if found else "objects other than tensors"
+    return (
+        f"refused to unpickle it ({what}): only tensors and plain data are read, since "
+        "anything else could run code when loaded"
+    )
+
+
+NO_SPACE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+NO_SPACE_WORDS = ("No space left", "Disk quota exceeded", "File too large", "unexpected pos")
+
+
+def out_of_space(error: BaseException, folder: str | os.PathLike, needed_bytes: int) -> str | None:
+    """Why a write into `folder` failed when the cause is space (a full disk, a quota, a file
+    size limit; torch's writer reports a short write as 'unexpected pos'), with the free space
+    there and what was needed; None for other errors."""
+    chain, seen = [], error
+    while seen is not None and len(chain) < 10:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    space = any(getattr(e, "errno", None) in NO_SPACE_ERRNOS for e in chain) or any(
+        word in str(e) for e in chain for word in NO_SPACE_WORDS
+    )
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        free = None
+    if not space and (free is None or free >= needed_bytes):
+        return None
+    shown = "unknown" if free is None else f"{free / 2**20:,.0f} MB"
+    return (
+        f"no space: the disk holding {folder} is full, or a quota or file-size limit stopped "
+        f"the write ({shown} free there; this needs about {needed_bytes / 2**20:,.0f} MB)"
+    )

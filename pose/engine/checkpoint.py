@@ -20,8 +20,10 @@ import torch
 from pose.config import TrainConfig
 from pose.data.layout import KeypointLayout, load_layout
 from pose.engine.deepspeed_adapter import MODEL_STATES_FILE, TrainEngine
+from pose.engine.distributed import is_collective_failure
 from pose.engine.errors import CheckpointError, TrainingError
 from pose.engine.schedule import StepPlan
+from pose.files import out_of_space, refused_pickle
 from pose.run_folder import RunFolder
 
 CLIENT_KEY = "posescale"  # our state inside DeepSpeed's client state
@@ -70,15 +72,27 @@ class Checkpointer:
             self.engine.save(self.run.checkpoints, tag, {CLIENT_KEY: client})
         except (OSError, RuntimeError) as e:
             shutil.rmtree(self.run.checkpoint(tag), ignore_errors=True)
+            if is_collective_failure(e):
+                raise  # a peer, not the storage: reported as a failed collective
             kept = self.run.latest_tag() or "none"
+            why = out_of_space(e, self.run.checkpoints, self._checkpoint_bytes()) or _reason(e)
             raise TrainingError(
-                f"could not write checkpoint {self.run.checkpoint(tag)}: {_reason(e)}; the "
-                f"previous checkpoint ({kept}) is kept"
+                f"could not write checkpoint {self.run.checkpoint(tag)}: {why}; the previous "
+                f"checkpoint ({kept}) is kept"
             ) from None
         if self.is_main:
             self.run.set_latest(tag)
             prune(self.run, self.cfg.keep_last)
         return tag
+
+    def _checkpoint_bytes(self) -> int:
+        """The size of the last checkpoint written, else of the weights and Adam's two moments."""
+        latest = self.run.latest_tag()
+        if latest is not None and self.run.checkpoint(latest).is_dir():
+            files = self.run.checkpoint(latest).rglob("*")
+            return sum(f.stat().st_size for f in files if f.is_file())
+        state = self.engine.model.state_dict().values()
+        return 3 * sum(v.numel() * v.element_size() for v in state)
 
     def mark_best(self, tag: str) -> None:
         if self.is_main:
@@ -124,6 +138,9 @@ class Checkpointer:
 
 def _reason(error: Exception) -> str:
     """The start of an error message, with its type; a hint where the model does not fit."""
+    refused = refused_pickle(error)
+    if refused:
+        return f"{type(error).__name__}: {refused}"
     lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
     text = f"{type(error).__name__}: {' '.join(lines[:3])}"[:500]
     if "size mismatch" in text or "Missing key" in text or "Unexpected key" in text:

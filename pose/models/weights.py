@@ -9,6 +9,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from pose.files import refused_pickle
+
 REFERENCE_BACKBONE_PREFIXES = ("conv1.", "bn1.", "layer1.", "layer2.", "layer3.", "layer4.")
 
 
@@ -24,7 +26,10 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # unpickling errors come in many types
-        raise WeightsError(f"weights file '{path}' could not be read as a state dict: {e}") from e
+        why = refused_pickle(e) or e
+        raise WeightsError(
+            f"weights file '{path}' could not be read as a state dict: {why}"
+        ) from None
     for key in ("state_dict", "model", "module"):  # plain, wrapped, DeepSpeed model states
         if isinstance(data, dict) and isinstance(data.get(key), dict):
             data = data[key]
