@@ -113,16 +113,25 @@ class TrainEngine:
 
 
 def build_engine(
-    model: torch.nn.Module, optimizer, scheduler, cfg: TrainConfig, world_size: int, precision: str
+    model: torch.nn.Module,
+    optimizer,
+    scheduler,
+    cfg: TrainConfig,
+    world_size: int,
+    precision: str,
+    collective_timeout_s: float | None = None,
 ) -> TrainEngine:
     """The one function that wraps a plain model in DeepSpeed (with our torch optimizer and
     per-iteration schedule). With one rank there is nothing to all-reduce, so DeepSpeed's
     gradient bucketing (flattening and copying every gradient each step) is switched off; without
-    ZeRO, gradients are zeroed in place rather than freed."""
+    ZeRO, gradients are zeroed in place rather than freed. With several, the gradient all-reduce
+    waits at most `collective_timeout_s` for a peer (else torch's default: 30 min for gloo)."""
     import deepspeed
 
     if world_size == 1:
         _skip_shared_memory_allreduce_op()
+    elif collective_timeout_s is not None:
+        _bound_data_parallel_group(collective_timeout_s)
     engine, _, _, _ = deepspeed.initialize(
         model=model,
         optimizer=optimizer,
@@ -135,6 +144,20 @@ def build_engine(
         engine.zero_grad = _zero_grads_in_place(engine.module)
     engine.checkpoint_engine = SafeCheckpointFiles(engine.checkpoint_engine)
     return TrainEngine(engine)
+
+
+def _bound_data_parallel_group(timeout_s: float) -> None:
+    """DeepSpeed reduces gradients over its own clone of the world group, made once with
+    `new_group` and no timeout, so a hung peer would hold the others for torch's default
+    (30 min for gloo) whatever the world group's timeout. Make that clone here, with ours."""
+    from datetime import timedelta
+
+    import deepspeed.utils.groups as groups
+    import torch.distributed as dist
+
+    if groups._WORLD_GROUP is None:
+        ranks = list(range(dist.get_world_size()))
+        groups._WORLD_GROUP = dist.new_group(ranks=ranks, timeout=timedelta(seconds=timeout_s))
 
 
 def _skip_shared_memory_allreduce_op() -> None:

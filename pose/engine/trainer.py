@@ -146,7 +146,13 @@ class Trainer:
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(train, self.plan))
         self.optimizer = optimizer
         return build_engine(
-            self.model, optimizer, schedule, train, self.env.world_size, self.precision
+            self.model,
+            optimizer,
+            schedule,
+            train,
+            self.env.world_size,
+            self.precision,
+            self.cfg.launch.collective_timeout_s,
         )
 
     def train(self) -> TrainResult:
