@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pose.data.coco import CocoFormatError
 from pose.data.jpeg import RESTART_MCUS
-from pose.data.layout import LayoutError
+from pose.data.layout import LayoutError, describe
 from pose.data.sharding import ShardingError, ShardRequest, ShardResult, shard_dataset
 
 
@@ -117,6 +117,10 @@ def request_from_args(args: argparse.Namespace) -> ShardRequest:
 
 
 def report(result: ShardResult) -> None:
+    if result.layout is not None:
+        print(f"shard_coco: keypoint layout {describe(result.layout)}")
+    for note in result.notes:
+        print(f"shard_coco: note: {note}")
     if result.cropped == 0 and result.resumed_shards == 0:
         print(f"shard_coco: '{result.out}' already holds this result; nothing to do")
         return

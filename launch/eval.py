@@ -31,6 +31,7 @@ from pose.engine.errors import CheckpointError
 from pose.eval.coco_eval import write_json
 from pose.eval.evaluate import (
     EvaluationError,
+    check_ground_truth,
     evaluate,
     ground_truth_predictor,
     model_predictor,
@@ -81,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
             cfg.data, "val", cfg.eval.batch_size, env.rank, env.world_size, env.device, cfg.seed
         )
         loader = build_loader(spec)
+        for note in check_ground_truth(cfg.data.val_ann, loader.shards):
+            if env.rank == 0:
+                print(f"eval: {note}")
         if args.gt_as_predictions:
             size = heatmap_size(cfg.data.image_size, cfg.model.output_stride)
             model, predict = None, ground_truth_predictor(cfg.data, size)

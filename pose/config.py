@@ -382,16 +382,17 @@ def find_config(name: str | os.PathLike) -> Path:
     )
 
 
-def read_yaml_mapping(path: str | os.PathLike) -> dict[str, Any]:
-    path = find_config(path)
+def read_yaml_mapping(path: str | os.PathLike, what: str = "config file") -> dict[str, Any]:
+    """The mapping a YAML file holds (duplicate keys refused); errors call it `what`."""
+    path = find_config(path) if what == "config file" else Path(path)
     try:
         data = yaml.load(path.read_text(), Loader=_StrictLoader)
     except yaml.YAMLError as e:
-        raise ConfigError(f"config file '{path}' is not valid YAML: {e}") from None
+        raise ConfigError(f"{what} '{path}' is not valid YAML: {e}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"config file '{path}' must hold a mapping at the top level")
+        raise ConfigError(f"{what} '{path}' must hold a mapping at the top level")
     return data
 
 

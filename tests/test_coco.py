@@ -89,6 +89,7 @@ def test_training_instances_count_bad_annotations():
         {**good, "id": 12, "keypoints": [15, 20, 2] + [0] * 60},  # 21 joints, not 17
         {**good, "id": 13, "keypoints": [15, 20, True] + [0] * 48},
         {**good, "id": 14, "num_keypoints": "1"},
+        {k: v for k, v in good.items() if k != "iscrowd"} | {"id": 15},  # as in AIC: kept
     ]
     coco = COCO()
     coco.dataset = {
@@ -102,15 +103,15 @@ def test_training_instances_count_bad_annotations():
     with contextlib.redirect_stdout(io.StringIO()):
         coco.createIndex()
     instances, skipped = training_instances(coco)
-    assert [i.ann_id for i in instances] == [1]
+    assert [i.ann_id for i in instances] == [1, 15]
     assert dict(skipped) == {
         "crowd": 1,
         "no_keypoints": 1,
         "invalid_box": 4,
         "bad_keypoints": 4,
-        "missing_fields": 1,
+        "missing_fields (bbox)": 1,
         "unknown_image": 1,
-        "wrong_keypoint_count": 1,
+        "wrong_keypoint_count (17 joints expected, 21 found)": 1,
     }
 
 

@@ -89,8 +89,8 @@ def test_the_manifest_records_the_layout_from_the_data(body13, coco_fixtures, tm
     assert manifest["layout"]["name"] == "body13" and len(manifest["layout"]["joints"]) == 13
     assert ["l_shoulder", "r_shoulder"] in manifest["layout"]["flip_pairs"]
     assert ShardSet.open(body13 / "train").layout.sigmas[0] == COCO_17.sigmas[0]
-    with pytest.warns(UserWarning, match="no OKS sigmas of its own"):  # auto: from the category
-        auto = shard_dataset(ShardRequest(body13 / "ann.json", coco_fixtures, tmp_path / "auto"))
+    auto = shard_dataset(ShardRequest(body13 / "ann.json", coco_fixtures, tmp_path / "auto"))
+    assert any("no OKS sigmas of its own" in note for note in auto.notes)  # auto: the category's
     assert auto.manifest["layout"]["name"] == "custom13"
     assert not auto.manifest["layout"]["sigmas_known"]
     dets = coco_fixtures / "test_coco_det_AP_H_56.json"
@@ -147,3 +147,82 @@ def test_mismatched_layouts_are_errors_before_any_work(body13, coco_fixtures, ru
     (mixed / "manifest.json").write_text(json.dumps(data | {"layout": COCO_17.to_json()}))
     with pytest.raises(ShardError, match="holds samples of 13 joints, its manifest's layout"):
         ShardSet.open(mixed)
+
+
+# COCO's joints 5..16 in CrowdPose's and AIC's orders, with their head and neck from the nose.
+CROWDPOSE_FROM_COCO = [5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 0, 0]
+AIC_FROM_COCO = [6, 8, 10, 5, 7, 9, 12, 14, 16, 11, 13, 15, 0, 0]
+
+
+def reshaped(coco_fixtures: Path, path: Path, joints: list[str], source: list[int], **category):
+    """The fixtures' annotations as another dataset writes them: its joints (from COCO's by
+    `source`), its category fields, and neither 'area' nor 'iscrowd' in any annotation."""
+    data = json.loads((coco_fixtures / "test_coco.json").read_text())
+    data["categories"] = [{"id": 1, "name": "person", "keypoints": joints, **category}]
+    for ann in data["annotations"]:
+        kpts = np.asarray(ann["keypoints"]).reshape(17, 3)[source]
+        ann["keypoints"] = kpts.reshape(-1).tolist()
+        ann["num_keypoints"] = int((kpts[:, 2] > 0).sum())
+        del ann["area"], ann["iscrowd"]
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_crowdpose_and_aic_shaped_files_get_their_layout_and_say_how(
+    coco_fixtures, tmp_path, capsys
+):
+    from data_prep import shard_coco
+    from pose.data.layout import preset
+
+    def shard(ann, out, *extra):
+        argv = ["--ann", ann, "--images", coco_fixtures, "--out", tmp_path / out, *extra]
+        assert shard_coco.main([str(a) for a in argv]) == 0
+        return capsys.readouterr().out
+
+    crowd_joints = list(preset("crowdpose14").joints)
+    crowd_joints[12] = "head"  # CrowdPose's own name for the preset's top_head
+    coco_skeleton = [[a + 1, b + 1] for a, b in COCO_17.skeleton]  # what its file carries
+    crowd = reshaped(
+        coco_fixtures,
+        tmp_path / "crowd.json",
+        crowd_joints,
+        CROWDPOSE_FROM_COCO,
+        skeleton=coco_skeleton,
+    )
+    out = shard(crowd, "crowd")
+    assert "keypoint layout 'custom14' (14 joints, 6 flip pairs, 0 skeleton links" in out
+    assert "nearly match preset 'crowdpose14'" in out and "does not fit its 14 joints" in out
+    out = shard(crowd, "crowd_preset", "--layout", "crowdpose14")
+    assert "keypoint layout 'crowdpose14' (14 joints, 6 flip pairs, 15 skeleton links" in out
+    assert "'head' in the data, 'top_head' in the layout" in out
+
+    aic_joints = [j.replace("_", " ").title() for j in preset("aic14").joints]
+    aic = reshaped(coco_fixtures, tmp_path / "aic.json", aic_joints, AIC_FROM_COCO)
+    out = shard(aic, "aic")
+    assert "keypoint layout 'aic14' (14 joints, 6 flip pairs" in out
+    assert "12 samples in 1 shards" in out and "missing_fields" not in out  # no iscrowd: 0
+
+
+def test_val_annotations_without_area_are_scored_and_another_datasets_are_refused_first(
+    coco_fixtures, synthetic_dataset, run_python, tmp_path
+):
+    """CrowdPose's and AIC's val files have no 'area', which pycocotools needs: filled as
+    sharding does, and said. A val file of another dataset fails before any inference."""
+    val = tmp_path / "val"
+    shard_dataset(
+        ShardRequest(
+            coco_fixtures / "test_coco.json", coco_fixtures, val, split="val", progress=False
+        )
+    )
+    no_area = reshaped(coco_fixtures, tmp_path / "no_area.json", list(COCO_17.joints), range(17))
+    args = ["launch/eval.py", *TRAIN[1:], "--gt-as-predictions", "--out", tmp_path / "m.json"]
+    args += [f"data.val_shards={val}"]
+    done = run_python([*args, f"data.val_ann={no_area}"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "14 of 14 annotations in" in done.stdout and "have no 'area'" in done.stdout
+    assert json.loads((tmp_path / "m.json").read_text())["AP"] == pytest.approx(1.0)
+    other = synthetic_dataset / "annotations" / "person_keypoints_val.json"
+    done = run_python([*args, f"data.val_ann={other}"])
+    assert done.returncode == 2
+    assert "config key 'data.val_ann'" in done.stderr and "lacks 4 of the 4 images" in done.stderr
+    assert "Traceback" not in done.stderr and "eval:" not in done.stdout

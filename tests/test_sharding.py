@@ -201,7 +201,7 @@ def _corrupted_copy(synthetic_dataset, tmp_path):
         "invalid_box": 2,
         "bad_keypoints": 1,
         "keypoints_outside_image": 1,
-        "missing_fields": 1,
+        "missing_fields (keypoints)": 1,
     }
     ann = root / "ann.json"
     ann.write_text(json.dumps(data))

@@ -22,7 +22,8 @@ PERSON_CATEGORY = {
     "keypoints": list(COCO_17.joints),
     "skeleton": [[a + 1, b + 1] for a, b in COCO_17.skeleton],  # 1-based, as COCO writes it
 }
-REQUIRED_ANN_FIELDS = ("id", "image_id", "bbox", "keypoints", "num_keypoints", "iscrowd")
+# `iscrowd` is not among them: COCO's tools take a missing one as 0 (AIC's files have none).
+REQUIRED_ANN_FIELDS = ("id", "image_id", "bbox", "keypoints", "num_keypoints")
 
 
 class CocoFormatError(ValueError):
@@ -136,8 +137,9 @@ def training_instances(
     """Annotations with num_keypoints > 0, iscrowd == 0, `num_joints` keypoints (by default the
     person category's number) and a valid cleaned box.
 
-    Returns the instances and a counter of skipped annotations by reason; `on_skip` hears of
-    each skip first (strict callers raise there)."""
+    Returns the instances and a counter of skipped annotations by reason (missing fields and
+    a wrong keypoint count say which and how many); `on_skip` hears of each skip first (strict
+    callers raise there)."""
     skipped: Counter = Counter()
     instances = []
     num_joints = num_joints or len(person_category(coco)["keypoints"])
@@ -185,10 +187,10 @@ def numbers(value, length: int | None = None) -> np.ndarray | None:
 def _skip_reason(coco, ann: dict, num_joints: int) -> str | None:
     missing = [k for k in REQUIRED_ANN_FIELDS if k not in ann]
     if missing:
-        return "missing_fields"
+        return f"missing_fields ({', '.join(missing)})"
     if ann.get("category_id", 1) != 1:
         return "not_person"
-    if ann["iscrowd"]:
+    if ann.get("iscrowd", 0):
         return "crowd"
     if not isinstance(ann["num_keypoints"], int) or isinstance(ann["num_keypoints"], bool):
         return "bad_keypoints"
@@ -199,8 +201,11 @@ def _skip_reason(coco, ann: dict, num_joints: int) -> str | None:
         return "unknown_image"
     kpts = numbers(ann["keypoints"], 3 * num_joints)
     if kpts is None:
-        ok_count = isinstance(ann["keypoints"], list) and len(ann["keypoints"]) == 3 * num_joints
-        return "bad_keypoints" if ok_count else "wrong_keypoint_count"
+        values = ann["keypoints"]
+        if isinstance(values, list) and len(values) == 3 * num_joints:
+            return "bad_keypoints"
+        found = f"{len(values) / 3:g}" if isinstance(values, list) else "no list of"
+        return f"wrong_keypoint_count ({num_joints} joints expected, {found} found)"
     box = numbers(ann["bbox"], 4)
     if box is None or clean_bbox(box, img["width"], img["height"]) is None:
         return "invalid_box"

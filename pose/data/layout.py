@@ -13,7 +13,6 @@ a custom layout is a YAML file of the same form (only `joints` is required).
 from __future__ import annotations
 
 import re
-import warnings
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -176,20 +175,131 @@ def load_layout(spec: str) -> KeypointLayout:
     return _read_yaml(path, source=str(path))
 
 
-def layout_from_category(category: dict, source: str = "") -> KeypointLayout:
-    """The layout of a COCO person category: the preset with exactly its joint names, else one
-    derived from the names (flip pairs from left/right names, upper body from body-part words)
-    and its skeleton (1-based pairs), with DEFAULT_SIGMA for every joint and a warning."""
+def normalised(name: str) -> str:
+    """A joint name compared without case, spaces, hyphens or underscores standing apart:
+    'Right Shoulder', 'right-shoulder' and 'RIGHT_SHOULDER' are all 'right_shoulder'."""
+    return re.sub(r"[\s_\-]+", "_", name.strip().lower()).strip("_")
+
+
+def describe(layout: KeypointLayout) -> str:
+    """One line on a layout: name, joints, flip pairs, whether its OKS sigmas are known."""
+    sigmas = "its own OKS sigmas" if layout.sigmas_known else f"OKS sigma {DEFAULT_SIGMA} each"
+    return (
+        f"'{layout.name}' ({layout.num_joints} joints, {len(layout.flip_pairs)} flip pairs, "
+        f"{len(layout.skeleton)} skeleton links, {sigmas})"
+    )
+
+
+def choose_layout(category: dict, requested: str, source: str) -> tuple[KeypointLayout, list]:
+    """The layout of the person category of annotation file `source`, and notes for the user.
+    `requested` is `auto` (a preset whose joint names match, case, spaces and hyphens aside;
+    else one derived from the names and the category's skeleton) or a preset name or layout
+    file, whose joint names must match the category's (a few differing names are noted, more
+    are refused)."""
     joints = tuple(category.get("keypoints") or ())
+    if not joints or not all(isinstance(j, str) for j in joints):
+        raise LayoutError(
+            f"the person category of '{source}' names no keypoints ('keypoints': "
+            f"{category.get('keypoints')!r}); a keypoint dataset lists its joint names there"
+        )
+    if requested != "auto":
+        return _checked_against(load_layout(requested), joints, source)
+    notes = []
     for name in preset_names():
         candidate = preset(name)
-        if candidate.joints == joints:
-            return candidate
-    skeleton = [[joints[a - 1], joints[b - 1]] for a, b in _valid_links(category, len(joints))]
-    data = {"name": f"custom{len(joints)}", "joints": list(joints), "skeleton": skeleton}
+        differ = _differing(candidate.joints, joints)
+        if candidate.num_joints == len(joints) and not differ:
+            if candidate.joints != joints:
+                notes.append(f"joint names match preset '{name}' up to case, spaces and hyphens")
+            return candidate, notes
+        if candidate.num_joints == len(joints) and len(differ) <= _few(len(joints)):
+            notes.append(
+                f"the joints nearly match preset '{name}' ({_list(differ)}); not taken: pass "
+                f"--layout {name} if they are the same joints"
+            )
+    layout, derived_notes = _derived(category, joints, source)
+    return layout, notes + derived_notes
+
+
+def _derived(category: dict, joints: tuple[str, ...], source: str) -> tuple[KeypointLayout, list]:
+    skeleton, notes = _skeleton(category, len(joints))
+    data = {"name": f"custom{len(joints)}", "joints": list(joints)}
+    data["skeleton"] = [[joints[a], joints[b]] for a, b in skeleton]
     layout = KeypointLayout.from_json(data, source or "the person category")
-    warn_unknown_sigmas(layout)
-    return layout
+    if not layout.flip_pairs:
+        notes.append(
+            "no joint names read as left/right: flip augmentation and the flip test swap nothing"
+        )
+    notes.append(unknown_sigmas_note(layout))
+    return layout, notes
+
+
+def _skeleton(category: dict, num_joints: int) -> tuple[list[tuple[int, int]], list[str]]:
+    """The category's skeleton as 0-based links: COCO writes it 1-based; a link to joint 0
+    shows a 0-based one. Any link out of range means it was written for other joints (COCO's
+    17-joint skeleton on a 14-joint category, say): then none is used, with a note."""
+    links = category.get("skeleton") or []
+    pairs = [link for link in links if isinstance(link, list) and len(link) == 2]
+    pairs = [(a, b) for a, b in pairs if isinstance(a, int) and isinstance(b, int)]
+    if not pairs:
+        return [], []
+    zero_based = any(0 in pair for pair in pairs)
+    shifted = [(a, b) if zero_based else (a - 1, b - 1) for a, b in pairs]
+    notes = ["the category's skeleton is 0-based (it links joint 0): read as such"] * zero_based
+    if len(pairs) != len(links) or any(not 0 <= j < num_joints for pair in shifted for j in pair):
+        top = max(j for pair in pairs for j in pair)
+        notes.append(
+            f"the category's skeleton does not fit its {num_joints} joints ({len(links)} links, "
+            f"joint numbers up to {top}: written for other joints); no limbs are drawn; give a "
+            "skeleton in a layout file (--layout)"
+        )
+        return [], notes
+    return shifted, notes
+
+
+def _checked_against(layout: KeypointLayout, joints: tuple[str, ...], source: str):
+    where = f"layout '{layout.name}' ({layout.source})"
+    if layout.num_joints != len(joints):
+        raise LayoutError(
+            f"{where} has {layout.num_joints} joints, the person category of '{source}' "
+            f"{len(joints)}: {', '.join(joints)}"
+        )
+    differ = _differing(layout.joints, joints)
+    notes = []
+    if len(differ) > _few(len(joints)):
+        raise LayoutError(
+            f"{where} does not name the joints of the person category of '{source}': "
+            f"{len(differ)} of {len(joints)} differ ({_list(differ)}); give the layout of this "
+            "dataset, or --layout auto"
+        )
+    if differ:
+        notes.append(f"{where} differs from the category's joint names: {_list(differ)}; used")
+    if not layout.sigmas_known:
+        notes.append(unknown_sigmas_note(layout))
+    return layout, notes
+
+
+def _differing(layout_joints, joints) -> list[tuple[int, str, str]]:
+    """(index, the data's name, the layout's) where the normalised names differ."""
+    return [
+        (i, theirs, ours)
+        for i, (ours, theirs) in enumerate(zip(layout_joints, joints))
+        if normalised(ours) != normalised(theirs)
+    ]
+
+
+def _few(num_joints: int) -> int:
+    """How many names may differ between a layout and a category that are still the same joints
+    under other names (CrowdPose's 'head' for 'top_head')."""
+    return max(2, num_joints // 10)
+
+
+def _list(differ: list[tuple[int, str, str]], shown: int = 3) -> str:
+    parts = [
+        f"joint {i}: '{theirs}' in the data, '{ours}' in the layout" for i, theirs, ours in differ
+    ]
+    more = f"; {len(differ) - shown} more" if len(differ) > shown else ""
+    return "; ".join(parts[:shown]) + more
 
 
 def save_layout(layout: KeypointLayout, path: Path) -> None:
@@ -212,6 +322,13 @@ def one_layout(found: dict[str, KeypointLayout], configured: str = "") -> Keypoi
                 f"{first_where} has keypoint layout '{first.name}' ({first.num_joints} joints), "
                 f"{where} '{other.name}' ({other.num_joints}): they must be the same"
             )
+        for what in ("sigmas", "flip_pairs", "skeleton"):
+            if getattr(other, what) != getattr(first, what):
+                raise LayoutError(
+                    f"{first_where} and {where} have the same joints but different {what} in "
+                    f"their layouts ('{first.name}', '{other.name}'): one set of shards would be "
+                    "trained or scored with the other's; shard both with the same --layout"
+                )
     if configured:
         wanted = load_layout(configured)
         if wanted.joints != first.joints:
@@ -222,14 +339,12 @@ def one_layout(found: dict[str, KeypointLayout], configured: str = "") -> Keypoi
     return first
 
 
-def warn_unknown_sigmas(layout: KeypointLayout) -> None:
-    if not layout.sigmas_known:
-        warnings.warn(
-            f"keypoint layout '{layout.name}' ({layout.num_joints} joints) has no OKS sigmas of "
-            f"its own: every joint uses {DEFAULT_SIGMA} (the mean of COCO's), so its AP is not "
-            "comparable with published numbers; give sigmas in a layout file (--layout)",
-            stacklevel=2,
-        )
+def unknown_sigmas_note(layout: KeypointLayout) -> str:
+    return (
+        f"keypoint layout '{layout.name}' ({layout.num_joints} joints) has no OKS sigmas of "
+        f"its own: every joint uses {DEFAULT_SIGMA} (the mean of COCO's), so its AP is not "
+        "comparable with published numbers; give sigmas in a layout file (--layout)"
+    )
 
 
 # A left/right marker before the name or after it; its twin is the same name with the other.
@@ -238,19 +353,21 @@ _LEFT_MARKERS = (re.compile(r"^(left|l)[_\-]"), re.compile(r"[_\-](left|l)$"))
 
 def flip_pairs_from_names(joints: tuple[str, ...]) -> tuple[tuple[int, int], ...]:
     """(left, right) index pairs of joints whose names differ only in a left/right marker:
-    `left_`/`right_` or `l_`/`r_` before the name (or `-`), or `_left`/`_right`, `_l`/`_r`
-    after it, in any letter case."""
-    index = {name.lower(): i for i, name in enumerate(joints)}
+    `left_`/`right_` or `l_`/`r_` before the name, or `_left`/`_right`, `_l`/`_r` after it,
+    in any letter case and with spaces or hyphens for the underscore ('Right Shoulder',
+    'Right-ankle')."""
+    names = [normalised(name) for name in joints]
+    index = {name: i for i, name in enumerate(names)}
     pairs = []
-    for i, name in enumerate(joints):
+    for i, name in enumerate(names):
         for marker in _LEFT_MARKERS:
-            match = marker.search(name.lower())
+            match = marker.search(name)
             if not match:
                 continue
             word = match.group(1)
             twin_word = {"left": "right", "l": "r"}[word]
             start, end = match.span(1)
-            twin = name.lower()[:start] + twin_word + name.lower()[end:]
+            twin = name[:start] + twin_word + name[end:]
             if twin in index and index[twin] != i:
                 pairs.append((i, index[twin]))
                 break
@@ -264,7 +381,7 @@ def upper_body_from_names(joints: tuple[str, ...]) -> tuple[int, ...]:
 
 def _read_yaml(path: Path, source: str) -> KeypointLayout:
     try:
-        data = read_yaml_mapping(path)
+        data = read_yaml_mapping(path, what="layout file")
     except ConfigError as e:
         raise LayoutError(str(e)) from None
     return KeypointLayout.from_json(data, source=source)
@@ -298,18 +415,6 @@ def _floats(values, where: str, key: str) -> tuple[float, ...]:
     if not ok:
         raise LayoutError(f"{where}: '{key}' must be a list of numbers")
     return tuple(float(v) for v in values)
-
-
-def _valid_links(category: dict, num_joints: int) -> list[tuple[int, int]]:
-    links = category.get("skeleton") or []
-    return [
-        (a, b)
-        for a, b in (link for link in links if isinstance(link, list) and len(link) == 2)
-        if isinstance(a, int)
-        and isinstance(b, int)
-        and 1 <= a <= num_joints
-        and 1 <= b <= num_joints
-    ]
 
 
 COCO_17 = preset("coco17")

@@ -42,7 +42,7 @@ from pose.data.geometry import (
     window_to_image_affine,
 )
 from pose.data.jpeg import RESTART_MCUS, encode_crop
-from pose.data.layout import KeypointLayout, LayoutError, layout_from_category, load_layout
+from pose.data.layout import KeypointLayout, LayoutError, choose_layout
 from pose.data.shards import (
     FORMAT_VERSION,
     MANIFEST,
@@ -98,6 +98,8 @@ class ShardResult:
     resumed_shards: int  # shards an interrupted earlier call had finished
     seconds: float
     manifest: dict = field(repr=False)
+    layout: KeypointLayout | None = None  # the layout chosen, for the summary
+    notes: tuple[str, ...] = ()  # what the user should know about that choice
 
 
 @dataclass(frozen=True)
@@ -140,14 +142,15 @@ def shard_dataset(request: ShardRequest) -> ShardResult:
     params = make_params(request)
     if not Path(request.images).is_dir():
         raise ShardingError(f"image folder '{request.images}' does not exist")
-    instances, skipped, layout = select_instances(request, params)
+    instances, skipped, layout, notes = select_instances(request, params)
+    chosen = {"layout": layout, "notes": tuple(notes)}
     if request.shard_mb:
         size = estimate_shard_size(instances, params, Path(request.images), request.shard_mb)
         params = replace(params, shard_size=size)
     out = Path(request.out)
     if prepare_output(out, params, request.overwrite):
         manifest = read_manifest(out)
-        return _result(out, manifest, 0, 0, time.perf_counter() - start)
+        return _result(out, manifest, 0, 0, time.perf_counter() - start, **chosen)
     chunks = [
         instances[i : i + params.shard_size] for i in range(0, len(instances), params.shard_size)
     ]
@@ -165,11 +168,14 @@ def shard_dataset(request: ShardRequest) -> ShardResult:
             records[index] = record
     ordered = [records[i] for i in range(len(chunks))]
     manifest = _finish(out, params, ordered, skipped, layout)
-    return _result(out, manifest, todo, len(done), time.perf_counter() - start)
+    return _result(out, manifest, todo, len(done), time.perf_counter() - start, **chosen)
 
 
-def _result(out: Path, manifest: dict, cropped: int, resumed: int, seconds: float) -> ShardResult:
+def _result(
+    out: Path, manifest: dict, cropped: int, resumed: int, seconds: float, **chosen
+) -> ShardResult:
     return ShardResult(
+        **chosen,
         out=out,
         num_samples=manifest["num_samples"],
         num_shards=len(manifest["shards"]),
@@ -366,11 +372,11 @@ def _report(count: int) -> None:
 
 def select_instances(
     request: ShardRequest, params: ShardParams
-) -> tuple[list[PersonInstance], Counter, KeypointLayout]:
-    """Instances to crop (ground-truth boxes or detections), shuffled, skips by reason, and the
-    keypoint layout."""
+) -> tuple[list[PersonInstance], Counter, KeypointLayout, list[str]]:
+    """Instances to crop (ground-truth boxes or detections), shuffled, skips by reason, the
+    keypoint layout and notes on its choice."""
     coco = load_coco(request.annotations)
-    layout = dataset_layout(coco, request)
+    layout, notes = dataset_layout(coco, request)
     source = request.detections or request.annotations
 
     def strict_skip(reason: str, what: str) -> None:
@@ -388,26 +394,16 @@ def select_instances(
             f"no instances to shard from '{source}' (skipped: {dict(skipped) or 'none'})"
         )
     order = np.random.default_rng(params.seed).permutation(len(instances))
-    return [instances[i] for i in order], skipped, layout
+    return [instances[i] for i in order], skipped, layout, notes
 
 
-def dataset_layout(coco, request: ShardRequest) -> KeypointLayout:
-    """`request.layout`, or with `auto` the annotation file's (pose/data/layout.py); a layout
-    whose joint count differs from the person category's is an error naming both."""
-    category = person_category(coco)
+def dataset_layout(coco, request: ShardRequest) -> tuple[KeypointLayout, list[str]]:
+    """`request.layout` checked against the annotation file's person category, or with `auto`
+    the category's own (pose/data/layout.py `choose_layout`), and notes for the user."""
     try:
-        if request.layout == "auto":
-            return layout_from_category(category, str(request.annotations))
-        layout = load_layout(request.layout)
+        return choose_layout(person_category(coco), request.layout, str(request.annotations))
     except LayoutError as e:
         raise ShardingError(str(e)) from None
-    names = category["keypoints"]
-    if layout.num_joints != len(names):
-        raise ShardingError(
-            f"layout '{layout.name}' has {layout.num_joints} joints, the person category of "
-            f"'{request.annotations}' {len(names)}: {', '.join(map(str, names))}"
-        )
-    return layout
 
 
 def prepare_output(out: Path, params: ShardParams, overwrite: bool) -> bool:

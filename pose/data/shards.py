@@ -226,6 +226,16 @@ class ShardSet:
     def num_samples(self) -> int:
         return sum(self.counts)
 
+    def image_ids(self) -> set[int]:
+        """The ids of the images the samples were cropped from (their keys begin with it)."""
+        ids = set()
+        for index in self.indices:
+            for key in ShardIndex(index).keys:
+                head = key.split("_", 1)[0]
+                if head.isdigit():
+                    ids.add(int(head))
+        return ids
+
     def rank_range(self, rank: int, world: int) -> tuple[int, int]:
         """The contiguous sample range of a rank, as DALI's reader cuts it
         (shard_id / num_shards over the concatenated shards)."""

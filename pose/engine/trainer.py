@@ -44,6 +44,7 @@ from pose.engine.loss import joints_mse_loss
 from pose.engine.schedule import StepPlan, base_lr, images_per_step, lr_factor
 from pose.engine.step_metrics import StepMetrics
 from pose.engine.stop import StopRequest
+from pose.eval.evaluate import check_ground_truth
 from pose.files import atomic_write
 from pose.models import build_model
 from pose.run_folder import RunFolder, RunFolderBusy, RunLock
@@ -86,6 +87,10 @@ class Trainer:
         np.random.seed(cfg.seed + env.rank)
         self.train_loader = build_loader(self._spec("train", cfg.train.batch_size))
         val_loader = build_loader(self._spec("val", cfg.eval.batch_size))
+        if cfg.train.eval_every:  # a val file that cannot be scored fails now, not hours later
+            for note in check_ground_truth(cfg.data.val_ann, val_loader.shards):
+                if env.is_main:
+                    print(f"train: {note}", flush=True)
         self.layout = one_layout(
             {
                 f"{cfg.data.train_shards}": self.train_loader.layout,

@@ -133,6 +133,39 @@ def coco_results(
     return results
 
 
+def load_ground_truth(ann_file: str | Path):
+    """The annotation file pycocotools scores against, with what COCO's tools take for granted
+    filled in where the file leaves it out (CrowdPose's and AIC's files do): `area` as the box's
+    width x height (as sharding does) and `iscrowd` as 0. Returns the COCO object and notes
+    saying what was filled."""
+    coco = load_coco(ann_file)
+    anns = coco.dataset["annotations"]
+    no_area = [a for a in anns if not _is_number(a.get("area"))]
+    for ann in no_area:
+        box = ann.get("bbox")
+        ok = isinstance(box, list) and len(box) == 4 and all(_is_number(v) for v in box)
+        ann["area"] = float(box[2] * box[3]) if ok else 0.0
+    no_crowd = [a for a in anns if "iscrowd" not in a]
+    for ann in no_crowd:
+        ann["iscrowd"] = 0
+    notes = []
+    if no_area:
+        notes.append(
+            f"{len(no_area)} of {len(anns)} annotations in '{ann_file}' have no 'area': "
+            "scored with the box's width x height, as sharding uses"
+        )
+    if no_crowd:
+        notes.append(
+            f"{len(no_crowd)} of {len(anns)} annotations in '{ann_file}' have no 'iscrowd': "
+            "taken as 0, as COCO's tools do"
+        )
+    return coco, notes
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def score_results(
     ann_file: str | Path, results: list[dict], sigmas: np.ndarray | None = None
 ) -> dict[str, float]:
@@ -140,7 +173,7 @@ def score_results(
     OKS `sigmas` (COCO's by default)."""
     from pycocotools.cocoeval import COCOeval
 
-    gt = load_coco(ann_file)
+    gt, _ = load_ground_truth(ann_file)
     if not results:
         return dict.fromkeys(METRIC_NAMES, 0.0)
     with contextlib.redirect_stdout(io.StringIO()):

@@ -16,11 +16,19 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from pose.config import DataConfig, EvalConfig
+from pose.config import ConfigError, DataConfig, EvalConfig
+from pose.data.coco import CocoFormatError
 from pose.data.codec import decode_heatmaps, encode_heatmaps, flip_back, heatmap_to_image
 from pose.data.loader import Loader
 from pose.data.shards import META
-from pose.eval.coco_eval import Prediction, coco_results, format_table, score_results, write_json
+from pose.eval.coco_eval import (
+    Prediction,
+    coco_results,
+    format_table,
+    load_ground_truth,
+    score_results,
+    write_json,
+)
 
 Predictor = Callable[[dict], torch.Tensor]  # a batch -> heatmaps (N, K, h, w)
 
@@ -128,6 +136,26 @@ def evaluate(
         dist.broadcast_object_list(box, src=0)
         metrics = box[0]
     return metrics
+
+
+def check_ground_truth(ann_file: str | Path, shards) -> list[str]:
+    """Before any inference: `ann_file` must be readable and hold every image the val shards
+    were cropped from (else it is another dataset's file, and scoring would fail after all the
+    work); returns notes on what scoring fills in (load_ground_truth)."""
+    try:
+        coco, notes = load_ground_truth(ann_file)
+    except CocoFormatError as e:
+        raise ConfigError(f"config key 'data.val_ann': {e}") from None
+    wanted = shards.image_ids()
+    missing = sorted(wanted - set(coco.imgs))
+    if missing:
+        shown = ", ".join(map(str, missing[:5])) + (", ..." if len(missing) > 5 else "")
+        raise ConfigError(
+            f"config key 'data.val_ann': '{ann_file}' lacks {len(missing)} of the "
+            f"{len(wanted)} images of the val shards in '{shards.folder}' (ids {shown}): "
+            "give the annotation file these shards were made from"
+        )
+    return notes
 
 
 def _gather(
