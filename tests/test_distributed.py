@@ -191,8 +191,13 @@ def test_a_rank_stopped_mid_step_fails_the_other_within_the_collective_timeout(
     torchrun = ["-m", "torch.distributed.run", "--nproc_per_node", "2"]
     torchrun += ["--master_port", str(free_port())]
     command = [sys.executable, *torchrun, *TRAIN, *tiny_overrides(shards, run, **extra)]
+    extensions = tmp_path / "torch_extensions"  # empty: a compiled op would show here
     agent = subprocess.Popen(
-        command, cwd=ROOT, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        command,
+        cwd=ROOT,
+        env=clean_env(TORCH_EXTENSIONS_DIR=str(extensions)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     ranks = {}
     try:
@@ -215,6 +220,8 @@ def test_a_rank_stopped_mid_step_fails_the_other_within_the_collective_timeout(
         _, err = agent.communicate(timeout=120)
     assert waited < timeout_s + 45, waited
     assert "train: error: a collective failed on rank 0 of 2 on" in err.decode()
+    # DeepSpeed's shared-memory op (inference only) is not compiled: no minutes-long first start
+    assert not extensions.exists() or not any(extensions.iterdir())
 
 
 def started(run, read_metrics) -> bool:

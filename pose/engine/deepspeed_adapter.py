@@ -128,9 +128,8 @@ def build_engine(
     waits at most `collective_timeout_s` for a peer (else torch's default: 30 min for gloo)."""
     import deepspeed
 
-    if world_size == 1:
-        _skip_shared_memory_allreduce_op()
-    elif collective_timeout_s is not None:
+    _skip_shared_memory_allreduce_op()
+    if world_size > 1 and collective_timeout_s is not None:
         _bound_data_parallel_group(collective_timeout_s)
     engine, _, _, _ = deepspeed.initialize(
         model=model,
@@ -162,10 +161,11 @@ def _bound_data_parallel_group(timeout_s: float) -> None:
 
 def _skip_shared_memory_allreduce_op() -> None:
     """On a CPU, DeepSpeed's communication layer compiles a C++ shared-memory all-reduce op
-    the first time it starts (a minute or two, and a C++ compiler; a compile killed midway
-    leaves a lock that makes the next start wait forever). A single process reduces nothing:
-    mark the op unavailable, so DeepSpeed uses torch.distributed and compiles nothing. Several
-    ranks on a CPU still get it."""
+    the first time it starts: minutes, a C++ compiler, and a compile killed midway (a host
+    lost, a job cancelled) leaves a lock that makes every later start wait for ever. The op
+    serves only DeepSpeed's `inference_all_reduce` (tensor-parallel inference), never a
+    training step's reductions, which go through torch.distributed: mark it unavailable, so
+    DeepSpeed compiles nothing."""
     import deepspeed.ops
 
     compatible = getattr(deepspeed.ops, "__compatible_ops__", None)
