@@ -11,10 +11,12 @@
 #
 # With --hosts N (N >= 1) the cluster has N hosts h1..hN, each its own Linux network namespace
 # and UTS namespace (its own host name) with one slurmd, joined by a bridge through veth pairs.
-# Addresses come from 198.18.0.0/15 (RFC 2544's benchmark range): $POSESCALE_SLURM_NET.1 is the
-# controller's side of the bridge (slurmctld stays in this machine's namespace), host i is
-# $POSESCALE_SLURM_NET.(10+i); the namespaces have no default route, so nothing leaves the
-# machine. A host's processes also get their own mount namespace, in which $DIR/etc/etc-hosts is
+# Addresses come from 198.18.0.0/15 (RFC 2544's benchmark range), a /24 of it per cluster: the
+# first 198.18.X.0/24 that no interface of this machine uses, or $POSESCALE_SLURM_NET (e.g.
+# 198.18.7; refused when in use or outside 198.18.0.0/15). NET.1 is the controller's side of the
+# bridge (slurmctld stays in this machine's namespace), host i is NET.(10+i); the namespaces
+# have no default route and IPv6 is off on the bridge, the veths and in the namespaces, so
+# nothing leaves the machine (no router solicitations either). A host's processes also get their own mount namespace, in which $DIR/etc/etc-hosts is
 # bound over /etc/hosts, so h1..hN resolve on every host (the file itself is not changed). Run
 # a command on a host with `slurm/local-cluster.sh exec h2 CMD...`. Needs root, `ip` and
 # util-linux's nsenter and unshare. Faults: `kill-host h2` kills every process in h2's network
@@ -23,7 +25,11 @@
 #
 # Everything (config, state, logs, sockets, database) lives in $POSESCALE_SLURM_DIR (default
 # /tmp/posescale-slurm); nothing under /etc is changed, and daemons it did not start are left
-# alone. Each start begins from fresh state with a fresh FirstJobId, so job ids never repeat
+# alone. The daemons listen on one address each, never on all of the machine's: slurmctld on
+# the controller address (NET.1 with hosts, else 127.0.0.1), slurmdbd, MariaDB and a one-node
+# slurmd on 127.0.0.1, each host's slurmd on its own (Slurm's CommunicationParameters
+# NoCtldInAddrAny,NoInAddrAny bind the address the daemon's host name resolves to: each daemon
+# starts in a mount namespace whose /etc/hosts maps that name to its address). Each start begins from fresh state with a fresh FirstJobId, so job ids never repeat
 # across restarts (a reused submitit folder would otherwise read stale results).
 #
 # Choices that matter (Slurm 22.05, Debian 12): proctrack/linuxproc + task/none need no
@@ -33,7 +39,8 @@
 set -euo pipefail
 
 DIR=${POSESCALE_SLURM_DIR:-${TMPDIR:-/tmp}/posescale-slurm}
-NET=${POSESCALE_SLURM_NET:-198.18.0}
+NET=${POSESCALE_SLURM_NET:-}
+[[ -f $DIR/etc/net ]] && NET=$(<"$DIR/etc/net")  # what this cluster's start chose
 CLUSTER=posescale
 TAG=$(printf '%s' "$DIR" | md5sum | cut -c1-6)  # names this cluster's links and namespaces
 BRIDGE=psbr$TAG
@@ -100,6 +107,7 @@ write_configs() {
 ClusterName=$CLUSTER
 SlurmctldHost=$host($(controller_addr))
 SlurmctldPort=$ctld_port
+CommunicationParameters=NoCtldInAddrAny,NoInAddrAny
 SlurmdPort=$slurmd_port
 SlurmUser=root
 SlurmdUser=root
@@ -142,6 +150,7 @@ $auth
 DbdHost=$host
 DbdAddr=127.0.0.1
 DbdPort=$dbd_port
+CommunicationParameters=NoInAddrAny
 SlurmUser=root
 PidFile=$DIR/run/slurmdbd.pid
 LogFile=$DIR/log/slurmdbd.log
@@ -161,6 +170,53 @@ host_count() { hosts | grep -c . || true; }
 netns_of() { echo "ps$TAG-$1"; }
 addr_of() { echo "$NET.$((10 + ${1#h}))"; }
 controller_addr() { if (($(host_count))); then echo "$NET.1"; else echo 127.0.0.1; fi; }
+
+choose_net() {  # a 198.18.0.0/15 /24 for the bridge that no interface here uses
+    local used x
+    used=$(ip -o -4 addr show 2>/dev/null | awk '{print $4}')
+    in_use() { grep -q "^$1\." <<<"$used"; }
+    if [[ -n $NET ]]; then
+        [[ $NET =~ ^198\.(18|19)\.([0-9]{1,3})$ ]] && ((BASH_REMATCH[2] <= 255)) ||
+            die "POSESCALE_SLURM_NET=$NET: give the first three numbers of a /24 in 198.18.0.0/15 (e.g. 198.18.7)"
+        in_use "$NET" && die "$NET.0/24 is in use on this machine (another cluster?): $(ip -o -4 addr show | grep " $NET\." | awk '{print $2}' | head -1); set POSESCALE_SLURM_NET to another, or leave it unset"
+        return 0
+    fi
+    for x in $(seq 0 255); do
+        in_use "198.18.$x" || { NET=198.18.$x; return 0; }
+    done
+    die "every 198.18.X.0/24 is in use on this machine; set POSESCALE_SLURM_NET=198.19.X"
+}
+
+no_ipv6() {  # no_ipv6 [NS] IFACE...: IPv6 off (no link-local address, no router solicitations)
+    local ns=$1 iface
+    shift
+    for iface in "$@"; do
+        if [[ -n $ns ]]; then
+            ip netns exec "$ns" sysctl -qw "net.ipv6.conf.$iface.disable_ipv6=1" 2>/dev/null || true
+        else
+            sysctl -qw "net.ipv6.conf.$iface.disable_ipv6=1" 2>/dev/null || true
+        fi
+    done
+}
+
+hosts_file() {  # hosts_file NAME ADDR: an /etc/hosts for a daemon that binds NAME's ADDR
+    local file=$DIR/etc/hosts-$1
+    {
+        echo "127.0.0.1 localhost"
+        echo "$2 $(hostname) $(hostname -s)"
+        local h
+        for h in $(hosts); do echo "$(addr_of "$h") $h"; done
+    } >"$file"
+    echo "$file"
+}
+
+bound_to() {  # bound_to ADDR CMD...: CMD with this machine's name resolving to ADDR only
+    local file
+    file=$(hosts_file "${1//./-}" "$1")
+    shift
+    unshare --mount --propagation private \
+        bash -c 'mount --bind "$0" /etc/hosts && exec "$@"' "$file" "$@"
+}
 pid_suffix() { if (($(host_count))); then echo "-%n"; fi; }
 
 node_lines() {  # NodeName and PartitionName lines: this machine, or the namespace hosts
@@ -185,6 +241,7 @@ make_hosts() {  # the bridge, and per host a namespace, a veth pair, an address,
     : >"$DIR/etc/hosts"
     ip link add "$BRIDGE" type bridge || die "cannot create the bridge $BRIDGE (no CAP_NET_ADMIN?)"
     echo "link $BRIDGE" >>"$DIR/etc/made"
+    no_ipv6 "" "$BRIDGE"
     ip addr add "$NET.1/24" dev "$BRIDGE"
     ip link set "$BRIDGE" up
     {
@@ -197,6 +254,8 @@ make_hosts() {  # the bridge, and per host a namespace, a veth pair, an address,
         ip netns add "$ns" || die "cannot create the network namespace $ns"
         echo "netns $ns" >>"$DIR/etc/made"
         ip link add "v$TAG$h" type veth peer name eth0 netns "$ns"
+        no_ipv6 "" "v$TAG$h"
+        no_ipv6 "$ns" all default eth0 lo
         ip link set "v$TAG$h" master "$BRIDGE" up
         ip -n "$ns" addr add "$(addr_of "$h")/24" dev eth0
         ip -n "$ns" link set eth0 up
@@ -233,7 +292,7 @@ on_host() {  # on_host hN CMD...: run CMD in host hN's namespaces, with its host
 start_slurmds() {
     local h
     if (($(host_count) == 0)); then
-        slurmd -f "$SLURM_CONF"
+        bound_to 127.0.0.1 slurmd -f "$SLURM_CONF"
         return
     fi
     for h in $(hosts); do
@@ -304,6 +363,8 @@ start() {
         return 0
     fi
     stop >/dev/null 2>&1 || true
+    NET=${POSESCALE_SLURM_NET:-}
+    ((count == 0)) || choose_net  # before anything is made
     install_packages
     # Only ever remove a folder this script made (or an empty one).
     if [[ -d $DIR && -n $(ls -A "$DIR") && ! -f $DIR/etc/slurm.conf ]]; then
@@ -311,15 +372,18 @@ start() {
     fi
     rm -rf "$DIR"
     mkdir -p "$DIR"/{etc,run,log,munge,db,state/ctld,"state/slurmd$(hostname -s)"}
-    ((count == 0)) || make_hosts "$count"
+    if ((count)); then
+        echo "$NET" >"$DIR/etc/net"
+        make_hosts "$count"
+    fi
     write_configs
     export SLURM_CONF=$DIR/etc/slurm.conf
     start_munge
     start_database
-    slurmdbd  # reads slurmdbd.conf beside $SLURM_CONF
+    bound_to 127.0.0.1 slurmdbd  # reads slurmdbd.conf beside $SLURM_CONF
     wait_for 30 slurmdbd bash -c "ss -ltn | grep -q ':$(awk -F= '/^DbdPort/ {print $2}' "$DIR/etc/slurmdbd.conf") '"
     sacctmgr -i add cluster "$CLUSTER" >/dev/null 2>&1 || true
-    slurmctld -i -f "$SLURM_CONF"
+    bound_to "$(controller_addr)" slurmctld -i -f "$SLURM_CONF"
     wait_for 30 slurmctld scontrol ping
     start_slurmds
     local nodes=$((count > 0 ? count : 1))

@@ -197,9 +197,45 @@ def test_the_hosts_see_each_other_and_nothing_else(two_hosts):
     out, _ = probe.communicate(timeout=60)
     assert probe.returncode == 0, out
     lines = out.splitlines()
-    assert lines[0] == "h1" and lines[1] == "198.18.0.12"
+    net = cluster_net(two_hosts)
+    assert lines[0] == "h1" and lines[1] == f"{net}.12"
     assert not any(line.startswith("default") for line in lines[2:])
-    assert all("198.18.0.0/24" in line for line in lines[2:])
+    assert all(f"{net}.0/24" in line for line in lines[2:])
+
+
+def cluster_net(cluster) -> str:
+    """The /24 the cluster's start chose in 198.18.0.0/15 ('198.18.X')."""
+    net = (Path(cluster.script_env["POSESCALE_SLURM_DIR"]) / "etc" / "net").read_text().strip()
+    assert net.startswith(("198.18.", "198.19."))
+    return net
+
+
+def test_the_daemons_listen_on_their_own_addresses_without_ipv6_and_clusters_take_other_nets(
+    two_hosts, tmp_path, clean_env
+):
+    """Nothing listens on all of the machine's addresses; no IPv6 on the bridge, the veths or
+    in the hosts; a second cluster takes the next free /24, not the first one's."""
+    import psutil
+
+    net = cluster_net(two_hosts)
+    state = Path(two_hosts.script_env["POSESCALE_SLURM_DIR"])
+    daemons = {p.stem: int(p.read_text()) for p in (state / "run").glob("*.pid")}
+    listening = {
+        c.pid: c.laddr.ip
+        for c in psutil.net_connections("inet")
+        if c.status == psutil.CONN_LISTEN and c.pid in daemons.values()
+    }
+    where = {name: listening.get(pid) for name, pid in daemons.items()}
+    assert where["slurmctld"] == f"{net}.1"
+    assert where["slurmdbd"] == where["mariadbd"] == "127.0.0.1"
+    assert "0.0.0.0" not in listening.values()
+    tag = next(line.split()[1] for line in (state / "etc" / "made").read_text().splitlines())
+    for iface in Path("/proc/sys/net/ipv6/conf").glob(f"*{tag.removeprefix('psbr')}*"):
+        assert (iface / "disable_ipv6").read_text().strip() == "1", iface.name
+    probe = two_hosts.on_host("h1", ["ip", "-6", "addr"], stdout=subprocess.PIPE, text=True)
+    assert probe.communicate(timeout=60)[0].strip() == ""
+    with local_slurm(tmp_path / "second", clean_env, hosts=1) as second:
+        assert cluster_net(second) != net
 
 
 def wait_until(predicate, timeout: float, what):
