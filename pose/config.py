@@ -302,17 +302,19 @@ def save_config(cfg: Config, path: str | os.PathLike) -> None:
 
 
 def parse_overrides(overrides: list[str]) -> dict[str, Any]:
-    """['train.lr=5e-4', 'model.attention=holistic'] -> nested dict of YAML-parsed values."""
+    """['train.lr=5e-4', 'model.attention=holistic'] -> nested dict of YAML-parsed values. A key
+    given twice with different values is refused (the same value twice is harmless: a launcher
+    script and its user may both name the run folder)."""
     nested: dict[str, Any] = {}
-    given: dict[str, str] = {}
+    given: dict[str, tuple[str, Any]] = {}
     for item in overrides:
         key, value = parse_override(item)
-        if key in given:
+        if key in given and given[key][1] != value:
             raise ConfigError(
-                f"config key '{key}' is given twice on the command line ('{given[key]}' and "
-                f"'{item}'); give it once"
+                f"config key '{key}' is given twice on the command line with different values "
+                f"('{given[key][0]}' and '{item}'); give it once"
             )
-        given[key] = item
+        given[key] = item, value
         node = nested
         *parents, leaf = key.split(".")
         for part in parents:

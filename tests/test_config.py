@@ -178,8 +178,9 @@ def test_a_key_written_twice_is_an_error_naming_it(tmp_path):
 def test_a_key_given_twice_on_the_command_line_is_refused_naming_both():
     with pytest.raises(ConfigError) as err:
         load_config(None, ["train.lr=1e-3", "train.epochs=2", "train.lr=2e-3"])
-    assert "'train.lr' is given twice" in str(err.value)
+    assert "'train.lr' is given twice on the command line with different values" in str(err.value)
     assert "'train.lr=1e-3' and 'train.lr=2e-3'" in str(err.value)
+    assert load_config(None, ["train.lr=1e-3", "train.lr=0.001"]).train.lr == 1e-3
 
 
 def test_layered_overrides_let_a_later_layer_replace_a_key():
