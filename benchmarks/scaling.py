@@ -190,15 +190,15 @@ def split_step(rank: int, world: int, args) -> dict:
     import torch.distributed as dist
 
     sys.path.insert(0, str(ROOT))
-    from pose.config import load_config
+    from pose.config import layer_overrides, load_config
     from pose.data.backends import build_loader
     from pose.data.codec import encode_heatmaps, heatmap_size
     from pose.data.loader import LoaderSpec
     from pose.engine.loss import joints_mse_loss
     from pose.models import build_model
 
-    overrides = [f"train.batch_size={args.batch}", "data.num_workers=0", *args.overrides]
-    cfg = load_config(ROOT / "configs" / "demo.yaml", overrides)
+    ours = [f"train.batch_size={args.batch}", "data.num_workers=0"]
+    cfg = load_config(ROOT / "configs" / "demo.yaml", layer_overrides(ours, args.overrides))
     loader = build_loader(LoaderSpec(cfg.data, "train", args.batch, rank, world))
     torch.manual_seed(0)
     model = build_model(cfg.model, loader.layout.num_joints)

@@ -27,7 +27,7 @@ import torch
 from turns import take_turns
 
 from pose.caches import use_cache_folders
-from pose.config import TrainConfig, load_config
+from pose.config import TrainConfig, layer_overrides, load_config
 from pose.data.backends import build_loader
 from pose.data.codec import encode_heatmaps, heatmap_size
 from pose.data.loader import LoaderSpec
@@ -71,7 +71,7 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     use_cache_folders()
-    cfg = load_config(args.config, ["log.wandb=off", *args.overrides])
+    cfg = load_config(args.config, layer_overrides(["log.wandb=off"], args.overrides))
     env = init_distributed(cfg.launch)
     precision = resolve_precision(cfg.train.precision, env.device)
     loader = build_loader(LoaderSpec(cfg.data, "train", cfg.train.batch_size, device=env.device))

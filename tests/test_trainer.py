@@ -50,7 +50,8 @@ def test_torchrun_two_ranks_zero1_fp32_then_bf16(shards, tmp_path, tiny_override
     assert last < first, (first, last)
     assert records[-1]["images_per_s"] == pytest.approx(2 * records[-1]["images_per_s_per_device"])
     # bf16 autocast: a few steps continue the same run (resumes from step 24), finite losses
-    bf16 = run_python([*args[:-1], "train.max_steps=28", "train.precision=bf16"])
+    more = {**extra, "train.max_steps": 28, "train.precision": "bf16"}
+    bf16 = run_python([*torchrun, *TRAIN, *tiny_overrides(shards, run, **more)])
     assert bf16.returncode == 0, bf16.stderr[-3000:]
     tail = train_records(run)[-2:]
     assert tail[-1]["step"] == 28 and all(torch.isfinite(torch.tensor(r["loss"])) for r in tail)
