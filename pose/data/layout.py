@@ -204,19 +204,20 @@ def choose_layout(category: dict, requested: str, source: str) -> tuple[Keypoint
         )
     if requested != "auto":
         return _checked_against(load_layout(requested), joints, source)
-    notes = []
-    for name in preset_names():
-        candidate = preset(name)
-        differ = _differing(candidate.joints, joints)
-        if candidate.num_joints == len(joints) and not differ:
-            if candidate.joints != joints:
-                notes.append(f"joint names match preset '{name}' up to case, spaces and hyphens")
-            return candidate, notes
-        if candidate.num_joints == len(joints) and len(differ) <= _few(len(joints)):
-            notes.append(
-                f"the joints nearly match preset '{name}' ({_list(differ)}); not taken: pass "
-                f"--layout {name} if they are the same joints"
-            )
+    same_size = [preset(name) for name in preset_names() if preset(name).num_joints == len(joints)]
+    for candidate in same_size:
+        if not _differing(candidate.joints, joints):
+            if candidate.joints == joints:
+                return candidate, []
+            return candidate, [
+                f"joint names match preset '{candidate.name}' up to case, spaces and hyphens"
+            ]
+    notes = [
+        f"the joints nearly match preset '{candidate.name}' ({_list(differ)}); not taken: pass "
+        f"--layout {candidate.name} if they are the same joints"
+        for candidate in same_size
+        if len(differ := _differing(candidate.joints, joints)) <= _few(len(joints))
+    ]
     layout, derived_notes = _derived(category, joints, source)
     return layout, notes + derived_notes
 
