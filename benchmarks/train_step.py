@@ -7,10 +7,13 @@
 engine / torch is the engine's overhead; 1 - loop / engine is the share of time spent waiting
 for data. On a GPU it also prints absolute images/s per GPU. `--also-batch B` adds the loop at
 batch B (its own model, engine and loader), in the same turns, and prints its images/s against
-the loop's: what a wall-clock budget trains at the other batch size.
+the loop's: what a wall-clock budget trains at the other batch size. `--vs "KEY=VALUE ..."` adds
+the loop of a second config (the first with those overrides: its own model, engine and loader),
+in the same turns, and prints its images/s against the loop's (e.g. `--vs
+"train.memory_format=channels_last"` or `--vs "train.compile=true"` on the CPU).
 
     python benchmarks/train_step.py [--config configs/demo.yaml] [--steps 5] [--rounds 5]
-        [--json OUT] [--also-batch B]
+        [--json OUT] [--also-batch B] [--vs "KEY=VALUE ..."]
         [overrides, e.g. model.backbone=resnet50 data.image_size=[256,192]]
 """
 
@@ -34,7 +37,7 @@ from pose.data.loader import LoaderSpec
 from pose.engine.deepspeed_adapter import build_engine, resolve_precision
 from pose.engine.distributed import init_distributed
 from pose.engine.loss import joints_mse_loss
-from pose.engine.trainer import train_step
+from pose.engine.trainer import apply_memory_format, prepare_model, train_step
 from pose.models import build_model
 
 
@@ -68,10 +71,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="rounds of the variants in turn")
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--also-batch", type=int, help="also time the loop at this batch size")
+    parser.add_argument("--vs", help="also time the loop of the config with these overrides")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     use_cache_folders()
-    cfg = load_config(args.config, layer_overrides(["log.wandb=off"], args.overrides))
+    base = ["log.wandb=off"]
+    cfg = load_config(args.config, layer_overrides(base, args.overrides))
     env = init_distributed(cfg.launch)
     precision = resolve_precision(cfg.train.precision, env.device)
     loader = build_loader(LoaderSpec(cfg.data, "train", cfg.train.batch_size, device=env.device))
@@ -95,12 +100,15 @@ def main() -> None:
         loss.backward()
         optimizer.step()
 
-    def real_loop(train: TrainConfig, source):
-        """The engine's step fed by the real input pipeline `source` (at `train.batch_size`)."""
+    def real_loop(train: TrainConfig, source, model_cfg=cfg.model):
+        """The engine's step fed by the real input pipeline `source` (at `train.batch_size`),
+        the model prepared as the trainer does (compiled, channels_last as `train` says)."""
         torch.manual_seed(0)
-        model = build_model(cfg.model, loader.layout.num_joints).to(env.device)
+        model = build_model(model_cfg, loader.layout.num_joints)
+        model = prepare_model(model, train, env.device)
         adam = torch.optim.Adam(model.parameters(), lr=train.lr)
         engine = build_engine(model, adam, None, train, env.world_size, precision)
+        apply_memory_format(model, train, env.device)
         batches = iter(())
 
         def step():
@@ -127,6 +135,11 @@ def main() -> None:
         spec = LoaderSpec(data, "train", args.also_batch, device=env.device)
         variants[other] = real_loop(other_train, build_loader(spec))[1]
         images[other] = args.also_batch
+    if args.vs:
+        vs_cfg = load_config(args.config, layer_overrides(base, args.overrides, args.vs.split()))
+        spec = LoaderSpec(vs_cfg.data, "train", vs_cfg.train.batch_size, device=env.device)
+        variants["loop_vs"] = real_loop(vs_cfg.train, build_loader(spec), vs_cfg.model)[1]
+        images["loop_vs"] = vs_cfg.train.batch_size
     n = batch["image"].shape[0]
     seconds = interleaved(variants, args.steps, args.rounds)
     rows = {
@@ -147,6 +160,9 @@ def main() -> None:
     if args.also_batch:
         ratio = (args.also_batch / seconds[other]) / (n / seconds["loop"])
         print(f"loop at batch {args.also_batch} / at batch {n}: {ratio:.3f} of the images/s")
+    if args.vs:
+        ratio = rows["loop_vs"]["images_per_s"] / rows["loop"]["images_per_s"]
+        print(f"loop with {args.vs} / without: {ratio:.3f} of the images/s")
     if args.json:
         Path(args.json).write_text(
             json.dumps(
