@@ -120,6 +120,9 @@ class TrainConfig:
     scale_lr: bool = False  # multiply lr by total batch / 128 (the reference's 4 GPUs x 32)
     weight_decay: float = 0.0
     schedule: Literal["multistep", "cosine"] = "multistep"
+    # cosine: the fraction of the run that holds the peak lr before the cosine decay starts
+    # (0: the decay starts after warmup; 0.5: a constant lr for half the run, then a cosine tail)
+    cosine_start: float = 0.0
     lr_steps: list[int] = field(default_factory=lambda: [90, 120])  # epochs of the x0.1 decays
     lr_factor: float = 0.1
     warmup_steps: int = 500
@@ -155,6 +158,10 @@ class TrainConfig:
             fail_key("train.lr_factor", f"{self.lr_factor} must lie in (0, 1]")
         if self.lr_steps != sorted(self.lr_steps) or any(s <= 0 for s in self.lr_steps):
             fail_key("train.lr_steps", f"{self.lr_steps} must be positive and increasing")
+        if not 0 <= self.cosine_start < 1:
+            fail_key("train.cosine_start", f"{self.cosine_start} must lie in [0, 1)")
+        if self.cosine_start and self.schedule != "cosine":
+            fail_key("train.cosine_start", "only train.schedule=cosine has a cosine to start")
         if self.ohkm and not self.ohkm_topk > 0:
             fail_key("train.ohkm_topk", f"{self.ohkm_topk} must be positive")
 

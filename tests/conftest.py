@@ -93,7 +93,7 @@ def tiny_overrides():
             "model.backbone": "resnet18",
             "model.deconv_filters": 32,
             "train.batch_size": 8,
-            "train.budget_minutes": 0,  # configs/demo.yaml trains to a wall-clock budget
+            "train.budget_images": 0,  # configs/demo.yaml trains to an image budget
             "train.warmup_steps": 2,
             "train.log_every": 2,
             "train.checkpoint_every": 4,

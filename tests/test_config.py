@@ -208,7 +208,7 @@ def test_shipped_configs_are_found_by_name_from_any_folder(tmp_path, monkeypatch
     assert demo.name == "demo.yaml" and demo.is_file()
     assert find_config("configs/demo.yaml") == demo == find_config("demo.yaml")
     assert find_config("sweeps/demo").parent.name == "sweeps"
-    assert load_config("demo").train.budget_minutes == 12
+    assert load_config("demo").train.budget_images == 17984
     (tmp_path / "demo.yaml").write_text("seed: 3\n")  # a file of that name here comes first
     assert load_config("demo.yaml").seed == 3
     with pytest.raises(ConfigError, match="'nope' does not exist"):

@@ -72,7 +72,7 @@ def overrides(root: Path, run: Path, **extra) -> list[str]:
         "model.backbone": "resnet18",
         "model.deconv_filters": 32,
         "train.batch_size": 4,
-        "train.budget_minutes": 0,
+        "train.budget_images": 0,
         "train.log_every": 1,
         "train.eval_every": 1,
         "train.precision": "fp32",

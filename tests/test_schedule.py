@@ -88,3 +88,22 @@ def test_a_wall_clock_budget_keeps_the_lr_of_its_calibration_steps_independent_o
 def test_one_budget_at_a_time():
     with pytest.raises(ConfigError, match=r"'train\.budget_minutes'.*not both"):
         load_config(None, ["train.budget_images=100", "train.budget_minutes=2"])
+
+
+def test_cosine_start_holds_the_peak_lr_then_decays_over_the_rest_of_the_run():
+    overrides = ["train.schedule=cosine", "train.warmup_steps=10", "train.budget_images=800"]
+    train = load_config(None, [*overrides, "train.batch_size=8", "train.cosine_start=0.6"]).train
+    factor = lr_factor(train, StepPlan.of(train, batches_per_epoch=5))  # 100 steps
+    assert factor(4) == pytest.approx(0.5) and factor(10) == 1.0 and factor(60) == 1.0
+    assert factor(80) == pytest.approx(0.5) and factor(100) == pytest.approx(0.0)
+    assert 0.5 < factor(70) < 1.0
+    early = load_config(None, [*overrides, "train.batch_size=8", "train.cosine_start=0.05"])
+    factor = lr_factor(early.train, StepPlan.of(early.train, batches_per_epoch=5))
+    assert factor(10) == 1.0 and factor(55) == pytest.approx(0.5)  # warmup is later: it wins
+
+
+def test_cosine_start_is_checked():
+    with pytest.raises(ConfigError, match=r"'train\.cosine_start'.*\[0, 1\)"):
+        load_config(None, ["train.schedule=cosine", "train.cosine_start=1"])
+    with pytest.raises(ConfigError, match=r"'train\.cosine_start'.*only train.schedule=cosine"):
+        load_config(None, ["train.cosine_start=0.5"])

@@ -4,6 +4,7 @@ import json
 
 import cv2
 import numpy as np
+import pytest
 from pycocotools.cocoeval import COCOeval
 
 from data_prep import synthetic
@@ -142,3 +143,42 @@ def test_cli(tmp_path, capsys):
     assert "train: 2 images" in out and "val: 1 images" in out
     assert (tmp_path / "annotations" / "person_detections_val.json").is_file()
     assert len(list((tmp_path / "images" / "train").glob("*.jpg"))) == 2
+
+
+def test_most_people_face_the_camera_and_every_view_occurs():
+    """Facing decides left from right, so it is spread as in photos: mostly toward the camera,
+    some backs, and profiles from any side."""
+    rng = np.random.default_rng(0)
+    yaw = np.array([synthetic._sample_yaw(rng) for _ in range(4000)])
+    assert np.all(np.abs(yaw) <= np.pi)
+    facing = np.cos(yaw)
+    assert 0.55 < np.mean(facing > 0.5) < 0.75
+    assert 0.15 < np.mean(facing < -0.5) < 0.3
+    assert np.mean(np.abs(np.sin(yaw)) > 0.9) > 0.04  # profiles
+    assert np.mean(np.sin(yaw) > 0.5) == pytest.approx(np.mean(np.sin(yaw) < -0.5), abs=0.03)
+
+
+def test_the_neckline_shows_on_front_views_only_and_keeps_its_mirror_symmetry():
+    """The collar's V is drawn for people turned toward the camera, never for backs, and it is
+    symmetric about the body's midline, so a mirrored person is still a plausible person."""
+    shown = {True: 0, False: 0}
+    for i in range(40):
+        rng = np.random.default_rng([11, i])
+        _, people, owner = synthetic.render_image(rng, 480, 360)
+        for index, person in enumerate(people):
+            value = index * synthetic.OWNER_STRIDE + synthetic.P["collar"]
+            if (owner == value).any():
+                shown[bool(np.cos(person.yaw) > 0.2)] += 1
+    assert shown[True] > 10 and shown[False] == 0
+    rng = np.random.default_rng(1)
+    person = synthetic.sample_person(rng, 200.0, np.array([100.0, 100.0]))
+    points = {name: person.joints3d[synthetic.J[name]] for name in synthetic.KEYPOINT_NAMES}
+    mirrored = {
+        name: points[
+            name.replace("left", "right") if "left" in name else name.replace("right", "left")
+        ]
+        * np.array([-1.0, 1.0, 1.0])
+        for name in points
+    }
+    collar = synthetic._collar(points, 0.05)
+    assert np.allclose(synthetic._collar(mirrored, 0.05)[[1, 0, 2]], collar * [-1.0, 1.0, 1.0])

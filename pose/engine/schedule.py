@@ -76,7 +76,8 @@ def images_per_step(cfg: TrainConfig, world_size: int) -> int:
 def lr_factor(cfg: TrainConfig, plan: StepPlan) -> Callable[[int], float]:
     """Multiplier of the base lr after `step` optimizer steps: linear warmup over
     `warmup_steps`, then multistep (x lr_factor at each epoch of lr_steps) or cosine from 1 at
-    the end of warmup to 0 at the plan's last step.
+    the end of warmup (or at `cosine_start` of the run, when later) to 0 at the plan's last
+    step.
 
     With a budget the decays follow the plan's length, read at each call: multistep's epochs
     become the same fractions of the run (lr_steps / epochs), and with a wall-clock budget no
@@ -98,9 +99,12 @@ def lr_factor(cfg: TrainConfig, plan: StepPlan) -> Callable[[int], float]:
                 max(calibration + 1, round(m / cfg.epochs * plan.total_steps)) for m in cfg.lr_steps
             ]
             return warm * cfg.lr_factor ** sum(step >= m for m in at)
-        if not plan.known or step <= flat_until:
+        if not plan.known:
             return warm
-        progress = min(1.0, (step - flat_until) / max(1, plan.total_steps - flat_until))
+        decay_from = max(flat_until, round(cfg.cosine_start * plan.total_steps))
+        if step <= decay_from:
+            return warm
+        progress = min(1.0, (step - decay_from) / max(1, plan.total_steps - decay_from))
         return warm * 0.5 * (1.0 + math.cos(math.pi * progress))
 
     return factor
