@@ -37,7 +37,7 @@ from data_prep.synthetic import generate
 from pose.caches import use_cache_folders
 from pose.config import load_config
 from pose.data.coco import box_to_center_scale, load_coco, training_instances
-from pose.data.codec import encode_heatmaps
+from pose.data.codec import HeatmapCodec
 from pose.data.dali import DaliLoader
 from pose.data.geometry import affine_points, get_affine_transform
 from pose.data.layout import COCO_17
@@ -114,7 +114,7 @@ def run_loader(loader, epochs: int) -> tuple[int, float]:
     count, start = 0, time.perf_counter()
     for epoch in range(epochs):
         for batch in loader.epoch(epoch):
-            encode_heatmaps(batch["keypoints"], (256, 192), (64, 48), 2.0)
+            HeatmapCodec((256, 192), (64, 48), 2.0).encode(batch["keypoints"])
             count += batch["image"].shape[0]
     return count, time.perf_counter() - start
 

@@ -192,7 +192,7 @@ def split_step(rank: int, world: int, args) -> dict:
     sys.path.insert(0, str(ROOT))
     from pose.config import layer_overrides, load_config
     from pose.data.backends import build_loader
-    from pose.data.codec import encode_heatmaps, heatmap_size
+    from pose.data.codec import HeatmapCodec, heatmap_size
     from pose.data.loader import LoaderSpec
     from pose.engine.loss import joints_mse_loss
     from pose.models import build_model
@@ -203,7 +203,7 @@ def split_step(rank: int, world: int, args) -> dict:
     torch.manual_seed(0)
     model = build_model(cfg.model, loader.layout.num_joints)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-    size = heatmap_size(cfg.data.image_size, cfg.model.output_stride)
+    codec = HeatmapCodec.of(cfg.data, heatmap_size(cfg.data.image_size, cfg.model.output_stride))
     params = [p for p in model.parameters() if p.requires_grad]
     batches = loader.epoch(0)
     parts = {"data": [], "compute": [], "wait": [], "allreduce": [], "step": []}
@@ -211,10 +211,7 @@ def split_step(rank: int, world: int, args) -> dict:
         t0 = time.perf_counter()
         batch = next(batches)
         t1 = time.perf_counter()
-        data = cfg.data
-        heatmaps, weights = encode_heatmaps(
-            batch["keypoints"], data.image_size, size, data.sigma, data.target
-        )
+        heatmaps, weights = codec.encode(batch["keypoints"])
         loss = joints_mse_loss(model(batch["image"]), heatmaps, weights)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

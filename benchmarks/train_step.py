@@ -32,7 +32,7 @@ from turns import take_turns
 from pose.caches import use_cache_folders
 from pose.config import TrainConfig, layer_overrides, load_config
 from pose.data.backends import build_loader
-from pose.data.codec import encode_heatmaps, heatmap_size
+from pose.data.codec import HeatmapCodec, heatmap_size
 from pose.data.loader import LoaderSpec
 from pose.engine.deepspeed_adapter import build_engine, resolve_precision
 from pose.engine.distributed import init_distributed
@@ -82,7 +82,7 @@ def main() -> None:
     loader = build_loader(LoaderSpec(cfg.data, "train", cfg.train.batch_size, device=env.device))
     batch = next(iter(loader.epoch(0)))
     data, train = cfg.data, cfg.train
-    size = heatmap_size(data.image_size, cfg.model.output_stride)
+    codec = HeatmapCodec.of(data, heatmap_size(data.image_size, cfg.model.output_stride))
     autocast = torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
     torch.manual_seed(0)
@@ -90,9 +90,7 @@ def main() -> None:
     optimizer = torch.optim.Adam(plain.parameters(), lr=cfg.train.lr)
 
     def torch_step():
-        targets, weights = encode_heatmaps(
-            batch["keypoints"], data.image_size, size, data.sigma, data.target
-        )
+        targets, weights = codec.encode(batch["keypoints"])
         with autocast:
             heatmaps = plain(batch["image"])
         loss = joints_mse_loss(heatmaps, targets, weights)

@@ -17,7 +17,7 @@ import torch
 
 from pose.config import Config, ConfigError, load_config
 from pose.data.backends import build_loader, resolve_backend
-from pose.data.codec import encode_heatmaps, heatmap_size
+from pose.data.codec import HeatmapCodec, heatmap_size
 from pose.data.loader import LoaderSpec
 from pose.data.shards import ShardError
 from pose.viz.skeleton import draw_skeleton, overlay_heatmap, tile, to_bgr
@@ -58,7 +58,7 @@ def write_grid(batch: dict, cfg: Config, out: Path) -> None:
     """Up to 8 samples of `batch`: each with its skeleton, then with its targets."""
     data = cfg.data
     size = heatmap_size(data.image_size, cfg.model.output_stride)
-    targets, _ = encode_heatmaps(batch["keypoints"], data.image_size, size, data.sigma, data.target)
+    targets, _ = HeatmapCodec.of(data, size).encode(batch["keypoints"])
     cells = []
     for i in range(min(8, batch["image"].shape[0])):
         image = to_bgr(batch["image"][i])

@@ -21,7 +21,7 @@ import torch
 from pose.caches import use_cache_folders
 from pose.config import Config, ConfigError, load_config
 from pose.data.backends import build_loader
-from pose.data.codec import heatmap_size
+from pose.data.codec import HeatmapCodec, heatmap_size
 from pose.data.layout import one_layout
 from pose.data.loader import Loader, LoaderSpec
 from pose.data.shards import ShardError
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"eval: {note}")
         if args.gt_as_predictions:
             size = heatmap_size(cfg.data.image_size, cfg.model.output_stride)
-            model, predict = None, ground_truth_predictor(cfg.data, size)
+            model, predict = None, ground_truth_predictor(HeatmapCodec.of(cfg.data, size))
         else:
             model = load_model(cfg, args.checkpoint, loader, env)
             predict = model_predictor(model, cfg.eval, cfg.data, loader.layout.flip_permutation)
@@ -105,7 +105,9 @@ def main(argv: list[str] | None = None) -> int:
             batches.close()
             layout, people, joints = loader.layout, cfg.log.panel_people, cfg.log.panel_joints
             path = Path(args.pictures)
-            prediction_panel(model, batch, path, layout, people, cfg.eval.keypoint_thr, joints)
+            prediction_panel(
+                model, batch, path, layout, cfg.data, people, cfg.eval.keypoint_thr, joints
+            )
             print(f"eval: wrote {path}")
     return 0
 

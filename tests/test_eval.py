@@ -9,10 +9,10 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from pose.config import load_config
+from pose.config import DataConfig, load_config
 from pose.data.backends import build_loader
 from pose.data.coco import box_to_center_scale, load_coco, training_instances
-from pose.data.codec import decode_heatmaps, encode_heatmaps, flip_back, heatmap_to_image
+from pose.data.codec import HeatmapCodec, decode_heatmaps, flip_back, input_to_image
 from pose.data.geometry import affine_points, get_affine_transform
 from pose.data.layout import COCO_17
 from pose.data.loader import LoaderSpec
@@ -54,10 +54,11 @@ def test_gt_through_encode_decode_from_gt_boxes(coco_fixtures):
         m = get_affine_transform(center, scale, 0, (192, 256))
         kpts = inst.keypoints.copy()
         kpts[:, :2] = affine_points(m, kpts[:, :2])
-        targets, _ = encode_heatmaps(torch.from_numpy(kpts)[None], (256, 192), (64, 48), 2.0)
-        coords, scores = decode_heatmaps(targets)
+        codec = HeatmapCodec((256, 192), (64, 48), 2.0)
+        targets, _ = codec.encode(torch.from_numpy(kpts)[None])
+        coords, scores = codec.decode(targets)
         inverse = torch.from_numpy(get_affine_transform(center, scale, 0, (192, 256), inverse=True))
-        xy = heatmap_to_image(coords, inverse[None], 4.0)[0].numpy()
+        xy = input_to_image(coords, inverse[None])[0].numpy()
         preds = np.concatenate([xy, scores[0, :, None].numpy()], 1)
         results.append(
             {
@@ -78,7 +79,7 @@ def test_gt_through_the_sharded_crops_and_the_loader(coco_fixtures, tmp_path):
     shard_dataset(ShardRequest(ann, coco_fixtures, out, split="val", progress=False))
     cfg = load_config(None, [f"data.val_shards={out}", f"data.val_ann={ann}"])
     loader = build_loader(LoaderSpec(cfg.data, "val", 5))
-    predict = ground_truth_predictor(cfg.data, (64, 48))
+    predict = ground_truth_predictor(HeatmapCodec.of(cfg.data, (64, 48)))
     metrics = evaluate(predict, loader, cfg.eval, cfg.data, progress=False)
     print(f"GT through shards, encode/decode at 256x192: AP {metrics['AP']:.4f}")
     assert metrics["AP"] >= 0.95 and metrics["instances"] == 12
@@ -112,7 +113,7 @@ def test_flip_test_of_a_symmetric_input_equals_no_flip():
         right = perm[left]
         kpts[[left, right], 1] = 20 + 12.3 * left
         kpts[left, 0], kpts[right, 0] = 96 + 5.3 * left, 96 - 5.3 * left
-    targets, _ = encode_heatmaps(torch.from_numpy(kpts)[None], (256, 192), (64, 48), 2.0)
+    targets, _ = HeatmapCodec((256, 192), (64, 48), 2.0).encode(torch.from_numpy(kpts)[None])
     image = torch.rand(1, 3, 256, 192)
     symmetric = (image + image.flip(-1)) / 2
 
@@ -120,10 +121,11 @@ def test_flip_test_of_a_symmetric_input_equals_no_flip():
         assert torch.equal(x, symmetric) or torch.equal(x, symmetric.flip(-1))
         return targets
 
-    plain = predict_heatmaps(model, symmetric, None, shift=True)
-    flipped = predict_heatmaps(model, symmetric, perm, shift=True)
+    gaussian, udp = DataConfig(), DataConfig(target="udp")  # 256x192
+    plain = predict_heatmaps(model, symmetric, None, gaussian)
+    flipped = predict_heatmaps(model, symmetric, perm, gaussian)
     torch.testing.assert_close(decode_heatmaps(flipped)[0], decode_heatmaps(plain)[0])
-    unshifted = predict_heatmaps(model, symmetric, perm, shift=False)
+    unshifted = predict_heatmaps(model, symmetric, perm, udp)  # UDP's flip-back has no shift
     assert not torch.allclose(decode_heatmaps(unshifted)[0], decode_heatmaps(plain)[0])
     back = flip_back(targets, torch.as_tensor(perm))
     torch.testing.assert_close(back[..., 1:-1], targets[..., 1:-1])
@@ -349,13 +351,14 @@ def test_debug_panel_lays_out_every_attention_variant(attention, cells, tmp_path
     keypoints = torch.zeros(3, 17, 3)
     keypoints[:, 0] = torch.tensor([48.0, 30.0, 2.0])  # only the nose, visible
     batch = {"image": torch.randn(3, 3, 128, 96), "keypoints": keypoints}
-    path = prediction_panel(model, batch, tmp_path / "panel.png", COCO_17, count=2)
+    data = DataConfig(image_size=[128, 96])
+    path = prediction_panel(model, batch, tmp_path / "panel.png", COCO_17, data, count=2)
     panel = cv2.imread(str(path))
     assert panel.shape == (2 * (256 + 4), cells * 192, 3)
     # the ground truth's nose is drawn at twice its crop position in the first cell
     nose = panel[60, 96].astype(int)
     assert np.abs(nose - np.array(COCO_17.colour(0))).max() <= 40
-    with_joints = prediction_panel(model, batch, tmp_path / "j.png", COCO_17, count=1, joints=True)
+    with_joints = prediction_panel(model, batch, tmp_path / "j.png", COCO_17, data, 1, joints=True)
     columns = cells * 2  # as many 96-px joint pictures as fit under the row
     rows = -(-17 // columns)
     assert cv2.imread(str(with_joints)).shape == (256 + 4 + rows * 128 + 4, cells * 192, 3)

@@ -1,5 +1,7 @@
-"""Heatmap targets (encode) in torch, vectorised over the batch and the joints, on the device
-of the keypoints. Decoding joins this module with the evaluation issue.
+"""Heatmap targets (encode), decoding and flip-back in torch, vectorised over the batch and the
+joints, on the device of the keypoints. `HeatmapCodec` holds one model's sizes, sigma and
+target kind and owns the scale between input and heatmap pixels: every caller encodes, decodes
+and flips back through it.
 
 Reference: `generate_target` of the Simple Baselines code (dataset/JointsDataset.py): a Gaussian
 of `sigma` heatmap pixels, peak 1, inside a window of radius 3 sigma around the joint rounded to
@@ -10,8 +12,64 @@ measured between the first and last pixel centres.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
+
+from pose.config import DataConfig
+
+TARGET_KINDS = ("gaussian", "udp")
+DECODERS = ("argmax", "dark")
+
+
+@dataclass(frozen=True)
+class HeatmapCodec:
+    """Heatmaps of one model: input and heatmap sizes (height, width), the target's sigma in
+    heatmap pixels and its kind (`gaussian`: the reference's, `udp`: unbiased data processing).
+
+    `encode` makes targets from keypoints in input pixels; `decode` returns keypoints in input
+    pixels, through the same scale the kind encodes with; `flip_back` undoes a mirrored input
+    with the kind's shift (one pixel for `gaussian`, as the reference; none for `udp`)."""
+
+    image_size: tuple[int, int]
+    heatmap_size: tuple[int, int]
+    sigma: float
+    kind: str = "gaussian"
+
+    def __post_init__(self) -> None:
+        if self.kind not in TARGET_KINDS:
+            raise ValueError(f"unknown heatmap target kind '{self.kind}' (gaussian or udp)")
+
+    @classmethod
+    def of(cls, data: DataConfig, heatmap_size: tuple[int, int]) -> HeatmapCodec:
+        """The codec of `data`'s input size, sigma and target at a model's heatmap size."""
+        size = (int(heatmap_size[0]), int(heatmap_size[1]))
+        return cls(tuple(data.image_size), size, data.sigma, data.target)
+
+    @property
+    def scale(self) -> tuple[float, float]:
+        """Input pixels per heatmap pixel, (x, y): the size ratio for `gaussian`; for `udp` the
+        distance between the first and last pixel centres of each grid."""
+        (in_h, in_w), (hm_h, hm_w) = self.image_size, self.heatmap_size
+        if self.kind == "udp":
+            return (in_w - 1) / max(1, hm_w - 1), (in_h - 1) / max(1, hm_h - 1)
+        return in_w / hm_w, in_h / hm_h
+
+    def encode(self, keypoints: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Targets (N, K, h, w) and weights (N, K) from keypoints (N, K, 3) in input pixels."""
+        return encode_heatmaps(keypoints, self.image_size, self.heatmap_size, self.sigma, self.kind)
+
+    def decode(
+        self, heatmaps: torch.Tensor, method: str = "argmax"
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keypoints (N, K, 2) in input pixels and confidences (N, K) from heatmaps."""
+        coords, scores = decode_heatmaps(heatmaps, method)
+        return coords * coords.new_tensor(self.scale), scores
+
+    def flip_back(self, heatmaps: torch.Tensor, permutation: torch.Tensor) -> torch.Tensor:
+        """Heatmaps of the mirrored input, flipped back with left/right joints swapped."""
+        return flip_back(heatmaps, permutation, shift=self.kind != "udp")
 
 
 def heatmap_size(image_size: tuple[int, int], stride: int) -> tuple[int, int]:
@@ -29,7 +87,7 @@ def encode_heatmaps(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Targets (N, K, h, w) and weights (N, K) from keypoints (N, K, 3): x, y in input pixels
     and visibility. Sizes are (height, width)."""
-    if kind not in ("gaussian", "udp"):
+    if kind not in TARGET_KINDS:
         raise ValueError(f"unknown heatmap target kind '{kind}' (gaussian or udp)")
     dtype = torch.float32
     kpts = keypoints.to(dtype)
@@ -81,7 +139,7 @@ def decode_heatmaps(
     larger neighbour when it is not on the border (1 < x < w - 1). `dark`: distribution-aware
     refinement (Zhang et al. 2020): blur with an 11-pixel Gaussian keeping each maximum, take the
     log, and move by one Newton step of its second-order Taylor expansion."""
-    if kind not in ("argmax", "dark"):
+    if kind not in DECODERS:
         raise ValueError(f"unknown heatmap decoding '{kind}' (argmax or dark)")
     hm = heatmaps.float()
     n, k, _, w = hm.shape
@@ -163,8 +221,7 @@ def flip_back(
     return back
 
 
-def heatmap_to_image(coords: torch.Tensor, to_image: torch.Tensor, stride: float) -> torch.Tensor:
-    """Heatmap pixels (N, K, 2) -> original image pixels, through the input-pixel affine
-    `to_image` (N, 2, 3); heatmap pixel u is input pixel u * stride (both grids centre the box)."""
-    pts = coords.double() * stride
-    return pts @ to_image[:, :, :2].transpose(1, 2) + to_image[:, None, :, 2]
+def input_to_image(points: torch.Tensor, to_image: torch.Tensor) -> torch.Tensor:
+    """Input pixels (N, K, 2) -> original image pixels, through the affine `to_image` (N, 2, 3)."""
+    pts = points.double()
+    return pts @ to_image[:, :, :2].transpose(1, 2).double() + to_image[:, None, :, 2].double()

@@ -65,6 +65,7 @@ class Evaluator:
                 batch,
                 path,
                 self.loader.layout,
+                self.data,
                 self.log.panel_people,
                 self.cfg.keypoint_thr,
                 self.log.panel_joints,

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from pose.config import Config, DataConfig, TrainConfig, save_config, to_dict
 from pose.data.backends import build_loader
-from pose.data.codec import encode_heatmaps
+from pose.data.codec import HeatmapCodec
 from pose.data.layout import one_layout, save_layout
 from pose.data.loader import LoaderSpec
 from pose.engine.budget import BudgetClock, MeasuredBudget
@@ -408,9 +408,7 @@ def train_step(
     at the gradient-accumulation boundary). Returns the loss and whether fp16 loss scaling
     skipped the step (1) or not (0), both on the device."""
     heatmaps = engine(batch["image"])
-    targets, weights = encode_heatmaps(
-        batch["keypoints"], data.image_size, heatmaps.shape[-2:], data.sigma, data.target
-    )
+    targets, weights = HeatmapCodec.of(data, heatmaps.shape[-2:]).encode(batch["keypoints"])
     if joint_weights is not None:
         weights = weights * joint_weights
     loss = joints_mse_loss(heatmaps, targets, weights, train.ohkm_topk if train.ohkm else 0)

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from pose.config import ConfigError, DataConfig, EvalConfig
 from pose.data.coco import CocoFormatError
-from pose.data.codec import decode_heatmaps, encode_heatmaps, flip_back, heatmap_to_image
+from pose.data.codec import HeatmapCodec, input_to_image
 from pose.data.loader import Loader
 from pose.data.shards import META
 from pose.eval.coco_eval import (
@@ -41,12 +41,12 @@ def predict_heatmaps(
     model: torch.nn.Module,
     images: torch.Tensor,
     flip_permutation: np.ndarray | None,
-    shift: bool,
+    data: DataConfig,
     return_attention: bool = False,
 ):
     """Heatmaps of a batch; with a `flip_permutation` (flip test), averaged with those of the
-    mirrored batch flipped back (pairs swapped, shifted one pixel as the reference does; no
-    shift for UDP). With `return_attention`, also the unflipped pass's attention maps."""
+    mirrored batch flipped back by the codec of `data` (pairs swapped, shifted as its target
+    kind needs). With `return_attention`, also the unflipped pass's attention maps."""
     heatmaps, maps = (
         model(images, return_attention=True) if return_attention else (model(images), {})
     )
@@ -54,7 +54,8 @@ def predict_heatmaps(
     if flip_permutation is not None:
         permutation = torch.tensor(list(flip_permutation), device=heatmaps.device)
         flipped = model(images.flip(-1)).float()
-        heatmaps = (heatmaps + flip_back(flipped, permutation, shift=shift)) * 0.5
+        codec = HeatmapCodec.of(data, heatmaps.shape[-2:])
+        heatmaps = (heatmaps + codec.flip_back(flipped, permutation)) * 0.5
     return (heatmaps, maps) if return_attention else heatmaps
 
 
@@ -64,28 +65,21 @@ def model_predictor(
     """The model's heatmaps of a batch, with the flip test when `cfg.flip_test`."""
     model.eval()
     flip = flip_permutation if cfg.flip_test else None
-    shift = data.target != "udp"
-    return lambda batch: predict_heatmaps(model, batch["image"], flip, shift)
+    return lambda batch: predict_heatmaps(model, batch["image"], flip, data)
 
 
-def ground_truth_predictor(data: DataConfig, heatmap_size: tuple[int, int]) -> Predictor:
+def ground_truth_predictor(codec: HeatmapCodec) -> Predictor:
     """The batch's own keypoints encoded as targets: scoring these checks the geometry."""
-
-    def predict(batch: dict) -> torch.Tensor:
-        keypoints = batch["keypoints"]
-        return encode_heatmaps(keypoints, data.image_size, heatmap_size, data.sigma, data.target)[0]
-
-    return predict
+    return lambda batch: codec.encode(batch["keypoints"])[0]
 
 
 def batch_predictions(
-    heatmaps: torch.Tensor, batch: dict, decode: str, image_size: tuple[int, int]
+    heatmaps: torch.Tensor, batch: dict, decode: str, data: DataConfig
 ) -> list[Prediction]:
     """Decode a batch's heatmaps to image-pixel predictions (one host sync per batch)."""
-    coords, scores = decode_heatmaps(heatmaps, decode)
-    stride = image_size[1] / heatmaps.shape[-1]
-    xy = heatmap_to_image(coords, batch["to_image"], stride)
-    in_h, in_w = image_size
+    coords, scores = HeatmapCodec.of(data, heatmaps.shape[-2:]).decode(heatmaps, decode)
+    xy = input_to_image(coords, batch["to_image"])
+    in_h, in_w = data.image_size
     areas = in_w * in_h * torch.linalg.det(batch["to_image"][:, :, :2]).abs()
     keypoints = torch.cat([xy, scores.double().unsqueeze(-1)], dim=-1).cpu().numpy()
     meta, areas = batch["meta"].cpu().numpy(), areas.cpu().numpy()
@@ -123,7 +117,7 @@ def evaluate(
         quiet = rank != 0 or not progress
         batches = tqdm(loader.epoch(0), total=loader.batches_per_epoch, desc="eval", disable=quiet)
         for batch in batches:
-            preds += batch_predictions(predict(batch), batch, cfg.decode, data.image_size)
+            preds += batch_predictions(predict(batch), batch, cfg.decode, data)
     gathered, bad = _gather(preds, loader.bad_samples, distributed, rank)
     metrics = None
     if rank == 0:

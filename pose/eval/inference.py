@@ -12,7 +12,7 @@ import torch
 
 from pose.config import DataConfig, EvalConfig
 from pose.data.coco import box_to_center_scale
-from pose.data.codec import decode_heatmaps, heatmap_to_image
+from pose.data.codec import HeatmapCodec, input_to_image
 from pose.data.geometry import get_affine_transform
 from pose.data.layout import COCO_17, KeypointLayout
 from pose.data.loader import normalise
@@ -49,18 +49,16 @@ def predict_people(
     rgb = torch.from_numpy(np.stack([c[:, :, ::-1] for c in crops]).copy()).to(device)
     model.eval()
     flip = layout.flip_permutation if cfg.flip_test else None
-    shift = data.target != "udp"
     parts = []
     with torch.no_grad():
         for start in range(0, len(crops), max(1, batch_size)):
             chunk = normalise(rgb[start : start + max(1, batch_size)])
-            parts.append(predict_heatmaps(model, chunk, flip, shift, return_attention=True))
+            parts.append(predict_heatmaps(model, chunk, flip, data, return_attention=True))
     heatmaps = torch.cat([h for h, _ in parts])
     maps = {k: torch.cat([m[k] for _, m in parts]) for k in parts[0][1]}
-    coords, confidence = decode_heatmaps(heatmaps, cfg.decode)
+    coords, confidence = HeatmapCodec.of(data, heatmaps.shape[-2:]).decode(heatmaps, cfg.decode)
     to_image = torch.as_tensor(np.stack(inverses), device=coords.device)
-    stride = data.image_size[1] / heatmaps.shape[-1]
-    xy = heatmap_to_image(coords, to_image, stride).cpu().numpy()
+    xy = input_to_image(coords, to_image).cpu().numpy()
     confidence = confidence.cpu().numpy()
     people = []
     for i, box in enumerate(boxes):

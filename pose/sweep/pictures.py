@@ -13,7 +13,7 @@ import torch
 
 from pose.config import ConfigError, load_config
 from pose.data.backends import build_loader
-from pose.data.codec import decode_heatmaps
+from pose.data.codec import HeatmapCodec
 from pose.data.loader import LoaderSpec
 from pose.data.shards import ShardError
 from pose.engine.checkpoint import layout_to_use, resolve_checkpoint
@@ -67,12 +67,11 @@ def _variant_cells(label: str, run: RunRecord, batch: dict) -> list[np.ndarray]:
     model.eval()
     with torch.no_grad():
         heatmaps, maps = model(batch["image"], return_attention=True)
-    coords, scores = decode_heatmaps(heatmaps.float())
-    stride = batch["image"].shape[-1] / heatmaps.shape[-1]
+    coords, scores = HeatmapCodec.of(cfg.data, heatmaps.shape[-2:]).decode(heatmaps.float())
     strips = []
     for i in range(heatmaps.shape[0]):
         crop = to_bgr(batch["image"][i])
-        kpts = np.concatenate([coords[i].numpy() * stride, scores[i, :, None].numpy()], 1)
+        kpts = np.concatenate([coords[i].numpy(), scores[i, :, None].numpy()], 1)
         person_maps = {k: v[i].float().numpy() for k, v in maps.items()}
         cells = person_cells(crop, kpts, heatmaps[i].float().numpy(), person_maps, layout)
         cells[0] = caption(cells[0], label)  # which variant this strip is

@@ -11,7 +11,8 @@ import cv2
 import numpy as np
 import torch
 
-from pose.data.codec import decode_heatmaps
+from pose.config import DataConfig
+from pose.data.codec import HeatmapCodec
 from pose.data.layout import KeypointLayout
 from pose.viz.skeleton import caption, draw_skeleton, overlay_heatmap, tile, to_bgr
 
@@ -70,6 +71,7 @@ def prediction_panel(
     batch: dict,
     path: Path,
     layout: KeypointLayout,
+    data: DataConfig,
     count: int = 6,
     min_score: float = 0.2,
     joints: bool = False,
@@ -80,15 +82,12 @@ def prediction_panel(
     with torch.no_grad():
         heatmaps, maps = model(batch["image"][:count], return_attention=True)
     heatmaps = heatmaps.float()
-    coords, scores = decode_heatmaps(heatmaps)
-    stride = batch["image"].shape[-1] / heatmaps.shape[-1]
+    coords, scores = HeatmapCodec.of(data, heatmaps.shape[-2:]).decode(heatmaps)
     truth = batch.get("keypoints")
     rows = []
     for i in range(heatmaps.shape[0]):
         crop = to_bgr(batch["image"][i])
-        kpts = np.concatenate(
-            [coords[i].cpu().numpy() * stride, scores[i, :, None].cpu().numpy()], 1
-        )
+        kpts = np.concatenate([coords[i].cpu().numpy(), scores[i, :, None].cpu().numpy()], 1)
         person_maps = {k: v[i].float().cpu().numpy() for k, v in maps.items()}
         gt = None if truth is None else truth[i].float().cpu().numpy()
         cells = person_cells(
