@@ -25,9 +25,10 @@ from pose.data.codec import HeatmapCodec, heatmap_size
 from pose.data.layout import one_layout
 from pose.data.loader import Loader, LoaderSpec
 from pose.data.shards import ShardError
-from pose.engine.checkpoint import checkpoint_layout, resolve_checkpoint
+from pose.engine.checkpoint import checkpoint_layout
 from pose.engine.distributed import DistEnv, init_distributed
 from pose.engine.errors import CheckpointError
+from pose.engine.trained import load_trained_model
 from pose.eval.coco_eval import write_json
 from pose.eval.evaluate import (
     EvaluationError,
@@ -37,21 +38,19 @@ from pose.eval.evaluate import (
     model_predictor,
     print_metrics,
 )
-from pose.models import build_model
-from pose.models.weights import WeightsError, load_model_weights
+from pose.models.weights import WeightsError
 from pose.viz.panels import prediction_panel
 
 
 def load_model(cfg: Config, checkpoint: str, loader: Loader, env: DistEnv) -> torch.nn.Module:
-    """The checkpoint's model, its keypoint layout checked against the val shards'."""
+    """The checkpoint's model, built from `cfg` (the config being evaluated), its keypoint
+    layout checked against the val shards'."""
     layouts = {str(loader.shards.folder): loader.layout}
     trained_for = checkpoint_layout(checkpoint)
     if trained_for is not None:
         layouts[f"checkpoint '{checkpoint}'"] = trained_for
     layout = one_layout(layouts, cfg.data.layout)
-    model = build_model(cfg.model, layout.num_joints)
-    load_model_weights(model, resolve_checkpoint(checkpoint))
-    return model.to(env.device)
+    return load_trained_model(checkpoint, cfg, layout=layout).model.to(env.device)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,14 +26,13 @@ import numpy as np
 import torch
 
 from pose.caches import use_cache_folders
-from pose.config import ConfigError, load_config
+from pose.config import ConfigError, save_config
 from pose.data.layout import save_layout
 from pose.data.loader import normalise
-from pose.engine.checkpoint import layout_to_use, resolve_checkpoint
 from pose.engine.errors import CheckpointError
+from pose.engine.trained import load_trained_model
 from pose.eval.inference import crop_boxes
 from pose.files import atomic_write
-from pose.models import build_model
 from pose.models.export import (
     ExportError,
     check_exports,
@@ -41,8 +40,8 @@ from pose.models.export import (
     export_program,
     require_export_tools,
 )
-from pose.models.weights import WeightsError, load_model_weights
-from pose.run_folder import RunFolder
+from pose.models.weights import WeightsError
+from pose.run_folder import ExportFolder
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 
@@ -82,21 +81,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
     use_cache_folders()
-    out = Path(args.out)
+    out = ExportFolder(args.out)
     try:
         require_export_tools(check=not args.no_check)
-        config = args.config or RunFolder(args.checkpoint).config
-        cfg = load_config(config if Path(config).is_file() else None, args.overrides)
-        layout = layout_to_use(args.checkpoint, args.layout)
-        model = build_model(cfg.model, layout.num_joints)
-        load_model_weights(model, resolve_checkpoint(args.checkpoint))
+        trained = load_trained_model(args.checkpoint, args.config, args.overrides, args.layout)
+        cfg, layout, model = trained.cfg, trained.layout, trained.model
         inputs = check_inputs(args.image, tuple(cfg.data.image_size))
-        model.eval()
-        out.mkdir(parents=True, exist_ok=True)
-        save_layout(layout, out / "layout.yaml")
-        torch.save(model.state_dict(), out / "model_state_dict.pth")
-        onnx_path = export_onnx(model, inputs[:2], out / "model.onnx")
-        program_path = export_program(model, inputs[:2], out / "model.pt2")
+        out.path.mkdir(parents=True, exist_ok=True)
+        save_layout(layout, out.layout)
+        save_config(cfg, out.config)
+        torch.save(model.state_dict(), out.weights)
+        onnx_path = export_onnx(model, inputs[:2], out.onnx)
+        program_path = export_program(model, inputs[:2], out.program)
         checks = [] if args.no_check else check_exports(model, inputs, onnx_path, program_path)
     except (ConfigError, WeightsError, CheckpointError, ExportError, FileNotFoundError) as e:
         print(f"export: error: {e}", file=sys.stderr)
@@ -106,13 +102,14 @@ def main(argv: list[str] | None = None) -> int:
         "tolerance": args.tolerance,
         "checks": [c.__dict__ | {"relative": c.relative} for c in checks],
     }
-    atomic_write(out / "export_check.json", json.dumps(report, indent=1))
+    atomic_write(out.check, json.dumps(report, indent=1))
     for c in checks:
         print(
             f"export: {c.program:12s} batch {c.batch}: max |diff| {c.max_abs_diff:.2e} "
             f"({c.relative:.1e} of the largest heatmap value)"
         )
-    print(f"export: wrote {out}/ (model_state_dict.pth, model.onnx, model.pt2, layout.yaml)")
+    written = (out.weights, out.onnx, out.program, out.config, out.layout)
+    print(f"export: wrote {out.path}/ ({', '.join(p.name for p in written)})")
     failed = [c for c in checks if not c.ok(args.tolerance)]
     if failed:
         print(

@@ -25,15 +25,13 @@ import torch
 from tqdm import tqdm
 
 from pose.caches import use_cache_folders
-from pose.config import ConfigError, load_config
-from pose.engine.checkpoint import layout_to_use, resolve_checkpoint
+from pose.config import ConfigError
 from pose.engine.errors import CheckpointError
+from pose.engine.trained import load_trained_model
 from pose.eval.boxes import BoxesError, read_boxes
 from pose.eval.coco_eval import write_json
 from pose.eval.inference import predict_people
-from pose.models import build_model
-from pose.models.weights import WeightsError, load_model_weights
-from pose.run_folder import RunFolder
+from pose.models.weights import WeightsError
 from pose.viz.attention import attention_panels
 from pose.viz.skeleton import draw_skeleton
 
@@ -68,13 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     use_cache_folders()
     try:
-        config = args.config or RunFolder(args.checkpoint).config
-        cfg = load_config(config if Path(config).is_file() else None, args.overrides)
-        layout = layout_to_use(args.checkpoint, args.layout)
+        trained = load_trained_model(args.checkpoint, args.config, args.overrides, args.layout)
+        cfg, layout = trained.cfg, trained.layout
         device = pick_device(args.device)
-        model = build_model(cfg.model, layout.num_joints)
-        load_model_weights(model, resolve_checkpoint(args.checkpoint))
-        model.to(device)
+        model = trained.model.to(device)
         images = list_images(Path(args.image))[: args.limit or None]
         boxes = read_boxes(args.boxes, images, args.box_thr, args.ann)
     except (

@@ -28,6 +28,50 @@ from pathlib import Path
 from pose.files import atomic_write
 
 
+class ExportFolder:
+    """The layout of an export folder (launch/export.py), in one place:
+
+    model_state_dict.pth  the model's weights, a plain state dict
+    config.yaml           the config the model was trained with (pretrained weights left out)
+    layout.yaml           what each heatmap channel is
+    model.onnx, model.pt2 the ONNX model and the torch.export program
+    export_check.json     how far each export's heatmaps lie from the model's
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"ExportFolder('{self.path}')"
+
+    @property
+    def weights(self) -> Path:
+        return self.path / "model_state_dict.pth"
+
+    @property
+    def config(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def layout(self) -> Path:
+        return self.path / "layout.yaml"
+
+    @property
+    def onnx(self) -> Path:
+        return self.path / "model.onnx"
+
+    @property
+    def program(self) -> Path:
+        return self.path / "model.pt2"
+
+    @property
+    def check(self) -> Path:
+        return self.path / "export_check.json"
+
+    def is_export(self) -> bool:
+        return self.weights.is_file()
+
+
 class RunFolderBusy(RuntimeError):
     """Another process holds the run folder's lock; the message names its host and pid."""
 

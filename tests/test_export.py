@@ -9,9 +9,12 @@ import pytest
 import torch
 
 from pose.config import load_config
+from pose.data.layout import COCO_17
+from pose.engine.trained import load_trained_model
 from pose.models import build_model
 from pose.models.export import check_exports, export_onnx
 from pose.models.weights import load_model_weights
+from pose.run_folder import ExportFolder
 
 
 def test_export_a_trained_run_to_all_three_forms(shards, tmp_path, tiny_overrides, run_python):
@@ -31,6 +34,9 @@ def test_export_a_trained_run_to_all_three_forms(shards, tmp_path, tiny_override
     with torch.no_grad():
         torch.testing.assert_close(program(x), model(x))
     assert {p.name for p in out.iterdir()} >= {"layout.yaml", "model.onnx", "export_check.json"}
+    again = load_trained_model(out)  # the export folder is a checkpoint of its own
+    assert again.cfg == cfg and again.layout.joints == COCO_17.joints
+    assert again.weights == ExportFolder(out).weights
 
 
 @pytest.mark.parametrize("attention", ["none", "holistic", "partwise"])

@@ -8,7 +8,7 @@ import torchvision
 from torch import nn
 
 from pose.config import ConfigError, ModelConfig, load_config
-from pose.models import BACKBONES, build_model, register_backbone
+from pose.models import BACKBONES, build_model, load_pretrained, register_backbone
 from pose.models.attention import MeanFieldAttention, PartAttention
 from pose.models.summary import main as summary_main
 from pose.models.summary import summarize
@@ -165,17 +165,27 @@ def test_channels_last_and_bf16_autocast_on_cpu_match_fp32():
     assert (low.float() - ref).norm() / ref.norm() < 0.05  # bf16 keeps ~3 significant digits
 
 
+def _pretrained(cfg: ModelConfig) -> nn.Module:
+    """A model as a fresh training gets it: built, then its backbone's pretrained weights."""
+    model = build_model(cfg, 17)
+    load_pretrained(model, cfg)
+    return model
+
+
 def test_imagenet_backbone_weights_load_from_a_local_file(tmp_path):
     torch.manual_seed(1)
     imagenet = torchvision.models.resnet18(weights=None)
     path = tmp_path / "resnet18.pth"
     torch.save(imagenet.state_dict(), path)  # torchvision's naming, classifier included
     cfg = load_config(None, ["model.backbone=resnet18", f"model.pretrained={path}"]).model
-    model = build_model(cfg, 17)
+    model = _pretrained(cfg)
     torch.testing.assert_close(
         model.backbone.layer3[1].conv2.weight, imagenet.layer3[1].conv2.weight
     )
     torch.testing.assert_close(model.backbone.bn1.running_mean, imagenet.bn1.running_mean)
+    torch.manual_seed(5)  # build_model alone leaves them: inference loads a checkpoint instead
+    untouched = build_model(cfg, 17).backbone.layer3[1].conv2.weight
+    assert not torch.equal(untouched, imagenet.layer3[1].conv2.weight)
 
 
 def test_a_trained_pose_models_backbone_loads_and_its_head_starts_fresh(tmp_path):
@@ -185,7 +195,7 @@ def test_a_trained_pose_models_backbone_loads_and_its_head_starts_fresh(tmp_path
     torch.save({"module": trained.state_dict(), "step": 7}, path)  # a checkpoint's layout
     torch.manual_seed(3)
     cfg = ModelConfig(backbone="resnet18", attention="partwise", pretrained=str(path))
-    model = build_model(cfg, 17)
+    model = _pretrained(cfg)
     torch.testing.assert_close(
         model.backbone.layer4[1].conv2.weight, trained.backbone.layer4[1].conv2.weight
     )
@@ -200,18 +210,18 @@ def test_backbone_weight_errors_name_the_problem(tmp_path):
     path = tmp_path / "resnet18.pth"
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
     with pytest.raises(WeightsError, match=r"wrong shape: .*layer1\.0\.conv1\.weight"):
-        build_model(ModelConfig(backbone="resnet50", pretrained=str(path)), 17)
+        _pretrained(ModelConfig(backbone="resnet50", pretrained=str(path)))
     with pytest.raises(WeightsError, match="does not exist"):
-        build_model(ModelConfig(pretrained=str(tmp_path / "none.pth")), 17)
+        _pretrained(ModelConfig(pretrained=str(tmp_path / "none.pth")))
     with pytest.raises(ConfigError, match=r"model\.pretrained"):
         load_config(None, [f"model.pretrained={tmp_path / 'none.pth'}"])
     torch.save({"not": "tensors"}, tmp_path / "junk.pth")
     with pytest.raises(WeightsError, match="state dict of tensors"):
-        build_model(ModelConfig(backbone="resnet18", pretrained=str(tmp_path / "junk.pth")), 17)
+        _pretrained(ModelConfig(backbone="resnet18", pretrained=str(tmp_path / "junk.pth")))
     torch.save(nn.Linear(2, 2), tmp_path / "pickled_module.pth")  # needs full unpickling
     with pytest.raises(WeightsError, match="could not be read"):
-        build_model(
-            ModelConfig(backbone="resnet18", pretrained=str(tmp_path / "pickled_module.pth")), 17
+        _pretrained(
+            ModelConfig(backbone="resnet18", pretrained=str(tmp_path / "pickled_module.pth"))
         )
 
 

@@ -24,7 +24,7 @@ from pose.engine.distributed import is_collective_failure
 from pose.engine.errors import CheckpointError, TrainingError
 from pose.engine.schedule import StepPlan
 from pose.files import out_of_space, refused_pickle
-from pose.run_folder import RunFolder
+from pose.run_folder import ExportFolder, RunFolder
 
 CLIENT_KEY = "posescale"  # our state inside DeepSpeed's client state
 
@@ -158,28 +158,31 @@ def prune(run: RunFolder, keep_last: int) -> None:
 
 def resolve_checkpoint(path: str | Path) -> Path:
     """The weights file a `--checkpoint` argument means: a run folder (its best checkpoint,
-    else its latest), a checkpoint folder, or a state-dict file."""
+    else its latest), a checkpoint folder, an export folder, or a state-dict file."""
     path = Path(path)
     if path.is_file():
         return path
     if (path / MODEL_STATES_FILE).is_file():
         return path / MODEL_STATES_FILE
+    if ExportFolder(path).is_export():
+        return ExportFolder(path).weights
     run = RunFolder(path)
     for tag in (run.best_tag(), run.latest_tag()):
         if tag and (run.checkpoint(tag) / MODEL_STATES_FILE).is_file():
             return run.checkpoint(tag) / MODEL_STATES_FILE
     raise CheckpointError(
         f"'{path}' is neither a state-dict file, a checkpoint folder (with {MODEL_STATES_FILE}), "
-        "nor a run folder with checkpoints/best or checkpoints/latest"
+        "an export folder, nor a run folder with checkpoints/best or checkpoints/latest"
     )
 
 
 def checkpoint_layout(path: str | Path) -> KeypointLayout | None:
     """The keypoint layout a `--checkpoint` was trained for, from its run folder's layout.yaml
-    (a run folder, a checkpoint folder or a checkpoint file inside one); None when it has none
-    (a plain state dict, or a run made before layouts were recorded)."""
+    or its export folder's (a run or export folder, a checkpoint folder or a weights file inside
+    one); None when it has none (a plain state dict, or a run made before layouts were
+    recorded)."""
     path = Path(path)
-    for folder in (path, path.parent.parent, path.parent.parent.parent):
+    for folder in (path, path.parent, path.parent.parent, path.parent.parent.parent):
         if RunFolder(folder).layout.is_file():
             return load_layout(str(RunFolder(folder).layout))
     return None

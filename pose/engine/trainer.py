@@ -46,7 +46,7 @@ from pose.engine.step_metrics import StepMetrics
 from pose.engine.stop import StopRequest
 from pose.eval.evaluate import check_ground_truth
 from pose.files import atomic_write
-from pose.models import build_model
+from pose.models import build_model, load_pretrained
 from pose.run_folder import RunFolder, RunFolderBusy, RunLock
 from pose.tracking import Tracker
 
@@ -104,9 +104,10 @@ class Trainer:
         batches = self.train_loader.batches_per_epoch
         self.plan = StepPlan.of(cfg.train, batches, env.world_size)
         self.images_per_step = images_per_step(cfg.train, env.world_size)
-        model = use_sync_batchnorm(
-            build_model(cfg.model, self.layout.num_joints), cfg.model.sync_bn, env
-        )
+        model = build_model(cfg.model, self.layout.num_joints)
+        if run.latest_tag() is None:  # a fresh start; a resumed run's weights are in its checkpoint
+            load_pretrained(model, cfg.model)
+        model = use_sync_batchnorm(model, cfg.model.sync_bn, env)
         self.model = prepare_model(model, cfg.train, env.device)
         self.engine = self._build_engine()
         apply_memory_format(self.model, cfg.train, env.device)

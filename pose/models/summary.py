@@ -33,7 +33,7 @@ def summarize(cfg: ModelConfig, num_joints: int, size: tuple[int, int]) -> dict:
     """{'params', 'gmacs', 'input', 'heatmap'} for one input size (height, width). The model is
     built on the meta device: no memory, no weights, exact counts."""
     with torch.device("meta"):
-        model = build_model(ModelConfig(**{**vars(cfg), "pretrained": ""}), num_joints).eval()
+        model = build_model(cfg, num_joints).eval()
         x = torch.empty(1, 3, *size)
         with FlopCounterMode(display=False) as counter:
             out = model(x)

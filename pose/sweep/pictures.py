@@ -11,15 +11,14 @@ import cv2
 import numpy as np
 import torch
 
-from pose.config import ConfigError, load_config
+from pose.config import ConfigError
 from pose.data.backends import build_loader
 from pose.data.codec import HeatmapCodec
 from pose.data.loader import LoaderSpec
 from pose.data.shards import ShardError
-from pose.engine.checkpoint import layout_to_use, resolve_checkpoint
 from pose.engine.errors import CheckpointError
-from pose.models import build_model
-from pose.models.weights import WeightsError, load_model_weights
+from pose.engine.trained import TrainedModel, load_trained_model
+from pose.models.weights import WeightsError
 from pose.sweep.compare import RunRecord, Variant
 from pose.viz.panels import person_cells, stack_rows
 from pose.viz.skeleton import caption, to_bgr
@@ -30,12 +29,12 @@ def attention_comparison(variants: list[Variant], path: Path, people: int) -> li
     its val shards are not here."""
     try:
         runs = [_first_run(v) for v in variants]
-        cfg = load_config(runs[0].folder / "config.yaml")
-        loader = build_loader(LoaderSpec(cfg.data, "val", people))
+        trained = [load_trained_model(run.folder) for run in runs]
+        loader = build_loader(LoaderSpec(trained[0].cfg.data, "val", people))
         batches = loader.epoch(0)
         batch = next(batches)
         batches.close()
-        columns = [_variant_cells(v.label, run, batch) for v, run in zip(variants, runs)]
+        columns = [_variant_cells(v.label, model, batch) for v, model in zip(variants, trained)]
     except (ConfigError, CheckpointError, WeightsError, ShardError, OSError) as e:
         print(f"compare: no attention picture: {e}", file=sys.stderr)
         return []
@@ -58,13 +57,9 @@ def _first_run(variant: Variant) -> RunRecord:
     return min(with_folders, key=lambda r: str(r.config.get("seed")))
 
 
-def _variant_cells(label: str, run: RunRecord, batch: dict) -> list[np.ndarray]:
+def _variant_cells(label: str, trained: TrainedModel, batch: dict) -> list[np.ndarray]:
     """Per person one strip: this variant's prediction, heatmaps and attention, captioned."""
-    cfg = load_config(run.folder / "config.yaml")
-    layout = layout_to_use(run.folder)
-    model = build_model(cfg.model, layout.num_joints)
-    load_model_weights(model, resolve_checkpoint(run.folder))
-    model.eval()
+    cfg, layout, model = trained.cfg, trained.layout, trained.model
     with torch.no_grad():
         heatmaps, maps = model(batch["image"], return_attention=True)
     coords, scores = HeatmapCodec.of(cfg.data, heatmaps.shape[-2:]).decode(heatmaps.float())

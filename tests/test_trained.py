@@ -1,0 +1,81 @@
+"""Loading a trained model for inference (pose/engine/trained.py): one way for eval, predict,
+export and the sweep's pictures, from a run folder, a checkpoint, a state dict or an export."""
+
+import pytest
+import torch
+
+from pose.config import load_config, save_config
+from pose.data.layout import COCO_17, save_layout
+from pose.engine.errors import CheckpointError
+from pose.engine.trained import load_trained_model, run_config
+from pose.models import build_model
+from pose.run_folder import ExportFolder, RunFolder
+
+
+@pytest.fixture
+def demo_weights(tmp_path):
+    """A bare state dict of the demo model (ResNet-18, 128 filters), no config beside it."""
+    torch.manual_seed(0)
+    path = tmp_path / "bare" / "weights.pth"
+    path.parent.mkdir()
+    model = build_model(load_config("demo").model, 17)
+    torch.save(model.state_dict(), path)
+    return path, model
+
+
+def test_a_shipped_config_name_builds_the_model_it_names(demo_weights):
+    path, model = demo_weights
+    trained = load_trained_model(path, "demo")
+    assert trained.cfg.model.backbone == "resnet18"
+    assert tuple(trained.cfg.data.image_size) == (128, 96)
+    for name, value in model.state_dict().items():
+        assert torch.equal(trained.model.state_dict()[name], value), name
+    assert not trained.model.training
+
+
+def test_a_bare_state_dict_without_a_config_is_an_error_not_the_defaults(demo_weights):
+    path, _ = demo_weights
+    with pytest.raises(CheckpointError, match=r"no config\.yaml.*--config"):
+        load_trained_model(path)
+
+
+def test_predict_and_export_take_a_shipped_config_name(demo_weights, synthetic_dataset, capsys):
+    from launch.export import main as export_main
+    from launch.predict import main as predict_main
+
+    path, _ = demo_weights
+    image = sorted((synthetic_dataset / "images" / "val").iterdir())[0]
+    out = path.parent / "predict"
+    argv = ["--checkpoint", str(path), "--image", str(image), "--out", str(out)]
+    assert predict_main([*argv, "--config", "demo"]) == 0
+    assert (out / "keypoints.json").is_file()
+    assert predict_main(argv) == 2  # before: silently the defaults (ResNet-50, 256x192)
+    assert "--config" in capsys.readouterr().err
+    export = ExportFolder(path.parent / "export")
+    argv = ["--checkpoint", str(path), "--config", "demo", "--out", str(export.path)]
+    assert export_main([*argv, "--no-check"]) == 0
+    assert load_config(export.config).model.backbone == "resnet18"
+
+
+def test_a_finished_run_loads_when_the_backbone_it_started_from_is_gone(tmp_path):
+    """A fine-tuned run names its starting weights in model.pretrained; once that file is
+    deleted the run still loads: the checkpoint holds every weight."""
+    start = tmp_path / "backbone.pth"
+    torch.save(build_model(load_config("demo").model, 17).state_dict(), start)
+    cfg = load_config("demo", [f"model.pretrained={start}"])
+    torch.manual_seed(1)
+    model = build_model(cfg.model, 17)
+    run = RunFolder(tmp_path / "run")
+    checkpoint = run.checkpoint("step-000000002")
+    checkpoint.mkdir(parents=True)
+    torch.save({"module": model.state_dict()}, checkpoint / "mp_rank_00_model_states.pt")
+    run.set_latest("step-000000002")
+    save_config(cfg, run.config)
+    save_layout(COCO_17, run.layout)
+    start.unlink()
+    for checkpoint_arg in (run.path, checkpoint):
+        assert run_config(checkpoint_arg) == run.config
+        trained = load_trained_model(checkpoint_arg)
+        assert trained.cfg.model.pretrained == ""
+        weight = trained.model.state_dict()["final_layer.weight"]
+        assert torch.equal(weight, model.state_dict()["final_layer.weight"])
