@@ -26,7 +26,7 @@ from pose.data.layout import one_layout
 from pose.data.loader import Loader, LoaderSpec
 from pose.data.shards import ShardError
 from pose.engine.checkpoint import checkpoint_layout
-from pose.engine.distributed import DistEnv, init_distributed
+from pose.engine.distributed import DistEnv, barrier, init_distributed, shutdown
 from pose.engine.errors import CheckpointError
 from pose.engine.trained import load_trained_model
 from pose.eval.coco_eval import write_json
@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         metrics = evaluate(predict, loader, cfg.eval, cfg.data, args.results)
     except (ConfigError, ShardError, WeightsError, CheckpointError, EvaluationError) as e:
         print(f"eval: error: {e}", file=sys.stderr)
+        shutdown()
         return 2
     if env.rank == 0:
         print_metrics(metrics)
@@ -108,6 +109,10 @@ def main(argv: list[str] | None = None) -> int:
                 model, batch, path, layout, cfg.data, people, cfg.eval.keypoint_thr, joints
             )
             print(f"eval: wrote {path}")
+    # Every rank leaves the process group together: one that exits while a peer's gloo threads
+    # still talk to it aborts ("terminate called without an active exception").
+    barrier()
+    shutdown()
     return 0
 
 
