@@ -7,8 +7,10 @@ curve come from it:
     python benchmarks/demo_recipe.py --seeds 0 --images 5984 12000 17984 35968
 
 Runs go to `--out` (runs/demo-recipe/seed{S}-{N}img); a finished run is read, not trained
-again. Prints one line per run and a table, writes `--json`; with `--min-ap`, exits 1 when a
-run ends below it. Extra arguments are config overrides for every run.
+again. Prints one line per run and a table, writes `--json`, plots AP against images per seed
+to `--plot` (with `--reference "LABEL=IMAGES:AP,IMAGES:AP..."`, a measured curve beside it);
+with `--min-ap`, exits 1 when a run ends below it. Extra arguments are config overrides for
+every run.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 
 from pose.files import atomic_write
 from pose.tracking import read_metrics
+from pose.viz.curves import spread_plot
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,6 +51,26 @@ def train(run: Path, seed: int, images: int, config: str, overrides: list[str]) 
     return time.perf_counter() - start
 
 
+def parse_reference(text: str) -> tuple[str, list[tuple[int, float]]]:
+    """ "LABEL=IMAGES:AP,IMAGES:AP" -> (label, points)."""
+    label, _, points = text.partition("=")
+    try:
+        pairs = [p.split(":") for p in points.split(",")]
+        return label, sorted((int(n), float(ap)) for n, ap in pairs)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--reference '{text}': LABEL=IMAGES:AP,...") from None
+
+
+def plot(rows: list[dict], references: list, path: Path) -> Path:
+    curves = {}
+    for seed in sorted({r["seed"] for r in rows}):
+        points = sorted((r["images"], r["AP"]) for r in rows if r["seed"] == seed)
+        curves[f"seed {seed}"] = [tuple(map(list, zip(*points)))]
+    for label, points in references:
+        curves[label] = [tuple(map(list, zip(*points)))]
+    return spread_plot(curves, path, "AP against training images", "images", "AP (flip, DARK)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="demo", help="config file or shipped name")
@@ -56,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "demo-recipe")
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--min-ap", type=float, help="exit 1 when a run ends below this AP")
+    parser.add_argument("--plot", type=Path, help="write a PNG of AP against images here")
+    parser.add_argument("--reference", type=parse_reference, action="append", default=[])
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
     rows = []
@@ -85,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     if args.json:
         atomic_write(args.json, json.dumps({"config": args.config, "runs": rows}, indent=1))
+    if args.plot:
+        print(f"demo_recipe: wrote {plot(rows, args.reference, args.plot)}")
     below = [r for r in rows if args.min_ap is not None and r["AP"] < args.min_ap]
     for r in below:
         where = f"seed {r['seed']}, {r['images']} images"
