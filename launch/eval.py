@@ -53,6 +53,17 @@ def load_model(cfg: Config, checkpoint: str, loader: Loader, env: DistEnv) -> to
     return load_trained_model(checkpoint, cfg, layout=layout).model.to(env.device)
 
 
+def leave(env: DistEnv | None, together: bool) -> None:
+    """Leave the process group this run started with several ranks; `together`: after a barrier
+    (a rank that exits while a peer's gloo threads still talk to it aborts with "terminate
+    called without an active exception"). One process starts none: a group there is its
+    caller's (DeepSpeed's, in a test) and is left as it is."""
+    if env is not None and env.world_size > 1:
+        if together:
+            barrier()
+        shutdown()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True)
@@ -74,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.checkpoint and not args.gt_as_predictions:
         parser.error("give --checkpoint, or --gt-as-predictions")
     use_cache_folders()
+    env = None
     try:
         cfg = load_config(args.config, args.overrides)
         env = init_distributed(cfg.launch)
@@ -93,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         metrics = evaluate(predict, loader, cfg.eval, cfg.data, args.results)
     except (ConfigError, ShardError, WeightsError, CheckpointError, EvaluationError) as e:
         print(f"eval: error: {e}", file=sys.stderr)
-        shutdown()
+        leave(env, together=False)
         return 2
     if env.rank == 0:
         print_metrics(metrics)
@@ -109,10 +121,7 @@ def main(argv: list[str] | None = None) -> int:
                 model, batch, path, layout, cfg.data, people, cfg.eval.keypoint_thr, joints
             )
             print(f"eval: wrote {path}")
-    # Every rank leaves the process group together: one that exits while a peer's gloo threads
-    # still talk to it aborts ("terminate called without an active exception").
-    barrier()
-    shutdown()
+    leave(env, together=True)
     return 0
 
 
