@@ -176,13 +176,22 @@ def resolve_checkpoint(path: str | Path) -> Path:
     )
 
 
+def owning_folders(checkpoint: str | Path) -> list[Path]:
+    """The folders whose files describe a `--checkpoint`: its own folder (a run or export
+    folder, or the folder of a weights file), and the run when that folder is a checkpoint of
+    one."""
+    path = Path(checkpoint)
+    folder = path if path.is_dir() else path.parent
+    if folder.parent.name == RunFolder(folder.parent.parent).checkpoints.name:
+        return [folder, folder.parent.parent]
+    return [folder]
+
+
 def checkpoint_layout(path: str | Path) -> KeypointLayout | None:
-    """The keypoint layout a `--checkpoint` was trained for, from its run folder's layout.yaml
-    or its export folder's (a run or export folder, a checkpoint folder or a weights file inside
-    one); None when it has none (a plain state dict, or a run made before layouts were
+    """The keypoint layout a `--checkpoint` was trained for, from its run or export folder's
+    layout.yaml; None when it has none (a plain state dict, or a run made before layouts were
     recorded)."""
-    path = Path(path)
-    for folder in (path, path.parent, path.parent.parent, path.parent.parent.parent):
+    for folder in owning_folders(path):
         if RunFolder(folder).layout.is_file():
             return load_layout(str(RunFolder(folder).layout))
     return None

@@ -17,7 +17,7 @@ from torch import nn
 
 from pose.config import Config, load_config
 from pose.data.layout import KeypointLayout
-from pose.engine.checkpoint import layout_to_use, resolve_checkpoint
+from pose.engine.checkpoint import layout_to_use, owning_folders, resolve_checkpoint
 from pose.engine.errors import CheckpointError
 from pose.models import build_model
 from pose.models.weights import load_model_weights
@@ -33,15 +33,9 @@ class TrainedModel:
 
 
 def run_config(checkpoint: str | Path) -> Path | None:
-    """The config.yaml that belongs to a checkpoint: its export folder's or its run folder's
-    (a run or export folder, a checkpoint folder of a run, or a weights file in one of them)."""
-    path = Path(checkpoint)
-    folder = path if path.is_dir() else path.parent
-    candidates = [folder]
-    if folder.parent.name == RunFolder(folder.parent.parent).checkpoints.name:
-        candidates.append(folder.parent.parent)  # a checkpoint of a run
-    for candidate in candidates:
-        for owner in (ExportFolder(candidate), RunFolder(candidate)):
+    """The config.yaml that belongs to a checkpoint: its export folder's or its run folder's."""
+    for folder in owning_folders(checkpoint):
+        for owner in (ExportFolder(folder), RunFolder(folder)):
             if owner.config.is_file():
                 return owner.config
     return None
