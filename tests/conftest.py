@@ -49,6 +49,18 @@ def coco_fixtures() -> Path:
     return folder
 
 
+@pytest.fixture(scope="module")
+def module_tmp(tmp_path_factory, request) -> Path:
+    """A folder for the runs one test module shares, removed when its tests end.
+
+    A whole suite trains a few hundred runs of ~130 MB checkpoints; kept to the end (as
+    `tmp_path_factory` keeps them) they fill a CI disk with a few GB free. Per-test folders go
+    at each test's end by `tmp_path_retention_policy = failed` (setup.cfg)."""
+    path = tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1])
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def synthetic_dataset(tmp_path_factory) -> Path:
     """A small synthetic COCO-format dataset, generated once per test session."""

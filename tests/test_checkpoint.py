@@ -21,9 +21,9 @@ TRAIN = ["launch/train.py", "--config", "configs/demo.yaml"]
 
 
 @pytest.fixture(scope="module")
-def base_run(shards, tmp_path_factory, tiny_overrides, run_python):
+def base_run(shards, module_tmp, tiny_overrides, run_python):
     """A run of 4 steps with checkpoints at steps 2 and 4."""
-    run = tmp_path_factory.mktemp("ckpt") / "run"
+    run = module_tmp / "run"
     extra = {"train.max_steps": 4, "train.checkpoint_every": 2}
     done = run_python([*TRAIN, *tiny_overrides(shards, run, **extra)])
     assert done.returncode == 0, done.stderr[-3000:]

@@ -31,9 +31,9 @@ def two_hosts(tmp_path_factory, clean_env):
 
 
 @pytest.fixture(scope="module")
-def one_host_run(shards, tmp_path_factory, tiny_overrides, run_python):
+def one_host_run(shards, module_tmp, tiny_overrides, run_python):
     """The reference: the same two ranks under torchrun on this machine alone."""
-    run = tmp_path_factory.mktemp("one-host") / "run"
+    run = module_tmp / "one-host"
     torchrun = ["-m", "torch.distributed.run", "--nproc_per_node", "2"]
     torchrun += ["--master_port", str(free_port())]
     overrides = tiny_overrides(shards, run, **{"train.max_steps": STEPS})
@@ -47,9 +47,9 @@ FAULT_OVERRIDES = {"train.max_steps": FAULT_STEPS, "launch.collective_timeout_s"
 
 
 @pytest.fixture(scope="module")
-def uninterrupted_run(shards, tmp_path_factory, tiny_overrides, run_python):
+def uninterrupted_run(shards, module_tmp, tiny_overrides, run_python):
     """The fault tests' reference: their run on two ranks of this machine, never stopped."""
-    run = tmp_path_factory.mktemp("uninterrupted") / "run"
+    run = module_tmp / "uninterrupted"
     torchrun = ["-m", "torch.distributed.run", "--nproc_per_node", "2"]
     torchrun += ["--master_port", str(free_port())]
     done = run_python([*torchrun, *TRAIN, *tiny_overrides(shards, run, **FAULT_OVERRIDES)])
