@@ -67,11 +67,9 @@ demo: demo-shards
 # (configs/sweeps/demo.yaml; `make demo` first when its export is missing): through Slurm when a
 # cluster answers (for one on this machine: `slurm/local-cluster.sh start`, then export the
 # SLURM_CONF line it prints), otherwise with submitit's local executor; then the comparison.
-DEMO_WEIGHTS := runs/demo/export/model_state_dict.pth
-$(DEMO_WEIGHTS):
-	$(MAKE) demo
-
-demo-sweep: demo-shards $(DEMO_WEIGHTS)
+DEMO_EXPORT := runs/demo/export
+demo-sweep: demo-shards
+	@$(VENV_PYTHON) -m pose.folders --is-export $(DEMO_EXPORT) || $(MAKE) demo
 	@start=$$(date +%s); rm -rf runs/sweeps/demo-attention; \
 	if command -v sinfo >/dev/null && sinfo -h >/dev/null 2>&1; then mode=--wait; \
 	  echo "demo-sweep: submitting to Slurm ($$(sinfo -h -o '%P %D node(s)' | head -n 1))"; \

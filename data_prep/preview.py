@@ -18,6 +18,7 @@ import torch
 from pose.config import Config, ConfigError, load_config
 from pose.data.backends import build_loader, resolve_backend
 from pose.data.codec import HeatmapCodec, heatmap_size
+from pose.data.layout import KeypointLayout
 from pose.data.loader import LoaderSpec
 from pose.data.shards import ShardError
 from pose.viz.skeleton import draw_skeleton, overlay_heatmap, tile, to_bgr
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     batches.close()
     rate = count / max(time.perf_counter() - start, 1e-9)
     out = Path(args.out)
-    write_grid(first, cfg, out)
+    write_grid(first, cfg, loader.layout, out)
     backend = resolve_backend(cfg.data, torch.device("cpu"))
     print(
         f"preview: {backend} backend, {loader.batches_per_epoch} batches/epoch of "
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def write_grid(batch: dict, cfg: Config, out: Path) -> None:
+def write_grid(batch: dict, cfg: Config, layout: KeypointLayout, out: Path) -> None:
     """Up to 8 samples of `batch`: each with its skeleton, then with its targets."""
     data = cfg.data
     size = heatmap_size(data.image_size, cfg.model.output_stride)
@@ -62,7 +63,7 @@ def write_grid(batch: dict, cfg: Config, out: Path) -> None:
     cells = []
     for i in range(min(8, batch["image"].shape[0])):
         image = to_bgr(batch["image"][i])
-        cells.append(draw_skeleton(image, batch["keypoints"][i].numpy()))
+        cells.append(draw_skeleton(image, batch["keypoints"][i].numpy(), layout=layout))
         cells.append(overlay_heatmap(image, targets[i].amax(0).numpy()))
     grid = tile([cv2.resize(c, (c.shape[1] * 2, c.shape[0] * 2)) for c in cells], columns=8)
     out.parent.mkdir(parents=True, exist_ok=True)

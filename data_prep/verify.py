@@ -21,7 +21,7 @@ def verify(folder: str | Path, decode_images: bool = True) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("folder", help="shard folder (with manifest.json)")
+    parser.add_argument("folder", help="shard folder (made by data_prep.shard_coco)")
     parser.add_argument("--no-decode", action="store_true", help="skip decoding the images")
     args = parser.parse_args(argv)
     problems = verify(args.folder, decode_images=not args.no_decode)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from pose.caches import use_cache_folders
 from pose.files import atomic_write
+from pose.folders import SweepFolder
 from pose.sweep.compare import (
     CompareError,
     comparison_plots,
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     except CompareError as e:
         print(f"compare: error: {e}", file=sys.stderr)
         return 2
-    out = Path(args.out) if args.out else Path(args.sweep_dir or ".") / "compare"
+    out = Path(args.out) if args.out else SweepFolder(args.sweep_dir or ".").compare
     out.mkdir(parents=True, exist_ok=True)
     table = comparison_table(variants)
     differences = differences_table(paired_differences(variants, baseline))

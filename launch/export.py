@@ -6,8 +6,9 @@ load any of them, and no posescale to run the ONNX file.
         [--layout NAME_OR_FILE] [--no-check] [overrides]
 
 CKPT is a run directory (its config is used unless --config is given), a DeepSpeed checkpoint
-folder or a state dict. Writes DIR/model_state_dict.pth, DIR/model.onnx, DIR/model.pt2,
-DIR/layout.yaml (what each heatmap channel is) and DIR/export_check.json. Inputs of both
+folder or a state dict. DIR becomes an export folder (pose/folders.py, ExportFolder): the
+weights, the ONNX file, the program, the config and layout (what each heatmap channel is) and
+the check's figures; it is itself a CKPT for eval, predict and export. Inputs of both
 programs: normalised RGB crops (N, 3, H, W) at the config's data.image_size; output: heatmaps.
 The check runs onnxruntime and the reloaded program on up to 4 images of --image (each whole
 image as one person's crop; without --image, on fixed random inputs) at batch 1 and at all of
@@ -33,6 +34,7 @@ from pose.engine.errors import CheckpointError
 from pose.engine.trained import load_trained_model
 from pose.eval.inference import crop_boxes
 from pose.files import atomic_write
+from pose.folders import ExportFolder
 from pose.models.export import (
     ExportError,
     check_exports,
@@ -41,7 +43,6 @@ from pose.models.export import (
     require_export_tools,
 )
 from pose.models.weights import WeightsError
-from pose.run_folder import ExportFolder
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 
@@ -73,8 +74,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--out", required=True)
-    parser.add_argument("--config", help="config (default: the run directory's config.yaml)")
-    parser.add_argument("--layout", help="keypoint layout of a plain state dict (default coco17)")
+    parser.add_argument(
+        "--config", help="config file or shipped name (default: the run's or export's own)"
+    )
+    parser.add_argument(
+        "--layout",
+        help="keypoint layout of a plain state dict (a preset such as coco17, or a file)",
+    )
     parser.add_argument("--image", help="image or folder to check the exports on")
     parser.add_argument("--tolerance", type=float, default=1e-4, help="relative; default 1e-4")
     parser.add_argument("--no-check", action="store_true", help="write without checking")

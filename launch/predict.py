@@ -7,7 +7,7 @@ COCO results format (JSON), and, for the attention variants, the attention maps 
         [overrides]
 
 CKPT is a run folder (its config and keypoint layout are used unless --config / --layout are
-given), a checkpoint folder or a state dict (COCO's 17 joints unless --layout says otherwise).
+given), a checkpoint folder or a state dict (with --layout: its joints).
 BOXES.json holds person boxes [x, y, w, h(, score)]: a list (one image), {file name: list}, or a
 COCO detections file, whose image ids are matched to files through --ann's images or digit file
 names (pose/eval/boxes.py); without boxes the whole image is one person. --gif animates the
@@ -54,8 +54,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--boxes", help="person boxes JSON")
     parser.add_argument("--box-thr", type=float, default=0.0, help="drop boxes scored below this")
     parser.add_argument("--ann", help="COCO annotations whose images map file names to ids")
-    parser.add_argument("--layout", help="keypoint layout of a plain state dict (default coco17)")
-    parser.add_argument("--config", help="config (default: the run directory's config.yaml)")
+    parser.add_argument(
+        "--layout",
+        help="keypoint layout of a plain state dict (a preset such as coco17, or a file)",
+    )
+    parser.add_argument(
+        "--config", help="config file or shipped name (default: the run's or export's own)"
+    )
     parser.add_argument("--gif", action="store_true", help="an animation over the images")
     parser.add_argument("--limit", type=int, default=0, help="only the first N images")
     parser.add_argument(

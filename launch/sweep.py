@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pose.caches import use_cache_folders
 from pose.config import ConfigError
+from pose.folders import SweepFolder
 from pose.sweep.spec import load_sweep
 from pose.sweep.submit import (
     SweepError,
@@ -76,7 +77,7 @@ def submit_sweep(argv: list[str]) -> int:
             print(f"  {run.name}: {' '.join(run.overrides)}")
         where = "Slurm" if slurm_available() else "Slurm (not on this machine: use --local here)"
         print(f"\n{where} would get one job array:\n")
-        print(sbatch_preview(sweep, out.resolve() / "submitit" / "%j"))
+        print(sbatch_preview(sweep, SweepFolder(out.resolve()).job_pattern))
         return 0
     manifest = submit(sweep, out, local=args.local, resubmit=args.resubmit)
     first = manifest["runs"][0]["job_id"].split("_")[0]

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-from pathlib import Path
 
 from pose.caches import use_cache_folders
 from pose.config import ConfigError, config_yaml, load_config
@@ -33,13 +32,9 @@ from pose.engine.distributed import (
 from pose.engine.errors import CheckpointError, TrainingError
 from pose.engine.trainer import train
 from pose.eval.evaluate import print_metrics
-from pose.run_folder import RunFolderBusy
+from pose.folders import RunFolder, RunFolderBusy
 
 EXIT_FAILED, EXIT_NOT_STARTED, EXIT_STOPPED = 1, 2, 75
-
-
-def run_dir_for(cfg, config_path: str) -> Path:
-    return Path(cfg.run.dir) if cfg.run.dir else Path("runs") / Path(config_path).stem
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
             print(config_yaml(cfg), end="")
             return 0
         env = init_distributed(cfg.launch)
-        result = train(cfg, run_dir_for(cfg, args.config), env)
+        run = RunFolder(cfg.run.dir) if cfg.run.dir else RunFolder.default_for(args.config)
+        result = train(cfg, run.path, env)
     except (ConfigError, ShardError, DistributedSetupError, CheckpointError, RunFolderBusy) as e:
         print(f"train: error: {e}", file=sys.stderr)
         return EXIT_NOT_STARTED

@@ -64,9 +64,15 @@ class DataConfig:
         check_probability("data.max_bad_fraction", self.max_bad_fraction)
 
 
+def registered_backbones() -> list[str]:
+    from pose.models.registry import backbone_names  # imports nothing of the project
+
+    return backbone_names()
+
+
 @dataclass
 class ModelConfig:
-    backbone: Literal["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"] = "resnet50"
+    backbone: str = "resnet50"  # a name in the backbone registry (pose/models/registry.py)
     attention: Literal["none", "holistic", "partwise"] = "none"
     deconv_layers: int = 3
     deconv_filters: int = 256
@@ -74,34 +80,53 @@ class ModelConfig:
     attention_kernel: int = 1  # k of the shared mean-field kernel
     attention_steps: int = 3  # T mean-field iterations
     # Backbone weights from a local file: torchvision ImageNet ResNet weights, or a trained pose
-    # model's (a checkpoint's model states, export's state dict), of which only the backbone
-    # is taken; "" = random init.
+    # model's (a weights file, or an export, run or checkpoint folder, resolved as --checkpoint
+    # is), of which only the backbone is taken; "" = random init.
     pretrained: str = ""
     # BatchNorm over the global batch (SyncBatchNorm) when several ranks train: for small
     # per-device batches. Needs GPUs (torch's SyncBatchNorm has no CPU kernel).
     sync_bn: bool = False
 
     def check(self) -> None:
-        if not 1 <= self.deconv_layers <= 5:
+        names = registered_backbones()
+        if self.backbone not in names:
+            fail_key(
+                "model.backbone",
+                f"'{self.backbone}' is not registered; known: {', '.join(map(repr, names))}",
+            )
+        stride = self.backbone_stride
+        if not 0 <= self.deconv_layers <= 5 or stride >> self.deconv_layers == 0:
             fail_key(
                 "model.deconv_layers",
-                f"{self.deconv_layers} must lie in 1..5 (each doubles the stride-32 features)",
+                f"{self.deconv_layers}: each deconvolution halves the stride of "
+                f"{self.backbone}'s features ({stride}), so at most "
+                f"{min(5, stride.bit_length() - 1)}",
             )
+        if self.attention != "none" and self.deconv_layers == 0:
+            fail_key("model.attention", f"'{self.attention}' attends over deconvolution stages")
         check_positive("model.deconv_filters", self.deconv_filters)
         if self.attention_kernel <= 0 or self.attention_kernel % 2 == 0:
             fail_key(
                 "model.attention_kernel", f"{self.attention_kernel} must be a positive odd size"
             )
         check_positive("model.attention_steps", self.attention_steps)
-        if self.pretrained and not Path(self.pretrained).is_file():
+        if self.pretrained and not Path(self.pretrained).exists():
             fail_key(
-                "model.pretrained", f"no file at '{self.pretrained}' (weights are never downloaded)"
+                "model.pretrained",
+                f"nothing at '{self.pretrained}' (a weights file, or an export, run or checkpoint "
+                "folder; weights are never downloaded)",
             )
 
     @property
+    def backbone_stride(self) -> int:
+        from pose.models.registry import backbone_spec  # imports nothing of the project
+
+        return backbone_spec(self.backbone).stride
+
+    @property
     def output_stride(self) -> int:
-        """Input pixels per heatmap pixel: the backbone's 32, halved by each deconvolution."""
-        return 32 >> self.deconv_layers
+        """Input pixels per heatmap pixel: the backbone's stride, halved by each deconvolution."""
+        return self.backbone_stride >> self.deconv_layers
 
 
 @dataclass

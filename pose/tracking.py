@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pose.config import LogConfig
 from pose.files import atomic_write
-from pose.run_folder import RunFolder
+from pose.folders import RunFolder
 
 
 def wandb_mode(setting: str, env: dict | None = None) -> str:

@@ -11,7 +11,7 @@ from pose.config import load_config
 from pose.engine.budget import BudgetClock, read_budget
 from pose.engine.errors import CheckpointError
 from pose.engine.schedule import StepPlan
-from pose.run_folder import RunFolder
+from pose.folders import RunFolder
 
 ONE_RANK = SimpleNamespace(world_size=1, rank=0, is_main=True, device=torch.device("cpu"))
 

@@ -41,7 +41,7 @@ def test_ground_truth_scores_ap_1_exactly(coco_fixtures):
         for a in coco.anns.values()
         if a["num_keypoints"] > 0
     ]
-    assert score_results(coco_fixtures / "test_coco.json", results)["AP"] == 1.0
+    assert score_results(coco_fixtures / "test_coco.json", results, COCO_17.sigmas)["AP"] == 1.0
 
 
 def test_gt_through_encode_decode_from_gt_boxes(coco_fixtures):
@@ -68,7 +68,7 @@ def test_gt_through_encode_decode_from_gt_boxes(coco_fixtures):
                 "score": 1.0,
             }
         )
-    ap = score_results(coco_fixtures / "test_coco.json", results)["AP"]
+    ap = score_results(coco_fixtures / "test_coco.json", results, COCO_17.sigmas)["AP"]
     print(f"GT boxes, encode/decode at 256x192: AP {ap:.4f}")
     assert ap >= 0.95
 
@@ -174,15 +174,19 @@ def test_oks_nms_keeps_and_drops_the_right_instances():
     far[:, 0] += 300
     dets = np.stack([a, near, middle, far])
     areas = np.full(4, 5000.0)
-    ours = oks_iou(a, dets, 5000.0, areas)
+    ours = oks_iou(a, dets, 5000.0, areas, COCO_17.sigmas)
     theirs = _pycocotools_oks(a, dets, 5000.0)
     # pycocotools orders detections by score, all 1.0 here: compare as sets of values
     np.testing.assert_allclose(np.sort(ours), np.sort(theirs), rtol=1e-6)
     assert ours[1] > 0.9 and ours[2] < 0.9 and ours[3] < 1e-6
     scores = np.array([0.9, 0.8, 0.7, 0.6])
-    assert oks_nms(dets, scores, areas, 0.9) == [0, 2, 3]
-    assert oks_nms(dets, scores[[1, 0, 2, 3]], areas, 0.9) == [1, 2, 3]  # the better one stays
-    keep, decayed = soft_oks_nms(dets, scores, areas, 0.3)
+    assert oks_nms(dets, scores, areas, 0.9, COCO_17.sigmas) == [0, 2, 3]
+    assert oks_nms(dets, scores[[1, 0, 2, 3]], areas, 0.9, COCO_17.sigmas) == [
+        1,
+        2,
+        3,
+    ]  # the better one stays
+    keep, decayed = soft_oks_nms(dets, scores, areas, 0.3, sigmas=COCO_17.sigmas)
     assert sorted(keep) == [0, 1, 2, 3] and decayed[1] < 0.8 * np.exp(-(0.9**2) / 0.3) + 1e-9
     assert decayed[3] == pytest.approx(0.6)
 
@@ -191,7 +195,7 @@ def test_rescoring_and_results_format():
     kpts = np.zeros((17, 3))
     kpts[:, 2] = np.linspace(0, 1, 17)
     pred = Prediction(5, kpts, box_score=0.5, area=1000.0, instance="d3")
-    (result,) = coco_results([pred], keypoint_thr=0.2, nms_thr=0.9)
+    (result,) = coco_results([pred], keypoint_thr=0.2, nms_thr=0.9, sigmas=COCO_17.sigmas)
     expected = kpts[:, 2][kpts[:, 2] > 0.2].mean() * 0.5
     assert result["score"] == pytest.approx(expected)
     assert result["image_id"] == 5 and len(result["keypoints"]) == 51
@@ -265,6 +269,8 @@ def test_predict_writes_pictures_and_coco_json(coco_fixtures, tmp_path):
                 str(boxes),
                 "--config",
                 "configs/demo.yaml",
+                "--layout",
+                "coco17",
                 "model.attention=partwise",
             ]
         )
@@ -314,10 +320,10 @@ def test_predicting_in_batches_gives_the_same_people_as_one_pass(coco_fixtures):
     image = cv2.imread(str(coco_fixtures / "000000000785.jpg"))
     boxes = [(280.8 + 9 * i, 44.7 - 4 * i, 218.7 - 6 * i, 346.7, 0.9) for i in range(6)]
     device = pick_device("auto")
-    one = predict_people(model, image, boxes, cfg.eval, cfg.data, device, batch_size=64)
+    one = predict_people(model, image, boxes, cfg.eval, cfg.data, device, COCO_17, batch_size=64)
     for batch_size in (4, 1):
         chunked = predict_people(
-            model, image, boxes, cfg.eval, cfg.data, device, batch_size=batch_size
+            model, image, boxes, cfg.eval, cfg.data, device, COCO_17, batch_size=batch_size
         )
         for a, b in zip(one, chunked, strict=True):
             assert a.box == b.box

@@ -11,10 +11,10 @@ import torch
 from pose.config import load_config
 from pose.data.layout import COCO_17
 from pose.engine.trained import load_trained_model
+from pose.folders import ExportFolder
 from pose.models import build_model
 from pose.models.export import check_exports, export_onnx
 from pose.models.weights import load_model_weights
-from pose.run_folder import ExportFolder
 
 
 def test_export_a_trained_run_to_all_three_forms(shards, tmp_path, tiny_overrides, run_python):
@@ -58,7 +58,7 @@ def test_onnxruntime_matches_pytorch_on_real_images_at_any_batch(
     torch.save(model.state_dict(), tmp_path / "weights.pth")
     out = tmp_path / "export"
     argv = ["--checkpoint", str(tmp_path / "weights.pth"), "--config", "configs/demo.yaml"]
-    argv += ["--out", str(out), "--image", str(coco_fixtures), *overrides]
+    argv += ["--layout", "coco17", "--out", str(out), "--image", str(coco_fixtures), *overrides]
     assert export_main(argv) == 0
     report = json.loads((out / "export_check.json").read_text())
     assert {(c["program"], c["batch"]) for c in report["checks"]} == {

@@ -26,8 +26,8 @@ from pose.data.loader import LoaderSpec
 from pose.data.sharding import ShardRequest, shard_dataset
 from pose.engine.deepspeed_adapter import MODEL_STATES_FILE, build_engine
 from pose.engine.trainer import train_step
+from pose.folders import RunFolder
 from pose.models import build_model
-from pose.run_folder import RunFolder
 
 ON_GPU = torch.cuda.is_available()
 CPU = torch.device("cpu")
@@ -321,7 +321,7 @@ from pose.config import load_config
 from pose.engine.checkpoint import resolve_checkpoint
 from pose.models import build_model
 from pose.models.weights import load_model_weights
-from pose.run_folder import RunFolder
+from pose.folders import RunFolder
 assert not torch.cuda.is_available()
 model = build_model(load_config(RunFolder(sys.argv[1]).config).model, 17)
 load_model_weights(model, resolve_checkpoint(sys.argv[1]))

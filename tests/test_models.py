@@ -1,5 +1,4 @@
 import json
-import typing
 
 import pytest
 import torch
@@ -8,13 +7,20 @@ import torchvision
 from torch import nn
 
 from pose.config import ConfigError, ModelConfig, load_config
-from pose.models import BACKBONES, build_model, load_pretrained, register_backbone
+from pose.models import (
+    BACKBONES,
+    backbone_names,
+    backbone_spec,
+    build_model,
+    load_pretrained,
+    register_backbone,
+)
 from pose.models.attention import MeanFieldAttention, PartAttention
 from pose.models.summary import main as summary_main
 from pose.models.summary import summarize
 from pose.models.weights import WeightsError, load_model_weights
 
-BACKBONE_NAMES = typing.get_args(typing.get_type_hints(ModelConfig)["backbone"])
+BACKBONE_NAMES = backbone_names()
 ATTENTIONS = ("none", "holistic", "partwise")
 
 
@@ -22,11 +28,37 @@ def tiny(**overrides) -> ModelConfig:
     return ModelConfig(**{"backbone": "resnet18", "deconv_filters": 32, **overrides})
 
 
-def test_registry_holds_every_configurable_backbone():
-    build_model(tiny(), 17)  # importing the backbones fills the registry
-    assert set(BACKBONES) == set(BACKBONE_NAMES)
+@pytest.mark.parametrize("backbone", BACKBONE_NAMES)
+def test_every_registered_spec_states_its_backbones_channels_and_stride(backbone):
+    spec = backbone_spec(backbone)
+    with torch.device("meta"):
+        features = spec.builder()(torch.empty(1, 3, 256, 192))
+    assert features.shape == (1, spec.channels, 256 // spec.stride, 192 // spec.stride)
+
+
+def test_a_backbone_is_added_by_registering_it_and_the_config_follows_its_stride():
     with pytest.raises(ValueError, match="registered twice"):
-        register_backbone("resnet18")(lambda: None)
+        register_backbone("resnet18", channels=512, stride=32)(lambda: None)
+    with pytest.raises(ConfigError, match=r"model\.backbone.*'stride4net' is not registered"):
+        load_config(None, ["model.backbone=stride4net"])
+
+    @register_backbone("stride4net", channels=8, stride=4)
+    def stride4net() -> nn.Module:
+        return nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.MaxPool2d(2))
+
+    try:
+        cfg = load_config(None, ["model.backbone=stride4net", "model.deconv_layers=0"]).model
+        assert cfg.output_stride == 4
+        assert build_model(cfg, 5)(torch.randn(1, 3, 64, 48)).shape == (1, 5, 16, 12)
+        with pytest.raises(ConfigError, match=r"model\.deconv_layers.*at most 2"):
+            load_config(None, ["model.backbone=stride4net", "model.deconv_layers=3"])
+        with pytest.raises(ConfigError, match=r"model\.attention"):
+            load_config(
+                None,
+                ["model.backbone=stride4net", "model.deconv_layers=0", "model.attention=holistic"],
+            )
+    finally:
+        del BACKBONES["stride4net"]
 
 
 @pytest.mark.slow
@@ -168,7 +200,7 @@ def test_channels_last_and_bf16_autocast_on_cpu_match_fp32():
 def _pretrained(cfg: ModelConfig) -> nn.Module:
     """A model as a fresh training gets it: built, then its backbone's pretrained weights."""
     model = build_model(cfg, 17)
-    load_pretrained(model, cfg)
+    load_pretrained(model, cfg.pretrained)
     return model
 
 

@@ -15,7 +15,7 @@ from conftest import local_slurm
 
 from pose.engine.deepspeed_adapter import MODEL_STATES_FILE
 from pose.engine.distributed import free_port
-from pose.run_folder import RunFolder
+from pose.folders import RunFolder
 from pose.sweep.submit import read_manifest
 from pose.tracking import read_metrics
 

@@ -5,13 +5,13 @@ import sys
 
 import pytest
 
-from pose.run_folder import RunFolder, RunFolderBusy
+from pose.folders import RunFolder, RunFolderBusy
 
 # Takes the lock, forks a child that outlives it (as loader workers outlive a SIGKILLed
 # training for a few seconds), says so, and waits to be killed.
 HOLDER = """
 import os, sys, time
-from pose.run_folder import RunFolder
+from pose.folders import RunFolder
 lock = RunFolder(sys.argv[1]).lock()
 child = os.fork()
 if child == 0:

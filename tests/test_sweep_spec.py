@@ -7,6 +7,7 @@ import pytest
 import yaml
 
 from pose.config import ConfigError
+from pose.folders import ExportFolder
 from pose.sweep.spec import load_sweep, plan_runs, run_config
 
 
@@ -152,7 +153,7 @@ def test_the_sweep_demo_pairs_three_seeds_per_variant_and_needs_the_demo_export(
     monkeypatch.chdir(tmp_path)  # the weights path is relative to where the sweep is run
     with pytest.raises(ConfigError, match=r"model\.pretrained.*runs/demo/export"):
         load_sweep(sweep_file)
-    weights = tmp_path / "runs/demo/export/model_state_dict.pth"
+    weights = ExportFolder(tmp_path / "runs/demo/export").weights
     weights.parent.mkdir(parents=True)
     weights.write_bytes(b"")
     sweep = load_sweep(sweep_file)
@@ -160,6 +161,6 @@ def test_the_sweep_demo_pairs_three_seeds_per_variant_and_needs_the_demo_export(
     for run in sweep.runs:
         cfg = run_config(sweep, run, tmp_path / "runs" / run.name)
         seeds.setdefault(cfg.model.attention, []).append(cfg.seed)
-        assert cfg.model.pretrained == "runs/demo/export/model_state_dict.pth"
+        assert cfg.model.pretrained == "runs/demo/export"  # an export folder, as --checkpoint
         assert cfg.train.budget_images > 0 and cfg.train.budget_minutes == 0
     assert seeds == {"none": [0, 1, 2], "holistic": [0, 1, 2], "partwise": [0, 1, 2]}

@@ -8,8 +8,8 @@ from pose.config import load_config, save_config
 from pose.data.layout import COCO_17, save_layout
 from pose.engine.errors import CheckpointError
 from pose.engine.trained import load_trained_model, run_config
+from pose.folders import ExportFolder, RunFolder
 from pose.models import build_model
-from pose.run_folder import ExportFolder, RunFolder
 
 
 @pytest.fixture
@@ -25,7 +25,8 @@ def demo_weights(tmp_path):
 
 def test_a_shipped_config_name_builds_the_model_it_names(demo_weights):
     path, model = demo_weights
-    trained = load_trained_model(path, "demo")
+    trained = load_trained_model(path, "demo", layout="coco17")
+    assert trained.layout.num_joints == 17
     assert trained.cfg.model.backbone == "resnet18"
     assert tuple(trained.cfg.data.image_size) == (128, 96)
     for name, value in model.state_dict().items():
@@ -35,8 +36,16 @@ def test_a_shipped_config_name_builds_the_model_it_names(demo_weights):
 
 def test_a_bare_state_dict_without_a_config_is_an_error_not_the_defaults(demo_weights):
     path, _ = demo_weights
-    with pytest.raises(CheckpointError, match=r"no config\.yaml.*--config"):
+    with pytest.raises(CheckpointError, match=r"no config in its run or export.*--config"):
         load_trained_model(path)
+
+
+def test_a_bare_state_dict_without_a_layout_is_an_error_not_coco(demo_weights):
+    """Which joint each heatmap is cannot be read off a state dict: it is named, never
+    assumed to be COCO's 17."""
+    path, _ = demo_weights
+    with pytest.raises(CheckpointError, match=r"no keypoint layout.*--layout coco17"):
+        load_trained_model(path, "demo")
 
 
 def test_predict_and_export_take_a_shipped_config_name(demo_weights, synthetic_dataset, capsys):
@@ -46,13 +55,23 @@ def test_predict_and_export_take_a_shipped_config_name(demo_weights, synthetic_d
     path, _ = demo_weights
     image = sorted((synthetic_dataset / "images" / "val").iterdir())[0]
     out = path.parent / "predict"
-    argv = ["--checkpoint", str(path), "--image", str(image), "--out", str(out)]
+    argv = [
+        "--checkpoint",
+        str(path),
+        "--image",
+        str(image),
+        "--out",
+        str(out),
+        "--layout",
+        "coco17",
+    ]
     assert predict_main([*argv, "--config", "demo"]) == 0
     assert (out / "keypoints.json").is_file()
     assert predict_main(argv) == 2  # before: silently the defaults (ResNet-50, 256x192)
     assert "--config" in capsys.readouterr().err
     export = ExportFolder(path.parent / "export")
     argv = ["--checkpoint", str(path), "--config", "demo", "--out", str(export.path)]
+    argv += ["--layout", "coco17"]
     assert export_main([*argv, "--no-check"]) == 0
     assert load_config(export.config).model.backbone == "resnet18"
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from pose.engine.deepspeed_adapter import MODEL_STATES_FILE
-from pose.run_folder import RunFolder
+from pose.folders import RunFolder
 from pose.tracking import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -45,11 +45,13 @@ from pose.data.jpeg import RESTART_MCUS, encode_crop
 from pose.data.layout import KeypointLayout, LayoutError, choose_layout
 from pose.data.shards import (
     FORMAT_VERSION,
-    MANIFEST,
     Sample,
     ShardEntry,
+    manifest_path,
     meta_vector,
     read_manifest,
+    shard_files,
+    shard_name,
     write_manifest,
     write_shard,
 )
@@ -323,7 +325,7 @@ class ShardJob:
 
     @property
     def name(self) -> str:
-        return f"{self.params.split}-{self.index:06d}"
+        return shard_name(self.params.split, self.index)
 
 
 _progress_queue = None
@@ -418,7 +420,7 @@ def prepare_output(out: Path, params: ShardParams, overwrite: bool) -> bool:
         _clear(out)
     elif recorded == now:
         pass  # resume the unfinished run
-    elif recorded is not None or (out.is_dir() and any(out.glob("*.tar"))):
+    elif recorded is not None or (out.is_dir() and shard_files(out)):
         what = "shards made" if finished else "an unfinished run"
         detail = (
             f"differences: {_diff(recorded, now)}" if recorded else "tar files of unknown origin"
@@ -434,13 +436,12 @@ def prepare_output(out: Path, params: ShardParams, overwrite: bool) -> bool:
 
 def _recorded_params(out: Path) -> tuple[dict | None, bool]:
     """The parameters an earlier run recorded in `out`, and whether that run finished."""
-    for name, finished in ((MANIFEST, True), (PROGRESS, False)):
-        path = out / name
+    for path, finished in ((manifest_path(out), True), (out / PROGRESS, False)):
         if path.is_file():
             try:
                 data = json.loads(path.read_text())
             except json.JSONDecodeError:
-                return {"unreadable": name}, finished
+                return {"unreadable": path.name}, finished
             return (data.get("params") if finished else data), finished
     return None, False
 
@@ -542,6 +543,6 @@ def _finish(
 
 def _clear(out: Path) -> None:
     """Remove everything a sharding run writes into `out` (nothing else)."""
-    for path in [*out.glob("*.tar"), *out.glob("*.idx"), out / MANIFEST, out / PROGRESS]:
+    for path in [*shard_files(out), manifest_path(out), out / PROGRESS]:
         path.unlink(missing_ok=True)
     shutil.rmtree(out / META_DIR, ignore_errors=True)

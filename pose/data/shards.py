@@ -27,7 +27,7 @@ import numpy as np
 from tqdm import tqdm
 
 from pose.data.jpeg import decode_rgb
-from pose.data.layout import COCO_17, KeypointLayout, LayoutError
+from pose.data.layout import KeypointLayout, LayoutError
 from pose.files import atomic_write, sha256_bytes, sha256_file
 
 FORMAT_VERSION = 2  # of the sample layout; readers refuse other versions
@@ -162,6 +162,27 @@ def write_manifest(
 # ------------------------------------------------------------------------------------------
 
 
+def shard_name(split: str, index: int) -> str:
+    """The name (without extension) of shard `index` of `split`: `<split>-NNNNNN`."""
+    return f"{split}-{index:06d}"
+
+
+def shard_files(folder: str | Path) -> list[Path]:
+    """Every shard and index file in `folder`, listed or not (what a sharding run writes besides
+    the manifest)."""
+    folder = Path(folder)
+    return sorted([*folder.glob("*.tar"), *folder.glob("*.idx")])
+
+
+def manifest_path(folder: str | Path) -> Path:
+    return Path(folder) / MANIFEST
+
+
+def is_shard_folder(folder: str | Path) -> bool:
+    """Whether `folder` holds finished shards (a manifest; `read_manifest` checks it)."""
+    return manifest_path(folder).is_file()
+
+
 def read_manifest(folder: str | Path) -> dict:
     """The manifest of a shard folder, with a clear error when there is none."""
     path = Path(folder) / MANIFEST
@@ -260,20 +281,19 @@ class ShardSet:
 
 
 def manifest_layout(manifest: dict, folder: Path, tar: Path, index: Path) -> KeypointLayout:
-    """The manifest's keypoint layout. Manifests written before layouts were recorded held
-    COCO's 17 joints: taken as such when the first sample has 17, else an error."""
-    if "layout" in manifest:
-        try:
-            return KeypointLayout.from_json(manifest["layout"], f"{folder}/{MANIFEST}")
-        except LayoutError as e:
-            raise ShardError(str(e)) from None
-    joints = first_sample_joints(tar, index)
-    if joints != COCO_17.num_joints:
+    """The manifest's keypoint layout; an error naming the fix when it records none (shards made
+    before layouts were recorded): what each joint is is never guessed from a count."""
+    if "layout" not in manifest:
+        joints = first_sample_joints(tar, index)
         raise ShardError(
-            f"{folder}/{MANIFEST} records no keypoint layout and its samples have {joints} "
-            "joints: shard again (data_prep.shard_coco ... --overwrite)"
+            f"{folder}/{MANIFEST} records no keypoint layout (its samples have {joints} joints; "
+            "shards made before layouts were recorded): shard again (data_prep.shard_coco ... "
+            "--overwrite, with --layout when the annotations do not say which joints they hold)"
         )
-    return COCO_17
+    try:
+        return KeypointLayout.from_json(manifest["layout"], f"{folder}/{MANIFEST}")
+    except LayoutError as e:
+        raise ShardError(str(e)) from None
 
 
 def first_sample_joints(tar: Path, index: Path) -> int:

@@ -24,7 +24,7 @@ from pose.engine.distributed import DistEnv, sum_over_ranks
 from pose.engine.errors import CheckpointError
 from pose.engine.schedule import StepPlan
 from pose.files import atomic_write
-from pose.run_folder import RunFolder
+from pose.folders import RunFolder
 
 
 @dataclass(frozen=True)

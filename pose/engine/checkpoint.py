@@ -24,7 +24,7 @@ from pose.engine.distributed import is_collective_failure
 from pose.engine.errors import CheckpointError, TrainingError
 from pose.engine.schedule import StepPlan
 from pose.files import out_of_space, refused_pickle
-from pose.run_folder import ExportFolder, RunFolder
+from pose.folders import ExportFolder, RunFolder
 
 CLIENT_KEY = "posescale"  # our state inside DeepSpeed's client state
 
@@ -144,7 +144,7 @@ def _reason(error: Exception) -> str:
     lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
     text = f"{type(error).__name__}: {' '.join(lines[:3])}"[:500]
     if "size mismatch" in text or "Missing key" in text or "Unexpected key" in text:
-        text += " (the model config does not fit this checkpoint: compare it with config.yaml)"
+        text += " (the model config does not fit this checkpoint: compare it with the run's config)"
     return text
 
 
@@ -189,7 +189,7 @@ def owning_folders(checkpoint: str | Path) -> list[Path]:
 
 def checkpoint_layout(path: str | Path) -> KeypointLayout | None:
     """The keypoint layout a `--checkpoint` was trained for, from its run or export folder's
-    layout.yaml; None when it has none (a plain state dict, or a run made before layouts were
+    recorded layout; None when it has none (a plain state dict, or a run made before layouts were
     recorded)."""
     for folder in owning_folders(path):
         if RunFolder(folder).layout.is_file():
@@ -199,10 +199,16 @@ def checkpoint_layout(path: str | Path) -> KeypointLayout | None:
 
 def layout_to_use(checkpoint: str | Path, override: str | None = None) -> KeypointLayout:
     """The layout to predict or export with: `override` (a preset or file) when given, else the
-    checkpoint's own, else COCO's 17 joints (plain state dicts, older runs)."""
+    checkpoint's own; an error for a checkpoint without one (a plain state dict)."""
     if override:
         return load_layout(override)
-    return checkpoint_layout(checkpoint) or load_layout("coco17")
+    layout = checkpoint_layout(checkpoint)
+    if layout is None:
+        raise CheckpointError(
+            f"'{checkpoint}' has no keypoint layout in its run or export folder (a plain state "
+            "dict): name the joints its heatmaps are, --layout coco17 (a preset) or a file"
+        )
+    return layout
 
 
 def rng_state() -> dict:

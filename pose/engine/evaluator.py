@@ -1,6 +1,6 @@
 """Evaluation during training: when it runs (at the end of every `train.eval_every`-th epoch
-and after the last step) and what it leaves behind (the metrics in metrics.jsonl and wandb,
-eval/results.json, and a picture of predictions on val crops)."""
+and after the last step) and what it leaves behind in the run folder (the metrics through the
+tracker, the COCO results, and a picture of predictions on val crops)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pose.config import DataConfig, EvalConfig, LogConfig
 from pose.data.loader import Loader
 from pose.engine.schedule import StepPlan
 from pose.eval.evaluate import evaluate, model_predictor, print_metrics
-from pose.run_folder import RunFolder
+from pose.folders import RunFolder
 from pose.tracking import Tracker
 from pose.viz.panels import prediction_panel
 
@@ -51,7 +51,7 @@ class Evaluator:
             self.loader,
             self.cfg,
             self.data,
-            self.run.eval / "results.json",
+            self.run.eval_results,
             autocast,
             progress=False,
         )
@@ -59,7 +59,7 @@ class Evaluator:
             batches = self.loader.epoch(0)
             batch = next(batches)
             batches.close()
-            path = self.run.pictures / f"predictions_epoch{epoch:03d}.png"
+            path = self.run.prediction_picture(epoch)
             picture = prediction_panel(
                 model,
                 batch,

@@ -4,7 +4,7 @@ export folder) into the config it was trained with, its keypoint layout and the 
 its weights.
 
 The config is the one given (a file or a shipped name such as `demo`), else the run's or the
-export's own `config.yaml`; a checkpoint with neither is an error, never the built-in defaults.
+export's own config; a checkpoint with neither is an error, never the built-in defaults.
 `model.pretrained` is left out: the checkpoint holds every weight, and the backbone file a run
 started from may be gone (only a training that starts fresh loads it)."""
 
@@ -19,9 +19,9 @@ from pose.config import Config, load_config
 from pose.data.layout import KeypointLayout
 from pose.engine.checkpoint import layout_to_use, owning_folders, resolve_checkpoint
 from pose.engine.errors import CheckpointError
+from pose.folders import ExportFolder, RunFolder
 from pose.models import build_model
 from pose.models.weights import load_model_weights
-from pose.run_folder import ExportFolder, RunFolder
 
 
 @dataclass
@@ -33,7 +33,7 @@ class TrainedModel:
 
 
 def run_config(checkpoint: str | Path) -> Path | None:
-    """The config.yaml that belongs to a checkpoint: its export folder's or its run folder's."""
+    """The config file that belongs to a checkpoint: its export folder's or its run folder's."""
     for folder in owning_folders(checkpoint):
         for owner in (ExportFolder(folder), RunFolder(folder)):
             if owner.config.is_file():
@@ -56,7 +56,7 @@ def load_trained_model(
         source = config or run_config(checkpoint)
         if source is None:
             raise CheckpointError(
-                f"'{checkpoint}' has no config.yaml in its run or export folder: name the "
+                f"'{checkpoint}' has no config in its run or export folder: name the "
                 "config it was trained with (--config FILE, or a shipped name such as demo)"
             )
         kept = [o for o in overrides if not o.startswith("model.pretrained=")]

@@ -21,7 +21,7 @@ from pose.data.codec import HeatmapCodec
 from pose.data.layout import one_layout, save_layout
 from pose.data.loader import LoaderSpec
 from pose.engine.budget import BudgetClock, MeasuredBudget
-from pose.engine.checkpoint import Checkpointer, RunState
+from pose.engine.checkpoint import Checkpointer, RunState, resolve_checkpoint
 from pose.engine.deepspeed_adapter import (
     TrainEngine,
     build_engine,
@@ -46,8 +46,8 @@ from pose.engine.step_metrics import StepMetrics
 from pose.engine.stop import StopRequest
 from pose.eval.evaluate import check_ground_truth
 from pose.files import atomic_write
+from pose.folders import RunFolder, RunFolderBusy, RunLock
 from pose.models import build_model, load_pretrained
-from pose.run_folder import RunFolder, RunFolderBusy, RunLock
 from pose.tracking import Tracker
 
 
@@ -105,8 +105,8 @@ class Trainer:
         self.plan = StepPlan.of(cfg.train, batches, env.world_size)
         self.images_per_step = images_per_step(cfg.train, env.world_size)
         model = build_model(cfg.model, self.layout.num_joints)
-        if run.latest_tag() is None:  # a fresh start; a resumed run's weights are in its checkpoint
-            load_pretrained(model, cfg.model)
+        if cfg.model.pretrained and run.latest_tag() is None:  # a resumed run's are in its
+            load_pretrained(model, resolve_checkpoint(cfg.model.pretrained))  # checkpoint
         model = use_sync_batchnorm(model, cfg.model.sync_bn, env)
         self.model = prepare_model(model, cfg.train, env.device)
         self.engine = self._build_engine()

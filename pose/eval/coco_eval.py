@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 
 from pose.data.coco import load_coco
-from pose.data.layout import COCO_17
 from pose.files import atomic_write
 
 METRIC_NAMES = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
@@ -42,11 +41,11 @@ def oks_iou(
     d: np.ndarray,
     area_g: float,
     area_d: np.ndarray,
-    sigmas: np.ndarray | None = None,
+    sigmas: np.ndarray,
 ) -> np.ndarray:
     """OKS of keypoints `g` (K, 3) against each of `d` (M, K, 3), as the reference's nms.py
     (which is pycocotools' formula with the mean of the two areas, over all joints)."""
-    sigmas = np.asarray(COCO_17.sigmas if sigmas is None else sigmas)
+    sigmas = np.asarray(sigmas)
     variances = (sigmas * 2) ** 2
     dx = d[:, :, 0] - g[None, :, 0]
     dy = d[:, :, 1] - g[None, :, 1]
@@ -60,10 +59,9 @@ def oks_nms(
     scores: np.ndarray,
     areas: np.ndarray,
     threshold: float,
-    sigmas: np.ndarray | None = None,
+    sigmas: np.ndarray,
 ) -> list[int]:
-    """Greedy NMS by OKS (with the layout's `sigmas`; COCO's by default): indices kept, best
-    first."""
+    """Greedy NMS by OKS (with the layout's `sigmas`): indices kept, best first."""
     order = np.argsort(-scores, kind="stable")
     keep = []
     while order.size:
@@ -81,7 +79,8 @@ def soft_oks_nms(
     areas: np.ndarray,
     threshold: float,
     max_dets: int = 20,
-    sigmas: np.ndarray | None = None,
+    *,
+    sigmas: np.ndarray,
 ) -> tuple[list[int], np.ndarray]:
     """Soft NMS by OKS (Gaussian decay exp(-oks^2 / threshold), as mmpose, whose threshold is
     the same OKS threshold hard NMS uses): indices kept, best first, and the decayed scores of
@@ -106,7 +105,8 @@ def coco_results(
     keypoint_thr: float,
     nms_thr: float,
     soft: bool = False,
-    sigmas: np.ndarray | None = None,
+    *,
+    sigmas: np.ndarray,
 ) -> list[dict]:
     """Rescored, NMS-filtered (OKS with `sigmas`) predictions in COCO results format."""
     by_image: dict[int, list[Prediction]] = defaultdict(list)
@@ -167,10 +167,10 @@ def _is_number(value) -> bool:
 
 
 def score_results(
-    ann_file: str | Path, results: list[dict], sigmas: np.ndarray | None = None
+    ann_file: str | Path, results: list[dict], sigmas: np.ndarray
 ) -> dict[str, float]:
     """pycocotools keypoint metrics of `results` against an annotation file, with the layout's
-    OKS `sigmas` (COCO's by default)."""
+    OKS `sigmas`."""
     from pycocotools.cocoeval import COCOeval
 
     gt, _ = load_ground_truth(ann_file)
@@ -180,7 +180,7 @@ def score_results(
         dt = gt.loadRes(results)
         evaluator = COCOeval(gt, dt, "keypoints")
         evaluator.params.useSegm = None
-        evaluator.params.kpt_oks_sigmas = np.asarray(COCO_17.sigmas if sigmas is None else sigmas)
+        evaluator.params.kpt_oks_sigmas = np.asarray(sigmas)
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()

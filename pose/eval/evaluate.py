@@ -180,11 +180,11 @@ def score_predictions(
     cfg: EvalConfig,
     ann_file: str | Path,
     results_path: str | Path | None,
-    sigmas: np.ndarray | None = None,
+    sigmas: np.ndarray,
 ) -> dict:
     """Rescoring, OKS NMS and pycocotools' metrics (OKS with the layout's `sigmas`), with the
     instance count; the COCO results go to `results_path` when given."""
-    results = coco_results(preds, cfg.keypoint_thr, cfg.oks_nms_thr, cfg.soft_nms, sigmas)
+    results = coco_results(preds, cfg.keypoint_thr, cfg.oks_nms_thr, cfg.soft_nms, sigmas=sigmas)
     metrics = score_results(ann_file, results, sigmas)
     metrics["instances"] = len(preds)
     if results_path is not None:

@@ -14,7 +14,7 @@ from pose.config import DataConfig, EvalConfig
 from pose.data.coco import box_to_center_scale
 from pose.data.codec import HeatmapCodec, input_to_image
 from pose.data.geometry import get_affine_transform
-from pose.data.layout import COCO_17, KeypointLayout
+from pose.data.layout import KeypointLayout
 from pose.data.loader import normalise
 from pose.eval.evaluate import predict_heatmaps
 
@@ -35,7 +35,7 @@ def predict_people(
     cfg: EvalConfig,
     data: DataConfig,
     device: torch.device,
-    layout: KeypointLayout = COCO_17,
+    layout: KeypointLayout,
     batch_size: int = 32,
 ) -> list[PersonPose]:
     """One PersonPose per box (x, y, w, h[, score]); `boxes` None: the whole image is one box,

@@ -1,5 +1,5 @@
-"""Backbones: image -> stride-32 feature maps. Each builder returns the module and its number of
-output channels; `model.backbone` names one of them."""
+"""The built-in backbones: torchvision ResNets, image -> stride-32 feature maps. Each builder
+returns the module; its registration names its output channels and stride (registry.py)."""
 
 from __future__ import annotations
 
@@ -30,26 +30,26 @@ class ResNetBackbone(nn.Module):
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
 
-@register_backbone("resnet18")
-def resnet18() -> tuple[nn.Module, int]:
-    return ResNetBackbone("resnet18"), 512
+@register_backbone("resnet18", channels=512, stride=32)
+def resnet18() -> nn.Module:
+    return ResNetBackbone("resnet18")
 
 
-@register_backbone("resnet34")
-def resnet34() -> tuple[nn.Module, int]:
-    return ResNetBackbone("resnet34"), 512
+@register_backbone("resnet34", channels=512, stride=32)
+def resnet34() -> nn.Module:
+    return ResNetBackbone("resnet34")
 
 
-@register_backbone("resnet50")
-def resnet50() -> tuple[nn.Module, int]:
-    return ResNetBackbone("resnet50"), 2048
+@register_backbone("resnet50", channels=2048, stride=32)
+def resnet50() -> nn.Module:
+    return ResNetBackbone("resnet50")
 
 
-@register_backbone("resnet101")
-def resnet101() -> tuple[nn.Module, int]:
-    return ResNetBackbone("resnet101"), 2048
+@register_backbone("resnet101", channels=2048, stride=32)
+def resnet101() -> nn.Module:
+    return ResNetBackbone("resnet101")
 
 
-@register_backbone("resnet152")
-def resnet152() -> tuple[nn.Module, int]:
-    return ResNetBackbone("resnet152"), 2048
+@register_backbone("resnet152", channels=2048, stride=32)
+def resnet152() -> nn.Module:
+    return ResNetBackbone("resnet152")

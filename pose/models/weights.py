@@ -40,7 +40,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 def load_backbone_weights(backbone: nn.Module, path: str | Path) -> None:
     """A backbone's weights from torchvision ImageNet weights (its classifier `fc.*` is dropped)
-    or from a whole pose model's (a checkpoint's model states, export's model_state_dict.pth,
+    or from a whole pose model's (a checkpoint's model states, an export's weights,
     or the reference `pose_resnet` naming): its backbone, the head and any attention dropped."""
     state = read_state_dict(path)
     if "conv1.weight" in state and "final_layer.weight" in state:

@@ -1,5 +1,5 @@
 """Comparing the runs of a sweep: a markdown table of final and best AP and friends (mean and
-spread over seeds) and PNG curves, from the runs' own `metrics.jsonl` (offline, no wandb needed)
+spread over seeds) and PNG curves, from the runs' own metrics files (offline, no wandb needed)
 or from the wandb API."""
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from scipy import stats
 
 from pose.config import read_yaml_mapping
 from pose.eval.coco_eval import METRIC_NAMES
+from pose.folders import RunFolder, SweepFolder
 from pose.tracking import read_metrics
 from pose.viz.curves import spread_plot
 
@@ -30,7 +31,7 @@ class CompareError(RuntimeError):
 class RunRecord:
     name: str
     config: dict[str, Any]  # the resolved config, nested
-    records: list[dict] = field(default_factory=list)  # metrics.jsonl lines
+    records: list[dict] = field(default_factory=list)  # the run's metrics records (pose.tracking)
     folder: Path | None = None  # the run folder (None: read from wandb)
 
     def value(self, dotted: str) -> Any:
@@ -55,27 +56,27 @@ class RunRecord:
 
 
 def local_runs(sweep_dir: Path) -> list[RunRecord]:
-    """Every run folder under `sweep_dir` (the manifest's, else any with metrics.jsonl)."""
-    sweep_dir = Path(sweep_dir)
-    manifest = sweep_dir / "sweep.json"
-    if manifest.is_file():
-        folders = [Path(r["run_dir"]) for r in json.loads(manifest.read_text())["runs"]]
-    else:
-        folders = sorted(p.parent for p in sweep_dir.rglob("metrics.jsonl"))
+    """Every run folder of a sweep folder (its manifest's), or every started run under any
+    other folder."""
+    sweep = SweepFolder(sweep_dir)
+    try:
+        folders = sweep.run_folders() if sweep.is_sweep() else RunFolder.all_under(sweep_dir)
+    except ValueError as e:
+        raise CompareError(str(e)) from None
     runs = []
-    for folder in folders:
-        if not (folder / "metrics.jsonl").is_file():
-            continue  # not started yet
-        config = read_yaml_mapping(folder / "config.yaml")
-        runs.append(RunRecord(folder.name, config, read_metrics(folder), folder))
+    for run in folders:
+        if not run.has_started():
+            continue
+        config = read_yaml_mapping(run.config)
+        runs.append(RunRecord(run.path.name, config, read_metrics(run.path), run.path))
     if not runs:
-        raise CompareError(f"no run under {sweep_dir} has written metrics.jsonl yet")
+        raise CompareError(f"no run under {sweep_dir} has started (written metrics) yet")
     return runs
 
 
 def wandb_runs(path: str) -> list[RunRecord]:
     """The runs of one wandb group, `ENTITY/PROJECT/GROUP`, with their history turned back into
-    metrics.jsonl-style records (wandb keys are `split/metric`)."""
+    metrics records as pose.tracking writes them (wandb keys are `split/metric`)."""
     parts = path.split("/")
     if len(parts) != 3 or not all(parts):
         raise CompareError(f"--wandb wants ENTITY/PROJECT/GROUP, got '{path}'")

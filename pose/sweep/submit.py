@@ -1,13 +1,6 @@
 """Submitting a sweep (one Slurm job array through submitit's AutoExecutor, or submitit's local
 executor), its manifest, and what `status`, `wait` and `cancel` read back from Slurm and from
-the run folders.
-
-A sweep folder holds:
-    sweep.json          the manifest: each run's name, overrides, run folder and job id
-    sweep.yaml          the sweep file as submitted
-    runs/<name>/        each run's folder (config.yaml, metrics.jsonl, checkpoints/, pictures/)
-    submitit/           submitit's pickles and the jobs' stdout/stderr
-"""
+the run folders. What a sweep folder holds: pose.folders.SweepFolder."""
 
 from __future__ import annotations
 
@@ -23,13 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pose.files import atomic_write
+from pose.folders import SweepFolder
 from pose.sweep.job import TrainingJob
 from pose.sweep.spec import Sweep, run_overrides
 from pose.sweep.submitit_adapter import read_result, sbatch_script, submission_errors
 from pose.tracking import read_metrics
 
-MANIFEST = "sweep.json"
 FINAL_STATES = ("done", "failed", "cancelled")
 
 
@@ -110,10 +102,11 @@ def submit(sweep: Sweep, out: Path, local: bool = False, resubmit: bool = False)
 def _submit(sweep: Sweep, out: Path, local: bool) -> dict:
     import submitit
 
+    folder = SweepFolder(out)
     out.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(sweep.path, out / "sweep.yaml")
+    shutil.copyfile(sweep.path, folder.spec)
     executor = submitit.AutoExecutor(
-        folder=out / "submitit" / "%j",
+        folder=folder.job_pattern,
         cluster="local" if local else "slurm",
         slurm_max_num_timeout=sweep.spec.slurm.max_requeues,
     )
@@ -122,7 +115,7 @@ def _submit(sweep: Sweep, out: Path, local: bool) -> dict:
     threads = max(1, (os.cpu_count() or 1) // len(sweep.runs)) if local else 0
     jobs_to_run, rows = [], []
     for run in sweep.runs:
-        run_dir = out / "runs" / run.name
+        run_dir = folder.run(run.name).path
         overrides = tuple(run_overrides(sweep, run, run_dir))
         max_requeues = sweep.spec.slurm.max_requeues
         job = TrainingJob(str(sweep.base), overrides, os.getcwd(), max_requeues, threads=threads)
@@ -139,16 +132,16 @@ def _submit(sweep: Sweep, out: Path, local: bool) -> dict:
         "sweep_file": str(sweep.path.resolve()),
         "base": str(sweep.base),
         "executor": "local" if local else "slurm",
-        "submitit_folder": str(out / "submitit"),
+        "submitit_folder": str(folder.submitit),
         "submitted": time.time(),
         "runs": rows,
     }
-    atomic_write(out / MANIFEST, json.dumps(manifest, indent=1) + "\n")
+    folder.write_manifest(manifest)
     return manifest
 
 
 def _check_submittable(sweep: Sweep, out: Path, local: bool, resubmit: bool) -> None:
-    if (out / MANIFEST).is_file() and not resubmit:
+    if SweepFolder(out).is_sweep() and not resubmit:
         raise SweepError(
             f"{out} already holds a sweep (see `sweep.py status {out}`); pass "
             f"--resubmit to submit its runs again (they resume from their "
@@ -175,13 +168,15 @@ def _check_submittable(sweep: Sweep, out: Path, local: bool, resubmit: bool) -> 
 
 
 def read_manifest(sweep_dir: Path) -> dict:
-    path = Path(sweep_dir) / MANIFEST
-    if not path.is_file():
-        raise SweepError(f"no sweep manifest at {path} (is this the folder sweep.py submitted to?)")
+    folder = SweepFolder(sweep_dir)
+    if not folder.is_sweep():
+        raise SweepError(
+            f"no sweep manifest at {folder.manifest} (is this the folder sweep.py submitted to?)"
+        )
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise SweepError(f"{path} is not valid JSON: {e}") from None
+        return folder.read_manifest()
+    except ValueError as e:
+        raise SweepError(str(e)) from None
 
 
 @dataclass

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from pose.data.layout import COCO_17, KeypointLayout
+from pose.data.layout import KeypointLayout
 from pose.viz.skeleton import caption, overlay_heatmap, tile
 
 
 def attention_panels(
-    crop: np.ndarray, maps: dict[str, np.ndarray], layout: KeypointLayout = COCO_17
+    crop: np.ndarray, maps: dict[str, np.ndarray], layout: KeypointLayout
 ) -> np.ndarray | None:
     """One picture of a person's attention maps over its crop (None without attention)."""
     panels = []

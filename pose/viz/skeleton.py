@@ -5,7 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from pose.data.layout import COCO_17, MIDDLE, KeypointLayout
+from pose.data.layout import MIDDLE, KeypointLayout
 
 
 def draw_skeleton(
@@ -13,7 +13,8 @@ def draw_skeleton(
     keypoints: np.ndarray,
     min_score: float = 0.0,
     thickness: int = 2,
-    layout: KeypointLayout = COCO_17,
+    *,
+    layout: KeypointLayout,
 ) -> np.ndarray:
     """A copy of a BGR uint8 image with keypoints (K, 3: x, y, visibility or score) drawn with
     the layout's skeleton; joints whose third value is <= min_score are left out, occluded ones

@@ -1,5 +1,6 @@
-"""The layout of a run folder, in one place. Everything that reads or writes a run asks this
-object where things are:
+"""The folders the project writes, each with one owner that names its files: a run folder
+(`RunFolder`), an export folder (`ExportFolder`) and a sweep folder (`SweepFolder`). Everything
+that reads or writes one asks its object where things are. A run folder:
 
     config.yaml         the resolved config (pose.config)
     layout.yaml         the keypoint layout the model was trained for (pose.data.layout)
@@ -9,8 +10,8 @@ object where things are:
     deepspeed_config.json  the DeepSpeed config generated for the run (for reading; not read back)
     checkpoints/        one folder per checkpoint tag (pose.engine.checkpoint), and
       latest, best      the tag of the newest complete checkpoint and of the best by AP
-    pictures/           PNGs written during training
-    eval/               results.json of the last evaluation
+    pictures/           PNGs written during training (predictions_epochNNN.png)
+    eval/               results.json of the last evaluation (COCO results)
     wandb/              wandb's own files
     lock                held (an advisory lock) by the training that uses the folder
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import json
 import os
 import secrets
 import socket
@@ -77,8 +79,25 @@ class RunFolderBusy(RuntimeError):
 
 
 class RunFolder:
+    METRICS = "metrics.jsonl"
+
     def __init__(self, path: str | os.PathLike):
+        if not str(path):
+            raise ValueError("a run folder needs a path (run.dir is empty)")
         self.path = Path(path)
+
+    @classmethod
+    def default_for(cls, config_path: str | os.PathLike) -> RunFolder:
+        """Where a config's run goes when `run.dir` is empty: runs/<config name>."""
+        return cls(Path("runs") / Path(config_path).stem)
+
+    @classmethod
+    def all_under(cls, root: str | os.PathLike) -> list[RunFolder]:
+        """Every run folder below `root` that has started (written metrics), in path order."""
+        return [cls(p.parent) for p in sorted(Path(root).rglob(cls.METRICS))]
+
+    def has_started(self) -> bool:
+        return self.metrics.is_file()
 
     def __repr__(self) -> str:
         return f"RunFolder('{self.path}')"
@@ -93,7 +112,7 @@ class RunFolder:
 
     @property
     def metrics(self) -> Path:
-        return self.path / "metrics.jsonl"
+        return self.path / self.METRICS
 
     @property
     def deepspeed_config(self) -> Path:
@@ -112,8 +131,12 @@ class RunFolder:
         return self.path / "pictures"
 
     @property
-    def eval(self) -> Path:
-        return self.path / "eval"
+    def eval_results(self) -> Path:
+        """The COCO results (one detection per person) of the last evaluation."""
+        return self.path / "eval" / "results.json"
+
+    def prediction_picture(self, epoch: int) -> Path:
+        return self.pictures / f"predictions_epoch{epoch:03d}.png"
 
     def checkpoint(self, tag: str) -> Path:
         return self.checkpoints / tag
@@ -179,6 +202,68 @@ class RunFolder:
         return path.read_text().strip()
 
 
+class SweepFolder:
+    """The layout of a sweep folder (pose.sweep.submit), in one place:
+
+    sweep.yaml          a copy of the sweep file it was submitted from
+    sweep.json          the manifest: each run's name, overrides, run folder and job id
+    runs/<name>/        each run's folder (a RunFolder)
+    submitit/<job id>/  submitit's pickled job, its result and the job's stdout and stderr
+    compare/            what launch/compare.py writes by default
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"SweepFolder('{self.path}')"
+
+    @property
+    def spec(self) -> Path:
+        return self.path / "sweep.yaml"
+
+    @property
+    def manifest(self) -> Path:
+        return self.path / "sweep.json"
+
+    @property
+    def submitit(self) -> Path:
+        return self.path / "submitit"
+
+    @property
+    def job_pattern(self) -> Path:
+        """submitit's folder pattern: one folder per job id."""
+        return self.submitit / "%j"
+
+    @property
+    def compare(self) -> Path:
+        return self.path / "compare"
+
+    def run(self, name: str) -> RunFolder:
+        return RunFolder(self.path / "runs" / name)
+
+    def is_sweep(self) -> bool:
+        return self.manifest.is_file()
+
+    def read_manifest(self) -> dict:
+        """The manifest; FileNotFoundError without one, ValueError (naming the file) when it is
+        not a JSON object."""
+        try:
+            manifest = json.loads(self.manifest.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{self.manifest} is not valid JSON: {e}") from None
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("runs"), list):
+            raise ValueError(f"{self.manifest} is not a sweep manifest (no list of runs)")
+        return manifest
+
+    def write_manifest(self, manifest: dict) -> None:
+        atomic_write(self.manifest, json.dumps(manifest, indent=1) + "\n")
+
+    def run_folders(self) -> list[RunFolder]:
+        """The manifest's run folders, in its order."""
+        return [RunFolder(r["run_dir"]) for r in self.read_manifest()["runs"]]
+
+
 _held: set[Path] = set()  # lock files this process holds (see RunFolder.lock)
 
 
@@ -196,3 +281,18 @@ class RunLock:
 
 def _read_pointer(path: Path) -> str | None:
     return path.read_text().strip() or None if path.is_file() else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m pose.folders --is-export DIR`: exit 0 when DIR holds an export's weights
+    (for the Makefile, which would otherwise spell the export's file names)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__.split("\n")[0])
+    parser.add_argument("--is-export", metavar="DIR", required=True)
+    args = parser.parse_args(argv)
+    return 0 if ExportFolder(args.is_export).is_export() else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
