@@ -31,7 +31,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from turns import take_turns
 
 from data_prep.synthetic import generate
 from pose.caches import use_cache_folders
@@ -45,6 +44,7 @@ from pose.data.loader import IMAGENET_MEAN, IMAGENET_STD, LoaderSpec, draw_augme
 from pose.data.sharding import ShardRequest, shard_dataset
 from pose.data.torch_loader import TorchLoader
 from pose.engine.distributed import keep_freed_memory
+from pose.timing import take_turns
 from pose.viz.curves import throughput_bars
 
 BATCH = 32

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from pose.files import atomic_write
+from pose.folders import RunFolder
 from pose.tracking import read_metrics
 from pose.viz.curves import spread_plot
 
@@ -31,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def final_metrics(run: Path) -> dict | None:
     """The val record of a run's last step when the run has finished, else None."""
-    if not (run / "metrics.jsonl").is_file():
+    if not RunFolder(run).has_started():
         return None
     records = read_metrics(run)
     train = [r for r in records if r["split"] == "train"]

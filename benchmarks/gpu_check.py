@@ -42,21 +42,23 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
-from train_step import timed  # benchmarks/: a GPU synchronised at both ends
+
+from pose.caches import use_cache_folders
+from pose.config import load_config
+from pose.data.backends import build_loader
+from pose.data.layout import COCO_17
+from pose.data.loader import LoaderSpec, normalise
+from pose.data.shards import ShardSet, is_shard_folder
+from pose.engine.deepspeed_adapter import build_engine
+from pose.engine.distributed import init_distributed
+from pose.engine.trainer import apply_memory_format, prepare_model, train_step
+from pose.files import atomic_write
+from pose.models import build_model
+from pose.timing import timed
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from pose.caches import use_cache_folders  # noqa: E402
-from pose.config import load_config  # noqa: E402
-from pose.data.backends import build_loader  # noqa: E402
-from pose.data.loader import LoaderSpec, normalise  # noqa: E402
-from pose.data.shards import ShardSet  # noqa: E402
-from pose.engine.deepspeed_adapter import build_engine  # noqa: E402
-from pose.engine.distributed import init_distributed  # noqa: E402
-from pose.engine.trainer import apply_memory_format, prepare_model, train_step  # noqa: E402
-from pose.files import atomic_write  # noqa: E402
-from pose.models import build_model  # noqa: E402
+# What every row trains: the synthetic people (data_prep/synthetic.py) carry COCO's 17 joints.
+LAYOUT = COCO_17
 
 # Peak dense (no sparsity) bf16 tensor-core rates in TFLOP/s, from NVIDIA's data sheets (SXM
 # parts; PCIe/NVL parts are lower, so MFU on those reads low).
@@ -252,7 +254,7 @@ def make_shards(out: Path, samples: int) -> Path:
     images = max(8, math.ceil(samples / PEOPLE_PER_IMAGE))
     data = out / f"data-{images}"
     shards = data / "shards" / "train"
-    if not (shards / "manifest.json").is_file():
+    if not is_shard_folder(shards):
         print(f"gpu-check: making {images} synthetic images and their shards", flush=True)
         generate(data, seed=0, train_images=images, val_images=2, progress=False)
         request = ShardRequest(
@@ -271,7 +273,7 @@ def training_flops_per_image(cfg, device: torch.device) -> float:
     """Forward and backward FLOPs of one image, counted by torch (multiply-adds x 2)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    model = build_model(cfg.model, 17).to(device)
+    model = build_model(cfg.model, LAYOUT.num_joints).to(device)
     image = torch.randn(1, 3, *cfg.data.image_size, device=device)
     counter = FlopCounterMode(display=False)
     with counter:
@@ -293,12 +295,12 @@ def measure(cfg, row: Row, device: torch.device, steps: int, shards: Path | None
     if row.compile:
         torch._dynamo.reset()  # each compiled row compiles its own model afresh
     torch.manual_seed(0)
-    model = prepare_model(build_model(cfg.model, 17), train, device)
+    model = prepare_model(build_model(cfg.model, LAYOUT.num_joints), train, device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     engine = build_engine(model, optimizer, None, train, 1, cfg.train.precision)
     apply_memory_format(model, train, device)
     if row.source == "device":
-        fixed = device_batch(row.batch, data.image_size, device)
+        fixed = device_batch(row.batch, data.image_size, device, LAYOUT.num_joints)
         batches = iter(lambda: fixed, None)  # the same device batch for ever
     else:
         loader = build_loader(LoaderSpec(data, "train", row.batch, device=device))
@@ -325,7 +327,7 @@ def measure(cfg, row: Row, device: torch.device, steps: int, shards: Path | None
     return record
 
 
-def device_batch(batch: int, image_size, device: torch.device, joints: int = 17) -> dict:
+def device_batch(batch: int, image_size, device: torch.device, joints: int) -> dict:
     """A batch as the loaders deliver it (normalised images, keypoints in input pixels with
     visibility), made on the device from random pixels: no shards needed."""
     generator = torch.Generator().manual_seed(0)

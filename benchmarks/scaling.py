@@ -65,9 +65,6 @@ def step_s(
 
 # Published figures the large-scale model uses (see BENCHMARKS.md for the sources).
 A100_RESNET50_224_AMP = 2470  # img/s, 1 GPU, NVIDIA DeepLearningExamples RN50 v1.5 (PyTorch)
-RESNET50_224_GFLOPS = 4.1  # forward, ResNet-50 at 224x224
-SIMPLE_BASELINE_R50_256_GFLOPS = 8.9  # forward, Simple Baselines ResNet-50 at 256x192 (paper)
-SIMPLE_BASELINE_R50_PARAMS = 34.0e6  # the paper's 34.0 M
 NVLINK_BUS = 300e9  # B/s per direction per GPU that NCCL reaches in practice on H100/H200
 #                     NVLink 4 (900 GB/s total, 450 per direction; NCCL bus bw ~ 2/3 of it)
 IB_NDR_PER_GPU = 50e9  # B/s: one 400 Gb/s NDR port per GPU (DGX H100/H200: 8 ConnectX-7)
@@ -113,14 +110,39 @@ def large_scale(
     return rows
 
 
+def model_costs() -> dict:
+    """Multiply-adds of the anchor (torchvision's ResNet-50 classifier at 224x224) and of the
+    pose model (Simple Baselines ResNet-50 at 256x192, COCO's 17 joints), and the pose model's
+    parameters, all from one counter (pose.models.summary)."""
+    import torch
+    import torchvision
+
+    from pose.config import ModelConfig
+    from pose.data.layout import COCO_17
+    from pose.models.summary import forward_gmacs, summarize
+
+    with torch.device("meta"):
+        classifier = torchvision.models.resnet50(weights=None)
+    anchor, _ = forward_gmacs(classifier, (224, 224))
+    pose = summarize(ModelConfig(backbone="resnet50"), COCO_17.num_joints, (256, 192))
+    return {
+        "resnet50_224_gmacs": anchor,
+        "pose_gmacs": pose["gmacs"],
+        "pose_params": pose["params"],
+    }
+
+
 def model_table(bytes_per_image: float, grad_bytes_per_param: int = 4) -> dict:
     """The large-scale prediction for ResNet-50 256x192 bf16, 32 images per GPU (the
-    reference's batch), from an A100 anchor scaled by FLOPs and by an H200/A100 factor."""
-    a100 = A100_RESNET50_224_AMP * RESNET50_224_GFLOPS / SIMPLE_BASELINE_R50_256_GFLOPS
+    reference's batch), from an A100 anchor scaled by multiply-adds (the project's one count,
+    pose.models.summary) and by an H200/A100 factor."""
+    costs = model_costs()
+    a100 = A100_RESNET50_224_AMP * costs["resnet50_224_gmacs"] / costs["pose_gmacs"]
     h200_factor = 2.0  # assumed: bf16 convnet training, H100/H200 over A100 (not measured)
     per_gpu = a100 * h200_factor
-    grad_bytes = SIMPLE_BASELINE_R50_PARAMS * grad_bytes_per_param
+    grad_bytes = costs["pose_params"] * grad_bytes_per_param
     return {
+        **costs,
         "per_gpu_images_s": per_gpu,
         "a100_images_s": a100,
         "grad_bytes": grad_bytes,
@@ -130,11 +152,11 @@ def model_table(bytes_per_image: float, grad_bytes_per_param: int = 4) -> dict:
 
 
 def shard_bytes_per_image(folder: Path) -> float:
+    from pose.data.shards import ShardSet
+
     """Mean bytes a training sample takes in the shards (what the file system must deliver)."""
-    tars = sorted(folder.glob("*.tar"))
-    manifest = json.loads((folder / "manifest.json").read_text())
-    samples = manifest.get("num_samples") or sum(s["num_samples"] for s in manifest["shards"])
-    return sum(t.stat().st_size for t in tars) / max(1, samples)
+    shards = ShardSet.open(folder)
+    return sum(t.stat().st_size for t in shards.tars) / max(1, shards.num_samples)
 
 
 # ------------------------------------------------------------------------------------------
@@ -189,7 +211,6 @@ def split_step(rank: int, world: int, args) -> dict:
     import torch
     import torch.distributed as dist
 
-    sys.path.insert(0, str(ROOT))
     from pose.config import layer_overrides, load_config
     from pose.data.backends import build_loader
     from pose.data.codec import HeatmapCodec, heatmap_size

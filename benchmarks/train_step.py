@@ -21,13 +21,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 from dataclasses import replace
 from pathlib import Path
 
 import torch
-from turns import take_turns
 
 from pose.caches import use_cache_folders
 from pose.config import TrainConfig, layer_overrides, load_config
@@ -39,29 +36,7 @@ from pose.engine.distributed import init_distributed
 from pose.engine.loss import joints_mse_loss
 from pose.engine.trainer import apply_memory_format, prepare_model, train_step
 from pose.models import build_model
-
-
-def timed(step, steps: int) -> float:
-    """Seconds per step over `steps` steps (synchronising a GPU at both ends)."""
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return (time.perf_counter() - start) / steps
-
-
-def interleaved(variants: dict, steps: int, rounds: int, warmup: int = 3) -> dict[str, float]:
-    """Median seconds per step of each variant over `rounds` rounds of `steps` steps, the
-    variants taking turns (turns.py), after `warmup` steps each."""
-    timers = {name: (lambda step=step: timed(step, steps)) for name, step in variants.items()}
-    for step in variants.values():
-        for _ in range(warmup):
-            step()
-    samples = take_turns(timers, rounds, warmup=0)
-    return {name: statistics.median(values) for name, values in samples.items()}
+from pose.timing import interleaved
 
 
 def main() -> None:

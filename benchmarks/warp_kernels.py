@@ -19,7 +19,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from turns import take_turns
+
+from pose.timing import take_turns
 
 BATCH, OUT_H, OUT_W = 32, 256, 192
 

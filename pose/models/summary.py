@@ -29,17 +29,25 @@ def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def forward_gmacs(model: torch.nn.Module, size: tuple[int, int]) -> tuple[float, torch.Tensor]:
+    """True multiply-adds (G) of one forward pass of one image of `size` (height, width), and
+    the output: the project's one FLOP count (torch's flop counter / 2). Build the model under
+    `torch.device("meta")` to count without memory or weights."""
+    device = next(model.parameters()).device
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        out = model.eval()(torch.empty(1, 3, *size, device=device))
+    return counter.get_total_flops() / 2 / 1e9, out
+
+
 def summarize(cfg: ModelConfig, num_joints: int, size: tuple[int, int]) -> dict:
     """{'params', 'gmacs', 'input', 'heatmap'} for one input size (height, width). The model is
     built on the meta device: no memory, no weights, exact counts."""
     with torch.device("meta"):
-        model = build_model(cfg, num_joints).eval()
-        x = torch.empty(1, 3, *size)
-        with FlopCounterMode(display=False) as counter:
-            out = model(x)
+        model = build_model(cfg, num_joints)
+    gmacs, out = forward_gmacs(model, size)
     return {
         "params": count_parameters(model),
-        "gmacs": counter.get_total_flops() / 2 / 1e9,
+        "gmacs": gmacs,
         "input": list(size),
         "heatmap": list(out.shape[-2:]),
     }
