@@ -45,7 +45,7 @@ def final_metrics(run: Path) -> dict | None:
 def train(run: Path, seed: int, images: int, config: str, overrides: list[str]) -> float:
     """Train one run to its image budget; the seconds it took."""
     command = [sys.executable, str(ROOT / "launch" / "train.py"), "--config", config]
-    command += [f"seed={seed}", f"train.budget_images={images}", "train.eval_every=1000"]
+    command += [f"seed={seed}", f"train.budget_images={images}", "eval.every_epochs=1000"]
     command += [f"run.dir={run}", "log.wandb=off", *overrides]
     start = time.perf_counter()
     subprocess.run(command, check=True, cwd=ROOT)

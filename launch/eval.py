@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             model = load_model(cfg, args.checkpoint, loader, env)
             predict = model_predictor(model, cfg.eval, cfg.data, loader.layout.flip_permutation)
-        metrics = evaluate(predict, loader, cfg.eval, cfg.data, args.results)
+        metrics = evaluate(predict, loader, cfg.eval, cfg.data, args.results, env=env)
     except (ConfigError, ShardError, WeightsError, CheckpointError, EvaluationError) as e:
         print(f"eval: error: {e}", file=sys.stderr)
         leave(env, together=False)

@@ -68,7 +68,7 @@ for split in train val; do
 done
 overrides=(data.train_shards=shards/train data.val_shards=shards/val
   data.val_ann=data/annotations/person_keypoints_val.json data.backend=torch
-  train.budget_minutes=0 train.max_steps=3 train.batch_size=4 train.eval_every=1 run.dir=run)
+  train.budget_minutes=0 train.max_steps=3 train.batch_size=4 eval.every_epochs=1 run.dir=run)
 "$bin/posescale-train" --config demo "${overrides[@]}"
 "$bin/posescale-eval" --config demo --checkpoint run --out run/metrics.json "${overrides[@]}"
 "$bin/posescale-predict" --checkpoint run --image data/images/val --out pictures --limit 2

@@ -160,15 +160,11 @@ class TrainConfig:
     ohkm: bool = False  # online hard keypoint mining
     ohkm_topk: int = 8
     joint_weights: bool = False  # weigh each joint's loss by the layout's joint_weights
-    log_every: int = 20  # steps
-    checkpoint_every: int = 1000  # steps
-    keep_last: int = 3
-    eval_every: int = 10  # epochs
 
     def check(self) -> None:
-        for key in ("epochs", "batch_size", "grad_accum", "log_every", "checkpoint_every"):
+        for key in ("epochs", "batch_size", "grad_accum"):
             check_positive(f"train.{key}", getattr(self, key))
-        for key in ("max_steps", "warmup_steps", "weight_decay", "grad_clip", "eval_every"):
+        for key in ("max_steps", "warmup_steps", "weight_decay", "grad_clip"):
             check_non_negative(f"train.{key}", getattr(self, key))
         check_positive("train.lr", self.lr)
         check_non_negative("train.budget_images", self.budget_images)
@@ -178,7 +174,6 @@ class TrainConfig:
             fail_key("train.memory_format", "channels_last needs train.zero_stage=0")
         if self.budget_images and self.budget_minutes:
             fail_key("train.budget_minutes", "set train.budget_images or this, not both")
-        check_positive("train.keep_last", self.keep_last)
         if not 0 < self.lr_factor <= 1:
             fail_key("train.lr_factor", f"{self.lr_factor} must lie in (0, 1]")
         if self.lr_steps != sorted(self.lr_steps) or any(s <= 0 for s in self.lr_steps):
@@ -192,7 +187,23 @@ class TrainConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    """When the checkpointer saves (pose/engine/checkpoint.py): every `every_steps` steps, at
+    each epoch end, after each evaluation, at the last step and on a stop signal."""
+
+    every_steps: int = 1000
+    keep_last: int = 3  # older checkpoints are removed (never the latest or the best)
+
+    def check(self) -> None:
+        check_positive("checkpoint.every_steps", self.every_steps)
+        check_positive("checkpoint.keep_last", self.keep_last)
+
+
+@dataclass
 class EvalConfig:
+    # During training (pose/engine/evaluator.py): at the end of every `every_epochs`-th epoch
+    # and after the last step; 0 = never during training.
+    every_epochs: int = 10
     batch_size: int = 64
     flip_test: bool = True
     decode: Literal["argmax", "dark"] = "argmax"
@@ -201,6 +212,7 @@ class EvalConfig:
     keypoint_thr: float = 0.2  # rescoring: mean of joint scores above this
 
     def check(self) -> None:
+        check_non_negative("eval.every_epochs", self.every_epochs)
         check_positive("eval.batch_size", self.batch_size)
         check_probability("eval.oks_nms_thr", self.oks_nms_thr)
         check_probability("eval.keypoint_thr", self.keypoint_thr)
@@ -214,6 +226,7 @@ class LogConfig:
     group: str = ""
     name: str = ""
     tags: list[str] = field(default_factory=list)
+    every_steps: int = 20  # a train record (loss, lr, images/s) to metrics.jsonl and wandb
     # Without a terminal (a Slurm log, a file) progress is one plain line at most this often
     # instead of a progress bar's carriage returns.
     progress_every_s: float = 30.0
@@ -223,6 +236,7 @@ class LogConfig:
     panel_joints: bool = False
 
     def check(self) -> None:
+        check_positive("log.every_steps", self.every_steps)
         check_positive("log.progress_every_s", self.progress_every_s)
         if self.panel_people < 0:
             raise ConfigError(
@@ -256,6 +270,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     log: LogConfig = field(default_factory=LogConfig)
     launch: LaunchConfig = field(default_factory=LaunchConfig)
@@ -469,9 +484,23 @@ _StrictLoader.add_implicit_resolver(
 # --------------------------------------------------------------------------------------------
 
 
+# Keys that moved to the section of the component that acts on them: old name -> new name.
+RENAMED_KEYS = {
+    "train.log_every": "log.every_steps",
+    "train.checkpoint_every": "checkpoint.every_steps",
+    "train.keep_last": "checkpoint.keep_last",
+    "train.eval_every": "eval.every_epochs",
+}
+
+
 def _merge(base: dict[str, Any], update: dict[str, Any], prefix: str, origin: str) -> None:
     for key, value in update.items():
         dotted = f"{prefix}{key}"
+        if dotted in RENAMED_KEYS:
+            raise ConfigError(
+                f"config key '{dotted}' ({origin}) is now '{RENAMED_KEYS[dotted]}' (the same "
+                "value and unit); rename it there"
+            )
         if key not in base:
             _unknown_key(dotted, list(base), origin)
         if isinstance(base[key], dict):

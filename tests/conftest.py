@@ -107,9 +107,9 @@ def tiny_overrides():
             "train.batch_size": 8,
             "train.budget_images": 0,  # configs/demo.yaml trains to an image budget
             "train.warmup_steps": 2,
-            "train.log_every": 2,
-            "train.checkpoint_every": 4,
-            "train.eval_every": 0,
+            "log.every_steps": 2,
+            "checkpoint.every_steps": 4,
+            "eval.every_epochs": 0,
             "train.precision": "fp32",
             "log.wandb": "off",
             "run.dir": run_dir,

@@ -24,7 +24,7 @@ TRAIN = ["launch/train.py", "--config", "configs/demo.yaml"]
 def base_run(shards, module_tmp, tiny_overrides, run_python):
     """A run of 4 steps with checkpoints at steps 2 and 4."""
     run = module_tmp / "run"
-    extra = {"train.max_steps": 4, "train.checkpoint_every": 2}
+    extra = {"train.max_steps": 4, "checkpoint.every_steps": 2}
     done = run_python([*TRAIN, *tiny_overrides(shards, run, **extra)])
     assert done.returncode == 0, done.stderr[-3000:]
     assert RunFolder(run).checkpoint_tags() == ["step-000000002", "step-000000004"]
@@ -39,7 +39,7 @@ def resume(shards, tiny_overrides, run_python):
         shutil.copytree(base, run)
         if damage:
             damage(RunFolder(run))
-        overrides = {"train.max_steps": 6, "train.checkpoint_every": 2, **extra}
+        overrides = {"train.max_steps": 6, "checkpoint.every_steps": 2, **extra}
         return run_python([*TRAIN, *tiny_overrides(shards, run, **overrides)])
 
     return go
@@ -137,8 +137,8 @@ def test_non_finite_weights_are_never_saved(shards, tmp_path, tiny_overrides, ru
     extra = {
         "train.lr": 1e30,
         "train.max_steps": 6,
-        "train.checkpoint_every": 1,
-        "train.log_every": 10,
+        "checkpoint.every_steps": 1,
+        "log.every_steps": 10,
     }
     done = run_python([*TRAIN, *tiny_overrides(shards, run, **extra)])
     assert done.returncode == 1, done.stderr[-3000:]
@@ -170,13 +170,17 @@ class FailingEngine:
 
 
 def checkpointer(tmp_path, error):
-    from pose.config import TrainConfig
+    from pose.config import CheckpointConfig
     from pose.engine.checkpoint import Checkpointer, RunState
+    from pose.engine.distributed import BatchNormAverage, DistEnv
     from pose.engine.schedule import StepPlan
 
     plan = StepPlan(steps_per_epoch=10, total_steps=100)
     run = RunFolder(tmp_path / "run")
-    saver = Checkpointer(run, FailingEngine(error), TrainConfig(), plan, is_main=True)
+    env = DistEnv(0, 1, 0, torch.device("cpu"), "gloo", "single")
+    engine = FailingEngine(error)
+    batchnorm = BatchNormAverage(engine.model, env)
+    saver = Checkpointer(run, engine, CheckpointConfig(), plan, env, batchnorm, grad_accum=1)
     return saver, run, RunState(step=3, best_ap=0.0)
 
 

@@ -82,7 +82,7 @@ def _batchnorm_ranks(rank: int, port: int, queue) -> None:
     import torch
     import torch.distributed as dist
 
-    from pose.engine.distributed import average_batchnorm_statistics
+    from pose.engine.distributed import DistEnv, average_batchnorm_statistics
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
@@ -92,7 +92,8 @@ def _batchnorm_ranks(rank: int, port: int, queue) -> None:
     for _ in range(3):
         model(torch.randn(8, 3, 9, 9) * (1 + rank) + 5 * rank)
     before = [b.tolist() for n, b in model.named_buffers() if "running" in n]
-    layers = average_batchnorm_statistics(model)
+    env = DistEnv(rank, 2, rank, torch.device("cpu"), "gloo", "single")
+    layers = average_batchnorm_statistics(model, env)
     after = [b.tolist() for n, b in model.named_buffers() if "running" in n]
     # plain lists: a tensor would travel as a shared-memory fd, which the receiver can only
     # fetch while this process lives

@@ -340,7 +340,7 @@ def test_a_checkpoint_written_on_the_gpu_loads_without_cuda_and_resumes(
     cannot see CUDA (CUDA_VISIBLE_DEVICES=""), and resumed to step 6: its weights must be the
     uninterrupted run's (to a tolerance: GPU convolutions may pick non-deterministic
     algorithms)."""
-    extra = {"train.checkpoint_every": 3, "train.keep_last": 100, "data.backend": "torch"}
+    extra = {"checkpoint.every_steps": 3, "checkpoint.keep_last": 100, "data.backend": "torch"}
     extra.update({"train.precision": "bf16" if ON_GPU else "fp32", "train.max_steps": 6})
     whole = run_python([*TRAIN, *tiny_overrides(shards, tmp_path / "whole", **extra)])
     assert whole.returncode == 0, whole.stderr[-3000:]

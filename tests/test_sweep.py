@@ -28,7 +28,7 @@ def test_local_sweep_runs_and_compares_without_slurm(
         shards,
         val_ann,
         {"model.attention": ["none", "holistic"]},
-        **{"train.max_steps": 6, "train.eval_every": 1},
+        **{"train.max_steps": 6, "eval.every_epochs": 1},
     )
     out = tmp_path / "sweep"
     done = sweep_cli(path, "--local", "--out", out)
@@ -115,7 +115,7 @@ def test_slurm_sweep_of_three_variants_completes_and_compares(
         shards,
         val_ann,
         {"model.attention": ["none", "holistic", "partwise"]},
-        **{"train.max_steps": 6, "train.eval_every": 1},
+        **{"train.max_steps": 6, "eval.every_epochs": 1},
     )
     out = tmp_path / "sweep"
     done = sweep_cli(path, "--out", out, "--wait", env=slurm.conf)
@@ -177,7 +177,7 @@ def test_requeued_and_timed_out_jobs_resume_from_their_checkpoints(
         shards,
         val_ann,
         {"seed": [0, 1]},
-        **{"train.max_steps": 2000, "train.checkpoint_every": 1000},
+        **{"train.max_steps": 2000, "checkpoint.every_steps": 1000},
     )
     out = tmp_path / "sweep"
     done = sweep_cli(path, "--out", out, env=slurm.conf)

@@ -1,11 +1,10 @@
-"""The training loop end to end (pose/engine/trainer.py): two ranks under torchrun, a killed run
-resuming to the same weights, a NaN loss stopping the run, and what the loop derives from one
-step counter."""
+"""The training loop end to end through launch/train.py (pose/engine/trainer.py): two ranks
+under torchrun, killed runs resuming to the same weights, stop signals, a busy run folder, hung
+ranks and budgets. What needs no process of its own is tested in-process in test_loop.py."""
 
 import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -85,41 +84,6 @@ def test_killed_run_resumes_to_the_same_weights(
     assert steps[-1] == 12 and steps.count(2) == 1  # appended after the resume, not truncated
 
 
-def test_one_checkpoint_per_step_and_epochs_from_the_step_counter(
-    shards, tmp_path, tiny_overrides, run_python
-):
-    """An epoch of the tiny shards is a few steps; checkpoints every 4 steps, at each epoch end
-    and at the last step, each written once (no second tag for an epoch end that falls on a
-    checkpoint step); every record's epoch is the epochs completed after its step."""
-    from pose.config import load_config
-    from pose.data.backends import build_loader
-    from pose.data.loader import LoaderSpec
-
-    run = tmp_path / "run"
-    overrides = tiny_overrides(shards, run, **{"train.epochs": 3, "train.keep_last": 100})
-    cfg = load_config("configs/demo.yaml", overrides)
-    per_epoch = build_loader(LoaderSpec(cfg.data, "train", 8)).batches_per_epoch
-    done = run_python([*TRAIN, *overrides])
-    assert done.returncode == 0, done.stderr[-3000:]
-    total = 3 * per_epoch
-    expected = sorted(
-        {s for s in range(1, total + 1) if s % 4 == 0 or s % per_epoch == 0 or s == total}
-    )
-    assert RunFolder(run).checkpoint_tags() == [f"step-{s:09d}" for s in expected]
-    assert RunFolder(run).latest_tag() == f"step-{total:09d}"
-    for record in read_metrics(run):  # one meaning in every row: epochs completed
-        assert record["epoch"] == record["step"] // per_epoch
-    start = next(r for r in read_metrics(run) if r["split"] == "run")
-    assert start["steps_per_epoch"] == per_epoch
-
-
-def test_nan_loss_stops_naming_the_step(shards, tmp_path, tiny_overrides, run_python):
-    extra = {"train.lr": 1e30, "train.max_steps": 6}
-    done = run_python([*TRAIN, *tiny_overrides(shards, tmp_path / "nan", **extra)])
-    assert done.returncode == 1, done.stderr[-2000:]
-    assert "loss is not finite at step" in done.stderr
-
-
 def wait_for(predicate, timeout: float = 300, poll: float = 0.05):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -145,7 +109,7 @@ def test_random_kills_with_loader_workers_resume_to_the_same_weights(
     metrics.jsonl holds each step once."""
     import random
 
-    extra = {"train.max_steps": 20, "train.checkpoint_every": 3, "data.num_workers": 2}
+    extra = {"train.max_steps": 20, "checkpoint.every_steps": 3, "data.num_workers": 2}
     whole = run_python([*TRAIN, *tiny_overrides(shards, tmp_path / "whole", **extra)])
     assert whole.returncode == 0, whole.stderr[-3000:]
     run = tmp_path / "killed"
@@ -283,8 +247,8 @@ def test_a_hung_rank_is_reported_with_rank_and_host_within_the_timeout(
     run, timeout_s = tmp_path / "run", 20
     torchrun = ["-m", "torch.distributed.run", "--nproc_per_node", "2"]
     torchrun += ["--master_port", str(free_port())]
-    extra = {"train.epochs": 1000, "train.batch_size": 2, "train.log_every": 10_000}
-    extra.update({"train.checkpoint_every": 10_000, "launch.collective_timeout_s": timeout_s})
+    extra = {"train.epochs": 1000, "train.batch_size": 2, "log.every_steps": 10_000}
+    extra.update({"checkpoint.every_steps": 10_000, "launch.collective_timeout_s": timeout_s})
     args = [*TRAIN, *tiny_overrides(shards, run, **extra)]
     extensions = tmp_path / "torch_extensions"
     agent = subprocess.Popen(
@@ -326,32 +290,6 @@ def started(run: Path) -> bool:
         return any(r["split"] == "run" for r in read_metrics(run))
     except (OSError, ValueError):
         return False
-
-
-def test_samples_that_do_not_decode_are_named_counted_and_bounded(
-    shards, tmp_path, tiny_overrides, run_python
-):
-    from pose.data.shards import ShardSet, iter_samples
-
-    copy = tmp_path / "shards"
-    shutil.copytree(shards, copy)
-    tar = ShardSet.open(copy / "train").tars[0]
-    data = bytearray(tar.read_bytes())
-    key, _ = next(iter_samples(tar))
-    start = data.index(b"\xff\xd8\xff")
-    data[start : start + 400] = b"\x00" * 400  # the first JPEG no longer decodes
-    tar.write_bytes(bytes(data))
-    extra = {"train.max_steps": 8, "train.log_every": 1, "data.max_bad_fraction": 0.2}
-    done = run_python([*TRAIN, *tiny_overrides(copy, tmp_path / "run", **extra)])
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert f"skipped a sample that does not decode: {tar.name} {key}" in done.stdout
-    assert train_records(tmp_path / "run")[-1]["bad_samples"] == 2  # read in each of 2 epochs
-    strict = {**extra, "data.max_bad_fraction": 0.0}
-    done = run_python([*TRAIN, *tiny_overrides(copy, tmp_path / "strict", **strict)])
-    assert done.returncode == 1
-    assert "1 of" in done.stderr and "did not decode, more than data.max_bad_fraction=0.0" in (
-        done.stderr
-    )
 
 
 def test_an_image_budget_ends_at_its_step_with_the_lr_at_its_floor(

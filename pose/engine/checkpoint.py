@@ -1,6 +1,13 @@
 """Checkpoints of a training run: when to save, what is saved, restoring the latest, pruning,
 marking the best, and finding the weights a `--checkpoint` argument means.
 
+The checkpointer decides when it acts (the loop only reports each step): every
+`checkpoint.every_steps` steps, at each epoch end, after each evaluation, at the last step and
+when the run is asked to stop. Before it saves, the ranks' BatchNorm statistics are averaged
+(one set, evaluated and saved) and the run is checked healthy; an evaluation that scored at least
+the best AP so far marks the checkpoint saved after it as `best`, which therefore always names
+weights that were scored.
+
 A checkpoint is DeepSpeed's state (model, optimizer, lr schedule, loss scaler), written by the
 engine adapter under `checkpoints/<tag>/`, plus our client state (the optimizer step, best AP,
 RNG states). `checkpoints/latest` is pointed at a tag only after every rank has written its
@@ -17,12 +24,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pose.config import TrainConfig
+from pose.config import CheckpointConfig
 from pose.data.layout import KeypointLayout, load_layout
 from pose.engine.deepspeed_adapter import MODEL_STATES_FILE, TrainEngine
-from pose.engine.distributed import is_collective_failure
+from pose.engine.distributed import BatchNormAverage, DistEnv, any_rank, is_collective_failure
 from pose.engine.errors import CheckpointError, TrainingError
 from pose.engine.schedule import StepPlan
+from pose.engine.step_metrics import StepMetrics
 from pose.files import out_of_space, refused_pickle
 from pose.folders import ExportFolder, RunFolder
 
@@ -43,18 +51,57 @@ def tag_for(step: int) -> str:
 
 
 class Checkpointer:
-    """Saves every `checkpoint_every` steps, at each epoch end, at the last step and when the
-    run is asked to stop: at most one checkpoint per step, so a finished one is never written
-    again."""
+    """At most one checkpoint per step, so a finished one is never written again."""
 
     def __init__(
-        self, run: RunFolder, engine: TrainEngine, cfg: TrainConfig, plan: StepPlan, is_main: bool
+        self,
+        run: RunFolder,
+        engine: TrainEngine,
+        cfg: CheckpointConfig,
+        plan: StepPlan,
+        env: DistEnv,
+        batchnorm: BatchNormAverage,
+        grad_accum: int,
     ):
-        self.run, self.engine, self.cfg, self.plan, self.is_main = run, engine, cfg, plan, is_main
+        self.run, self.engine, self.cfg, self.plan, self.env = run, engine, cfg, plan, env
+        self.batchnorm, self.grad_accum = batchnorm, grad_accum
 
-    def due(self, step: int, stopping: bool) -> bool:
-        every = step % self.cfg.checkpoint_every == 0
-        return stopping or every or self.plan.ends_epoch(step) or self.plan.is_last(step)
+    def due(self, step: int, stopping: bool, evaluated: bool = False) -> bool:
+        every = step % self.cfg.every_steps == 0
+        ends = self.plan.ends_epoch(step) or self.plan.is_last(step)
+        return stopping or evaluated or every or ends
+
+    def after_step(
+        self, state: RunState, stopping: bool, evaluation: dict | None, metrics: StepMetrics
+    ) -> str | None:
+        """Save when due (an `evaluation` this step makes it due), after BatchNorm averaging
+        and a health check; mark it best when the evaluation's AP is the best so far. Returns
+        the tag saved, or None."""
+        if evaluation is not None:
+            ap = evaluation.get("AP", -1.0)  # the same on all ranks
+            improved = ap >= state.best_ap
+            state.best_ap = max(state.best_ap, ap)
+        if not self.due(state.step, stopping, evaluation is not None):
+            return None
+        self.batchnorm.at(state.step)
+        self._check_healthy(metrics, state.step)
+        tag = self.save(state)
+        if evaluation is not None and improved:
+            self.mark_best(tag)
+        return tag
+
+    def _check_healthy(self, metrics: StepMetrics, step: int) -> None:
+        """No non-finite loss since the last log step, no non-finite weight, on any rank; a
+        run that fails this stops with the last good checkpoint as `latest`."""
+        bad_loss = int(metrics.first_bad)  # a host sync, once per checkpoint
+        model = self.engine.model
+        finite = torch.stack([p.detach().isfinite().all() for p in model.parameters()])
+        if any_rank(bad_loss >= 0 or not bool(finite.all()), self.env):
+            where = f"at step {bad_loss}" if bad_loss >= 0 else f"by step {step}"
+            raise TrainingError(
+                f"loss or weights are not finite {where}; no checkpoint of them is written, "
+                f"the last good one is {self.run.latest_tag() or 'none'} in {self.run.checkpoints}"
+            )
 
     def save(self, state: RunState) -> str:
         """Write a checkpoint of `state` on every rank (a collective); returns its tag. A
@@ -65,7 +112,7 @@ class Checkpointer:
             "global_step": state.step,
             "best_ap": state.best_ap,
             "epoch": epoch,  # for people reading the file; restoring derives them from the step
-            "step_in_epoch": batch * self.cfg.grad_accum,
+            "step_in_epoch": batch * self.grad_accum,
             "rng": rng_state(),
         }
         try:
@@ -80,7 +127,7 @@ class Checkpointer:
                 f"could not write checkpoint {self.run.checkpoint(tag)}: {why}; the previous "
                 f"checkpoint ({kept}) is kept"
             ) from None
-        if self.is_main:
+        if self.env.is_main:
             self.run.set_latest(tag)
             prune(self.run, self.cfg.keep_last)
         return tag
@@ -95,7 +142,7 @@ class Checkpointer:
         return 3 * sum(v.numel() * v.element_size() for v in state)
 
     def mark_best(self, tag: str) -> None:
-        if self.is_main:
+        if self.env.is_main:
             self.run.set_best(tag)
 
     def restore(self) -> RunState | None:

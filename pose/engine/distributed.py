@@ -277,7 +277,7 @@ def where_am_i() -> str:
     return f"rank {rank} of {world} on {socket.gethostname()}"
 
 
-def average_batchnorm_statistics(model: torch.nn.Module) -> int:
+def average_batchnorm_statistics(model: torch.nn.Module, env: DistEnv) -> int:
     """Make every rank's BatchNorm running mean and variance the mean over ranks; returns how
     many layers. Each rank's running statistics are an exponential average of the batches it
     saw; the average over ranks is the same exponential average of the ranks' mean batch
@@ -286,7 +286,7 @@ def average_batchnorm_statistics(model: torch.nn.Module) -> int:
     an uninterrupted one. Rank 0's alone (what a DeepSpeed checkpoint would keep) would rest on
     1/W of the data. The variance is the mean of the ranks' variances: the spread between the
     ranks' means is left out, as in timm's distribute_bn."""
-    if not dist.is_initialized() or dist.get_world_size() == 1:
+    if env.world_size == 1:
         return 0
     layers = [
         m
@@ -298,10 +298,24 @@ def average_batchnorm_statistics(model: torch.nn.Module) -> int:
     stats = [t for m in layers for t in (m.running_mean, m.running_var)]
     flat = torch.cat([t.detach().reshape(-1).float() for t in stats])
     dist.all_reduce(flat)
-    flat /= dist.get_world_size()
+    flat /= env.world_size
     offset = 0
     with torch.no_grad():
         for t in stats:
             t.copy_(flat[offset : offset + t.numel()].view_as(t))
             offset += t.numel()
     return len(layers)
+
+
+class BatchNormAverage:
+    """`average_batchnorm_statistics` at most once per step, for the components that need one
+    set of statistics at a step (the evaluator and the checkpointer): statistics already equal
+    on every rank could still move by rounding if averaged again."""
+
+    def __init__(self, model: torch.nn.Module, env: DistEnv):
+        self.model, self.env, self.step = model, env, -1
+
+    def at(self, step: int) -> None:
+        if step != self.step:
+            average_batchnorm_statistics(self.model, self.env)
+            self.step = step

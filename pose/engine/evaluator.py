@@ -1,6 +1,7 @@
-"""Evaluation during training: when it runs (at the end of every `train.eval_every`-th epoch
-and after the last step) and what it leaves behind in the run folder (the metrics through the
-tracker, the COCO results, and a picture of predictions on val crops)."""
+"""Evaluation during training: the evaluator decides when it runs (at the end of every
+`eval.every_epochs`-th epoch and after the last step, never on a step the run stops at) and
+what it leaves behind in the run folder (the metrics through the tracker, the COCO results,
+and a picture of predictions on val crops)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ import math
 
 import torch
 
-from pose.config import DataConfig, EvalConfig, LogConfig
+from pose.config import Config
 from pose.data.loader import Loader
+from pose.engine.distributed import BatchNormAverage, DistEnv
 from pose.engine.schedule import StepPlan
 from pose.eval.evaluate import evaluate, model_predictor, print_metrics
 from pose.folders import RunFolder
@@ -21,62 +23,72 @@ class Evaluator:
     def __init__(
         self,
         loader: Loader,
-        cfg: EvalConfig,
-        data: DataConfig,
-        every_epochs: int,
+        cfg: Config,
         plan: StepPlan,
         run: RunFolder,
         tracker: Tracker,
-        log: LogConfig,
+        env: DistEnv,
+        batchnorm: BatchNormAverage,
     ):
-        self.loader, self.cfg, self.data, self.log = loader, cfg, data, log
-        self.every_epochs, self.plan = every_epochs, plan
-        self.run, self.tracker = run, tracker
+        self.loader, self.cfg, self.plan, self.run = loader, cfg, plan, run
+        self.tracker, self.env, self.batchnorm = tracker, env, batchnorm
 
-    def due(self, step: int) -> bool:
-        if not self.every_epochs:
+    def due(self, step: int, stopping: bool = False) -> bool:
+        every = self.cfg.eval.every_epochs
+        if not every or stopping:
             return False
-        every = (
-            self.plan.ends_epoch(step) and self.plan.completed_epochs(step) % self.every_epochs == 0
-        )
-        return every or self.plan.is_last(step)
+        ends = self.plan.ends_epoch(step) and self.plan.completed_epochs(step) % every == 0
+        return ends or self.plan.is_last(step)
+
+    def after_step(
+        self, model: torch.nn.Module, step: int, stopping: bool, autocast
+    ) -> dict | None:
+        """The metrics of an evaluation when one is due after `step` (on every rank), else
+        None."""
+        if not self.due(step, stopping):
+            return None
+        self.batchnorm.at(step)
+        return self.evaluate(model, step, autocast)
 
     def evaluate(self, model: torch.nn.Module, step: int, autocast) -> dict:
-        """Evaluate `model` after `step`; returns the metrics ({} on ranks without them)."""
+        """Evaluate `model` after `step`; returns the metrics ({} when none were scored)."""
+        eval_cfg, data, log = self.cfg.eval, self.cfg.data, self.cfg.log
         epoch = self.plan.completed_epochs(step)
-        flip = self.loader.layout.flip_permutation
-        predict = model_predictor(model, self.cfg, self.data, flip)
+        predict = model_predictor(model, eval_cfg, data, self.loader.layout.flip_permutation)
         metrics = evaluate(
             predict,
             self.loader,
-            self.cfg,
-            self.data,
+            eval_cfg,
+            data,
             self.run.eval_results,
             autocast,
             progress=False,
+            env=self.env,
         )
-        if self.tracker.enabled and self.log.panel_people:  # ground truth, prediction, maps
-            batches = self.loader.epoch(0)
-            batch = next(batches)
-            batches.close()
-            path = self.run.prediction_picture(epoch)
-            picture = prediction_panel(
-                model,
-                batch,
-                path,
-                self.loader.layout,
-                self.data,
-                self.log.panel_people,
-                self.cfg.keypoint_thr,
-                self.log.panel_joints,
-            )
-            self.tracker.log_images(step, {"val/predictions": picture})
+        if self.env.is_main and log.panel_people:  # ground truth, prediction, maps
+            self.tracker.log_images(step, {"val/predictions": self._picture(model, epoch)})
         model.train()
         if metrics is None:
             return {}
         finite = {k: v for k, v in metrics.items() if not math.isnan(v)}
         self.tracker.log({"step": step, "epoch": epoch, "split": "val", **finite})
-        if self.tracker.enabled:
+        if self.env.is_main:
             print(f"\neval after step {step} (epoch {epoch}):", flush=True)
             print_metrics(metrics)
         return metrics
+
+    def _picture(self, model: torch.nn.Module, epoch: int):
+        batches = self.loader.epoch(0)
+        batch = next(batches)
+        batches.close()
+        log = self.cfg.log
+        return prediction_panel(
+            model,
+            batch,
+            self.run.prediction_picture(epoch),
+            self.loader.layout,
+            self.cfg.data,
+            log.panel_people,
+            self.cfg.eval.keypoint_thr,
+            log.panel_joints,
+        )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -29,6 +30,9 @@ from pose.eval.coco_eval import (
     score_results,
     write_json,
 )
+
+if TYPE_CHECKING:  # the engine imports this module; its DistEnv is only passed in
+    from pose.engine.distributed import DistEnv
 
 Predictor = Callable[[dict], torch.Tensor]  # a batch -> heatmaps (N, K, h, w)
 
@@ -106,19 +110,20 @@ def evaluate(
     results_path: str | Path | None = None,
     autocast=None,
     progress: bool = True,
+    env: DistEnv | None = None,
 ) -> dict | None:
     """COCO keypoint metrics of `predict` on the loader's split, scored against `data.val_ann`
-    (on rank 0; None elsewhere unless torch.distributed is up, where every rank gets them).
-    The COCO results (the detections scored) are written to `results_path` when given."""
-    distributed = dist.is_available() and dist.is_initialized()
-    rank = dist.get_rank() if distributed else 0
+    on rank 0 and sent to every rank of `env` (the loader reads this rank's part; None: one
+    process). The COCO results (the detections scored) go to `results_path` when given."""
+    distributed = env is not None and env.world_size > 1
+    rank = env.rank if env is not None else 0
     preds: list[Prediction] = []
     with torch.no_grad(), autocast or contextlib.nullcontext():
         quiet = rank != 0 or not progress
         batches = tqdm(loader.epoch(0), total=loader.batches_per_epoch, desc="eval", disable=quiet)
         for batch in batches:
             preds += batch_predictions(predict(batch), batch, cfg.decode, data)
-    gathered, bad = _gather(preds, loader.bad_samples, distributed, rank)
+    gathered, bad = _gather(preds, loader.bad_samples, env if distributed else None)
     metrics = None
     if rank == 0:
         check_predictions(gathered, loader.shards.num_samples - bad, loader.shards.folder)
@@ -152,15 +157,14 @@ def check_ground_truth(ann_file: str | Path, shards) -> list[str]:
     return notes
 
 
-def _gather(
-    preds: list[Prediction], bad: int, distributed: bool, rank: int
-) -> tuple[list[Prediction], int]:
-    """Every rank's predictions and count of skipped samples, on rank 0."""
-    if not distributed:
+def _gather(preds: list[Prediction], bad: int, env: DistEnv | None) -> tuple[list[Prediction], int]:
+    """Every rank's predictions and count of skipped samples, on rank 0 (`env` None: this
+    process's)."""
+    if env is None:
         return preds, bad
-    parts = [None] * dist.get_world_size() if rank == 0 else None
+    parts = [None] * env.world_size if env.rank == 0 else None
     dist.gather_object((preds, bad), parts, dst=0)
-    if rank != 0:
+    if env.rank != 0:
         return [], 0
     return [p for part, _ in parts for p in part], sum(count for _, count in parts)
 
