@@ -30,7 +30,30 @@ from pathlib import Path
 from pose.files import atomic_write
 
 
-class ExportFolder:
+class _Folder:
+    """A folder with its path; `__repr__` names its kind."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}('{self.path}')"
+
+
+class _ModelFolder(_Folder):
+    """A folder that describes a model: the config it was trained with and its keypoint
+    layout, under the same names in a run folder and an export folder."""
+
+    @property
+    def config(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def layout(self) -> Path:
+        return self.path / "layout.yaml"
+
+
+class ExportFolder(_ModelFolder):
     """The layout of an export folder (launch/export.py), in one place:
 
     model_state_dict.pth  the model's weights, a plain state dict
@@ -40,23 +63,9 @@ class ExportFolder:
     export_check.json     how far each export's heatmaps lie from the model's
     """
 
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-
-    def __repr__(self) -> str:
-        return f"ExportFolder('{self.path}')"
-
     @property
     def weights(self) -> Path:
         return self.path / "model_state_dict.pth"
-
-    @property
-    def config(self) -> Path:
-        return self.path / "config.yaml"
-
-    @property
-    def layout(self) -> Path:
-        return self.path / "layout.yaml"
 
     @property
     def onnx(self) -> Path:
@@ -78,13 +87,13 @@ class RunFolderBusy(RuntimeError):
     """Another process holds the run folder's lock; the message names its host and pid."""
 
 
-class RunFolder:
+class RunFolder(_ModelFolder):
     METRICS = "metrics.jsonl"
 
     def __init__(self, path: str | os.PathLike):
         if not str(path):
             raise ValueError("a run folder needs a path (run.dir is empty)")
-        self.path = Path(path)
+        super().__init__(path)
 
     @classmethod
     def default_for(cls, config_path: str | os.PathLike) -> RunFolder:
@@ -98,17 +107,6 @@ class RunFolder:
 
     def has_started(self) -> bool:
         return self.metrics.is_file()
-
-    def __repr__(self) -> str:
-        return f"RunFolder('{self.path}')"
-
-    @property
-    def config(self) -> Path:
-        return self.path / "config.yaml"
-
-    @property
-    def layout(self) -> Path:
-        return self.path / "layout.yaml"
 
     @property
     def metrics(self) -> Path:
@@ -202,7 +200,7 @@ class RunFolder:
         return path.read_text().strip()
 
 
-class SweepFolder:
+class SweepFolder(_Folder):
     """The layout of a sweep folder (pose.sweep.submit), in one place:
 
     sweep.yaml          a copy of the sweep file it was submitted from
@@ -211,12 +209,6 @@ class SweepFolder:
     submitit/<job id>/  submitit's pickled job, its result and the job's stdout and stderr
     compare/            what launch/compare.py writes by default
     """
-
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-
-    def __repr__(self) -> str:
-        return f"SweepFolder('{self.path}')"
 
     @property
     def spec(self) -> Path:
