@@ -199,6 +199,10 @@ class TorchLoader(Loader):
             pin_memory=self.spec.device.type == "cuda",
             persistent_workers=False,
             worker_init_fn=_leave_interrupts_to_the_main_process,
+            # the iterator draws its workers' base seed from this, not from torch's global RNG,
+            # which the model's own randomness (drop path) uses: a run resumed mid-epoch makes
+            # an iterator the uninterrupted run did not, and must draw the same masks after it
+            generator=torch.Generator().manual_seed(dataset.seed),
         )
         for batch in loader:
             if "error" in batch:
