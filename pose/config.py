@@ -79,6 +79,9 @@ class ModelConfig:
     deconv_kernel: Literal[2, 3, 4] = 4
     attention_kernel: int = 1  # k of the shared mean-field kernel
     attention_steps: int = 3  # T mean-field iterations
+    # Stochastic depth of a transformer backbone: the drop rate of its last block, rising
+    # linearly from 0 (ViTPose: 0.1 for S, 0.3 for B, 0.5 for L and H); ResNets have none.
+    drop_path: float = 0.0
     # Backbone weights from a local file: torchvision ImageNet ResNet weights, or a trained pose
     # model's (a weights file, or an export, run or checkpoint folder, resolved as --checkpoint
     # is), of which only the backbone is taken; "" = random init.
@@ -105,6 +108,8 @@ class ModelConfig:
         if self.attention != "none" and self.deconv_layers == 0:
             fail_key("model.attention", f"'{self.attention}' attends over deconvolution stages")
         check_positive("model.deconv_filters", self.deconv_filters)
+        if not 0 <= self.drop_path < 1:
+            fail_key("model.drop_path", f"{self.drop_path} must lie in [0, 1)")
         if self.attention_kernel <= 0 or self.attention_kernel % 2 == 0:
             fail_key(
                 "model.attention_kernel", f"{self.attention_kernel} must be a positive odd size"

@@ -148,3 +148,46 @@ def test_a_resumed_trainer_continues_from_its_checkpoint_in_process(trainer, tmp
     assert again.train().step == 6
     starts = [r for r in read_metrics(tmp_path / "run") if r["split"] == "run"]
     assert [r["resumed"] for r in starts] == [False, True] and starts[1]["step"] == 4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("attention", ["none", "holistic", "partwise"])
+def test_vitpose_trains_resumes_exactly_evaluates_and_exports(
+    attention, trainer, synthetic_dataset, tmp_path
+):
+    """ViTPose-S (timm's ViT, the classic decoder, drop path on) on the tiny shards: 4 steps,
+    and the same run resumed from its step-2 checkpoint, end at the same weights bit for bit;
+    it is evaluated after its last step, exports to ONNX and torch.export programs that
+    onnxruntime and torch run as the model (launch/export.py checks), and predicts."""
+    from launch.export import main as export_main
+    from launch.predict import main as predict_main
+    from pose.engine.deepspeed_adapter import MODEL_STATES_FILE
+
+    val_ann = synthetic_dataset / "annotations" / "person_keypoints_val.json"
+    extra = {"model.backbone": "vitpose_s", "model.deconv_layers": 2, "model.drop_path": 0.1}
+    extra |= {"model.attention": attention, "data.val_ann": val_ann, "eval.flip_test": False}
+    extra |= {"log.panel_people": 0}
+    extra |= {"eval.every_epochs": 1000, "train.max_steps": 4}  # evaluated after step 4 only
+    extra |= {"checkpoint.every_steps": 2, "checkpoint.keep_last": 10}
+    whole = trainer(tmp_path / "whole", **extra).train()
+    assert whole.step == 4 and "AP" in whole.metrics
+    shutil.copytree(tmp_path / "whole", tmp_path / "parts")
+    parts = RunFolder(tmp_path / "parts")  # as if killed after writing step 2's checkpoint
+    shutil.rmtree(parts.checkpoint("step-000000004"))
+    (parts.checkpoints / "best").unlink()
+    parts.set_latest("step-000000002")
+    assert trainer(parts.path, **extra).train().step == 4
+
+    def weights(run: Path) -> dict:
+        folder = RunFolder(run)
+        path = folder.checkpoint(folder.latest_tag()) / MODEL_STATES_FILE
+        return torch.load(path, map_location="cpu", weights_only=True)["module"]
+
+    one, two = weights(tmp_path / "whole"), weights(tmp_path / "parts")
+    assert one.keys() == two.keys() and all(torch.equal(one[k], two[k]) for k in one)
+    image = sorted((synthetic_dataset / "images" / "val").iterdir())[0]
+    out = tmp_path / "export"
+    assert export_main(["--checkpoint", str(tmp_path / "whole"), "--out", str(out)]) == 0
+    predicted = tmp_path / "predict"
+    argv = ["--checkpoint", str(out), "--image", str(image), "--out", str(predicted)]
+    assert predict_main(argv) == 0 and (predicted / "keypoints.json").is_file()

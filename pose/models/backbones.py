@@ -31,25 +31,25 @@ class ResNetBackbone(nn.Module):
 
 
 @register_backbone("resnet18", channels=512, stride=32)
-def resnet18() -> nn.Module:
+def resnet18(cfg) -> nn.Module:
     return ResNetBackbone("resnet18")
 
 
 @register_backbone("resnet34", channels=512, stride=32)
-def resnet34() -> nn.Module:
+def resnet34(cfg) -> nn.Module:
     return ResNetBackbone("resnet34")
 
 
 @register_backbone("resnet50", channels=2048, stride=32)
-def resnet50() -> nn.Module:
+def resnet50(cfg) -> nn.Module:
     return ResNetBackbone("resnet50")
 
 
 @register_backbone("resnet101", channels=2048, stride=32)
-def resnet101() -> nn.Module:
+def resnet101(cfg) -> nn.Module:
     return ResNetBackbone("resnet101")
 
 
 @register_backbone("resnet152", channels=2048, stride=32)
-def resnet152() -> nn.Module:
+def resnet152(cfg) -> nn.Module:
     return ResNetBackbone("resnet152")

@@ -20,7 +20,7 @@ def build_model(cfg: ModelConfig, num_joints: int) -> nn.Module:
         spec = backbone_spec(cfg.backbone)
     except KeyError as e:
         raise ValueError(f"model.backbone: {e.args[0]}") from None
-    return SimpleBaseline(cfg, num_joints, spec.builder(), spec.channels)
+    return SimpleBaseline(cfg, num_joints, spec.builder(cfg), spec.channels)
 
 
 def load_pretrained(model: nn.Module, weights: str | Path) -> None:

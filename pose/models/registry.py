@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from torch import nn
 
@@ -17,7 +18,8 @@ from torch import nn
 @dataclass(frozen=True)
 class BackboneSpec:
     name: str
-    builder: Callable[[], nn.Module]  # image -> feature maps, randomly initialised
+    # (the model config: ModelConfig) -> the module, image -> feature maps, randomly initialised
+    builder: Callable[[Any], nn.Module]
     channels: int  # of its output features
     stride: int  # input pixels per output feature pixel
 
@@ -28,7 +30,7 @@ BACKBONES: dict[str, BackboneSpec] = {}
 def register_backbone(name: str, channels: int, stride: int):
     """Decorator: register a builder (returning the backbone module) under `name`."""
 
-    def add(builder: Callable[[], nn.Module]):
+    def add(builder: Callable[[Any], nn.Module]):
         if name in BACKBONES:
             raise ValueError(f"backbone '{name}' is registered twice")
         if channels <= 0 or stride <= 0 or stride & (stride - 1):
@@ -57,4 +59,5 @@ def backbone_spec(name: str) -> BackboneSpec:
 
 def _register_builtin() -> None:
     """Import the modules whose decorators register the built-in backbones (once)."""
-    import pose.models.backbones  # noqa: F401
+    import pose.models.backbones
+    import pose.models.vitpose  # noqa: F401  (timm ViTs as ViTPose uses them)

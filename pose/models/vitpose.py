@@ -1,0 +1,64 @@
+"""ViTPose's backbones (Xu et al. 2022): plain vision transformers from timm, patches of 16,
+no class token, their tokens laid back out as a feature map of stride 16. ViTPose's classic
+decoder is the Simple Baselines head with two deconvolutions (`model.deconv_layers: 2`,
+`deconv_filters: 256`), so `vitpose_b` with it is ViTPose-B (89.99 M parameters at 256x192).
+
+The position embedding is sized for 256x192 inputs (16 x 12 patches), as ViTPose trains them;
+other input sizes interpolate it (timm's `dynamic_img_size`)."""
+
+from __future__ import annotations
+
+import torch
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+
+from pose.models.registry import register_backbone
+
+PATCH = 16
+GRID_INPUT = (256, 192)  # the input size the position embedding is laid out for
+
+
+class ViTBackbone(nn.Module):
+    """image (N, 3, H, W) -> features (N, width, H/16, W/16) through timm's ViT."""
+
+    def __init__(self, width: int, depth: int, heads: int, drop_path: float):
+        super().__init__()
+        self.vit = VisionTransformer(
+            img_size=GRID_INPUT,
+            patch_size=PATCH,
+            num_classes=0,
+            global_pool="",
+            class_token=False,
+            embed_dim=width,
+            depth=depth,
+            num_heads=heads,
+            mlp_ratio=4.0,
+            qkv_bias=True,
+            drop_path_rate=drop_path,
+            dynamic_img_size=True,
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.vit.forward_features(x)  # (N, h*w, width), the last norm applied
+        n, _, height, width = x.shape
+        grid = (height // PATCH, width // PATCH)
+        return tokens.transpose(1, 2).reshape(n, -1, *grid)
+
+
+# name: (width, depth, heads), ViTPose's S/B/L/H (ViT-S/16, B/16, L/16 and H/16 at patch 16)
+SIZES = {
+    "vitpose_s": (384, 12, 12),
+    "vitpose_b": (768, 12, 12),
+    "vitpose_l": (1024, 24, 16),
+    "vitpose_h": (1280, 32, 16),
+}
+
+
+def _register(name: str, width: int, depth: int, heads: int) -> None:
+    @register_backbone(name, channels=width, stride=PATCH)
+    def build(cfg) -> nn.Module:
+        return ViTBackbone(width, depth, heads, cfg.drop_path)
+
+
+for _name, (_width, _depth, _heads) in SIZES.items():
+    _register(_name, _width, _depth, _heads)
