@@ -105,8 +105,6 @@ class ModelConfig:
                 f"{self.backbone}'s features ({stride}), so at most "
                 f"{min(5, stride.bit_length() - 1)}",
             )
-        if self.attention != "none" and self.deconv_layers == 0:
-            fail_key("model.attention", f"'{self.attention}' attends over deconvolution stages")
         check_positive("model.deconv_filters", self.deconv_filters)
         if not 0 <= self.drop_path < 1:
             fail_key("model.drop_path", f"{self.drop_path} must lie in [0, 1)")
@@ -129,6 +127,12 @@ class ModelConfig:
         return backbone_spec(self.backbone).stride
 
     @property
+    def backbone_layers(self) -> int:
+        from pose.models.registry import backbone_spec  # imports nothing of the project
+
+        return backbone_spec(self.backbone).layers
+
+    @property
     def output_stride(self) -> int:
         """Input pixels per heatmap pixel: the backbone's stride, halved by each deconvolution."""
         return self.backbone_stride >> self.deconv_layers
@@ -149,6 +153,10 @@ class TrainConfig:
     lr: float = 1e-3
     scale_lr: bool = False  # multiply lr by total batch / 128 (the reference's 4 GPUs x 32)
     weight_decay: float = 0.0
+    # Layer-wise lr decay of a transformer backbone (ViTPose's): block i of D trains at
+    # lr x decay^(D - i), the embeddings at lr x decay^(D + 1), its final norm and the head at
+    # lr; biases, norms and the position embedding then get no weight decay. 1 = off.
+    layer_decay: float = 1.0
     schedule: Literal["multistep", "cosine"] = "multistep"
     # cosine: the fraction of the run that holds the peak lr before the cosine decay starts
     # (0: the decay starts after warmup; 0.5: a constant lr for half the run, then a cosine tail)
@@ -187,6 +195,8 @@ class TrainConfig:
             fail_key("train.cosine_start", f"{self.cosine_start} must lie in [0, 1)")
         if self.cosine_start and self.schedule != "cosine":
             fail_key("train.cosine_start", "only train.schedule=cosine has a cosine to start")
+        if not 0 < self.layer_decay <= 1:
+            fail_key("train.layer_decay", f"{self.layer_decay} must lie in (0, 1]")
         if self.ohkm and not self.ohkm_topk > 0:
             fail_key("train.ohkm_topk", f"{self.ohkm_topk} must be positive")
 
@@ -282,6 +292,12 @@ class Config:
 
     def check(self) -> None:
         check_non_negative("seed", self.seed)
+        if self.train.layer_decay < 1 and not self.model.backbone_layers:
+            fail_key(
+                "train.layer_decay",
+                f"model.backbone '{self.model.backbone}' has no layers to decay (a "
+                "transformer backbone such as vitpose_b has)",
+            )
         if self.seed >= 2**31:
             fail_key("seed", f"{self.seed} must be below 2**31")
 

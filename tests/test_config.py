@@ -37,6 +37,26 @@ def test_paper_recipe_values():
     assert cfg.train.batch_size == 32 and cfg.eval.flip_test
 
 
+def test_the_hrnet_and_vitpose_recipes_are_their_papers():
+    hrnet = load_config(CONFIGS / "coco_hrnet_w32_256x192.yaml")
+    assert (hrnet.model.backbone, hrnet.model.deconv_layers, hrnet.model.output_stride) == (
+        "hrnet_w32",
+        0,
+        4,
+    )
+    assert (hrnet.train.optimizer, hrnet.train.lr, hrnet.train.epochs) == ("adam", 1e-3, 210)
+    assert hrnet.train.lr_steps == [170, 200]
+    vitpose = load_config(CONFIGS / "coco_vitpose_b_256x192.yaml")
+    assert (vitpose.model.backbone, vitpose.model.deconv_layers) == ("vitpose_b", 2)
+    assert (vitpose.train.optimizer, vitpose.train.lr, vitpose.train.weight_decay) == (
+        "adamw",
+        5e-4,
+        0.1,
+    )
+    assert (vitpose.train.layer_decay, vitpose.model.drop_path) == (0.75, 0.3)
+    assert (vitpose.train.grad_clip, vitpose.data.target, vitpose.train.epochs) == (1.0, "udp", 210)
+
+
 def test_overrides_are_typed_and_applied_after_the_file():
     cfg = load_config(
         CONFIGS / "coco_res50_256x192.yaml",

@@ -151,12 +151,22 @@ def test_a_resumed_trainer_continues_from_its_checkpoint_in_process(trainer, tmp
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("attention", ["none", "holistic", "partwise"])
-def test_vitpose_trains_resumes_exactly_evaluates_and_exports(
-    attention, trainer, synthetic_dataset, tmp_path
+@pytest.mark.parametrize(
+    ("backbone", "attention"),
+    [
+        ("vitpose_s", "none"),
+        ("vitpose_s", "holistic"),
+        ("vitpose_s", "partwise"),
+        ("hrnet_w32", "none"),
+        ("hrnet_w32", "partwise"),
+    ],
+)
+def test_timm_backbones_train_resume_exactly_evaluate_export_and_predict(
+    backbone, attention, trainer, synthetic_dataset, tmp_path
 ):
-    """ViTPose-S (timm's ViT, the classic decoder, drop path on) on the tiny shards: 4 steps,
-    and the same run resumed from its step-2 checkpoint, end at the same weights bit for bit;
+    """ViTPose-S (timm's ViT, the classic decoder, drop path on) and HRNet-W32 (its 1x1 head)
+    on the tiny shards: 4 steps, and the same run resumed from its step-2 checkpoint, end at the
+    same weights bit for bit;
     it is evaluated after its last step, exports to ONNX and torch.export programs that
     onnxruntime and torch run as the model (launch/export.py checks), and predicts."""
     from launch.export import main as export_main
@@ -164,7 +174,8 @@ def test_vitpose_trains_resumes_exactly_evaluates_and_exports(
     from pose.engine.deepspeed_adapter import MODEL_STATES_FILE
 
     val_ann = synthetic_dataset / "annotations" / "person_keypoints_val.json"
-    extra = {"model.backbone": "vitpose_s", "model.deconv_layers": 2, "model.drop_path": 0.1}
+    layers = {"vitpose_s": 2, "hrnet_w32": 0}[backbone]
+    extra = {"model.backbone": backbone, "model.deconv_layers": layers, "model.drop_path": 0.1}
     extra |= {"model.attention": attention, "data.val_ann": val_ann, "eval.flip_test": False}
     extra |= {"log.panel_people": 0}
     extra |= {"eval.every_epochs": 1000, "train.max_steps": 4}  # evaluated after step 4 only

@@ -64,11 +64,11 @@ def test_a_backbone_is_added_by_registering_it_and_the_config_follows_its_stride
         assert build_model(cfg, 5)(torch.randn(1, 3, 64, 48)).shape == (1, 5, 16, 12)
         with pytest.raises(ConfigError, match=r"model\.deconv_layers.*at most 2"):
             load_config(None, ["model.backbone=stride4net", "model.deconv_layers=3"])
-        with pytest.raises(ConfigError, match=r"model\.attention"):
-            load_config(
-                None,
-                ["model.backbone=stride4net", "model.deconv_layers=0", "model.attention=holistic"],
-            )
+        attended = load_config(
+            None, ["model.backbone=stride4net", "model.deconv_layers=0", "model.attention=partwise"]
+        ).model  # attention over the backbone's features when there is no deconvolution
+        heatmaps, maps = build_model(attended, 5)(torch.randn(1, 3, 64, 48), return_attention=True)
+        assert heatmaps.shape == (1, 5, 16, 12) and set(maps) == {"stage1", "holistic", "parts"}
     finally:
         del BACKBONES["stride4net"]
 
@@ -116,6 +116,19 @@ def test_vitpose_sizes_match_the_official_counts(backbone, params_m, published_g
     assert row["params"] / 1e6 == pytest.approx(params_m, rel=0.01)
     assert row["gmacs"] - row["gmacs_attention"] == pytest.approx(published_gmacs, rel=0.05)
     assert row["gmacs_attention"] > 0 and row["heatmap"] == [64, 48]
+
+
+@pytest.mark.parametrize(
+    ("backbone", "params_m", "paper_gflops"), [("hrnet_w32", 28.5, 7.1), ("hrnet_w48", 63.6, 14.6)]
+)
+def test_hrnet_sizes_match_the_paper(backbone, params_m, paper_gflops):
+    """The pose HRNet with its 1x1 head at 256x192 against the paper (Sun et al. 2019, Table
+    1): parameters within 1%; its "GFLOPs" are multiply-adds / 2^30 (its code divides by
+    1024^3), within 5%."""
+    row = summarize(at_stride_4(backbone), 17, (256, 192))
+    assert row["params"] / 1e6 == pytest.approx(params_m, rel=0.01)
+    assert row["gmacs"] * 1e9 / 2**30 == pytest.approx(paper_gflops, rel=0.05)
+    assert row["heatmap"] == [64, 48]
 
 
 def test_vitpose_trains_at_other_input_sizes_through_its_interpolated_positions():

@@ -36,6 +36,7 @@ from pose.engine.distributed import (
 )
 from pose.engine.evaluator import Evaluator
 from pose.engine.loss import joints_mse_loss
+from pose.engine.optimizer import build_optimizer
 from pose.engine.progress import Progress
 from pose.engine.schedule import StepPlan, base_lr, images_per_step, lr_factor
 from pose.engine.step_metrics import StepMetrics
@@ -138,10 +139,7 @@ class Trainer:
 
     def _build_engine(self) -> TrainEngine:
         train = self.cfg.train
-        optimizer_cls = torch.optim.AdamW if train.optimizer == "adamw" else torch.optim.Adam
-        lr = base_lr(train, self.env.world_size)
-        params = self.model.parameters()
-        optimizer = optimizer_cls(params, lr=lr, weight_decay=train.weight_decay)
+        optimizer = build_optimizer(self.model, train, base_lr(train, self.env.world_size))
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(train, self.plan))
         self.optimizer = optimizer
         return build_engine(
@@ -234,7 +232,8 @@ class Trainer:
             epoch, within = epoch + 1, 0
 
     def _lr(self) -> float:
-        return self.optimizer.param_groups[0]["lr"]
+        """The lr of the head (the highest, with layer-wise decay)."""
+        return max(group["lr"] for group in self.optimizer.param_groups)
 
 
 def prepare_model(model: torch.nn.Module, train: TrainConfig, device: torch.device):

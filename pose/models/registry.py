@@ -22,12 +22,15 @@ class BackboneSpec:
     builder: Callable[[Any], nn.Module]
     channels: int  # of its output features
     stride: int  # input pixels per output feature pixel
+    # blocks for layer-wise lr decay (train.layer_decay), the module telling each parameter's
+    # through `layer_of(name)`; 0: the backbone has no such layers
+    layers: int = 0
 
 
 BACKBONES: dict[str, BackboneSpec] = {}
 
 
-def register_backbone(name: str, channels: int, stride: int):
+def register_backbone(name: str, channels: int, stride: int, layers: int = 0):
     """Decorator: register a builder (returning the backbone module) under `name`."""
 
     def add(builder: Callable[[Any], nn.Module]):
@@ -38,7 +41,7 @@ def register_backbone(name: str, channels: int, stride: int):
                 f"backbone '{name}': channels must be positive and stride a power of two "
                 f"(got {channels}, {stride})"
             )
-        BACKBONES[name] = BackboneSpec(name, builder, channels, stride)
+        BACKBONES[name] = BackboneSpec(name, builder, channels, stride, layers)
         return builder
 
     return add
@@ -60,4 +63,5 @@ def backbone_spec(name: str) -> BackboneSpec:
 def _register_builtin() -> None:
     """Import the modules whose decorators register the built-in backbones (once)."""
     import pose.models.backbones
+    import pose.models.hrnet
     import pose.models.vitpose  # noqa: F401  (timm ViTs as ViTPose uses them)

@@ -44,7 +44,8 @@ class SimpleBaseline(nn.Module):
         # One flat Sequential, named as in the reference, so its checkpoints map one to one.
         self.deconv_layers = nn.Sequential(*layers)
         self.final_layer = nn.Conv2d(channels, num_joints, kernel_size=1)
-        stage_channels = [cfg.deconv_filters] * cfg.deconv_layers
+        # attention attends over each deconvolution's output, or the backbone's without any
+        stage_channels = [cfg.deconv_filters] * cfg.deconv_layers or [channels]
         self.holistic = (
             HolisticAttention(stage_channels, cfg.attention_kernel, cfg.attention_steps)
             if cfg.attention in ("holistic", "partwise")
@@ -77,6 +78,7 @@ class SimpleBaseline(nn.Module):
                 self.deconv_layers[i + 1](self.deconv_layers[i](features))
             )
             stages.append(features)
+        stages = stages or [features]
         maps: dict[str, torch.Tensor] = {}
         if self.holistic is not None:
             features, maps = self.holistic(stages)

@@ -38,6 +38,21 @@ class ViTBackbone(nn.Module):
             dynamic_img_size=True,
         )
 
+    @property
+    def top_layer(self) -> int:
+        """The layer of what follows the blocks (the final norm, the head): depth + 1."""
+        return len(self.vit.blocks) + 1
+
+    def layer_of(self, name: str) -> int:
+        """The layer of parameter `name` (relative to this module) for layer-wise lr decay,
+        as ViTPose counts: the embeddings 0, block i i + 1, the final norm the top layer."""
+        name = name.removeprefix("vit.")
+        if name.startswith(("pos_embed", "patch_embed", "cls_token")):
+            return 0
+        if name.startswith("blocks."):
+            return int(name.split(".")[1]) + 1
+        return self.top_layer
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tokens = self.vit.forward_features(x)  # (N, h*w, width), the last norm applied
         n, _, height, width = x.shape
@@ -55,7 +70,7 @@ SIZES = {
 
 
 def _register(name: str, width: int, depth: int, heads: int) -> None:
-    @register_backbone(name, channels=width, stride=PATCH)
+    @register_backbone(name, channels=width, stride=PATCH, layers=depth)
     def build(cfg) -> nn.Module:
         return ViTBackbone(width, depth, heads, cfg.drop_path)
 
