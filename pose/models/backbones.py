@@ -30,26 +30,16 @@ class ResNetBackbone(nn.Module):
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
 
-@register_backbone("resnet18", channels=512, stride=32)
-def resnet18(cfg) -> nn.Module:
-    return ResNetBackbone("resnet18")
+# name: output channels (torchvision's BasicBlock ResNets end in 512, the Bottleneck ones 2048)
+CHANNELS = {
+    "resnet18": 512,
+    "resnet34": 512,
+    "resnet50": 2048,
+    "resnet101": 2048,
+    "resnet152": 2048,
+}
 
-
-@register_backbone("resnet34", channels=512, stride=32)
-def resnet34(cfg) -> nn.Module:
-    return ResNetBackbone("resnet34")
-
-
-@register_backbone("resnet50", channels=2048, stride=32)
-def resnet50(cfg) -> nn.Module:
-    return ResNetBackbone("resnet50")
-
-
-@register_backbone("resnet101", channels=2048, stride=32)
-def resnet101(cfg) -> nn.Module:
-    return ResNetBackbone("resnet101")
-
-
-@register_backbone("resnet152", channels=2048, stride=32)
-def resnet152(cfg) -> nn.Module:
-    return ResNetBackbone("resnet152")
+for _name, _channels in CHANNELS.items():
+    register_backbone(_name, channels=_channels, stride=32)(
+        lambda cfg, name=_name: ResNetBackbone(name)
+    )

@@ -37,11 +37,7 @@ class HRNetBackbone(nn.Module):
         return high
 
 
-@register_backbone("hrnet_w32", channels=32, stride=4)
-def hrnet_w32(cfg) -> nn.Module:
-    return HRNetBackbone("hrnet_w32")
-
-
-@register_backbone("hrnet_w48", channels=48, stride=4)
-def hrnet_w48(cfg) -> nn.Module:
-    return HRNetBackbone("hrnet_w48")
+for _name, _width in {"hrnet_w32": 32, "hrnet_w48": 48}.items():
+    register_backbone(_name, channels=_width, stride=4)(
+        lambda cfg, variant=_name: HRNetBackbone(variant)
+    )

@@ -69,11 +69,7 @@ SIZES = {
 }
 
 
-def _register(name: str, width: int, depth: int, heads: int) -> None:
-    @register_backbone(name, channels=width, stride=PATCH, layers=depth)
-    def build(cfg) -> nn.Module:
-        return ViTBackbone(width, depth, heads, cfg.drop_path)
-
-
 for _name, (_width, _depth, _heads) in SIZES.items():
-    _register(_name, _width, _depth, _heads)
+    register_backbone(_name, channels=_width, stride=PATCH, layers=_depth)(
+        lambda cfg, w=_width, d=_depth, h=_heads: ViTBackbone(w, d, h, cfg.drop_path)
+    )
