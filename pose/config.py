@@ -157,6 +157,10 @@ class TrainConfig:
     # lr x decay^(D - i), the embeddings at lr x decay^(D + 1), its final norm and the head at
     # lr; biases, norms and the position embedding then get no weight decay. 1 = off.
     layer_decay: float = 1.0
+    # Recompute each transformer block's activations in the backward pass instead of keeping
+    # them (torch.utils.checkpoint, through timm): less activation memory for about a third
+    # more compute; the RNG is replayed, so drop path draws the same masks.
+    activation_checkpointing: bool = False
     schedule: Literal["multistep", "cosine"] = "multistep"
     # cosine: the fraction of the run that holds the peak lr before the cosine decay starts
     # (0: the decay starts after warmup; 0.5: a constant lr for half the run, then a cosine tail)
@@ -292,6 +296,12 @@ class Config:
 
     def check(self) -> None:
         check_non_negative("seed", self.seed)
+        if self.train.activation_checkpointing and not self.model.backbone_layers:
+            fail_key(
+                "train.activation_checkpointing",
+                f"model.backbone '{self.model.backbone}' has no blocks to recompute (a "
+                "transformer backbone such as vitpose_b has)",
+            )
         if self.train.layer_decay < 1 and not self.model.backbone_layers:
             fail_key(
                 "train.layer_decay",

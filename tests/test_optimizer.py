@@ -1,4 +1,5 @@
-"""The optimizer's groups (pose/engine/optimizer.py): ViTPose's layer-wise lr decay."""
+"""The optimizer's groups and memory choices for transformer backbones: ViTPose's layer-wise lr
+decay (pose/engine/optimizer.py) and activation checkpointing."""
 
 import pytest
 import torch
@@ -50,3 +51,27 @@ def test_one_group_without_layer_decay_and_none_for_a_backbone_without_layers():
     assert len(optimizer.param_groups) == 1 and optimizer.param_groups[0]["weight_decay"] == 0.01
     with pytest.raises(ConfigError, match=r"train\.layer_decay.*'resnet18' has no layers"):
         load_config(None, ["model.backbone=resnet18", "train.layer_decay=0.75"])
+
+
+def test_activation_checkpointing_recomputes_blocks_to_the_same_gradients():
+    """ViTPose-S with drop path: the same loss and gradients with the blocks' activations kept
+    or recomputed (the RNG is replayed, so the recomputation draws the same masks)."""
+    overrides = ["model.backbone=vitpose_s", "model.deconv_layers=2", "model.drop_path=0.2"]
+    cfg = load_config(None, [*overrides, "train.activation_checkpointing=true"])
+    torch.manual_seed(0)
+    model = build_model(cfg.model, 5).train()
+    x = torch.randn(2, 3, 64, 48)
+    grads = []
+    for recompute in (False, True):
+        model.backbone.set_grad_checkpointing(recompute)
+        model.zero_grad()
+        torch.manual_seed(1)
+        loss = model(x).square().mean()
+        loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    qkv = "backbone.vit.blocks.4.attn.qkv.weight"
+    assert grads[0][qkv].abs().sum() > 0
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad, rtol=1e-5, atol=1e-8, msg=name)
+    with pytest.raises(ConfigError, match=r"train\.activation_checkpointing.*'resnet18'"):
+        load_config(None, ["model.backbone=resnet18", "train.activation_checkpointing=true"])

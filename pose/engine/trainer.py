@@ -102,6 +102,8 @@ class Trainer:
         self.plan = StepPlan.of(cfg.train, batches, env.world_size)
         self.images_per_step = images_per_step(cfg.train, env.world_size)
         model = build_model(cfg.model, self.layout.num_joints)
+        if cfg.train.activation_checkpointing:  # the config let only layered backbones ask
+            model.backbone.set_grad_checkpointing(True)
         if cfg.model.pretrained and run.latest_tag() is None:  # a resumed run's are in its
             load_pretrained(model, resolve_checkpoint(cfg.model.pretrained))  # checkpoint
         model = use_sync_batchnorm(model, cfg.model.sync_bn, env)

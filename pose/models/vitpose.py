@@ -38,6 +38,11 @@ class ViTBackbone(nn.Module):
             dynamic_img_size=True,
         )
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block's activations in the backward pass
+        (`train.activation_checkpointing`)."""
+        self.vit.set_grad_checkpointing(enable)
+
     @property
     def top_layer(self) -> int:
         """The layer of what follows the blocks (the final norm, the head): depth + 1."""
