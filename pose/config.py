@@ -74,6 +74,10 @@ def registered_backbones() -> list[str]:
 class ModelConfig:
     backbone: str = "resnet50"  # a name in the backbone registry (pose/models/registry.py)
     attention: Literal["none", "holistic", "partwise"] = "none"
+    # deconv: Simple Baselines' head (`deconv_layers` deconvolutions, then a 1x1 convolution);
+    # simple: ViTPose's simple decoder (ReLU, bilinear upsampling of the backbone's features to
+    # stride 4, a 3x3 convolution), with deconv_layers 0
+    head: Literal["deconv", "simple"] = "deconv"
     deconv_layers: int = 3
     deconv_filters: int = 256
     deconv_kernel: Literal[2, 3, 4] = 4
@@ -98,6 +102,17 @@ class ModelConfig:
                 f"'{self.backbone}' is not registered; known: {', '.join(map(repr, names))}",
             )
         stride = self.backbone_stride
+        if self.head == "simple":
+            if self.deconv_layers:
+                fail_key("model.deconv_layers", "the simple head has none: set it to 0")
+            if stride < 4:
+                fail_key(
+                    "model.head", f"simple upsamples to stride 4; {self.backbone} gives {stride}"
+                )
+            if self.attention == "partwise":
+                fail_key(
+                    "model.attention", "partwise needs the 1x1 final convolution of head deconv"
+                )
         if not 0 <= self.deconv_layers <= 5 or stride >> self.deconv_layers == 0:
             fail_key(
                 "model.deconv_layers",
@@ -134,7 +149,10 @@ class ModelConfig:
 
     @property
     def output_stride(self) -> int:
-        """Input pixels per heatmap pixel: the backbone's stride, halved by each deconvolution."""
+        """Input pixels per heatmap pixel: the backbone's stride, halved by each deconvolution
+        (the simple head upsamples to 4)."""
+        if self.head == "simple":
+            return 4
         return self.backbone_stride >> self.deconv_layers
 
 

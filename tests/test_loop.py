@@ -159,6 +159,7 @@ def test_a_resumed_trainer_continues_from_its_checkpoint_in_process(trainer, tmp
         ("vitpose_s", "partwise"),
         ("hrnet_w32", "none"),
         ("hrnet_w32", "partwise"),
+        ("vitpose_s-simple", "holistic"),  # ViTPose's simple decoder
     ],
 )
 def test_timm_backbones_train_resume_exactly_evaluate_export_and_predict(
@@ -174,8 +175,10 @@ def test_timm_backbones_train_resume_exactly_evaluate_export_and_predict(
     from pose.engine.deepspeed_adapter import MODEL_STATES_FILE
 
     val_ann = synthetic_dataset / "annotations" / "person_keypoints_val.json"
-    layers = {"vitpose_s": 2, "hrnet_w32": 0}[backbone]
+    backbone, _, head = backbone.partition("-")
+    layers = 0 if head else {"vitpose_s": 2, "hrnet_w32": 0}[backbone]
     extra = {"model.backbone": backbone, "model.deconv_layers": layers, "model.drop_path": 0.1}
+    extra |= {"model.head": head or "deconv"}
     extra |= {"model.attention": attention, "data.val_ann": val_ann, "eval.flip_test": False}
     extra |= {"log.panel_people": 0}
     extra |= {"eval.every_epochs": 1000, "train.max_steps": 4}  # evaluated after step 4 only

@@ -131,6 +131,30 @@ def test_hrnet_sizes_match_the_paper(backbone, params_m, paper_gflops):
     assert row["heatmap"] == [64, 48]
 
 
+def test_vitpose_simple_decoder_upsamples_to_stride_4_with_a_3x3_convolution():
+    """ViTPose's simple decoder: ReLU, bilinear x4, a 3x3 convolution; the classic decoder's
+    two deconvolutions (4.20 M parameters with their BatchNorms) and its 1x1 convolution give
+    way to 768 x 17 x 9 weights."""
+    cfg = load_config(
+        None, ["model.backbone=vitpose_b", "model.deconv_layers=0", "model.head=simple"]
+    )
+    assert cfg.model.output_stride == 4
+    row = summarize(cfg.model, 17, (256, 192))
+    classic = summarize(at_stride_4("vitpose_b"), 17, (256, 192))["params"]
+    assert row["params"] == classic - 4_195_328 - (256 * 17 + 17) + (768 * 17 * 9 + 17)
+    assert row["heatmap"] == [64, 48]
+    small = load_config(None, ["model.backbone=vitpose_s", "model.deconv_layers=0"])
+    small.model.head, small.model.attention = "simple", "holistic"
+    heatmaps, maps = build_model(small.model, 5)(torch.randn(1, 3, 128, 96), return_attention=True)
+    assert heatmaps.shape == (1, 5, 32, 24) and maps["holistic"].shape == (1, 1, 32, 24)
+    for bad, key in (
+        (["model.deconv_layers=2"], "model.deconv_layers"),
+        (["model.deconv_layers=0", "model.attention=partwise"], "model.attention"),
+    ):
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+            load_config(None, ["model.backbone=vitpose_s", "model.head=simple", *bad])
+
+
 def test_vitpose_trains_at_other_input_sizes_through_its_interpolated_positions():
     torch.manual_seed(0)
     model = build_model(at_stride_4("vitpose_s", deconv_filters=32), 5)

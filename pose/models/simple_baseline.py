@@ -4,6 +4,7 @@ to one heatmap per joint, optionally with holistic or part-wise attention (Chu e
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from pose.config import ModelConfig
@@ -43,7 +44,10 @@ class SimpleBaseline(nn.Module):
             channels = cfg.deconv_filters
         # One flat Sequential, named as in the reference, so its checkpoints map one to one.
         self.deconv_layers = nn.Sequential(*layers)
-        self.final_layer = nn.Conv2d(channels, num_joints, kernel_size=1)
+        # ViTPose's simple decoder: ReLU, bilinear upsampling to stride 4, a 3x3 convolution
+        self.upsample = cfg.backbone_stride // 4 if cfg.head == "simple" else 1
+        kernel = 3 if cfg.head == "simple" else 1
+        self.final_layer = nn.Conv2d(channels, num_joints, kernel, padding=kernel // 2)
         # attention attends over each deconvolution's output, or the backbone's without any
         stage_channels = [cfg.deconv_filters] * cfg.deconv_layers or [channels]
         self.holistic = (
@@ -72,6 +76,10 @@ class SimpleBaseline(nn.Module):
 
     def forward(self, x: torch.Tensor, return_attention: bool = False):
         features = self.backbone(x)
+        if self.upsample > 1:
+            features = F.interpolate(
+                F.relu(features), scale_factor=self.upsample, mode="bilinear", align_corners=False
+            )
         stages = []
         for i in range(0, len(self.deconv_layers), 3):
             features = self.deconv_layers[i + 2](
