@@ -360,7 +360,8 @@ class Throughput:
         self.longest: dict[bool, float] = {}  # seconds of the longest row, by compile
 
     def _setup(self) -> None:
-        overrides = ["log.wandb=off", "train.budget_minutes=0"]
+        # random weights: throughput does not depend on them, and the machine may be offline
+        overrides = ["log.wandb=off", "train.budget_minutes=0", "model.pretrained="]
         overrides.append("train.memory_format=channels_last")
         overrides.append(f"train.precision={'bf16' if self.device.type == 'cuda' else 'fp32'}")
         if self.args.quick:

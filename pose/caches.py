@@ -1,6 +1,7 @@
-"""Where tools that keep caches (torch extensions, wandb, matplotlib, triton) write them: the
-project's `.cache/` when running from a source checkout, else the user's cache folder
-(`$XDG_CACHE_HOME/posescale`, by default `~/.cache/posescale`); never site-packages.
+"""Where tools that keep caches (torch extensions, wandb, matplotlib, triton, downloaded
+weights) write them: the project's `.cache/` when running from a source checkout, else the
+user's cache folder (`$XDG_CACHE_HOME/posescale`, by default `~/.cache/posescale`); never
+site-packages.
 `POSESCALE_CACHE` overrides both, and a variable the user set is left as it is."""
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ CACHE_VARIABLES = {
     "WANDB_DATA_DIR": "wandb/data",
     "MPLCONFIGDIR": "matplotlib",
     "TRITON_CACHE_DIR": "triton",
+    "HF_HUB_CACHE": "huggingface/hub",  # timm's published weights (model.pretrained=timm:NAME)
+    "TORCH_HOME": "torch",  # torch.hub's downloads (timm weights published by URL only)
 }
 
 

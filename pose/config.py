@@ -86,9 +86,11 @@ class ModelConfig:
     # Stochastic depth of a transformer backbone: the drop rate of its last block, rising
     # linearly from 0 (ViTPose: 0.1 for S, 0.3 for B, 0.5 for L and H); ResNets have none.
     drop_path: float = 0.0
-    # Backbone weights from a local file: torchvision ImageNet ResNet weights, or a trained pose
-    # model's (a weights file, or an export, run or checkpoint folder, resolved as --checkpoint
-    # is), of which only the backbone is taken; "" = random init.
+    # Backbone weights: timm:NAME for timm's published weights (timm:vit_base_patch16_224.mae,
+    # downloaded and cached through the Hugging Face hub), or a local file of a classifier's
+    # weights (torchvision's or timm's format, .pth or .safetensors), or a trained pose model's
+    # (a weights file, or an export, run or checkpoint folder, resolved as --checkpoint is), of
+    # which only the backbone is taken; "" = random init.
     pretrained: str = ""
     # BatchNorm over the global batch (SyncBatchNorm) when several ranks train: for small
     # per-device batches. Needs GPUs (torch's SyncBatchNorm has no CPU kernel).
@@ -128,11 +130,21 @@ class ModelConfig:
                 "model.attention_kernel", f"{self.attention_kernel} must be a positive odd size"
             )
         check_positive("model.attention_steps", self.attention_steps)
-        if self.pretrained and not Path(self.pretrained).exists():
+        if self.pretrained.startswith("timm:"):
+            from timm.models import get_pretrained_cfg  # imported only when named
+
+            name = self.pretrained.removeprefix("timm:")
+            if "." not in name or get_pretrained_cfg(name) is None:
+                fail_key(
+                    "model.pretrained",
+                    f"timm publishes no weights '{name}' "
+                    "(architecture.tag, as timm.list_pretrained() lists them)",
+                )
+        elif self.pretrained and not Path(self.pretrained).exists():
             fail_key(
                 "model.pretrained",
-                f"nothing at '{self.pretrained}' (a weights file, or an export, run or checkpoint "
-                "folder; weights are never downloaded)",
+                f"nothing at '{self.pretrained}' (a weights file, an export, run or checkpoint "
+                "folder, or timm:NAME for timm's published weights)",
             )
 
     @property

@@ -46,6 +46,7 @@ def test_the_hrnet_and_vitpose_recipes_are_their_papers():
     )
     assert (hrnet.train.optimizer, hrnet.train.lr, hrnet.train.epochs) == ("adam", 1e-3, 210)
     assert hrnet.train.lr_steps == [170, 200]
+    assert hrnet.model.pretrained == "timm:hrnet_w32.ms_in1k"  # the authors' ImageNet weights
     vitpose = load_config(CONFIGS / "coco_vitpose_b_256x192.yaml")
     assert (vitpose.model.backbone, vitpose.model.deconv_layers) == ("vitpose_b", 2)
     assert (vitpose.train.optimizer, vitpose.train.lr, vitpose.train.weight_decay) == (
@@ -55,6 +56,7 @@ def test_the_hrnet_and_vitpose_recipes_are_their_papers():
     )
     assert (vitpose.train.layer_decay, vitpose.model.drop_path) == (0.75, 0.3)
     assert (vitpose.train.grad_clip, vitpose.data.target, vitpose.train.epochs) == (1.0, "udp", 210)
+    assert vitpose.model.pretrained == "timm:vit_base_patch16_224.mae"
 
 
 def test_overrides_are_typed_and_applied_after_the_file():

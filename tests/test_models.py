@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import timm
 import torch
 import torch.nn.functional as F
 import torchvision
@@ -367,3 +368,87 @@ def test_summary_cli_writes_json(tmp_path, capsys):
     assert data["input"] == [256, 192] and len(data["sizes"]) == 2
     assert 34.0e6 < data["params"] < 34.1e6 and 5.4 < data["gmacs"] < 5.7
     assert "true multiply-adds" in capsys.readouterr().out
+
+
+def _timm_classifier(arch: str, path):
+    """A timm classifier's weights in timm's own format (what timm publishes), as a file."""
+    from safetensors.torch import save_file
+
+    torch.manual_seed(4)
+    classifier = timm.create_model(arch)
+    for p in classifier.parameters():  # no two tensors alike, so a mix-up shows
+        nn.init.normal_(p, std=0.02)
+    state = {k: v.contiguous() for k, v in classifier.state_dict().items()}
+    save_file(state, path)
+    return state
+
+
+def test_timm_vit_weights_load_as_vitpose_starts_from_them(tmp_path):
+    """A ViT-S/16 at 224 (class token, 14x14 position grid, 1000-way head) into vitpose_s:
+    blocks as they are, class token and head dropped, the grid resampled to 16 x 12."""
+    from timm.layers import resample_abs_pos_embed
+
+    path = tmp_path / "vit_small.safetensors"
+    state = _timm_classifier("vit_small_patch16_224", path)
+    cfg = load_config(
+        None, ["model.backbone=vitpose_s", "model.deconv_layers=2", f"model.pretrained={path}"]
+    ).model
+    vit = _pretrained(cfg).backbone.vit
+    torch.testing.assert_close(vit.blocks[7].mlp.fc2.weight, state["blocks.7.mlp.fc2.weight"])
+    torch.testing.assert_close(vit.patch_embed.proj.weight, state["patch_embed.proj.weight"])
+    torch.testing.assert_close(vit.norm.bias, state["norm.bias"])
+    grid = state["pos_embed"][:, 1:]  # the class token's embedding dropped
+    assert vit.pos_embed.shape == (1, 16 * 12, 384)
+    expected = resample_abs_pos_embed(grid, new_size=[16, 12], num_prefix_tokens=0)
+    torch.testing.assert_close(vit.pos_embed, expected)
+    # the patch under the image's top-left corner keeps the corner's embedding, near enough
+    assert torch.nn.functional.cosine_similarity(vit.pos_embed[0, 0], grid[0, 0], dim=0) > 0.9
+
+
+def test_timm_hrnet_weights_load_without_the_classification_head(tmp_path):
+    path = tmp_path / "hrnet_w32.safetensors"
+    state = _timm_classifier("hrnet_w32", path)
+    cfg = ModelConfig(backbone="hrnet_w32", deconv_layers=0, pretrained=str(path))
+    hrnet = _pretrained(cfg).backbone.hrnet
+    own = hrnet.state_dict()
+    assert any(k.startswith("incre_modules.") for k in state)
+    for key in ("conv1.weight", "stage4.2.fuse_layers.0.1.0.weight", "layer1.0.bn3.running_var"):
+        torch.testing.assert_close(own[key], state[key])
+    loaded = [k for k in own if k in state and torch.equal(own[k], state[k])]
+    assert len(loaded) == len(own)  # every weight of the backbone came from the file
+
+
+def test_timm_weights_by_name_come_from_the_hub_cache(tmp_path, monkeypatch):
+    """timm:NAME resolves through timm and the Hugging Face hub's cache, offline here: a cached
+    file loads, and a missing one is an error naming the two ways out."""
+    import huggingface_hub.constants as hub
+
+    name = "vit_small_patch16_224.augreg_in21k_ft_in1k"
+    revision = "0" * 40
+    repo = tmp_path / "hub" / f"models--timm--{name}"
+    (repo / "snapshots" / revision).mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    state = _timm_classifier(
+        "vit_small_patch16_224", repo / "snapshots" / revision / "model.safetensors"
+    )
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
+    cfg = load_config(
+        None, ["model.backbone=vitpose_s", "model.deconv_layers=2", f"model.pretrained=timm:{name}"]
+    ).model
+    vit = _pretrained(cfg).backbone.vit
+    torch.testing.assert_close(vit.blocks[3].attn.qkv.weight, state["blocks.3.attn.qkv.weight"])
+
+    uncached = "vit_small_patch16_224.augreg_in1k"
+    cfg = ModelConfig(backbone="vitpose_s", deconv_layers=2, pretrained=f"timm:{uncached}")
+    with pytest.raises(WeightsError) as error:
+        _pretrained(cfg)
+    message = str(error.value)
+    assert f"timm/{uncached}" in message and "online" in message and "local file" in message
+
+    cfg = ModelConfig(backbone="vitpose_b", deconv_layers=2, pretrained=f"timm:{name}")
+    with pytest.raises(WeightsError, match=r"wrong shape: vit\.blocks\.0"):
+        _pretrained(cfg)  # ViT-S weights into ViT-B
+    with pytest.raises(ConfigError, match=r"model\.pretrained.*no weights 'vit_small_patch16_9'"):
+        load_config(None, ["model.pretrained=timm:vit_small_patch16_9"])

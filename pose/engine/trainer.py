@@ -9,6 +9,7 @@ import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -45,6 +46,7 @@ from pose.eval.evaluate import check_ground_truth
 from pose.files import atomic_write
 from pose.folders import RunFolder, RunFolderBusy, RunLock
 from pose.models import build_model, load_pretrained
+from pose.models.weights import is_timm_name
 from pose.tracking import Tracker
 
 
@@ -105,7 +107,7 @@ class Trainer:
         if cfg.train.activation_checkpointing:  # the config let only layered backbones ask
             model.backbone.set_grad_checkpointing(True)
         if cfg.model.pretrained and run.latest_tag() is None:  # a resumed run's are in its
-            load_pretrained(model, resolve_checkpoint(cfg.model.pretrained))  # checkpoint
+            load_pretrained(model, pretrained_source(cfg.model.pretrained))  # checkpoint
         model = use_sync_batchnorm(model, cfg.model.sync_bn, env)
         self.model = prepare_model(model, cfg.train, env.device)
         self.engine = self._build_engine()
@@ -236,6 +238,12 @@ class Trainer:
     def _lr(self) -> float:
         """The lr of the head (the highest, with layer-wise decay)."""
         return max(group["lr"] for group in self.optimizer.param_groups)
+
+
+def pretrained_source(pretrained: str) -> str | Path:
+    """model.pretrained as `load_pretrained` takes it: timm:NAME as it is, a path resolved as
+    --checkpoint is (a run, checkpoint or export folder to its weights file)."""
+    return pretrained if is_timm_name(pretrained) else resolve_checkpoint(pretrained)
 
 
 def prepare_model(model: torch.nn.Module, train: TrainConfig, device: torch.device):

@@ -8,6 +8,7 @@ import torchvision
 from torch import nn
 
 from pose.models.registry import register_backbone
+from pose.models.weights import drop_unused
 
 
 class ResNetBackbone(nn.Module):
@@ -24,6 +25,11 @@ class ResNetBackbone(nn.Module):
             net.layer3,
             net.layer4,
         )
+
+    def from_classifier_naming(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """ImageNet weights in torchvision's naming (timm's ResNets share it): the classifier
+        `fc.*` dropped."""
+        return drop_unused(state, self, ("fc.",))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))

@@ -24,6 +24,6 @@ def build_model(cfg: ModelConfig, num_joints: int) -> nn.Module:
 
 
 def load_pretrained(model: nn.Module, weights: str | Path) -> None:
-    """The backbone weights in the file `weights` (ImageNet's, or a pose model's backbone) into
-    the backbone of a model `build_model` made."""
+    """The backbone weights `weights` (timm:NAME, or a file of ImageNet weights or of a pose
+    model) into the backbone of a model `build_model` made."""
     load_backbone_weights(model.backbone, weights)

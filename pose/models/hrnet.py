@@ -14,6 +14,7 @@ from timm.models.hrnet import HighResolutionNet, cfg_cls
 from torch import nn
 
 from pose.models.registry import register_backbone
+from pose.models.weights import drop_unused
 
 
 class PoseHRNet(HighResolutionNet):
@@ -31,6 +32,20 @@ class HRNetBackbone(nn.Module):
     def __init__(self, variant: str):
         super().__init__()
         self.hrnet = PoseHRNet(cfg_cls[variant], head="", num_classes=0)
+
+    def from_classifier_naming(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """timm's ImageNet HRNet weights (`timm:hrnet_w32.ms_in1k`, or such a file): the
+        classification head (incremental, downsampling and final layers, classifier) and the
+        fusions into the lower branches at the end of stage 4 dropped."""
+        last = len(self.hrnet.stage4) - 1
+        unused = (
+            "incre_modules.",
+            "downsamp_modules.",
+            "final_layer.",
+            "classifier.",
+            f"stage4.{last}.fuse_layers.",
+        )
+        return {f"hrnet.{k}": v for k, v in drop_unused(state, self.hrnet, unused).items()}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         (high,) = self.hrnet.forward_features(x)

@@ -8,11 +8,14 @@ other input sizes interpolate it (timm's `dynamic_img_size`)."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from pose.models.registry import register_backbone
+from pose.models.weights import WeightsError, drop_unused
 
 PATCH = 16
 GRID_INPUT = (256, 192)  # the input size the position embedding is laid out for
@@ -58,11 +61,44 @@ class ViTBackbone(nn.Module):
             return int(name.split(".")[1]) + 1
         return self.top_layer
 
+    def from_classifier_naming(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """timm's ViT weights (`timm:vit_base_patch16_224.mae`, or such a file) as ViTPose starts
+        from them: the classifier and the class (and register) tokens dropped, the position
+        embedding's patch grid resampled (bicubic, timm's) to this model's 16 x 12."""
+        from timm.layers import resample_abs_pos_embed
+
+        state = dict(state)
+        prefix_tokens = 0
+        for token in ("cls_token", "reg_token"):
+            if token in state:
+                prefix_tokens += state.pop(token).shape[1]
+        if "pos_embed" in state:
+            pos = state["pos_embed"]
+            grid = _square_grid(pos.shape[1] - prefix_tokens) or _square_grid(pos.shape[1])
+            if grid is None:
+                raise WeightsError(
+                    f"pos_embed of shape {tuple(pos.shape)} is no square grid of patches"
+                )
+            pos = pos[:, pos.shape[1] - grid * grid :]  # without the tokens' embeddings
+            state["pos_embed"] = resample_abs_pos_embed(
+                pos,
+                new_size=list(self.vit.patch_embed.grid_size),
+                old_size=[grid, grid],
+                num_prefix_tokens=0,
+            )
+        state = drop_unused(state, self.vit, ("head.", "fc_norm.", "attn_pool."))
+        return {f"vit.{k}": v for k, v in state.items()}
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tokens = self.vit.forward_features(x)  # (N, h*w, width), the last norm applied
         n, _, height, width = x.shape
         grid = (height // PATCH, width // PATCH)
         return tokens.transpose(1, 2).reshape(n, -1, *grid)
+
+
+def _square_grid(tokens: int) -> int | None:
+    side = math.isqrt(tokens)
+    return side if side * side == tokens else None
 
 
 # name: (width, depth, heads), ViTPose's S/B/L/H (ViT-S/16, B/16, L/16 and H/16 at patch 16)

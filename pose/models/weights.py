@@ -1,6 +1,12 @@
-"""Loading weights from local files: torchvision ImageNet ResNets into a backbone, and whole-model
-state dicts, ours or the reference Simple Baselines `pose_resnet` naming. Nothing is downloaded;
-every file is read with `torch.load(..., weights_only=True)`."""
+"""Loading weights: a backbone's from a local file (torchvision or timm ImageNet weights, or a
+trained pose model's) or from timm's published weights by name (`timm:NAME`, downloaded and
+cached by timm through the Hugging Face hub); whole-model state dicts, ours or the reference
+Simple Baselines `pose_resnet` naming. Files are read as safetensors or with
+`torch.load(..., weights_only=True)`: nothing loaded runs code.
+
+A backbone built on a timm or torchvision classifier maps that classifier's naming onto its own
+with `from_classifier_naming(state)` (dropping the classifier, laying out position embeddings);
+the result must then fit exactly."""
 
 from __future__ import annotations
 
@@ -12,6 +18,7 @@ from torch import nn
 from pose.files import refused_pickle
 
 REFERENCE_BACKBONE_PREFIXES = ("conv1.", "bn1.", "layer1.", "layer2.", "layer3.", "layer4.")
+TIMM_PREFIX = "timm:"  # model.pretrained=timm:NAME names timm's published weights
 
 
 class WeightsError(ValueError):
@@ -19,12 +26,18 @@ class WeightsError(ValueError):
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """A state dict from a local file (a bare one, or under 'state_dict' / 'model')."""
+    """A state dict from a local file: safetensors, or a torch file with a bare one or one under
+    'state_dict' / 'model' / 'module'."""
     path = Path(path)
     if not path.is_file():
-        raise WeightsError(f"weights file '{path}' does not exist (weights are never downloaded)")
+        raise WeightsError(f"weights file '{path}' does not exist")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            data = load_file(path, device="cpu")
+        else:
+            data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # unpickling errors come in many types
         why = refused_pickle(e) or e
         raise WeightsError(
@@ -38,11 +51,51 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in data.items()}
 
 
-def load_backbone_weights(backbone: nn.Module, path: str | Path) -> None:
-    """A backbone's weights from torchvision ImageNet weights (its classifier `fc.*` is dropped)
-    or from a whole pose model's (a checkpoint's model states, an export's weights,
-    or the reference `pose_resnet` naming): its backbone, the head and any attention dropped."""
-    state = read_state_dict(path)
+def is_timm_name(pretrained: str | Path) -> bool:
+    return str(pretrained).startswith(TIMM_PREFIX)
+
+
+def timm_weights(name: str) -> dict[str, torch.Tensor]:
+    """timm's published weights `name` in timm's naming: from the Hugging Face hub's cache
+    (`HF_HUB_CACHE`), downloaded into it first when they are not there and the machine is
+    online. Offline without them, the error names the two ways out."""
+    from timm.models import get_pretrained_cfg, load_state_dict_from_hf
+
+    source = get_pretrained_cfg(name) if "." in name else None
+    if source is None:
+        raise WeightsError(
+            f"'{TIMM_PREFIX}{name}': timm publishes no such weights (names are architecture.tag, "
+            "as timm.list_pretrained() lists them, e.g. timm:vit_base_patch16_224.mae)"
+        )
+    try:
+        if source.hf_hub_id:
+            state = load_state_dict_from_hf(source.hf_hub_id, weights_only=True)
+        else:
+            state = torch.hub.load_state_dict_from_url(
+                source.url, map_location="cpu", weights_only=True
+            )
+    except Exception as e:  # the hub's and urllib's errors for offline, missing, refused
+        where = source.hf_hub_id or source.url
+        raise WeightsError(
+            f"'{TIMM_PREFIX}{name}': timm's weights ({where}) are neither in the local cache "
+            f"nor downloadable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})."
+            " Either run once on a machine that is online (timm downloads them into the "
+            "Hugging Face cache, HF_HUB_CACHE, which can then be copied here), or give "
+            "model.pretrained a local file in timm's format (.safetensors or .pth)"
+        ) from None
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def load_backbone_weights(backbone: nn.Module, source: str | Path) -> None:
+    """A backbone's weights from `source`: `timm:NAME`, or a file of a classifier's weights
+    (torchvision's or timm's naming: the backbone's `from_classifier_naming` maps them) or of a
+    whole pose model (a checkpoint's model states, an export's weights, or the reference
+    `pose_resnet` naming), of which the backbone is taken and the head and attention dropped."""
+    if is_timm_name(source):
+        name = str(source).removeprefix(TIMM_PREFIX)
+        state, what = timm_weights(name), f"timm weights '{name}'"
+    else:
+        state, what = read_state_dict(source), f"backbone weights '{source}'"
     if "conv1.weight" in state and "final_layer.weight" in state:
         state = from_reference_naming(state)
     if any(k.startswith("backbone.") for k in state):
@@ -50,8 +103,17 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path) -> None:
             k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")
         }
     else:
-        state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    load_checked(backbone, state, f"backbone weights '{path}'")
+        state = backbone.from_classifier_naming(state)
+    load_checked(backbone, state, what)
+
+
+def drop_unused(
+    state: dict[str, torch.Tensor], module: nn.Module, prefixes: tuple[str, ...]
+) -> dict[str, torch.Tensor]:
+    """`state` without the keys under `prefixes` that `module` does not have (a classifier's
+    head, say); every other key is kept, so a real mismatch still fails the strict load."""
+    own = module.state_dict()
+    return {k: v for k, v in state.items() if k in own or not k.startswith(prefixes)}
 
 
 def from_reference_naming(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
