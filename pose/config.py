@@ -200,6 +200,12 @@ class TrainConfig:
     warmup_steps: int = 500
     grad_clip: float = 0.0  # 0 = off
     zero_stage: Literal[0, 1, 2] = 0
+    # Reduce gradients while the backward pass still runs, bucket by bucket (gradients come
+    # last layer first), instead of all of them after it. At zero_stage 0, torch DDP's reducer
+    # (applied in place, names unchanged) does it; at 1 and 2, DeepSpeed's overlap_comm. Off:
+    # DeepSpeed reduces after the backward pass. One rank reduces nothing either way.
+    overlap_comm: bool = True
+    bucket_mb: int = 25  # MiB of gradients per reduction bucket
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     # auto: channels_last on a GPU (faster convolutions there), the default layout on a CPU
     memory_format: Literal["auto", "channels_last", "contiguous"] = "auto"
@@ -211,6 +217,7 @@ class TrainConfig:
     def check(self) -> None:
         for key in ("epochs", "batch_size", "grad_accum"):
             check_positive(f"train.{key}", getattr(self, key))
+        check_positive("train.bucket_mb", self.bucket_mb)
         for key in ("max_steps", "warmup_steps", "weight_decay", "grad_clip"):
             check_non_negative(f"train.{key}", getattr(self, key))
         check_positive("train.lr", self.lr)

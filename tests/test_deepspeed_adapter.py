@@ -143,3 +143,81 @@ def test_fp16_overflow_steps_are_counted_not_fatal():
     metrics.add(torch.tensor(float("nan")), torch.tensor(0.0), 2, 9)  # not skipped: fatal
     with pytest.raises(TrainingError, match="not finite at step 9"):
         metrics.flush(9, 0, 1e-3)
+
+
+def _overlap_ranks(rank: int, port: int, overlap: bool, queue) -> None:
+    """One of two gloo ranks training a small network two optimizer steps of two micro-batches
+    each, its own data per rank; reports the gradients after each backward pass, whether
+    DeepSpeed's own (after-backward) all-reduce ran, and the final weights."""
+    import os
+
+    import torch
+    import torch.distributed as dist
+
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2"
+    )
+    os.environ["LOCAL_RANK"] = str(rank)
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 3)
+    )
+    overrides = ["train.grad_accum=2", "train.batch_size=4", f"train.overlap_comm={overlap}"]
+    train = load_config(None, [*overrides, "train.bucket_mb=1"]).train
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    engine = build_engine(model, optimizer, None, train, 2, "fp32", collective_timeout_s=60)
+    ran = []
+    inner = engine._engine
+    original = inner.allreduce_gradients
+    inner.allreduce_gradients = lambda *a, **k: (ran.append(1), original(*a, **k))[1]
+    torch.manual_seed(10 + rank)
+    grads = []
+    for _ in range(4):
+        loss = engine(torch.randn(4, 3, 8, 8)).square().mean()
+        engine.backward(loss)
+        grads.append([p.grad.clone().tolist() for p in model.parameters()])
+        engine.step()
+    weights = [p.detach().tolist() for p in model.parameters()]
+    queue.put((rank, grads, bool(ran), weights, type(model).__name__))
+    dist.destroy_process_group()
+
+
+def test_the_overlapped_reduction_averages_during_backward_and_only_at_boundaries():
+    """Two ranks, gradient accumulation 2: with overlap the gradients are averaged during the
+    backward pass of each boundary micro-batch (DeepSpeed's after-backward all-reduce never
+    runs) and kept local in between; the weights are bit for bit those without overlap."""
+    import torch.multiprocessing as mp
+
+    from pose.engine.distributed import free_port
+
+    context = mp.get_context("spawn")
+    results = {}
+    for overlap in (True, False):
+        queue = context.Queue()
+        port = free_port()
+        procs = [
+            context.Process(target=_overlap_ranks, args=(r, port, overlap, queue)) for r in (0, 1)
+        ]
+        for p in procs:
+            p.start()
+        got = dict((r, rest) for r, *rest in (queue.get(timeout=180) for _ in procs))
+        for p in procs:
+            p.join(timeout=60)
+        results[overlap] = got
+    for overlap, got in results.items():
+        (grads0, ran0, _, cls0), (grads1, ran1, _, _) = got[0], got[1]
+        assert ran0 == ran1 == (not overlap)
+        assert (cls0 != "Sequential") == overlap  # replicate's in-place class, same names
+        for micro in range(4):
+            same = [
+                torch.equal(torch.tensor(a), torch.tensor(b))
+                for a, b in zip(grads0[micro], grads1[micro], strict=True)
+            ]
+            boundary = micro % 2 == 1
+            assert all(same) if boundary else not any(same), (overlap, micro)
+    for rank in (0, 1):
+        for with_overlap, without in zip(
+            results[True][rank][2], results[False][rank][2], strict=True
+        ):
+            assert torch.equal(torch.tensor(with_overlap), torch.tensor(without))

@@ -41,7 +41,7 @@ def deepspeed_config(cfg: TrainConfig, world_size: int, precision: str) -> dict:
         "train_micro_batch_size_per_gpu": cfg.batch_size,
         "gradient_accumulation_steps": cfg.grad_accum,
         "train_batch_size": cfg.batch_size * cfg.grad_accum * world_size,
-        "zero_optimization": {"stage": cfg.zero_stage},
+        "zero_optimization": zero_config(cfg),
         "steps_per_print": 10**9,  # we log ourselves
         "wall_clock_breakdown": False,
         # Always written: DeepSpeed's default clips at norm 1.0, and 0 must mean no clipping.
@@ -58,6 +58,21 @@ def deepspeed_config(cfg: TrainConfig, world_size: int, precision: str) -> dict:
             ],
         }
     return config
+
+
+def zero_config(cfg: TrainConfig) -> dict:
+    """DeepSpeed's zero_optimization section. At stages 1 and 2 it carries the overlap and the
+    bucket size; at stage 0 DeepSpeed has no overlap of its own (`overlap_gradient_reduction`
+    does it outside DeepSpeed)."""
+    if cfg.zero_stage == 0:
+        return {"stage": 0}
+    elements = cfg.bucket_mb * 2**20 // 4  # DeepSpeed counts fp32 elements
+    return {
+        "stage": cfg.zero_stage,
+        "overlap_comm": cfg.overlap_comm,
+        "reduce_bucket_size": elements,
+        "allgather_bucket_size": elements,
+    }
 
 
 class TrainEngine:
@@ -82,6 +97,9 @@ class TrainEngine:
         return self._engine.gradient_clipping()
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        sync = getattr(self._engine.module, "set_requires_gradient_sync", None)
+        if sync is not None:  # the overlapped reduction runs at accumulation boundaries only
+            sync(self._engine.is_gradient_accumulation_boundary())
         return self._engine(images)
 
     def backward(self, loss: torch.Tensor) -> None:
@@ -125,24 +143,52 @@ def build_engine(
     per-iteration schedule). With one rank there is nothing to all-reduce, so DeepSpeed's
     gradient bucketing (flattening and copying every gradient each step) is switched off; without
     ZeRO, gradients are zeroed in place rather than freed. With several, the gradient all-reduce
-    waits at most `collective_timeout_s` for a peer (else torch's default: 30 min for gloo)."""
+    waits at most `collective_timeout_s` for a peer (else torch's default: 30 min for gloo), and
+    at stage 0 with `cfg.overlap_comm` it runs during the backward pass."""
     import deepspeed
 
     _skip_shared_memory_allreduce_op()
     if world_size > 1 and collective_timeout_s is not None:
         _bound_data_parallel_group(collective_timeout_s)
+    overlap = world_size > 1 and cfg.zero_stage == 0 and cfg.overlap_comm
+    if overlap:
+        overlap_gradient_reduction(model, cfg.bucket_mb)
     engine, _, _, _ = deepspeed.initialize(
         model=model,
         optimizer=optimizer,
         lr_scheduler=scheduler,
         config=deepspeed_config(cfg, world_size, precision),
     )
-    if world_size == 1:
+    if world_size == 1 or overlap:  # nothing to reduce, or reduced during the backward pass
         engine.enable_backward_allreduce = False
     if not engine.zero_optimization():
         engine.zero_grad = _zero_grads_in_place(engine.module)
     engine.checkpoint_engine = SafeCheckpointFiles(engine.checkpoint_engine)
     return TrainEngine(engine)
+
+
+def overlap_gradient_reduction(model: torch.nn.Module, bucket_mb: int) -> None:
+    """Average `model`'s gradients over the ranks during its backward pass: torch DDP's reducer,
+    applied in place (`replicate`: no wrapper, so parameter names and checkpoints stay as they
+    are). Buckets of `bucket_mb` MiB start their all-reduce as soon as their gradients exist,
+    asynchronously (NCCL's stream on a GPU, gloo's own thread on a CPU), while earlier layers'
+    gradients are still computed; the backward pass returns once all are averaged. BatchNorm
+    buffers are not broadcast (BatchNormAverage averages them), gradients live in the buckets
+    (no copy), and the reduction goes over the group `_bound_data_parallel_group` made, with its
+    timeout, when there is one."""
+    import deepspeed.utils.groups as groups
+    from torch.distributed._composable.replicate import replicate
+
+    device = next(model.parameters()).device
+    replicate(
+        model,
+        device_id=device,
+        process_group=groups._WORLD_GROUP,  # the bounded clone, or None: torch's world group
+        bucket_cap_mb=bucket_mb,
+        broadcast_buffers=False,
+        gradient_as_bucket_view=True,
+    )
+    replicate.state(model).lazy_init()  # now, a collective every rank makes, not at a forward
 
 
 def _bound_data_parallel_group(timeout_s: float) -> None:
