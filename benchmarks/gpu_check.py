@@ -1,7 +1,8 @@
 """The GPU check (`make gpu-check`): on a machine with a CUDA GPU, the gpu-marked tests and the
-training throughput of ResNet-50 256x192 per GPU, written to OUT/report.md and report.json as
-each test and each row finishes (a row that raises is recorded with its error and the check goes
-on; a deadline skips what no longer fits, each skip recorded).
+training throughput and peak memory per GPU of ResNet-50, ViTPose-B and HRNet-W32 at 256x192
+(each by its recipe), written to OUT/report.md and report.json as each test and each row
+finishes (a row that raises is recorded with its error and the check goes on; a deadline skips
+what no longer fits, each skip recorded).
 
     python benchmarks/gpu_check.py [--out runs/gpu-check] [--rows tests,device-128,...]
         [--budget-s S] [--steps N] [--skip-tests] [--quick] [--cpu]
@@ -14,6 +15,7 @@ Rows, in the default order (the most telling first; --rows picks and orders them
   dali-B            end to end: DALI (`mixed` decoding on a GPU) reading shards, the same step
   torch-B           end to end: the torch backend with one worker per core, the same step
   ...-compiled      the same with torch.compile
+  ...@MODEL         the same for another recipe's model (vitpose_b, hrnet_w32; RECIPES)
 bf16 (fp32 on a CPU), channels_last, one device. Every end-to-end row reads a fresh epoch of
 shards holding enough samples for its warm-up and timed steps, so the timed steps run in steady
 state (no epoch start, no new DALI pipeline or worker start among them; each row records its
@@ -51,6 +53,7 @@ from pose.data.loader import LoaderSpec, normalise
 from pose.data.shards import ShardSet, is_shard_folder
 from pose.engine.deepspeed_adapter import build_engine
 from pose.engine.distributed import init_distributed
+from pose.engine.optimizer import build_optimizer
 from pose.engine.trainer import apply_memory_format, prepare_model, train_step
 from pose.files import atomic_write
 from pose.models import build_model
@@ -68,6 +71,12 @@ WARMUP_STEPS = {False: 3, True: 5}  # compiling happens in the warm-up steps
 # Seconds a row is assumed to take before one of its kind has run (then: the longest seen).
 ROW_ESTIMATE_S = {False: 30.0, True: 150.0}
 PEOPLE_PER_IMAGE = 1.4  # the synthetic generator's lower bound on average, with margin
+# The models rows train (`@MODEL`; resnet50 without one), each by its recipe
+RECIPES = {
+    "resnet50": "configs/coco_res50_256x192.yaml",
+    "vitpose_b": "configs/coco_vitpose_b_256x192.yaml",
+    "hrnet_w32": "configs/coco_hrnet_w32_256x192.yaml",
+}
 
 
 @dataclass(frozen=True)
@@ -75,31 +84,37 @@ class Row:
     source: str  # device, dali or torch
     batch: int
     compile: bool = False
+    model: str = "resnet50"  # a key of RECIPES
 
     @property
     def name(self) -> str:
-        return f"{self.source}-{self.batch}" + ("-compiled" if self.compile else "")
+        name = f"{self.source}-{self.batch}" + ("-compiled" if self.compile else "")
+        return name if self.model == "resnet50" else f"{name}@{self.model}"
 
 
 def default_rows(quick: bool) -> list[str]:
     """Row names in order of importance: the tests, then the largest batch (device, both
     pipelines, compiled), then the smaller batches."""
     if quick:  # the code paths, a compiled one included, not the numbers
-        return ["tests", "device-2", "dali-2", "torch-2", "device-2-compiled"]
+        return ["tests", "device-2", "dali-2", "torch-2", "device-2-compiled"] + [
+            f"device-2@{m}" for m in RECIPES if m != "resnet50"
+        ]
     names = ["tests", "device-128", "dali-128", "torch-128", "device-128-compiled"]
+    names += ["device-64@vitpose_b", "device-32@hrnet_w32"]  # the recipes' batches per GPU
     names += ["dali-128-compiled", "torch-128-compiled"]
     names += [f"{s}-{b}" for b in (64, 32) for s in ("device", "dali", "torch")]
     return names + ["device-64-compiled", "device-32-compiled"]
 
 
 def parse_row(name: str) -> Row:
-    match = re.fullmatch(r"(device|dali|torch)-(\d+)(-compiled)?", name)
-    if not match:
+    match = re.fullmatch(r"(device|dali|torch)-(\d+)(-compiled)?(?:@(\w+))?", name)
+    if not match or (match[4] or "resnet50") not in RECIPES:
         raise ValueError(
-            f"--rows: '{name}' is not a row (tests, or SOURCE-BATCH[-compiled] with SOURCE one "
-            "of device, dali, torch: e.g. device-128, dali-64-compiled)"
+            f"--rows: '{name}' is not a row (tests, or SOURCE-BATCH[-compiled][@MODEL] with "
+            f"SOURCE one of device, dali, torch and MODEL one of {', '.join(RECIPES)}: e.g. "
+            "device-128, dali-64-compiled, device-64@vitpose_b)"
         )
-    return Row(match[1], int(match[2]), bool(match[3]))
+    return Row(match[1], int(match[2]), bool(match[3]), match[4] or "resnet50")
 
 
 def peak_tflops(device_name: str) -> float | None:
@@ -287,6 +302,7 @@ def measure(cfg, row: Row, device: torch.device, steps: int, shards: Path | None
     data = cfg.data
     warmup = WARMUP_STEPS[row.compile]
     record = {"source": row.source, "batch": row.batch, "compile": row.compile}
+    record["model"] = f"{cfg.model.backbone} " + "x".join(map(str, data.image_size))
     record.update(steps=steps, warmup_steps=warmup)
     if row.source != "device":
         workers = os.cpu_count() if row.source == "torch" else data.num_workers
@@ -296,7 +312,7 @@ def measure(cfg, row: Row, device: torch.device, steps: int, shards: Path | None
         torch._dynamo.reset()  # each compiled row compiles its own model afresh
     torch.manual_seed(0)
     model = prepare_model(build_model(cfg.model, LAYOUT.num_joints), train, device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    optimizer = build_optimizer(model, train, train.lr)  # the recipe's (AdamW, layer decay)
     engine = build_engine(model, optimizer, None, train, 1, cfg.train.precision)
     apply_memory_format(model, train, device)
     if row.source == "device":
@@ -356,25 +372,25 @@ class Throughput:
 
     def __init__(self, args, rows: list[Row], report: Report, device: torch.device):
         self.args, self.rows, self.report, self.device = args, rows, report, device
-        self.cfg, self.flops, self.shards = None, None, None
+        self.cfgs, self.flops, self.shards = {}, {}, None
         self.longest: dict[bool, float] = {}  # seconds of the longest row, by compile
 
-    def _setup(self) -> None:
+    def _setup(self, model: str) -> None:
+        """The config of `model`'s recipe as the rows run it, and its training FLOPs."""
         # random weights: throughput does not depend on them, and the machine may be offline
         overrides = ["log.wandb=off", "train.budget_minutes=0", "model.pretrained="]
         overrides.append("train.memory_format=channels_last")
         overrides.append(f"train.precision={'bf16' if self.device.type == 'cuda' else 'fp32'}")
         if self.args.quick:
-            overrides += ["model.backbone=resnet18", "data.image_size=[128,96]"]
-        self.cfg = load_config("configs/coco_res50_256x192.yaml", overrides)
-        init_distributed(self.cfg.launch)
-        setup = self.report.data["setup"]
-        setup["model"] = f"{self.cfg.model.backbone} " + "x".join(
-            map(str, self.cfg.data.image_size)
-        )
-        setup["precision"] = self.cfg.train.precision
-        self.flops = training_flops_per_image(self.cfg, self.device)
-        setup["training_gflops_per_image"] = round(self.flops / 1e9, 2)
+            overrides.append("data.image_size=[128,96]")
+            if model == "resnet50":
+                overrides.append("model.backbone=resnet18")
+        cfg = load_config(RECIPES[model], overrides)
+        if not self.cfgs:
+            init_distributed(cfg.launch)
+            self.report.data["setup"]["precision"] = cfg.train.precision
+        self.cfgs[model] = cfg
+        self.flops[model] = training_flops_per_image(cfg, self.device)
 
     def run(self, row: Row, deadline: float | None) -> None:
         estimate = self.longest.get(row.compile, ROW_ESTIMATE_S[row.compile])
@@ -401,12 +417,13 @@ class Throughput:
             torch.cuda.empty_cache()
 
     def _measure(self, row: Row) -> dict:
-        if self.cfg is None:
-            self._setup()
+        if row.model not in self.cfgs:
+            self._setup(row.model)
         if row.source != "device" and self.shards is None:
             self.shards = make_shards(self.args.out, samples_needed(self.rows, self.args.steps))
-        record = measure(self.cfg, row, self.device, self.args.steps, self.shards)
-        achieved = self.flops * record["images_per_s"] / 1e12
+        record = measure(self.cfgs[row.model], row, self.device, self.args.steps, self.shards)
+        record["training_gflops_per_image"] = round(self.flops[row.model] / 1e9, 2)
+        achieved = self.flops[row.model] * record["images_per_s"] / 1e12
         record["tflops"] = round(achieved, 1)
         peak = self.report.data["setup"].get("peak_bf16_tflops")
         record["mfu"] = None if peak is None else round(achieved / peak, 3)
@@ -416,12 +433,12 @@ class Throughput:
 def add_ratios(rows: list[dict], setup: dict) -> None:
     """Each end-to-end row's share of the device-batch rate, and its data-wait fraction."""
     device = {
-        (r["batch"], r["compile"]): r["images_per_s"]
+        (r["batch"], r["compile"], r["model"]): r["images_per_s"]
         for r in rows
         if r.get("source") == "device" and "images_per_s" in r
     }
     for row in rows:
-        base = device.get((row.get("batch"), row.get("compile")))
+        base = device.get((row.get("batch"), row.get("compile"), row.get("model")))
         if row.get("source") not in (None, "device") and base and "images_per_s" in row:
             row["vs_device"] = round(row["images_per_s"] / base, 3)
             row["data_wait"] = round(max(0.0, 1 - row["images_per_s"] / base), 3)
@@ -449,10 +466,11 @@ def markdown(report: dict) -> str:
         ]
     if report["rows"]:
         lines += ["", "## Throughput", ""]
-        head = "| row | images/s | vs device | data wait | memory GB | MFU | samples | batches"
-        head += "/epoch | epoch starts timed | steps | workers | s | error or skip |"
-        lines += [head, "|" + "---|" * 13]
-        keys = ["images_per_s", "vs_device", "data_wait", "peak_memory_gb", "mfu", "samples"]
+        head = "| row | model | images/s | vs device | data wait | memory GB | MFU | samples | "
+        head += "batches/epoch | epoch starts timed | steps | workers | s | error or skip |"
+        lines += [head, "|" + "---|" * 14]
+        keys = ["model", "images_per_s", "vs_device", "data_wait", "peak_memory_gb", "mfu"]
+        keys += ["samples"]
         keys += ["batches_per_epoch", "epoch_starts_in_timed_steps", "steps", "workers"]
         for r in report["rows"]:
             cells = [r["name"], *("" if r.get(k) is None else r[k] for k in keys)]

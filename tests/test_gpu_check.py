@@ -43,15 +43,20 @@ def test_the_whole_check_runs_on_a_cpu_tests_and_a_compiled_row_included(run_pyt
     assert nccl == {**nccl, "outcome": "skipped", "reason": "needs a CUDA GPU"}
     assert report["tests"]["exit_code"] == 0
     rows = report["rows"]
-    assert [r["name"] for r in rows] == ["device-2", "dali-2", "torch-2", "device-2-compiled"]
+    names = ["device-2", "dali-2", "torch-2", "device-2-compiled"]
+    assert [r["name"] for r in rows] == [*names, "device-2@vitpose_b", "device-2@hrnet_w32"]
     assert all(r["images_per_s"] > 0 and "error" not in r for r in rows)
-    assert rows[-1]["compile"] is True
+    assert rows[3]["compile"] is True
+    assert rows[0]["model"] == "resnet18 128x96" and rows[4]["model"] == "vitpose_b 128x96"
+    # each model's own FLOPs: at 128x96 ViTPose-B trains on ~6x ResNet-18's
+    assert rows[4]["training_gflops_per_image"] > 5 * rows[0]["training_gflops_per_image"]
     for row in rows[1:3]:  # end to end: the timed steps inside one epoch, counted
         assert row["epoch_starts_in_timed_steps"] == 0 and 0 <= row["data_wait"] <= 1
         assert row["samples"] >= (row["warmup_steps"] + row["steps"]) * row["batch"]
-    assert report["setup"]["training_gflops_per_image"] > 1  # resnet18 at 128x96
+    assert rows[0]["training_gflops_per_image"] > 1  # resnet18 at 128x96
     markdown = (out / "report.md").read_text()
     assert "| dali-2 |" in markdown and "needs a CUDA GPU" in markdown
+    assert "| device-2@hrnet_w32 | hrnet_w32 128x96 |" in markdown
 
 
 def test_a_row_that_raises_is_recorded_and_the_rest_of_the_report_written(
