@@ -199,7 +199,10 @@ class TrainConfig:
     lr_factor: float = 0.1
     warmup_steps: int = 500
     grad_clip: float = 0.0  # 0 = off
-    zero_stage: Literal[0, 1, 2] = 0
+    # DeepSpeed's ZeRO: 1 partitions the optimizer state over the ranks, 2 the gradients too,
+    # 3 the weights too (each rank holds 1/W of everything; checkpoints then carry a
+    # consolidated copy of the weights for evaluation, export and inference)
+    zero_stage: Literal[0, 1, 2, 3] = 0
     # Reduce gradients while the backward pass still runs, bucket by bucket (gradients come
     # last layer first), instead of all of them after it. At zero_stage 0, torch DDP's reducer
     # (applied in place, names unchanged) does it; at 1 and 2, DeepSpeed's overlap_comm. Off:
@@ -226,6 +229,8 @@ class TrainConfig:
         check_positive("train.budget_calibration_steps", self.budget_calibration_steps)
         if self.memory_format == "channels_last" and self.zero_stage:
             fail_key("train.memory_format", "channels_last needs train.zero_stage=0")
+        if self.compile and self.zero_stage == 3:
+            fail_key("train.compile", "not with train.zero_stage=3 (its weights move each step)")
         if self.budget_images and self.budget_minutes:
             fail_key("train.budget_minutes", "set train.budget_images or this, not both")
         if not 0 < self.lr_factor <= 1:

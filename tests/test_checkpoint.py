@@ -168,6 +168,9 @@ class FailingEngine:
         (folder / tag / "partial.pt").write_bytes(b"x")
         raise self.error
 
+    def parameter_count(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
 
 def checkpointer(tmp_path, error):
     from pose.config import CheckpointConfig

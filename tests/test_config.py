@@ -101,7 +101,7 @@ def test_integer_given_for_float_is_converted():
         ("eval.flip_test=maybe", ["eval.flip_test", "true or false"]),
         ("data.image_size=[256]", ["data.image_size", "2 values"]),
         ("data.image_size=[250, 192]", ["data.image_size", "multiples of 32"]),
-        ("train.zero_stage=3", ["train.zero_stage", "0, 1, 2"]),
+        ("train.zero_stage=4", ["train.zero_stage", "0, 1, 2, 3"]),
         ("train.optimizer=sgd", ["train.optimizer", "'adam', 'adamw'"]),
         ("model.deconv_layers=6", ["model.deconv_layers", "at most 5"]),
         ("data.heatmap_stride=8", ["data.heatmap_stride", "unknown"]),
@@ -120,6 +120,13 @@ def test_bad_overrides_name_the_key(override, words):
         load_config(None, [override])
     for word in words:
         assert word in str(err.value)
+
+
+def test_zero3_refuses_what_needs_whole_weights_in_place():
+    with pytest.raises(ConfigError, match=r"train\.compile.*zero_stage=3"):
+        load_config(None, ["train.compile=true", "train.zero_stage=3"])
+    with pytest.raises(ConfigError, match=r"train\.memory_format.*zero_stage=0"):
+        load_config(None, ["train.memory_format=channels_last", "train.zero_stage=3"])
 
 
 def test_unknown_key_in_yaml_file_names_file_and_key(tmp_path):

@@ -109,7 +109,7 @@ class FakeDeepSpeed:
     overflowing step, as torch's GradScaler does (fp16 needs a GPU)."""
 
     def __init__(self):
-        self.net = torch.nn.Conv2d(3, 17, 1)
+        self.net = self.module = torch.nn.Conv2d(3, 17, 1)
         self.torch_autocast_z0_gradscaler = SimpleNamespace(_scale=torch.tensor(65536.0))
         self.overflow = False
 

@@ -91,6 +91,9 @@ class SavingEngine:
     def save(self, folder: Path, tag: str, client_state: dict) -> None:
         (folder / tag).mkdir(parents=True)
 
+    def local_weights(self) -> list[torch.Tensor]:
+        return [p.detach() for p in self.model.parameters()]
+
 
 def test_the_checkpointer_saves_after_every_evaluation_and_marks_only_an_improvement(tmp_path):
     run = RunFolder(tmp_path / "run")

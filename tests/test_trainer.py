@@ -372,3 +372,48 @@ def test_channels_last_is_applied_after_the_engine_and_refused_with_zero():
     assert all(m.weight.is_contiguous() for m in plain.modules() if isinstance(m, torch.nn.Conv2d))
     with pytest.raises(ConfigError, match=r"train\.memory_format.*zero_stage=0"):
         load_config(None, ["train.memory_format=channels_last", "train.zero_stage=1"])
+
+
+@pytest.mark.slow
+def test_zero3_two_ranks_resume_exactly_evaluate_and_leave_whole_weights(
+    shards, val_ann, tmp_path, tiny_overrides, run_python, clean_env
+):
+    """ZeRO-3 on two gloo ranks: each holds half of every weight. A run killed after its
+    step-8 checkpoint resumes to the uninterrupted run's weights bit for bit; the evaluation
+    after the last step runs on whole copies (the ranks evaluate different batches); each
+    checkpoint carries the gathered weights, which load for inference."""
+    from pose.engine.distributed import free_port
+    from pose.engine.trained import load_trained_model
+
+    extra = {"train.zero_stage": 3, "train.max_steps": 12, "train.lr": 3e-3}
+    extra |= {"data.val_ann": val_ann, "eval.every_epochs": 1000, "eval.flip_test": "false"}
+
+    def command(run: Path) -> list[str]:
+        torchrun = ["-m", "torch.distributed.run", "--nproc_per_node", "2"]
+        torchrun += ["--master_port", str(free_port())]
+        return [*torchrun, *TRAIN, *tiny_overrides(shards, run, **extra)]
+
+    whole = run_python(command(tmp_path / "whole"))
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    run = tmp_path / "killed"
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    proc = subprocess.Popen(
+        [sys.executable, *command(run)], cwd=ROOT, env=clean_env(), start_new_session=True, **quiet
+    )
+    folder = RunFolder(run)
+    wait_for(lambda: folder.latest_tag() == "step-000000008" or proc.poll() is not None)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert folder.latest_tag() == "step-000000008"
+    resumed = run_python(command(run))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a, b = final_weights(tmp_path / "whole"), final_weights(run)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    trained = load_trained_model(tmp_path / "whole")
+    reference = dict(trained.model.state_dict())
+    assert reference["final_layer.weight"].shape == (17, 32, 1, 1)  # whole, not a slice
+    assert torch.equal(reference["final_layer.weight"], a["final_layer.weight"])
+    evaluations = [r for r in read_metrics(tmp_path / "whole") if r["split"] == "val"]
+    assert len(evaluations) == 1 and evaluations[0]["step"] == 12 and "AP" in evaluations[0]

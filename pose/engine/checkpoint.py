@@ -94,8 +94,7 @@ class Checkpointer:
         """No non-finite loss since the last log step, no non-finite weight, on any rank; a
         run that fails this stops with the last good checkpoint as `latest`."""
         bad_loss = int(metrics.first_bad)  # a host sync, once per checkpoint
-        model = self.engine.model
-        finite = torch.stack([p.detach().isfinite().all() for p in model.parameters()])
+        finite = torch.stack([w.isfinite().all() for w in self.engine.local_weights()])
         if any_rank(bad_loss >= 0 or not bool(finite.all()), self.env):
             where = f"at step {bad_loss}" if bad_loss >= 0 else f"by step {step}"
             raise TrainingError(
@@ -138,8 +137,7 @@ class Checkpointer:
         if latest is not None and self.run.checkpoint(latest).is_dir():
             files = self.run.checkpoint(latest).rglob("*")
             return sum(f.stat().st_size for f in files if f.is_file())
-        state = self.engine.model.state_dict().values()
-        return 3 * sum(v.numel() * v.element_size() for v in state)
+        return 3 * 4 * self.engine.parameter_count()
 
     def mark_best(self, tag: str) -> None:
         if self.env.is_main:

@@ -16,7 +16,9 @@ import torch
 
 from pose.config import ConfigError, TrainConfig
 
-MODEL_STATES_FILE = "mp_rank_00_model_states.pt"  # DeepSpeed's model weights in a checkpoint
+# The model's weights in a checkpoint: DeepSpeed's model states file, or under ZeRO-3 (whose
+# own files hold each rank's slices) the consolidated weights under the same name
+MODEL_STATES_FILE = "mp_rank_00_model_states.pt"
 
 
 def resolve_precision(requested: str, device: torch.device) -> str:
@@ -61,18 +63,21 @@ def deepspeed_config(cfg: TrainConfig, world_size: int, precision: str) -> dict:
 
 
 def zero_config(cfg: TrainConfig) -> dict:
-    """DeepSpeed's zero_optimization section. At stages 1 and 2 it carries the overlap and the
+    """DeepSpeed's zero_optimization section. At stages 1 to 3 it carries the overlap and the
     bucket size; at stage 0 DeepSpeed has no overlap of its own (`overlap_gradient_reduction`
     does it outside DeepSpeed)."""
     if cfg.zero_stage == 0:
         return {"stage": 0}
     elements = cfg.bucket_mb * 2**20 // 4  # DeepSpeed counts fp32 elements
-    return {
+    config = {
         "stage": cfg.zero_stage,
         "overlap_comm": cfg.overlap_comm,
         "reduce_bucket_size": elements,
         "allgather_bucket_size": elements,
     }
+    if cfg.zero_stage == 3:
+        config["stage3_prefetch_bucket_size"] = elements
+    return config
 
 
 class TrainEngine:
@@ -95,6 +100,33 @@ class TrainEngine:
     @property
     def gradient_clipping(self) -> float:
         return self._engine.gradient_clipping()
+
+    @property
+    def partitions_weights(self) -> bool:
+        """ZeRO-3: each rank holds a slice of every weight, and a forward pass is a collective
+        (the ranks gather each layer's weights as it runs)."""
+        return self._engine.zero_optimization_stage() == 3
+
+    def local_weights(self) -> list[torch.Tensor]:
+        """The weights this rank holds: all of them, or under ZeRO-3 its slices."""
+        params = self._engine.module.parameters()
+        if self.partitions_weights:
+            return [p.ds_tensor for p in params]
+        return [p.detach() for p in params]
+
+    def parameter_count(self) -> int:
+        return sum(getattr(p, "ds_numel", p.numel()) for p in self._engine.module.parameters())
+
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        """The whole model's state dict on every rank (a collective under ZeRO-3: the weights
+        are gathered, and copied out while gathered)."""
+        module = self._engine.module
+        if not self.partitions_weights:
+            return module.state_dict()
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(module.parameters())):
+            return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         sync = getattr(self._engine.module, "set_requires_gradient_sync", None)
@@ -122,6 +154,10 @@ class TrainEngine:
         self._engine.save_checkpoint(
             str(folder), tag=tag, client_state=client_state, save_latest=False
         )
+        if self.partitions_weights:  # the gathered weights where readers look, as DeepSpeed's
+            whole = {"module": self.full_state_dict()}  # model states file holds them
+            if self._engine.global_rank == 0:
+                self._engine.checkpoint_engine.save(whole, str(folder / tag / MODEL_STATES_FILE))
 
     def load(self, folder: Path, tag: str) -> dict | None:
         """Restore model, optimizer, schedule and loss scaler from checkpoint `tag`; returns

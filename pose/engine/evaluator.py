@@ -6,6 +6,7 @@ and a picture of predictions on val crops)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -41,14 +42,15 @@ class Evaluator:
         return ends or self.plan.is_last(step)
 
     def after_step(
-        self, model: torch.nn.Module, step: int, stopping: bool, autocast
+        self, model: Callable[[], torch.nn.Module], step: int, stopping: bool, autocast
     ) -> dict | None:
         """The metrics of an evaluation when one is due after `step` (on every rank), else
-        None."""
+        None. `model()` gives the model to evaluate, once the BatchNorm statistics are
+        averaged."""
         if not self.due(step, stopping):
             return None
         self.batchnorm.at(step)
-        return self.evaluate(model, step, autocast)
+        return self.evaluate(model(), step, autocast)
 
     def evaluate(self, model: torch.nn.Module, step: int, autocast) -> dict:
         """Evaluate `model` after `step`; returns the metrics ({} when none were scored)."""

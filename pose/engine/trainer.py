@@ -173,7 +173,7 @@ class Trainer:
                 stopping = stop.agreed(env, self.progress.is_log_step(state.step))
                 self.progress.after_step(state.step, stopping, self.step_metrics, self._lr())
                 evaluation = self.evaluator.after_step(
-                    self.model, state.step, stopping, self.autocast
+                    self._model_to_evaluate, state.step, stopping, self.autocast
                 )
                 self.checkpointer.after_step(state, stopping, evaluation, self.step_metrics)
                 last_eval = last_eval if evaluation is None else evaluation
@@ -193,10 +193,20 @@ class Trainer:
         best = self.state.best_ap
         return TrainResult(step, images, epochs, best, last_eval, self.precision, stop_signal)
 
+    def _model_to_evaluate(self) -> torch.nn.Module:
+        """The trained module itself; under ZeRO-3 (weights in slices, every forward pass a
+        collective, while ranks evaluate different numbers of batches) a whole copy on each
+        rank."""
+        if not self.engine.partitions_weights:
+            return self.model
+        whole = build_model(self.cfg.model, self.layout.num_joints).to(self.env.device)
+        whole.load_state_dict(self.engine.full_state_dict())
+        return whole
+
     def _start_record(self) -> dict:
         """What the trainer adds to the record of each (re)start."""
         return {
-            "params": sum(p.numel() for p in self.model.parameters()),
+            "params": self.engine.parameter_count(),
             "precision": self.precision,
             "resumed": self.resumed is not None,
         }
