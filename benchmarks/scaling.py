@@ -10,9 +10,13 @@ bridge, one gloo rank per host, one intra-op thread each), for 1, 2 and 3 hosts:
   (one flat fp32 buffer), with the wait for the slowest rank apart; plus the step the model
   below predicts from the parts and the measured bus bandwidth.
 
-Modelled (printed as a table, formulas in BENCHMARKS.md): images/s and scaling efficiency of
-ResNet-50 256x192 (Simple Baselines) for 8 to 512 GPUs, 8 a node on NVLink, nodes on
-InfiniBand, and the shard read rate the file system must sustain.
+With --overlap, on 2 hosts: a whole training step through the DeepSpeed engine with
+train.overlap_comm off and on, taking turns, at each --rates link, beside one all-reduce of the
+gradients' size.
+
+Modelled (printed as tables, formulas in BENCHMARKS.md): images/s and scaling efficiency of
+Simple Baselines ResNet-50 and ViTPose-B/L/H at 256x192 for 8 to 512 GPUs, 8 a node on NVLink,
+nodes rail-optimised on InfiniBand, and the shard read rate the file system must sustain.
 
     python benchmarks/scaling.py [--hosts 1 2 3] [--rates none 10gbit 1gbit] [--json OUT]
     python benchmarks/scaling.py --model-only [--json OUT]
@@ -39,7 +43,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "slurm" / "local-cluster.sh"
 SIZES = [2**k for k in range(16, 27, 2)]  # 64 KiB .. 64 MiB
-BRIDGE_NET = "198.18.0"
 
 
 # ------------------------------------------------------------------------------------------
@@ -445,6 +448,15 @@ def cluster(state: Path, *args, check: bool = True) -> subprocess.CompletedProce
     return done
 
 
+def host_address(state: Path, host: str) -> str:
+    """A cluster host's address (local-cluster.sh picks a free /24 of 198.18.0.0/15)."""
+    for line in (state / "etc" / "etc-hosts").read_text().splitlines():
+        fields = line.split()
+        if fields[1:] == [host]:
+            return fields[0]
+    raise RuntimeError(f"local-cluster.sh: no address for {host} in {state}")
+
+
 def shape(state: Path, hosts: int, rate: str) -> None:
     """Every host's egress (its eth0) limited to `rate` ('none': unlimited)."""
     for h in range(1, hosts + 1):
@@ -467,7 +479,8 @@ def measure(state: Path, world: int, args, port: int) -> dict:
             "POSESCALE_SLURM_DIR": str(state),
             "RANK": str(rank),
             "WORLD_SIZE": str(world),
-            "MASTER_ADDR": f"{BRIDGE_NET}.11",
+            "LOCAL_RANK": "0",  # one rank per host (DeepSpeed's engine asks)
+            "MASTER_ADDR": host_address(state, "h1"),
             "MASTER_PORT": str(port),
             "OMP_NUM_THREADS": "1",
         }
