@@ -16,7 +16,7 @@ export MPLCONFIGDIR ?= $(CURDIR)/.cache/matplotlib
 export TRITON_CACHE_DIR ?= $(CURDIR)/.cache/triton
 export PIP_CACHE_DIR ?= $(CURDIR)/.cache/pip
 
-.PHONY: install demo demo-data demo-shards demo-sweep test lint format clean lock wheelhouse gpu-check install-check
+.PHONY: install demo demo-data demo-shards demo-sweep test lint docs format clean lock wheelhouse gpu-check install-check
 
 install:
 	bash launch/install.sh
@@ -78,7 +78,7 @@ demo-sweep: demo-shards
 	$(VENV_PYTHON) launch/compare.py runs/sweeps/demo-attention --by model.attention && \
 	echo "demo-sweep: done in $$(( $$(date +%s) - start )) s; see runs/sweeps/demo-attention/compare/"
 
-# Wheels to install posescale offline on a machine that has its own torch (README: Installing).
+# Wheels to install posescale offline on a machine that has its own torch (docs/installing.md).
 wheelhouse: install
 	PY=$(or $(PY),3.12) CUDA=$(or $(CUDA),13) OUT=$(OUT) bash launch/wheelhouse.sh
 
@@ -98,7 +98,12 @@ lint: install
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
 
-test: lint
+# The guides and the API reference as a site (.cache/site/); a broken link, a page missing from
+# the nav or an API reference that does not resolve fails the build.
+docs: install
+	$(VENV_PYTHON) -m mkdocs build --strict --quiet
+
+test: lint docs
 	$(VENV_PYTHON) -m pytest
 
 format: install

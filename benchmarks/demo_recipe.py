@@ -1,6 +1,6 @@
 """What the demo recipe reaches: the demo config trained from scratch for each seed and each
 image budget (each its own run, the schedule laid over its budget), evaluated once at its last
-step with flip test and DARK, as `make demo` does. README's seed table and AP-against-images
+step with flip test and DARK, as `make demo` does. docs/demo.md's seed table and AP-against-images
 curve come from it:
 
     python benchmarks/demo_recipe.py --seeds 0 1 2 --images 17984 --min-ap 0.5
