@@ -117,15 +117,18 @@ class TrainEngine:
     def parameter_count(self) -> int:
         return sum(getattr(p, "ds_numel", p.numel()) for p in self._engine.module.parameters())
 
-    def full_state_dict(self) -> dict[str, torch.Tensor]:
-        """The whole model's state dict on every rank (a collective under ZeRO-3: the weights
-        are gathered, and copied out while gathered)."""
+    def full_state_dict(self, keep: bool = True) -> dict[str, torch.Tensor] | None:
+        """The whole model's state dict (a collective under ZeRO-3: every rank takes part in
+        gathering the weights, and the ranks that `keep` copy them out while gathered; the
+        others get None)."""
         module = self._engine.module
         if not self.partitions_weights:
-            return module.state_dict()
+            return module.state_dict() if keep else None
         import deepspeed
 
         with deepspeed.zero.GatheredParameters(list(module.parameters())):
+            if not keep:
+                return None
             return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
@@ -155,9 +158,11 @@ class TrainEngine:
             str(folder), tag=tag, client_state=client_state, save_latest=False
         )
         if self.partitions_weights:  # the gathered weights where readers look, as DeepSpeed's
-            whole = {"module": self.full_state_dict()}  # model states file holds them
-            if self._engine.global_rank == 0:
-                self._engine.checkpoint_engine.save(whole, str(folder / tag / MODEL_STATES_FILE))
+            writer = self._engine.global_rank == 0  # model states file holds them
+            whole = self.full_state_dict(keep=writer)
+            if writer:
+                path = str(folder / tag / MODEL_STATES_FILE)
+                self._engine.checkpoint_engine.save({"module": whole}, path)
 
     def load(self, folder: Path, tag: str) -> dict | None:
         """Restore model, optimizer, schedule and loss scaler from checkpoint `tag`; returns
