@@ -10,7 +10,8 @@ what no longer fits, each skip recorded).
 
 Rows, in the default order (the most telling first; --rows picks and orders them):
   tests             `pytest -m gpu` (tests/test_gpu.py), each test's outcome as it finishes;
-                    a missing COCO fixture fails there (POSESCALE_REQUIRE_FIXTURES=1)
+                    a missing COCO fixture or optional extra fails there
+                    (POSESCALE_REQUIRE_ALL=1); a collection error is reported with its cause
   device-B          the training step (forward, loss, backward, Adam) on a batch on the device
   dali-B            end to end: DALI (`mixed` decoding on a GPU) reading shards, the same step
   torch-B           end to end: the torch backend with one worker per core, the same step
@@ -192,7 +193,7 @@ def run_gpu_tests(out: Path, report: Report, timeout_s: float | None) -> None:
     junit = out / "gpu-tests.xml"
     command = [sys.executable, "-m", "pytest", "-m", "gpu", "-v", "-p", "no:cacheprovider"]
     command += [f"--junitxml={junit.resolve()}", f"--basetemp={(out / 'tmp').resolve()}"]
-    env = {**os.environ, "POSESCALE_REQUIRE_FIXTURES": "1", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "POSESCALE_REQUIRE_ALL": "1", "PYTHONUNBUFFERED": "1"}
     env["COLUMNS"] = "200"
     tests = {
         "command": "python " + " ".join(command[1:]),
@@ -223,12 +224,35 @@ def run_gpu_tests(out: Path, report: Report, timeout_s: float | None) -> None:
     tests["seconds"] = round(time.time() - start)
     summary = [ln for ln in output.splitlines() if re.search(r"\b(passed|failed|error)", ln)]
     tests["summary"] = summary[-1].strip(" =") if summary else ""
-    if not tests["results"] and proc.returncode not in (0, 5):
-        # pytest did not run (not installed, a collection error): its last words say why
+    cause = first_error(output)
+    if cause is None and not tests["results"] and proc.returncode not in (0, 5):
+        # pytest did not run (not installed, say): its last words say why
         why = [ln for ln in output.splitlines() if ln.strip()]
-        tests["error"] = tests.get("error") or (why[-1] if why else f"exit {proc.returncode}")
+        cause = why[-1] if why else f"exit {proc.returncode}"
+    if cause is not None:
+        tests["error"] = tests.get("error") or cause
     report.set_tests(tests)
     print(f"gpu-check: tests: {tests['summary'] or tests.get('error')}", flush=True)
+
+
+def first_error(output: str) -> str | None:
+    """The first error pytest reports outside a test's own failure (collecting a module, a
+    fixture's setup), with its cause: 'collecting tests/test_x.py: ModuleNotFoundError: ...'
+    (the section's first `E` line, else its last line)."""
+    lines = output.splitlines()
+    for i, line in enumerate(lines):
+        heading = re.match(r"^_+ ERROR (collecting|at setup of|at teardown of) (.+?) _+$", line)
+        if heading:
+            section = []
+            for text in lines[i + 1 :]:
+                if re.match(r"^(_{3,}|={3,}|-{3,}) ", text):
+                    break
+                section.append(text)
+            marked = [ln[1:].strip() for ln in section if re.match(r"^E\s", ln)]
+            plain = [ln.strip() for ln in section if ln.strip()]
+            cause = (marked or plain[-1:] or ["no cause printed"])[0]
+            return f"{heading[1]} {heading[2]}: {cause}"
+    return None
 
 
 def add_reasons(results: list[dict], junit: Path) -> None:

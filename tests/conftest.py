@@ -4,6 +4,7 @@ and the local Slurm cluster (one node, or several namespace hosts)."""
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import shutil
 import subprocess
@@ -20,12 +21,27 @@ use_cache_folders()  # as the entry points do: tools write their caches under th
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES_ENV = "POSESCALE_FIXTURES"
-# Set by the GPU check (benchmarks/gpu_check.py): a missing fixture fails there, as under CI.
-REQUIRE_FIXTURES_ENV = "POSESCALE_REQUIRE_FIXTURES"
+# Set by the GPU check (benchmarks/gpu_check.py): a missing fixture or optional extra fails
+# there, as under CI, instead of skipping.
+REQUIRE_ALL_ENV = "POSESCALE_REQUIRE_ALL"
 
 
-def fixtures_required() -> bool:
-    return os.environ.get("CI") == "true" or os.environ.get(REQUIRE_FIXTURES_ENV) == "1"
+def absence_fails() -> bool:
+    """Whether a missing fixture or extra is a failure (CI, the GPU check) rather than a skip."""
+    return os.environ.get("CI") == "true" or os.environ.get(REQUIRE_ALL_ENV) == "1"
+
+
+def import_extra(module: str, extra: str):
+    """`module`, which an optional extra of posescale's installs (`extra`: its name). Without it
+    the calling test module's tests are skipped, the extra named, instead of its collection
+    failing; where absence fails (CI, the GPU check), it fails, naming the extra."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        reason = f"needs the {extra} extra (pip install 'posescale[{extra}]'): {e}"
+    if absence_fails():
+        pytest.fail(reason, pytrace=False)
+    pytest.skip(reason, allow_module_level=True)
 
 
 def fixtures_dir() -> Path:
@@ -43,7 +59,7 @@ def coco_fixtures() -> Path:
             f"real COCO fixtures not found at {folder} (set {FIXTURES_ENV} to the folder that "
             "holds coco/test_coco.json)"
         )
-        if fixtures_required():
+        if absence_fails():
             pytest.fail(reason)
         pytest.skip(reason)
     return folder

@@ -4,9 +4,9 @@ program with a dynamic batch, checked by onnxruntime against the PyTorch model o
 import json
 
 import numpy as np
-import onnxruntime
 import pytest
 import torch
+from conftest import import_extra
 
 from pose.config import load_config
 from pose.data.layout import COCO_17
@@ -15,6 +15,8 @@ from pose.folders import ExportFolder
 from pose.models import build_model
 from pose.models.export import check_exports, export_onnx
 from pose.models.weights import load_model_weights
+
+onnxruntime = import_extra("onnxruntime", "export")
 
 
 def test_export_a_trained_run_to_all_three_forms(shards, tmp_path, tiny_overrides, run_python):

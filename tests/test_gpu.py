@@ -10,6 +10,7 @@ a GPU ever does. The tests of the checks themselves (below each) show that each 
 deliberately broken variant: negated, random, zero or vanishing gradients; autocast left off; a
 model that gives NaN after an overflow; a checkpoint read back onto a CUDA device."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -230,22 +231,73 @@ def test_the_finite_check_fails_on_a_model_poisoned_by_an_inf_forward():
         assert_finite(model, batch)
 
 
-@pytest.mark.gpu
-@needs_cuda
-def test_nccl_initialises_and_reduces_in_one_process():
-    import torch.distributed as dist
+# One rank of a reduction check: the project's init_distributed picks the backend (nccl on a
+# GPU, gloo on a CPU) and starts the group; each collective must give what only a real one
+# gives: the sum of every rank's rank+1, the gather of them in rank order, and on nccl a
+# pre-multiplied sum (x3), which differs from the input even on a world of one. Prints the
+# backend and the problems found as JSON. POSESCALE_TEST_NO_OP_ALL_REDUCE=1 breaks all_reduce
+# (it returns without reducing), for the test that the check catches it.
+REDUCTION_CHECK = """
+import json, os, torch, torch.distributed as dist
+from pose.config import LaunchConfig
+from pose.engine.distributed import init_distributed, shutdown
 
+env = init_distributed(LaunchConfig(), always_group=True)
+if os.environ.get("POSESCALE_TEST_NO_OP_ALL_REDUCE") == "1":
+    dist.all_reduce = lambda tensor, *args, **kwargs: None
+world, mine, problems = env.world_size, float(env.rank + 1), []
+total = world * (world + 1) / 2
+value = torch.full((4,), mine, device=env.device)
+dist.all_reduce(value)
+if not torch.all(value == total):
+    problems.append(f"all_reduce: {value.tolist()}, not {total}")
+gathered = torch.zeros(world, device=env.device)
+dist.all_gather_into_tensor(gathered, torch.full((1,), mine, device=env.device))
+if gathered.tolist() != [float(r + 1) for r in range(world)]:
+    problems.append(f"all_gather: {gathered.tolist()}")
+if env.backend == "nccl":
+    value = torch.full((4,), mine, device=env.device)
+    dist.all_reduce(value, op=dist._make_nccl_premul_sum(3.0))
+    if not torch.all(value == 3 * total):
+        problems.append(f"all_reduce of a x3 pre-multiplied sum: {value.tolist()}, not {3 * total}")
+dist.barrier()
+shutdown()
+print(json.dumps({"backend": env.backend, "device": str(env.device), "problems": problems}))
+"""
+
+
+def run_reduction_check(world: int, clean_env, **extra_env) -> list[dict]:
+    """REDUCTION_CHECK on `world` ranks started as torchrun starts them; each rank's report."""
     from pose.engine.distributed import free_port
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
-    torch.cuda.set_device(DEVICE)
-    dist.init_process_group("nccl", rank=0, world_size=1, device_id=DEVICE)
-    try:
-        value = torch.ones(4, device=DEVICE)
-        dist.all_reduce(value)
-        assert value.sum().item() == 4
-    finally:
-        dist.destroy_process_group()
+    port, ranks = str(free_port()), []
+    for rank in range(world):
+        env = clean_env(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world))
+        env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port, **extra_env)
+        command = [sys.executable, "-c", REDUCTION_CHECK]
+        ranks.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True))
+    outputs = [p.communicate(timeout=300)[0] for p in ranks]
+    assert all(p.returncode == 0 for p in ranks), outputs
+    return [json.loads(out.strip().splitlines()[-1]) for out in outputs]
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_nccl_reduces_through_the_projects_distributed_setup(clean_env):
+    """On every GPU of the machine, one rank each (nccl refuses two ranks on one GPU)."""
+    reports = run_reduction_check(torch.cuda.device_count(), clean_env)
+    assert {r["backend"] for r in reports} == {"nccl"}
+    assert [r["problems"] for r in reports] == [[]] * len(reports)
+
+
+def test_the_reduction_check_passes_on_two_gloo_ranks_and_fails_a_no_op_all_reduce(clean_env):
+    """What the nccl test above must catch, shown here with gloo: two CPU ranks reduce
+    correctly; with all_reduce made a no-op, every rank reports it."""
+    env = {"CUDA_VISIBLE_DEVICES": ""}
+    assert [r["problems"] for r in run_reduction_check(2, clean_env, **env)] == [[], []]
+    broken = run_reduction_check(2, clean_env, POSESCALE_TEST_NO_OP_ALL_REDUCE="1", **env)
+    assert all(r["backend"] == "gloo" for r in broken)
+    assert all(any(p.startswith("all_reduce:") for p in r["problems"]) for r in broken)
 
 
 @pytest.fixture(scope="module")

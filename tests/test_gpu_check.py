@@ -39,7 +39,7 @@ def test_the_whole_check_runs_on_a_cpu_tests_and_a_compiled_row_included(run_pyt
     outcomes = {t["test"].split("::")[1]: t for t in report["tests"]["results"]}
     bf16 = outcomes["test_a_bf16_step_runs_in_bf16_and_its_gradients_match_fp32"]
     assert bf16["outcome"] == "passed"
-    nccl = outcomes["test_nccl_initialises_and_reduces_in_one_process"]
+    nccl = outcomes["test_nccl_reduces_through_the_projects_distributed_setup"]
     assert nccl == {**nccl, "outcome": "skipped", "reason": "needs a CUDA GPU"}
     assert report["tests"]["exit_code"] == 0
     rows = report["rows"]
@@ -105,3 +105,49 @@ def test_a_pytest_that_cannot_start_is_recorded_with_its_reason(gpu_check, monke
     tests = json.loads((tmp_path / "out" / "report.json").read_text())["tests"]
     assert "pytest is not installed here" in tests["error"]
     assert "pytest is not installed here" in (tmp_path / "out" / "report.md").read_text()
+
+
+# A pytest plugin (loaded with -p before any test module) that makes the optional extras'
+# modules unimportable, as in an environment installed without them.
+HIDE_EXTRAS = """
+import sys
+for name in ("onnx", "onnxruntime", "onnxscript", "nvidia.dali", "wds2idx", "mkdocs"):
+    sys.modules[name] = None  # import fails; importlib.util.find_spec returns None
+"""
+
+
+def collect(run_python, tmp_path, *args, **env) -> tuple[int, str]:
+    """`pytest --collect-only ARGS` with the extras hidden; (exit code, output)."""
+    (tmp_path / "hide_extras.py").write_text(HIDE_EXTRAS)
+    env = {"PYTHONPATH": str(tmp_path), "CI": "", "POSESCALE_REQUIRE_ALL": "", **env}
+    command = ["-m", "pytest", "-p", "hide_extras", "--collect-only", "-q", "-rs", *args]
+    done = run_python([*command, "-p", "no:cacheprovider"], env=env)
+    return done.returncode, done.stdout + done.stderr
+
+
+def test_every_gpu_test_collects_without_the_optional_extras(run_python, tmp_path):
+    with_extras = run_python(["-m", "pytest", "--collect-only", "-q", "-m", "gpu"])
+    gpu_tests = [ln for ln in with_extras.stdout.splitlines() if "::" in ln]
+    assert len(gpu_tests) >= 6, with_extras.stdout
+    code, output = collect(run_python, tmp_path, "-m", "gpu")
+    assert code == 0, output[-3000:]
+    assert [ln for ln in output.splitlines() if "::" in ln] == gpu_tests
+    code, output = collect(run_python, tmp_path)  # every module, not only the gpu tests
+    assert code == 0, output[-3000:]
+    assert "needs the export extra (pip install 'posescale[export]')" in output
+
+
+def test_where_absence_fails_a_missing_extra_fails_collection_naming_it(
+    gpu_check, run_python, tmp_path, monkeypatch
+):
+    code, output = collect(run_python, tmp_path, "-m", "gpu", POSESCALE_REQUIRE_ALL="1")
+    assert code != 0 and "posescale[export]" in output
+    # the GPU check's tests row reports the cause, not only pytest's count of errors
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    monkeypatch.setenv("PYTEST_ADDOPTS", "-p hide_extras")
+    args = ["--cpu", "--quick", "--rows", "tests", "--out", str(tmp_path / "out")]
+    assert gpu_check.main(args) == 1
+    tests = json.loads((tmp_path / "out" / "report.json").read_text())["tests"]
+    assert tests["error"].startswith("collecting tests/test_export.py: ")
+    assert "posescale[export]" in tests["error"]
+    assert tests["error"] in (tmp_path / "out" / "report.md").read_text()

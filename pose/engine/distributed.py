@@ -95,10 +95,11 @@ def keep_freed_memory() -> bool:
     return bool(mallopt(m_mmap_threshold, 32 << 20)) and bool(mallopt(m_trim_threshold, 1 << 30))
 
 
-def init_distributed(cfg: LaunchConfig) -> DistEnv:
+def init_distributed(cfg: LaunchConfig, always_group: bool = False) -> DistEnv:
     """Read the environment, export torchrun-style variables (DeepSpeed reads them too), pick the
-    device and backend (nccl on GPUs, gloo on CPU), and start torch.distributed when world > 1.
-    Tunes the allocator (`keep_freed_memory`) when `cfg.keep_freed_memory`."""
+    device and backend (nccl on GPUs, gloo on CPU), and start torch.distributed when world > 1
+    (or at any world with `always_group`: a check of the backend itself, on one GPU). Tunes the
+    allocator (`keep_freed_memory`) when `cfg.keep_freed_memory`."""
     if cfg.keep_freed_memory:
         keep_freed_memory()
     found = describe_environment()
@@ -124,7 +125,7 @@ def init_distributed(cfg: LaunchConfig) -> DistEnv:
     )
     if backend == "nccl" and device.type != "cuda":
         raise DistributedSetupError("launch.dist_backend=nccl needs GPUs; use gloo on a CPU")
-    if world > 1 and not dist.is_initialized():
+    if (world > 1 or always_group) and not dist.is_initialized():
         from datetime import timedelta
 
         dist.init_process_group(
