@@ -43,7 +43,7 @@ from pose.data.layout import COCO_17
 from pose.data.loader import IMAGENET_MEAN, IMAGENET_STD, LoaderSpec, draw_augmentation
 from pose.data.sharding import ShardRequest, shard_dataset
 from pose.data.torch_loader import TorchLoader
-from pose.engine.distributed import keep_freed_memory
+from pose.distributed import keep_freed_memory
 from pose.timing import take_turns
 from pose.viz.curves import throughput_bars
 

@@ -52,10 +52,9 @@ from pose.data.backends import build_loader
 from pose.data.layout import COCO_17
 from pose.data.loader import LoaderSpec, normalise
 from pose.data.shards import ShardSet, is_shard_folder
-from pose.engine.deepspeed_adapter import build_engine
-from pose.engine.distributed import init_distributed
-from pose.engine.optimizer import build_optimizer
-from pose.engine.trainer import apply_memory_format, prepare_model, train_step
+from pose.distributed import init_distributed
+from pose.engine.build import build_training
+from pose.engine.trainer import train_step
 from pose.files import atomic_write
 from pose.models import build_model
 from pose.timing import timed
@@ -320,10 +319,11 @@ def training_flops_per_image(cfg, device: torch.device) -> float:
     return float(counter.get_total_flops())
 
 
-def measure(cfg, row: Row, device: torch.device, steps: int, shards: Path | None) -> dict:
+def measure(cfg, row: Row, env, steps: int, shards: Path | None) -> dict:
     """images/s and peak memory of one row, the timed steps inside one epoch."""
-    train = replace(cfg.train, batch_size=row.batch, compile=row.compile)
-    data = cfg.data
+    data, device = cfg.data, env.device
+    cfg = replace(cfg, engine=replace(cfg.engine, compile=row.compile))
+    cfg = replace(cfg, train=replace(cfg.train, batch_size=row.batch))
     warmup = WARMUP_STEPS[row.compile]
     record = {"source": row.source, "batch": row.batch, "compile": row.compile}
     record["model"] = f"{cfg.model.backbone} " + "x".join(map(str, data.image_size))
@@ -335,10 +335,7 @@ def measure(cfg, row: Row, device: torch.device, steps: int, shards: Path | None
     if row.compile:
         torch._dynamo.reset()  # each compiled row compiles its own model afresh
     torch.manual_seed(0)
-    model = prepare_model(build_model(cfg.model, LAYOUT.num_joints), train, device)
-    optimizer = build_optimizer(model, train, train.lr)  # the recipe's (AdamW, layer decay)
-    engine = build_engine(model, optimizer, None, train, 1, cfg.train.precision)
-    apply_memory_format(model, train, device)
+    engine = build_training(cfg, LAYOUT.num_joints, env).engine  # the recipe's optimizer
     if row.source == "device":
         fixed = device_batch(row.batch, data.image_size, device, LAYOUT.num_joints)
         batches = iter(lambda: fixed, None)  # the same device batch for ever
@@ -352,7 +349,7 @@ def measure(cfg, row: Row, device: torch.device, steps: int, shards: Path | None
         )
 
     def step():
-        train_step(engine, next(batches), data, train)
+        train_step(engine, next(batches), data, cfg.loss)
 
     for _ in range(warmup):
         step()
@@ -396,6 +393,7 @@ class Throughput:
 
     def __init__(self, args, rows: list[Row], report: Report, device: torch.device):
         self.args, self.rows, self.report, self.device = args, rows, report, device
+        self.env = None  # one process, on `device` (--cpu: the CPU even beside a GPU)
         self.cfgs, self.flops, self.shards = {}, {}, None
         self.longest: dict[bool, float] = {}  # seconds of the longest row, by compile
 
@@ -403,16 +401,16 @@ class Throughput:
         """The config of `model`'s recipe as the rows run it, and its training FLOPs."""
         # random weights: throughput does not depend on them, and the machine may be offline
         overrides = ["log.wandb=off", "train.budget_minutes=0", "model.pretrained="]
-        overrides.append("train.memory_format=channels_last")
-        overrides.append(f"train.precision={'bf16' if self.device.type == 'cuda' else 'fp32'}")
+        overrides.append("engine.memory_format=channels_last")
+        overrides.append(f"engine.precision={'bf16' if self.device.type == 'cuda' else 'fp32'}")
         if self.args.quick:
             overrides.append("data.image_size=[128,96]")
             if model == "resnet50":
                 overrides.append("model.backbone=resnet18")
         cfg = load_config(RECIPES[model], overrides)
-        if not self.cfgs:
-            init_distributed(cfg.launch)
-            self.report.data["setup"]["precision"] = cfg.train.precision
+        if self.env is None:
+            self.env = replace(init_distributed(cfg.launch), device=self.device)
+            self.report.data["setup"]["precision"] = cfg.engine.precision
         self.cfgs[model] = cfg
         self.flops[model] = training_flops_per_image(cfg, self.device)
 
@@ -445,7 +443,7 @@ class Throughput:
             self._setup(row.model)
         if row.source != "device" and self.shards is None:
             self.shards = make_shards(self.args.out, samples_needed(self.rows, self.args.steps))
-        record = measure(self.cfgs[row.model], row, self.device, self.args.steps, self.shards)
+        record = measure(self.cfgs[row.model], row, self.env, self.args.steps, self.shards)
         record["training_gflops_per_image"] = round(self.flops[row.model] / 1e9, 2)
         achieved = self.flops[row.model] * record["images_per_s"] / 1e12
         record["tflops"] = round(achieved, 1)

@@ -11,7 +11,7 @@ bridge, one gloo rank per host, one intra-op thread each), for 1, 2 and 3 hosts:
   below predicts from the parts and the measured bus bandwidth.
 
 With --overlap, on 2 hosts: a whole training step through the DeepSpeed engine with
-train.overlap_comm off and on, taking turns, at each --rates link, beside one all-reduce of the
+engine.overlap_comm off and on, taking turns, at each --rates link, beside one all-reduce of the
 gradients' size.
 
 Modelled (printed as tables, formulas in BENCHMARKS.md): images/s and scaling efficiency of
@@ -134,7 +134,7 @@ A100_RESNET50_224_AMP = 2470  # img/s, 1 GPU, NVIDIA DeepLearningExamples RN50 v
 A100_RESNET50_8GPU_EFFICIENCY = 16621 / (8 * 2470)  # the same table, 8 GPUs: 0.84
 H200_OVER_A100 = 2.0  # assumed: bf16 training, H100/H200 over A100 (not measured)
 BACKWARD_SHARE = 2 / 3  # of forward + backward compute (backward: two products per forward one)
-BUCKET_BYTES = 25 * 2**20  # train.bucket_mb's default
+BUCKET_BYTES = 25 * 2**20  # engine.bucket_mb's default
 COCO_PEOPLE = 149_813
 # the models of the table: backbone, model overrides, batch per GPU (their recipes')
 MODELS = {
@@ -266,17 +266,19 @@ def worker(args) -> None:
     import torch
     import torch.distributed as dist
 
+    from pose.config import LaunchConfig
+    from pose.distributed import init_distributed
+
     torch.set_num_threads(1)
-    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    if world > 1:
-        dist.init_process_group("gloo", rank=rank, world_size=world)
+    env = init_distributed(LaunchConfig(dist_backend="gloo"))
+    rank, world = env.rank, env.world_size
     result = {"world": world}
     if world > 1 and args.reps:
         result["allreduce"] = allreduce_sweep(world, args.reps)
     if args.steps:
         result["step"] = split_step(rank, world, args)
     if args.overlap_rounds:
-        result["overlap"] = overlap_step(rank, world, args)
+        result["overlap"] = overlap_step(env, args)
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()
@@ -361,10 +363,10 @@ def split_step(rank: int, world: int, args) -> dict:
     return {k: statistics.median(v) for k, v in parts.items()} | {"grad_bytes": grad_bytes}
 
 
-def overlap_step(rank: int, world: int, args) -> dict:
+def overlap_step(env, args) -> dict:
     """Median seconds of a whole training step through the DeepSpeed engine (forward, backward
     with the gradient reduction, optimizer step) of the demo model on one fixed batch, with
-    train.overlap_comm off (reduced after the backward pass) and on, the two taking turns; and
+    engine.overlap_comm off (reduced after the backward pass) and on, the two taking turns; and
     of one all-reduce of the gradients' size alone."""
     import dataclasses
 
@@ -375,12 +377,13 @@ def overlap_step(rank: int, world: int, args) -> dict:
     from pose.data.backends import build_loader
     from pose.data.codec import HeatmapCodec, heatmap_size
     from pose.data.loader import LoaderSpec
-    from pose.engine.deepspeed_adapter import build_engine
+    from pose.engine.build import build_training
     from pose.engine.loss import joints_mse_loss
-    from pose.models import build_model
     from pose.timing import interleaved
 
-    ours = [f"train.batch_size={args.batch}", "data.num_workers=0"]
+    rank, world = env.rank, env.world_size
+    ours = [f"train.batch_size={args.batch}", "data.num_workers=0", "optimizer.lr=1e-4"]
+    ours.append("engine.precision=fp32")
     cfg = load_config(ROOT / "configs" / "demo.yaml", layer_overrides(ours, args.overrides))
     loader = build_loader(LoaderSpec(cfg.data, "train", args.batch, rank, world))
     batches = loader.epoch(0)
@@ -391,10 +394,11 @@ def overlap_step(rank: int, world: int, args) -> dict:
     variants = {}
     for overlap in (False, True):
         torch.manual_seed(0)
-        model = build_model(cfg.model, loader.layout.num_joints)
-        optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-        train = dataclasses.replace(cfg.train, overlap_comm=overlap)
-        engine = build_engine(model, optimizer, None, train, world, "fp32")
+        variant = dataclasses.replace(
+            cfg, engine=dataclasses.replace(cfg.engine, overlap_comm=overlap)
+        )
+        training = build_training(variant, loader.layout.num_joints, env)
+        engine, model = training.engine, training.model
 
         def step(engine=engine) -> None:
             engine.backward(joints_mse_loss(engine(batch["image"]), heatmaps, weights))
@@ -564,7 +568,7 @@ def main() -> None:
     parser.add_argument(
         "--overlap",
         action="store_true",
-        help="only the overlap measurement: 2 hosts, a DeepSpeed step with train.overlap_comm "
+        help="only the overlap measurement: 2 hosts, a DeepSpeed step with engine.overlap_comm "
         "off and on at each --rates link",
     )
     parser.add_argument("--overlap-rounds", type=int, default=0, help=argparse.SUPPRESS)

@@ -1,6 +1,7 @@
 """Training throughput, side by side in one run, same model, batch and precision:
 
-- torch:   a plain PyTorch loop (forward, JointsMSELoss, backward, Adam) on a fixed batch
+- torch:   a plain PyTorch loop (forward, JointsMSELoss, backward, the config's optimizer) on
+           a fixed batch
 - engine:  the DeepSpeed engine's step (pose.engine.trainer.train_step) on the same fixed batch
 - loop:    the engine's step fed by the real input pipeline (shards -> loader -> targets)
 
@@ -10,7 +11,7 @@ batch B (its own model, engine and loader), in the same turns, and prints its im
 the loop's: what a wall-clock budget trains at the other batch size. `--vs "KEY=VALUE ..."` adds
 the loop of a second config (the first with those overrides: its own model, engine and loader),
 in the same turns, and prints its images/s against the loop's (e.g. `--vs
-"train.memory_format=channels_last"` or `--vs "train.compile=true"` on the CPU).
+"engine.memory_format=channels_last"` or `--vs "engine.compile=true"` on the CPU).
 
     python benchmarks/train_step.py [--config configs/demo.yaml] [--steps 5] [--rounds 5]
         [--json OUT] [--also-batch B] [--vs "KEY=VALUE ..."]
@@ -27,14 +28,16 @@ from pathlib import Path
 import torch
 
 from pose.caches import use_cache_folders
-from pose.config import TrainConfig, layer_overrides, load_config
+from pose.config import Config, layer_overrides, load_config
 from pose.data.backends import build_loader
 from pose.data.codec import HeatmapCodec, heatmap_size
 from pose.data.loader import LoaderSpec
-from pose.engine.deepspeed_adapter import build_engine, resolve_precision
-from pose.engine.distributed import init_distributed
+from pose.distributed import init_distributed
+from pose.engine.build import build_training
+from pose.engine.deepspeed_adapter import resolve_precision
 from pose.engine.loss import joints_mse_loss
-from pose.engine.trainer import apply_memory_format, prepare_model, train_step
+from pose.engine.optimizer import build_optimizer
+from pose.engine.trainer import train_step
 from pose.models import build_model
 from pose.timing import interleaved
 
@@ -53,7 +56,7 @@ def main() -> None:
     base = ["log.wandb=off"]
     cfg = load_config(args.config, layer_overrides(base, args.overrides))
     env = init_distributed(cfg.launch)
-    precision = resolve_precision(cfg.train.precision, env.device)
+    precision = resolve_precision(cfg.engine.precision, env.device)
     loader = build_loader(LoaderSpec(cfg.data, "train", cfg.train.batch_size, device=env.device))
     batch = next(iter(loader.epoch(0)))
     data, train = cfg.data, cfg.train
@@ -62,7 +65,7 @@ def main() -> None:
 
     torch.manual_seed(0)
     plain = build_model(cfg.model, loader.layout.num_joints).to(env.device).train()
-    optimizer = torch.optim.Adam(plain.parameters(), lr=cfg.train.lr)
+    optimizer = build_optimizer(plain, cfg.optimizer, cfg.optimizer.lr)  # the engine's too
 
     def torch_step():
         targets, weights = codec.encode(batch["keypoints"])
@@ -73,15 +76,11 @@ def main() -> None:
         loss.backward()
         optimizer.step()
 
-    def real_loop(train: TrainConfig, source, model_cfg=cfg.model):
-        """The engine's step fed by the real input pipeline `source` (at `train.batch_size`),
-        the model prepared as the trainer does (compiled, channels_last as `train` says)."""
+    def real_loop(variant: Config, source):
+        """The engine's step fed by the real input pipeline `source` (at the variant's batch),
+        everything built as the trainer builds it (compiled, channels_last as it says)."""
         torch.manual_seed(0)
-        model = build_model(model_cfg, loader.layout.num_joints)
-        model = prepare_model(model, train, env.device)
-        adam = torch.optim.Adam(model.parameters(), lr=train.lr)
-        engine = build_engine(model, adam, None, train, env.world_size, precision)
-        apply_memory_format(model, train, env.device)
+        engine = build_training(variant, loader.layout.num_joints, env).engine
         batches = iter(())
 
         def step():
@@ -91,27 +90,27 @@ def main() -> None:
             except StopIteration:
                 batches = iter(source.epoch(1))
                 real = next(batches)
-            train_step(engine, real, data, train)
+            train_step(engine, real, data, variant.loss)
 
         return engine, step
 
-    engine, loop_step = real_loop(train, loader)
+    engine, loop_step = real_loop(cfg, loader)
     variants = {
         "torch": torch_step,
-        "engine": lambda: train_step(engine, batch, data, train),
+        "engine": lambda: train_step(engine, batch, data, cfg.loss),
         "loop": loop_step,
     }
     images = {name: train.batch_size for name in variants}
     if args.also_batch:
         other = f"loop_b{args.also_batch}"
-        other_train = replace(train, batch_size=args.also_batch)
+        other_cfg = replace(cfg, train=replace(train, batch_size=args.also_batch))
         spec = LoaderSpec(data, "train", args.also_batch, device=env.device)
-        variants[other] = real_loop(other_train, build_loader(spec))[1]
+        variants[other] = real_loop(other_cfg, build_loader(spec))[1]
         images[other] = args.also_batch
     if args.vs:
         vs_cfg = load_config(args.config, layer_overrides(base, args.overrides, args.vs.split()))
         spec = LoaderSpec(vs_cfg.data, "train", vs_cfg.train.batch_size, device=env.device)
-        variants["loop_vs"] = real_loop(vs_cfg.train, build_loader(spec), vs_cfg.model)[1]
+        variants["loop_vs"] = real_loop(vs_cfg, build_loader(spec))[1]
         images["loop_vs"] = vs_cfg.train.batch_size
     n = batch["image"].shape[0]
     seconds = interleaved(variants, args.steps, args.rounds)

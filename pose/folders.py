@@ -1,6 +1,8 @@
 """The folders the project writes, each with one owner that names its files: a run folder
 (`RunFolder`), an export folder (`ExportFolder`) and a sweep folder (`SweepFolder`). Everything
-that reads or writes one asks its object where things are. A run folder:
+that reads or writes one asks its object where things are, and `resolve_trained` is the one
+place that works out what a `--checkpoint` argument names (its weights, config and layout). A
+run folder:
 
     config.yaml         the resolved config (pose.config)
     layout.yaml         the keypoint layout the model was trained for (pose.data.layout)
@@ -8,7 +10,8 @@ that reads or writes one asks its object where things are. A run folder:
     wandb_id.txt        the wandb run id, so that a resumed run continues the same wandb run
     budget.json         the step count a wall-clock budget was measured to (pose.engine.budget)
     deepspeed_config.json  the DeepSpeed config generated for the run (for reading; not read back)
-    checkpoints/        one folder per checkpoint tag (pose.engine.checkpoint), and
+    checkpoints/        one folder per checkpoint tag (pose.engine.checkpoint), each with the
+                        model's weights in MODEL_STATES_FILE, and
       latest, best      the tag of the newest complete checkpoint and of the best by AP
     pictures/           PNGs written during training (predictions_epochNNN.png)
     eval/               results.json of the last evaluation (COCO results)
@@ -25,9 +28,14 @@ import os
 import secrets
 import socket
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from pose.files import atomic_write
+
+# The model's weights in a checkpoint folder: DeepSpeed's model states file (under ZeRO-3, whose
+# own files hold each rank's slices, the gathered weights written under the same name)
+MODEL_STATES_FILE = "mp_rank_00_model_states.pt"
 
 
 class _Folder:
@@ -81,6 +89,34 @@ class ExportFolder(_ModelFolder):
 
     def is_export(self) -> bool:
         return self.weights.is_file()
+
+
+class PredictFolder(_Folder):
+    """The layout of what prediction writes (pose/inference/run.py), in one place:
+
+    keypoints.json                  every person found, in COCO results format
+    <image>_pose.png                each image with its people drawn
+    <video>_pose.mp4                each video with its people drawn
+    <image>_person<N>_attention.png the attention maps of person N (the attention variants)
+    animation.gif                   with --gif: the drawn images (or attention maps) in turn
+    """
+
+    @property
+    def results(self) -> Path:
+        return self.path / "keypoints.json"
+
+    @property
+    def animation(self) -> Path:
+        return self.path / "animation.gif"
+
+    def drawn_image(self, stem: str) -> Path:
+        return self.path / f"{stem}_pose.png"
+
+    def drawn_video(self, name: str) -> Path:
+        return self.path / f"{name}_pose.mp4"
+
+    def attention_picture(self, stem: str, person: int) -> Path:
+        return self.path / f"{stem}_person{person}_attention.png"
 
 
 class RunFolderBusy(RuntimeError):
@@ -138,6 +174,9 @@ class RunFolder(_ModelFolder):
 
     def checkpoint(self, tag: str) -> Path:
         return self.checkpoints / tag
+
+    def checkpoint_weights(self, tag: str) -> Path:
+        return self.checkpoint(tag) / MODEL_STATES_FILE
 
     def checkpoint_tags(self) -> list[str]:
         """The checkpoint folders present, oldest first."""
@@ -237,23 +276,99 @@ class SweepFolder(_Folder):
     def is_sweep(self) -> bool:
         return self.manifest.is_file()
 
-    def read_manifest(self) -> dict:
-        """The manifest; FileNotFoundError without one, ValueError (naming the file) when it is
-        not a JSON object."""
+    def read_manifest(self) -> SweepManifest:
+        """The manifest; FileNotFoundError without one, ValueError (naming the file and what
+        is wrong) when it is not one."""
         try:
-            manifest = json.loads(self.manifest.read_text())
+            data = json.loads(self.manifest.read_text())
         except json.JSONDecodeError as e:
             raise ValueError(f"{self.manifest} is not valid JSON: {e}") from None
-        if not isinstance(manifest, dict) or not isinstance(manifest.get("runs"), list):
-            raise ValueError(f"{self.manifest} is not a sweep manifest (no list of runs)")
-        return manifest
+        try:
+            runs = [SweepRun(**run) for run in data["runs"]]
+            return SweepManifest(**{**data, "runs": runs})
+        except (TypeError, KeyError) as e:
+            raise ValueError(f"{self.manifest} is not a sweep manifest ({e})") from None
 
-    def write_manifest(self, manifest: dict) -> None:
-        atomic_write(self.manifest, json.dumps(manifest, indent=1) + "\n")
+    def write_manifest(self, manifest: SweepManifest) -> None:
+        atomic_write(self.manifest, json.dumps(asdict(manifest), indent=1) + "\n")
 
     def run_folders(self) -> list[RunFolder]:
         """The manifest's run folders, in its order."""
-        return [RunFolder(r["run_dir"]) for r in self.read_manifest()["runs"]]
+        return [RunFolder(r.run_dir) for r in self.read_manifest().runs]
+
+
+@dataclass
+class SweepRun:
+    """One run of a submitted sweep, as sweep.json records it."""
+
+    name: str
+    overrides: list[str]  # all of them, the sweep's and the run's
+    varying: dict  # the keys this run varies (its grid point), for reading
+    run_dir: str
+    job_id: str
+
+
+@dataclass
+class SweepManifest:
+    """What sweep.json holds: the sweep, where it was submitted, and its runs."""
+
+    name: str
+    sweep_file: str
+    base: str  # the config every run starts from
+    executor: str  # "slurm" or "local"
+    submitit_folder: str
+    submitted: float  # time.time() of the submission
+    runs: list[SweepRun]
+
+
+class TrainedModelError(ValueError):
+    """A `--checkpoint` names no trained model, or lacks what its use needs; the message says
+    what was looked for and how to give it."""
+
+
+@dataclass(frozen=True)
+class TrainedFiles:
+    """What a `--checkpoint` names, worked out once: its weights file, and the config and
+    keypoint layout recorded by the run or export folder it belongs to (None: a plain state dict
+    has neither)."""
+
+    given: Path
+    weights: Path
+    config: Path | None
+    layout: Path | None
+
+
+def resolve_trained(checkpoint: str | os.PathLike) -> TrainedFiles:
+    """A run folder (its best checkpoint, else its latest), a checkpoint folder inside one, an
+    export folder, or a state-dict file, with the folders that describe it: its own (a run or
+    export folder, or a weights file's folder) and, for a checkpoint of a run, the run's."""
+    path = Path(checkpoint)
+    owners = [path if path.is_dir() else path.parent]
+    if path.is_file():
+        weights = path
+    elif (path / MODEL_STATES_FILE).is_file():
+        weights = path / MODEL_STATES_FILE
+    elif ExportFolder(path).is_export():
+        weights = ExportFolder(path).weights
+    else:
+        run = RunFolder(path)
+        tags = [t for t in (run.best_tag(), run.latest_tag()) if t]
+        found = [run.checkpoint_weights(t) for t in tags if run.checkpoint_weights(t).is_file()]
+        if not found:
+            what = "exists" if path.exists() else "does not exist"
+            raise TrainedModelError(
+                f"'{path}' ({what}) is neither a state-dict file, a checkpoint folder (with "
+                f"{MODEL_STATES_FILE}), an export folder, nor a run folder with checkpoints/best "
+                "or checkpoints/latest"
+            )
+        weights = found[0]
+    folder = owners[0]
+    if folder.parent.name == RunFolder(folder.parent.parent).checkpoints.name:
+        owners.append(folder.parent.parent)  # a checkpoint of a run: the run describes it
+    described = [_ModelFolder(f) for f in owners]
+    config = next((m.config for m in described if m.config.is_file()), None)
+    layout = next((m.layout for m in described if m.layout.is_file()), None)
+    return TrainedFiles(path, weights, config, layout)
 
 
 _held: set[Path] = set()  # lock files this process holds (see RunFolder.lock)

@@ -8,6 +8,8 @@ import json
 import os
 from pathlib import Path
 
+import yaml
+
 from pose.config import LogConfig
 from pose.files import atomic_write
 from pose.folders import RunFolder
@@ -28,16 +30,15 @@ def wandb_mode(setting: str, env: dict | None = None) -> str:
 
 
 class Tracker:
-    """metrics.jsonl of `run` and a wandb run as `cfg` (log section) says, with `config` (the
-    whole resolved tree) as wandb's run config. Disabled on ranks other than 0.
+    """metrics.jsonl of `run` and a wandb run as `cfg` (log section) says, with the run's
+    resolved config (its config.yaml, written before) as wandb's run config. Disabled on ranks
+    other than 0.
 
     A run resumed at `resume_step` will log the steps after it again: the records of those
     steps that the interrupted run wrote are dropped from metrics.jsonl first, so readers see
     each step once (wandb ignores steps below its last one, so it keeps the first records)."""
 
-    def __init__(
-        self, cfg: LogConfig, run: RunFolder, config: dict, enabled: bool, resume_step: int = 0
-    ):
+    def __init__(self, cfg: LogConfig, run: RunFolder, enabled: bool, resume_step: int = 0):
         self.enabled = enabled
         self.path = run.metrics
         self.run = None
@@ -56,7 +57,7 @@ class Tracker:
                 group=cfg.group or None,
                 name=cfg.name or run.path.name,
                 tags=cfg.tags or None,
-                config=config,
+                config=_recorded_config(run),
                 dir=str(run.path),
                 mode=mode,
                 resume="allow",
@@ -89,6 +90,13 @@ class Tracker:
     def finish(self) -> None:
         if self.run is not None:
             self.run.finish()
+
+
+def _recorded_config(run: RunFolder) -> dict:
+    """The run's config.yaml as a plain mapping (wandb's run config); {} before there is one."""
+    if not run.config.is_file():
+        return {}
+    return yaml.safe_load(run.config.read_text()) or {}
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:

@@ -122,11 +122,11 @@ def tiny_overrides():
             "model.deconv_filters": 32,
             "train.batch_size": 8,
             "train.budget_images": 0,  # configs/demo.yaml trains to an image budget
-            "train.warmup_steps": 2,
+            "schedule.warmup_steps": 2,
             "log.every_steps": 2,
             "checkpoint.every_steps": 4,
             "eval.every_epochs": 0,
-            "train.precision": "fp32",
+            "engine.precision": "fp32",
             "log.wandb": "off",
             "run.dir": run_dir,
         }
@@ -169,7 +169,7 @@ def clean_env():
     test set, one intra-op thread, unbuffered output, updated by `extra`."""
 
     def environment(**extra) -> dict:
-        from pose.engine.distributed import TORCHRUN_VARS
+        from pose.distributed import TORCHRUN_VARS
 
         env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_VARS}
         return {**env, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **extra}

@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pose.engine.deepspeed_adapter import MODEL_STATES_FILE
-from pose.folders import RunFolder
+from pose.folders import MODEL_STATES_FILE, RunFolder
 from pose.tracking import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -135,7 +134,7 @@ def test_non_finite_weights_are_never_saved(shards, tmp_path, tiny_overrides, ru
     come every step but logs only every 10: the check before each save catches it."""
     run = tmp_path / "nan"
     extra = {
-        "train.lr": 1e30,
+        "optimizer.lr": 1e30,
         "train.max_steps": 6,
         "checkpoint.every_steps": 1,
         "log.every_steps": 10,
@@ -174,8 +173,8 @@ class FailingEngine:
 
 def checkpointer(tmp_path, error):
     from pose.config import CheckpointConfig
+    from pose.distributed import BatchNormAverage, DistEnv
     from pose.engine.checkpoint import Checkpointer, RunState
-    from pose.engine.distributed import BatchNormAverage, DistEnv
     from pose.engine.schedule import StepPlan
 
     plan = StepPlan(steps_per_epoch=10, total_steps=100)

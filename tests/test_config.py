@@ -32,8 +32,8 @@ def test_paper_recipe_values():
     cfg = load_config(CONFIGS / "coco_res50_256x192.yaml")
     assert cfg.model.backbone == "resnet50"
     assert cfg.data.image_size == (256, 192)
-    assert (cfg.train.optimizer, cfg.train.lr) == ("adam", 1e-3)
-    assert cfg.train.lr_steps == [90, 120] and cfg.train.epochs == 140
+    assert (cfg.optimizer.name, cfg.optimizer.lr) == ("adam", 1e-3)
+    assert cfg.schedule.lr_steps == [90, 120] and cfg.train.epochs == 140
     assert cfg.train.batch_size == 32 and cfg.eval.flip_test
 
 
@@ -44,18 +44,22 @@ def test_the_hrnet_and_vitpose_recipes_are_their_papers():
         0,
         4,
     )
-    assert (hrnet.train.optimizer, hrnet.train.lr, hrnet.train.epochs) == ("adam", 1e-3, 210)
-    assert hrnet.train.lr_steps == [170, 200]
+    assert (hrnet.optimizer.name, hrnet.optimizer.lr, hrnet.train.epochs) == ("adam", 1e-3, 210)
+    assert hrnet.schedule.lr_steps == [170, 200]
     assert hrnet.model.pretrained == "timm:hrnet_w32.ms_in1k"  # the authors' ImageNet weights
     vitpose = load_config(CONFIGS / "coco_vitpose_b_256x192.yaml")
     assert (vitpose.model.backbone, vitpose.model.deconv_layers) == ("vitpose_b", 2)
-    assert (vitpose.train.optimizer, vitpose.train.lr, vitpose.train.weight_decay) == (
+    assert (vitpose.optimizer.name, vitpose.optimizer.lr, vitpose.optimizer.weight_decay) == (
         "adamw",
         5e-4,
         0.1,
     )
-    assert (vitpose.train.layer_decay, vitpose.model.drop_path) == (0.75, 0.3)
-    assert (vitpose.train.grad_clip, vitpose.data.target, vitpose.train.epochs) == (1.0, "udp", 210)
+    assert (vitpose.optimizer.layer_decay, vitpose.model.drop_path) == (0.75, 0.3)
+    assert (vitpose.optimizer.grad_clip, vitpose.data.target, vitpose.train.epochs) == (
+        1.0,
+        "udp",
+        210,
+    )
     assert vitpose.model.pretrained == "timm:vit_base_patch16_224.mae"
 
 
@@ -63,10 +67,10 @@ def test_overrides_are_typed_and_applied_after_the_file():
     cfg = load_config(
         CONFIGS / "coco_res50_256x192.yaml",
         [
-            "train.lr=5e-4",
+            "optimizer.lr=5e-4",
             "model.attention=holistic",
             "data.image_size=[384, 288]",
-            "train.lr_steps=[10,20]",
+            "schedule.lr_steps=[10,20]",
             "eval.flip_test=false",
             "log.wandb=off",
             "log.tags=[a, b]",
@@ -74,10 +78,10 @@ def test_overrides_are_typed_and_applied_after_the_file():
             "train.epochs=7",
         ],
     )
-    assert cfg.train.lr == 5e-4 and isinstance(cfg.train.lr, float)
+    assert cfg.optimizer.lr == 5e-4 and isinstance(cfg.optimizer.lr, float)
     assert cfg.model.attention == "holistic"
     assert cfg.data.image_size == (384, 288)
-    assert cfg.train.lr_steps == [10, 20]
+    assert cfg.schedule.lr_steps == [10, 20]
     assert cfg.eval.flip_test is False
     assert cfg.log.wandb == "off"  # YAML 1.1 would have made this False
     assert cfg.log.tags == ["a", "b"]
@@ -85,33 +89,33 @@ def test_overrides_are_typed_and_applied_after_the_file():
 
 
 def test_integer_given_for_float_is_converted():
-    assert load_config(None, ["train.lr=1"]).train.lr == 1.0
+    assert load_config(None, ["optimizer.lr=1"]).optimizer.lr == 1.0
 
 
 @pytest.mark.parametrize(
     ("override", "words"),
     [
-        ("train.lrr=1e-3", ["train.lrr", "did you mean 'lr'"]),
+        ("optimizer.lrr=1e-3", ["optimizer.lrr", "did you mean 'lr'"]),
         ("trian.lr=1e-3", ["trian", "did you mean 'train'"]),
         ("model.attention=global", ["model.attention", "'none', 'holistic', 'partwise'"]),
         ("model.backbone=resnet51", ["model.backbone", "'resnet50'"]),
         ("train.epochs=ten", ["train.epochs", "integer"]),
         ("train.epochs=2.5", ["train.epochs", "integer"]),
-        ("train.lr=fast", ["train.lr", "number"]),
+        ("optimizer.lr=fast", ["optimizer.lr", "number"]),
         ("eval.flip_test=maybe", ["eval.flip_test", "true or false"]),
         ("data.image_size=[256]", ["data.image_size", "2 values"]),
         ("data.image_size=[250, 192]", ["data.image_size", "multiples of 32"]),
-        ("train.zero_stage=4", ["train.zero_stage", "0, 1, 2, 3"]),
-        ("train.optimizer=sgd", ["train.optimizer", "'adam', 'adamw'"]),
+        ("engine.zero_stage=4", ["engine.zero_stage", "0, 1, 2, 3"]),
+        ("optimizer.name=sgd", ["optimizer.name", "'adam', 'adamw'"]),
         ("model.deconv_layers=6", ["model.deconv_layers", "at most 5"]),
         ("data.heatmap_stride=8", ["data.heatmap_stride", "unknown"]),
         ("eval.use_gt_boxes=true", ["eval.use_gt_boxes", "unknown"]),
-        ("train.lr_steps=[120, 90]", ["train.lr_steps", "increasing"]),
+        ("schedule.lr_steps=[120, 90]", ["schedule.lr_steps", "increasing"]),
         ("data.flip_prob=1.5", ["data.flip_prob", "[0, 1]"]),
         ("model.pretrained=/no/such/weights.pth", ["model.pretrained", "nothing at"]),
         ("train=3", ["'train'", "section"]),
-        ("train.lr", ["train.lr", "section.key=value"]),
-        ("train.lr=[1,2", ["'train.lr'", "'[1,2' is not valid YAML", "expected ','"]),
+        ("optimizer.lr", ["optimizer.lr", "section.key=value"]),
+        ("optimizer.lr=[1,2", ["'optimizer.lr'", "'[1,2' is not valid YAML", "expected ','"]),
         ("model.attention={a: 1", ["'model.attention'", "not valid YAML"]),
     ],
 )
@@ -123,10 +127,10 @@ def test_bad_overrides_name_the_key(override, words):
 
 
 def test_zero3_refuses_what_needs_whole_weights_in_place():
-    with pytest.raises(ConfigError, match=r"train\.compile.*zero_stage=3"):
-        load_config(None, ["train.compile=true", "train.zero_stage=3"])
-    with pytest.raises(ConfigError, match=r"train\.memory_format.*zero_stage=0"):
-        load_config(None, ["train.memory_format=channels_last", "train.zero_stage=3"])
+    with pytest.raises(ConfigError, match=r"engine\.compile.*zero_stage=3"):
+        load_config(None, ["engine.compile=true", "engine.zero_stage=3"])
+    with pytest.raises(ConfigError, match=r"engine\.memory_format.*zero_stage=0"):
+        load_config(None, ["engine.memory_format=channels_last", "engine.zero_stage=3"])
 
 
 def test_unknown_key_in_yaml_file_names_file_and_key(tmp_path):
@@ -167,8 +171,8 @@ def test_expand_configs_for_sweeps():
 def test_parse_overrides_nests_and_build_config_accepts_partial_dicts():
     nested = parse_overrides(["a.b.c=1", "a.b.d=x", "e="])
     assert nested == {"a": {"b": {"c": 1, "d": "x"}}, "e": ""}
-    cfg = build_config({"train": {"lr": 0.5}})
-    assert cfg.train.lr == 0.5 and cfg.model == Config().model
+    cfg = build_config({"optimizer": {"lr": 0.5}})
+    assert cfg.optimizer.lr == 0.5 and cfg.model == Config().model
 
 
 @pytest.mark.parametrize(
@@ -176,10 +180,10 @@ def test_parse_overrides_nests_and_build_config_accepts_partial_dicts():
     [
         ("seed=-1", ["'seed'", "must not be negative"]),
         ("seed=4294967296", ["'seed'", "below 2**31"]),
-        ("train.lr=.nan", ["train.lr", "finite"]),
-        ("train.lr=nan", ["train.lr", "finite"]),
+        ("optimizer.lr=.nan", ["optimizer.lr", "finite"]),
+        ("optimizer.lr=nan", ["optimizer.lr", "finite"]),
         ("data.sigma=inf", ["data.sigma", "finite"]),
-        ("train.weight_decay=-.inf", ["train.weight_decay", "finite"]),
+        ("optimizer.weight_decay=-.inf", ["optimizer.weight_decay", "finite"]),
         ("data.max_bad_fraction=2", ["data.max_bad_fraction", "[0, 1]"]),
     ],
 )
@@ -206,25 +210,27 @@ def test_a_key_written_twice_is_an_error_naming_it(tmp_path):
 
 def test_a_key_given_twice_on_the_command_line_is_refused_naming_both():
     with pytest.raises(ConfigError) as err:
-        load_config(None, ["train.lr=1e-3", "train.epochs=2", "train.lr=2e-3"])
-    assert "'train.lr' is given twice on the command line with different values" in str(err.value)
-    assert "'train.lr=1e-3' and 'train.lr=2e-3'" in str(err.value)
-    assert load_config(None, ["train.lr=1e-3", "train.lr=0.001"]).train.lr == 1e-3
+        load_config(None, ["optimizer.lr=1e-3", "train.epochs=2", "optimizer.lr=2e-3"])
+    assert "'optimizer.lr' is given twice on the command line with different values" in str(
+        err.value
+    )
+    assert "'optimizer.lr=1e-3' and 'optimizer.lr=2e-3'" in str(err.value)
+    assert load_config(None, ["optimizer.lr=1e-3", "optimizer.lr=0.001"]).optimizer.lr == 1e-3
 
 
 def test_layered_overrides_let_a_later_layer_replace_a_key():
     from pose.config import layer_overrides
 
-    layers = (["train.lr=1e-3", "train.epochs=2"], ["train.lr=2e-3"], ["run.dir=x"])
-    assert layer_overrides(*layers) == ["train.epochs=2", "train.lr=2e-3", "run.dir=x"]
-    assert load_config(None, layer_overrides(*layers)).train.lr == 2e-3
+    layers = (["optimizer.lr=1e-3", "train.epochs=2"], ["optimizer.lr=2e-3"], ["run.dir=x"])
+    assert layer_overrides(*layers) == ["train.epochs=2", "optimizer.lr=2e-3", "run.dir=x"]
+    assert load_config(None, layer_overrides(*layers)).optimizer.lr == 2e-3
 
 
 def test_a_malformed_override_is_one_line_from_train(run_python):
-    done = run_python(["launch/train.py", "--config", "demo", "train.lr=[1,2"])
+    done = run_python(["launch/train.py", "--config", "demo", "optimizer.lr=[1,2"])
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
-        "train: error: config key 'train.lr': the override value '[1,2' is not valid YAML "
+        "train: error: config key 'optimizer.lr': the override value '[1,2' is not valid YAML "
         "(expected ',' or ']', but got '<stream end>'); quote a string, close a list: key=[1,2]"
     ]
 
@@ -245,7 +251,56 @@ def test_shipped_configs_are_found_by_name_from_any_folder(tmp_path, monkeypatch
 
 
 def test_train_prints_the_resolved_config_and_exits(run_python, tmp_path):
-    done = run_python(["launch/train.py", "--config", "demo", "--print-config", "train.lr=5e-4"])
+    done = run_python(
+        ["launch/train.py", "--config", "demo", "--print-config", "optimizer.lr=5e-4"]
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     (tmp_path / "printed.yaml").write_text(done.stdout)
-    assert load_config(tmp_path / "printed.yaml").train.lr == 5e-4
+    assert load_config(tmp_path / "printed.yaml").optimizer.lr == 5e-4
+
+
+@pytest.mark.parametrize(
+    "old, new",
+    [
+        ("train.lr=1e-3", "optimizer.lr"),
+        ("train.optimizer=adamw", "optimizer.name"),
+        ("train.schedule=cosine", "schedule.name"),
+        ("train.zero_stage=2", "engine.zero_stage"),
+        ("train.ohkm=true", "loss.ohkm"),
+        ("log.panel_people=2", "eval.panel_people"),
+        ("train.log_every=5", "log.every_steps"),
+    ],
+)
+def test_a_key_that_moved_to_its_components_section_fails_naming_its_new_name(old, new, tmp_path):
+    with pytest.raises(
+        ConfigError, match=rf"'{old.split('=')[0]}' \(command line\) is now '{new}'"
+    ):
+        load_config(None, [old])
+    section, rest = old.split(".")
+    key, value = rest.split("=")
+    (tmp_path / "old.yaml").write_text(f"{section}:\n  {key}: {value}\n")
+    with pytest.raises(ConfigError, match=rf"\(.*old\.yaml\) is now '{new}'"):
+        load_config(tmp_path / "old.yaml")
+
+
+def test_each_component_section_is_small_and_components_get_only_their_sections():
+    """The config has a section per component (torchtitan's way); the training loop's
+    components are built from their sections, never from the whole tree."""
+    import dataclasses
+    import inspect
+    import typing
+
+    from pose.config import Config, TrainConfig
+    from pose.engine.checkpoint import Checkpointer
+    from pose.engine.evaluator import Evaluator
+    from pose.engine.progress import Progress
+    from pose.tracking import Tracker
+
+    assert len(dataclasses.fields(TrainConfig)) <= 12
+    for component in (Checkpointer, Evaluator, Progress, Tracker):
+        hints = typing.get_type_hints(component.__init__)
+        assert Config not in hints.values(), component
+        assert all(
+            p != "cfg" or hints["cfg"] is not Config
+            for p in inspect.signature(component).parameters
+        )

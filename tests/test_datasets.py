@@ -75,7 +75,7 @@ def overrides(root: Path, run: Path, **extra) -> list[str]:
         "train.budget_images": 0,
         "log.every_steps": 1,
         "eval.every_epochs": 1,
-        "train.precision": "fp32",
+        "engine.precision": "fp32",
         "eval.batch_size": 4,
         "log.wandb": "off",
         "run.dir": run,

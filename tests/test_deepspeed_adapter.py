@@ -10,13 +10,13 @@ from pose.config import ConfigError, load_config
 from pose.data.backends import build_loader
 from pose.data.codec import encode_heatmaps
 from pose.data.loader import LoaderSpec
+from pose.distributed import init_distributed
 from pose.engine.deepspeed_adapter import (
     TrainEngine,
     build_engine,
     deepspeed_config,
     resolve_precision,
 )
-from pose.engine.distributed import init_distributed
 from pose.engine.errors import TrainingError
 from pose.engine.loss import joints_mse_loss
 from pose.engine.step_metrics import StepMetrics
@@ -28,11 +28,11 @@ def test_precision_and_config_errors_are_clear():
     with pytest.raises(ConfigError, match="fp16 needs a GPU"):
         resolve_precision("fp16", torch.device("cpu"))
     with pytest.raises(ConfigError, match="zero_stage=0"):
-        train = load_config(None, ["train.precision=fp16", "train.zero_stage=1"]).train
-        deepspeed_config(train, 1, "fp16")
+        cfg = load_config(None, ["engine.precision=fp16", "engine.zero_stage=1"])
+        deepspeed_config(cfg.train, cfg.engine, 0.0, 1, "fp16")
     assert resolve_precision("auto", torch.device("cpu")) == "fp32"
-    train = load_config(None, ["train.grad_accum=4", "train.grad_clip=1.0"]).train
-    ds = deepspeed_config(train, 2, "bf16")
+    cfg = load_config(None, ["train.grad_accum=4", "optimizer.grad_clip=1.0"])
+    ds = deepspeed_config(cfg.train, cfg.engine, cfg.optimizer.grad_clip, 2, "bf16")
     assert ds["train_batch_size"] == 32 * 4 * 2 and ds["gradient_clipping"] == 1.0
     assert ds["torch_autocast"]["dtype"] == "bfloat16" and "bf16" not in ds
 
@@ -64,11 +64,11 @@ def test_gradient_accumulation_matches_a_larger_batch(tiny_cfg):
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.eval()
         opt = torch.optim.SGD(model.parameters(), lr=0.5)
-        engine = build_engine(model, opt, None, cfg.train, 1, "fp32")
+        engine = build_engine(model, opt, None, cfg.train, cfg.engine, 0.0, 1, "fp32")
         batch = batch or first_batch(cfg)
         for i in range(accum):
             part = {k: v[i * micro : (i + 1) * micro] for k, v in batch.items()}
-            train_step(engine, part, cfg.data, cfg.train)
+            train_step(engine, part, cfg.data, cfg.loss)
         assert engine.optimizer_steps == 1
         results.append({k: v.clone() for k, v in engine.model.state_dict().items()})
     for key in results[0]:
@@ -77,9 +77,9 @@ def test_gradient_accumulation_matches_a_larger_batch(tiny_cfg):
 
 @pytest.mark.parametrize("clip", [0.0, 0.002])
 def test_engine_step_equals_a_plain_torch_step_and_clips_only_when_asked(tiny_cfg, clip):
-    """DeepSpeed clips gradients at norm 1.0 unless told otherwise; `train.grad_clip: 0` must
+    """DeepSpeed clips gradients at norm 1.0 unless told otherwise; `optimizer.grad_clip: 0` must
     mean no clipping (the reference recipe has none), and a set value must clip as torch does."""
-    cfg = tiny_cfg(**{"train.grad_clip": clip})
+    cfg = tiny_cfg(**{"optimizer.grad_clip": clip})
     batch = first_batch(cfg)
     weights = []
     for use_engine in (False, True):
@@ -87,9 +87,9 @@ def test_engine_step_equals_a_plain_torch_step_and_clips_only_when_asked(tiny_cf
         model = build_model(cfg.model, 17)
         opt = torch.optim.SGD(model.parameters(), lr=10.0)
         if use_engine:
-            engine = build_engine(model, opt, None, cfg.train, 1, "fp32")
+            engine = build_engine(model, opt, None, cfg.train, cfg.engine, clip, 1, "fp32")
             assert engine.gradient_clipping == clip
-            train_step(engine, batch, cfg.data, cfg.train)
+            train_step(engine, batch, cfg.data, cfg.loss)
         else:
             heatmaps = model(batch["image"])
             targets, target_weights = encode_heatmaps(
@@ -130,10 +130,10 @@ def test_fp16_overflow_steps_are_counted_not_fatal():
     batch = {"image": torch.randn(2, 3, 64, 32), "keypoints": torch.rand(2, 17, 3) * 30}
     fake = FakeDeepSpeed()
     engine = TrainEngine(fake)
-    _, skipped = train_step(engine, batch, cfg.data, cfg.train)
+    _, skipped = train_step(engine, batch, cfg.data, cfg.loss)
     assert skipped.item() == 0
     fake.overflow = True
-    _, skipped = train_step(engine, batch, cfg.data, cfg.train)
+    _, skipped = train_step(engine, batch, cfg.data, cfg.loss)
     assert skipped.item() == 1
     env = SimpleNamespace(world_size=1, device=torch.device("cpu"))
     metrics = StepMetrics(env)
@@ -163,10 +163,12 @@ def _overlap_ranks(rank: int, port: int, overlap: bool, queue) -> None:
     model = torch.nn.Sequential(
         torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 3)
     )
-    overrides = ["train.grad_accum=2", "train.batch_size=4", f"train.overlap_comm={overlap}"]
-    train = load_config(None, [*overrides, "train.bucket_mb=1"]).train
+    overrides = ["train.grad_accum=2", "train.batch_size=4", f"engine.overlap_comm={overlap}"]
+    cfg = load_config(None, [*overrides, "engine.bucket_mb=1"])
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    engine = build_engine(model, optimizer, None, train, 2, "fp32", collective_timeout_s=60)
+    engine = build_engine(
+        model, optimizer, None, cfg.train, cfg.engine, 0.0, 2, "fp32", collective_timeout_s=60
+    )
     ran = []
     inner = engine._engine
     original = inner.allreduce_gradients
@@ -189,7 +191,7 @@ def test_the_overlapped_reduction_averages_during_backward_and_only_at_boundarie
     runs) and kept local in between; the weights are bit for bit those without overlap."""
     import torch.multiprocessing as mp
 
-    from pose.engine.distributed import free_port
+    from pose.distributed import free_port
 
     context = mp.get_context("spawn")
     results = {}

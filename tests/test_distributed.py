@@ -1,4 +1,4 @@
-"""Distribution decided from the environment (pose/engine/distributed.py), and the allocator
+"""Distribution decided from the environment (pose/distributed.py), and the allocator
 setting training processes use."""
 
 import subprocess
@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from pose.engine.distributed import (
+from pose.distributed import (
     DistributedSetupError,
     describe_environment,
     first_host,
@@ -43,7 +43,7 @@ def test_distributed_environment_from_torchrun_slurm_or_nothing():
 ALLOCATOR_PROBE = """
 import ctypes, sys, torch
 from pose.config import LaunchConfig
-from pose.engine.distributed import init_distributed
+from pose.distributed import init_distributed
 init_distributed(LaunchConfig(keep_freed_memory=sys.argv[1] == "true"))
 class Info(ctypes.Structure):  # glibc's struct mallinfo2
     _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
@@ -82,7 +82,7 @@ def _batchnorm_ranks(rank: int, port: int, queue) -> None:
     import torch
     import torch.distributed as dist
 
-    from pose.engine.distributed import DistEnv, average_batchnorm_statistics
+    from pose.distributed import DistEnv, average_batchnorm_statistics
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
@@ -105,7 +105,7 @@ def test_batchnorm_statistics_are_the_mean_over_ranks():
     import torch
     import torch.multiprocessing as mp
 
-    from pose.engine.distributed import free_port
+    from pose.distributed import free_port
 
     context = mp.get_context("spawn")
     queue = context.Queue()
@@ -134,7 +134,7 @@ def test_sync_bn_converts_for_gpus_and_is_refused_on_cpus():
     import torch
 
     from pose.config import ModelConfig
-    from pose.engine.distributed import DistEnv, use_sync_batchnorm
+    from pose.distributed import DistEnv, use_sync_batchnorm
     from pose.models import build_model
 
     model = build_model(ModelConfig(backbone="resnet18", deconv_filters=32), 17)

@@ -87,8 +87,8 @@ def test_every_flag_the_docs_give_a_program_exists(doc):
 
 def test_the_checks_find_a_renamed_key_and_a_renamed_flag():
     readme = (ROOT / "README.md").read_text()
-    assert "train.zero_stage" in named_keys(readme) and unknown_keys(readme) == set()
-    renamed = readme.replace("train.zero_stage", "train.zero_level")
+    assert "engine.zero_stage" in named_keys(readme) and unknown_keys(readme) == set()
+    renamed = readme.replace("engine.zero_stage", "train.zero_level")
     assert unknown_keys(renamed) == {"train.zero_level"}
     assert unknown_keys("set `model.atention: holistic`") == {"model.atention"}
     assert unknown_keys("run `launch/train.py --config c.yaml eval.flip=false`") == {"eval.flip"}

@@ -307,9 +307,9 @@ def test_predicting_in_batches_gives_the_same_people_as_one_pass(coco_fixtures):
     pass: the same keypoints, scores and attention maps, people in box order."""
     import cv2
 
-    from launch.predict import pick_device
-    from pose.eval.inference import predict_people
+    from pose.inference.predictor import PosePredictor, pick_device
     from pose.models import build_model
+    from pose.models.trained import TrainedModel
 
     cfg = load_config("configs/demo.yaml", ["model.attention=holistic"])
     torch.manual_seed(0)
@@ -320,13 +320,17 @@ def test_predicting_in_batches_gives_the_same_people_as_one_pass(coco_fixtures):
     image = cv2.imread(str(coco_fixtures / "000000000785.jpg"))
     boxes = [(280.8 + 9 * i, 44.7 - 4 * i, 218.7 - 6 * i, 346.7, 0.9) for i in range(6)]
     device = pick_device("auto")
-    one = predict_people(model, image, boxes, cfg.eval, cfg.data, device, COCO_17, batch_size=64)
+    trained = TrainedModel(cfg, COCO_17, model, None)
+
+    def people(batch_size: int):
+        predictor = PosePredictor(trained, None, device, batch_size, keep_crops=True)
+        return predictor([image], [boxes])[0]
+
+    one = people(64)
     for batch_size in (4, 1):
-        chunked = predict_people(
-            model, image, boxes, cfg.eval, cfg.data, device, COCO_17, batch_size=batch_size
-        )
+        chunked = people(batch_size)
         for a, b in zip(one, chunked, strict=True):
-            assert a.box == b.box
+            assert np.array_equal(a.box, b.box)
             # float sums differ with the batch; DARK's refinement carries that to ~0.1 px
             np.testing.assert_allclose(a.keypoints[:, :2], b.keypoints[:, :2], atol=0.5)
             np.testing.assert_allclose(a.keypoints[:, 2], b.keypoints[:, 2], atol=1e-4)
@@ -390,7 +394,7 @@ def test_two_rank_evaluation_counts_a_bad_sample_outside_rank_0(
     """A sample that does not decode in the second rank's part: every rank's skip count is
     gathered, so the prediction count still checks out and the skip is reported."""
     from pose.data.shards import iter_samples
-    from pose.engine.distributed import free_port
+    from pose.distributed import free_port
 
     ann = synthetic_dataset / "annotations" / "person_keypoints_val.json"
     out = tmp_path / "val"

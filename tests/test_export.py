@@ -10,10 +10,10 @@ from conftest import import_extra
 
 from pose.config import load_config
 from pose.data.layout import COCO_17
-from pose.engine.trained import load_trained_model
 from pose.folders import ExportFolder
 from pose.models import build_model
 from pose.models.export import check_exports, export_onnx
+from pose.models.trained import load_trained_model
 from pose.models.weights import load_model_weights
 
 onnxruntime = import_extra("onnxruntime", "export")
@@ -47,8 +47,8 @@ def test_onnxruntime_matches_pytorch_on_real_images_at_any_batch(
 ):
     """Every variant, a head with weights large enough that the heatmaps are far from zero,
     four real COCO images (checked at batch 1 and 4 by the CLI, at 3 here)."""
-    from launch.export import check_inputs
     from launch.export import main as export_main
+    from pose.models.export import check_inputs
 
     overrides = [f"model.attention={attention}", "data.image_size=[96,64]"]
     cfg = load_config("configs/demo.yaml", overrides)

@@ -10,6 +10,7 @@ a GPU ever does. The tests of the checks themselves (below each) show that each 
 deliberately broken variant: negated, random, zero or vanishing gradients; autocast left off; a
 model that gives NaN after an overflow; a checkpoint read back onto a CUDA device."""
 
+import contextlib
 import json
 import os
 import shutil
@@ -25,9 +26,8 @@ import torch
 from pose.config import load_config
 from pose.data.loader import LoaderSpec
 from pose.data.sharding import ShardRequest, shard_dataset
-from pose.engine.deepspeed_adapter import MODEL_STATES_FILE, build_engine
 from pose.engine.trainer import train_step
-from pose.folders import RunFolder
+from pose.folders import MODEL_STATES_FILE, RunFolder
 from pose.models import build_model
 
 ON_GPU = torch.cuda.is_available()
@@ -51,9 +51,9 @@ OVERALL_BOUNDS = 0.99, 0.15
 
 def precision_config():
     """The demo config (a ResNet-18 at 128x96) without gradient clipping, on every device."""
-    from pose.engine.distributed import init_distributed
+    from pose.distributed import init_distributed
 
-    cfg = load_config("configs/demo.yaml", ["log.wandb=off", "train.grad_clip=0"])
+    cfg = load_config("configs/demo.yaml", ["log.wandb=off", "optimizer.grad_clip=0"])
     init_distributed(cfg.launch)
     return cfg
 
@@ -68,21 +68,29 @@ def device_batch(cfg, seed: int = 0, n: int = 4) -> dict:
 
 
 class EngineStep:
-    """One training step of `precision` through the real engine and `train_step`, recording
-    the output dtype of every convolution and linear layer (what autocast ran them in) and the
-    gradients the optimizer was handed (captured just before Adam applies them)."""
+    """One training step of `precision` through the real path: the model, optimizer and engine
+    built by `build_training` as the trainer builds them (prepared, compiled or not,
+    channels_last on a GPU), and `train_step`; it records the output dtype of every convolution
+    and linear layer (what autocast ran them in) and the gradients the optimizer was handed
+    (captured just before it applies them)."""
 
     def __init__(self, cfg, precision: str, seed: int = 0):
+        import pose.engine.build
+        from pose.distributed import init_distributed
+        from pose.engine.build import build_training
+
         torch.manual_seed(seed)
-        model = build_model(cfg.model, 17).to(DEVICE)
-        if ON_GPU:
-            model = model.to(memory_format=torch.channels_last)
-        self.cfg, self.model = cfg, model
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-        self.engine = build_engine(model, self.optimizer, None, cfg.train, 1, precision)
+        cfg = replace(cfg, engine=replace(cfg.engine, precision=precision))
+        # fp16 is refused on a CPU (it only makes sense on a GPU); here it runs anyway, through
+        # torch's CPU autocast, so that `make test` takes the fp16 path before a GPU does
+        asked = mock.patch.object(pose.engine.build, "resolve_precision", lambda p, device: p)
+        with asked if precision == "fp16" and not ON_GPU else contextlib.nullcontext():
+            training = build_training(cfg, 17, init_distributed(cfg.launch))
+        self.cfg, self.model = cfg, training.model
+        self.optimizer, self.engine = training.optimizer, training.engine
         self.layer_dtypes: set[torch.dtype] = set()
         self.gradients: dict[str, torch.Tensor] = {}
-        for module in model.modules():
+        for module in self.model.modules():
             if isinstance(module, LOWER_PRECISION_MODULES):
                 module.register_forward_hook(self._record_dtype)
         self.optimizer.register_step_pre_hook(self._capture_gradients)
@@ -98,7 +106,7 @@ class EngineStep:
         }
 
     def step(self, batch: dict):
-        return train_step(self.engine, batch, self.cfg.data, self.cfg.train)
+        return train_step(self.engine, batch, self.cfg.data, self.cfg.loss)
 
 
 def gradient_disagreements(candidate: dict, reference: dict) -> list[str]:
@@ -120,8 +128,7 @@ def gradient_disagreements(candidate: dict, reference: dict) -> list[str]:
     return problems
 
 
-@pytest.fixture(scope="module")
-def bf16_and_fp32_steps():
+def run_bf16_and_fp32_steps() -> dict:
     """The same step in fp32 (true fp32: TF32 off on a GPU) and in bf16, on the accelerator."""
     cfg = precision_config()
     batch = device_batch(cfg)
@@ -137,21 +144,64 @@ def bf16_and_fp32_steps():
     return {"fp32": (fp32, fp32_loss), "bf16": (bf16, bf16_loss), "skipped": skipped}
 
 
+@pytest.fixture(scope="module")
+def bf16_and_fp32_steps():
+    return run_bf16_and_fp32_steps()
+
+
+def bf16_step_problems(steps: dict) -> list[str]:
+    """What is wrong with the bf16 step against the fp32 one: layers not run in bf16, a loss
+    equal to fp32's (bf16 not applied) or far from it, gradients beyond the bounds, weights,
+    BatchNorm statistics or optimizer state not kept in fp32."""
+    (fp32, fp32_loss), (bf16, bf16_loss) = steps["fp32"], steps["bf16"]
+    problems = []
+    if steps["skipped"].item() != 0:
+        problems.append("the bf16 step was skipped")
+    if bf16.layer_dtypes != {torch.bfloat16}:
+        problems.append(f"autocast ran the layers in {bf16.layer_dtypes}, not bf16")
+    if fp32.layer_dtypes != {torch.float32}:
+        problems.append(f"the fp32 step ran its layers in {fp32.layer_dtypes}")
+    if bf16_loss.item() == fp32_loss.item():
+        problems.append("the bf16 loss equals fp32's: bf16 was not applied")
+    elif not torch.allclose(bf16_loss.float(), fp32_loss.float(), rtol=2e-2, atol=1e-6):
+        problems.append(f"the bf16 loss {bf16_loss.item()} is far from fp32's {fp32_loss.item()}")
+    if len(bf16.gradients) != len(list(bf16.model.parameters())):
+        problems.append("not every parameter got a gradient")
+    problems += gradient_disagreements(bf16.gradients, fp32.gradients)
+    for name, value in bf16.model.state_dict().items():
+        if value.dtype not in (torch.float32, torch.int64):  # weights, BN running stats
+            problems.append(f"{name} is kept in {value.dtype}, not fp32")
+    for state in bf16.optimizer.state.values():
+        if any(v.dtype != torch.float32 for v in state.values() if v.is_floating_point()):
+            problems.append("the optimizer state is not fp32")
+            break
+    return problems
+
+
 @pytest.mark.gpu
 def test_a_bf16_step_runs_in_bf16_and_its_gradients_match_fp32(bf16_and_fp32_steps):
-    (fp32, fp32_loss), (bf16, bf16_loss) = bf16_and_fp32_steps["fp32"], bf16_and_fp32_steps["bf16"]
-    assert bf16_and_fp32_steps["skipped"].item() == 0
-    assert bf16.layer_dtypes == {torch.bfloat16}, "autocast did not run the layers in bf16"
-    assert fp32.layer_dtypes == {torch.float32}
-    assert bf16_loss.item() != fp32_loss.item()  # equal losses: bf16 was not applied
-    torch.testing.assert_close(bf16_loss.float(), fp32_loss.float(), rtol=2e-2, atol=1e-6)
-    assert len(bf16.gradients) == len(list(bf16.model.parameters()))
-    problems = gradient_disagreements(bf16.gradients, fp32.gradients)
-    assert not problems, "bf16 gradients differ from fp32's:\n" + "\n".join(problems)
-    for name, value in bf16.model.state_dict().items():
-        assert value.dtype in (torch.float32, torch.int64), name  # weights, BN running stats
-    for state in bf16.optimizer.state.values():
-        assert all(v.dtype == torch.float32 for v in state.values() if v.is_floating_point())
+    problems = bf16_step_problems(bf16_and_fp32_steps)
+    assert not problems, "the bf16 step is wrong:\n" + "\n".join(problems)
+
+
+def test_the_bf16_check_fails_when_prepare_model_casts_batchnorm_to_bf16(monkeypatch):
+    """The check goes through the model path the trainer takes: a `prepare_model` that casts
+    BatchNorm to bf16 when training in bf16 (its running statistics would then drift in bf16)
+    fails it."""
+    import pose.engine.build
+
+    real = pose.engine.build.prepare_model
+
+    def casting_batchnorm(model, engine, device):
+        model = real(model, engine, device)
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d) and engine.precision == "bf16":
+                module.to(torch.bfloat16)
+        return model
+
+    monkeypatch.setattr(pose.engine.build, "prepare_model", casting_batchnorm)
+    problems = bf16_step_problems(run_bf16_and_fp32_steps())
+    assert any("bn1.running_mean is kept in torch.bfloat16" in p for p in problems), problems
 
 
 @pytest.mark.parametrize(
@@ -187,7 +237,6 @@ def test_fp16_skips_a_step_whose_gradients_overflow_and_the_model_stays_finite()
     forward and BatchNorm's running statistics are those of a normal step: a skipped step must
     leave the weights as they were and the scale halved, and eval and training go on finite."""
     cfg = precision_config()
-    cfg = replace(cfg, train=replace(cfg.train, precision="fp16"))
     batch = device_batch(cfg)
     run = EngineStep(cfg, "fp16")
     assert run.step(batch)[1].item() == 0
@@ -240,7 +289,7 @@ def test_the_finite_check_fails_on_a_model_poisoned_by_an_inf_forward():
 REDUCTION_CHECK = """
 import json, os, torch, torch.distributed as dist
 from pose.config import LaunchConfig
-from pose.engine.distributed import init_distributed, shutdown
+from pose.distributed import init_distributed, shutdown
 
 env = init_distributed(LaunchConfig(), always_group=True)
 if os.environ.get("POSESCALE_TEST_NO_OP_ALL_REDUCE") == "1":
@@ -268,7 +317,7 @@ print(json.dumps({"backend": env.backend, "device": str(env.device), "problems":
 
 def run_reduction_check(world: int, clean_env, **extra_env) -> list[dict]:
     """REDUCTION_CHECK on `world` ranks started as torchrun starts them; each rank's report."""
-    from pose.engine.distributed import free_port
+    from pose.distributed import free_port
 
     port, ranks = str(free_port()), []
     for rank in range(world):
@@ -370,13 +419,12 @@ def tag_as_written_on_a_gpu(path) -> None:
 LOAD_WITHOUT_CUDA = """
 import sys, torch
 from pose.config import load_config
-from pose.engine.checkpoint import resolve_checkpoint
+from pose.folders import RunFolder, resolve_trained
 from pose.models import build_model
 from pose.models.weights import load_model_weights
-from pose.folders import RunFolder
 assert not torch.cuda.is_available()
 model = build_model(load_config(RunFolder(sys.argv[1]).config).model, 17)
-load_model_weights(model, resolve_checkpoint(sys.argv[1]))
+load_model_weights(model, resolve_trained(sys.argv[1]).weights)
 print("loaded", sum(p.numel() for p in model.parameters()))
 """
 
@@ -393,7 +441,7 @@ def test_a_checkpoint_written_on_the_gpu_loads_without_cuda_and_resumes(
     uninterrupted run's (to a tolerance: GPU convolutions may pick non-deterministic
     algorithms)."""
     extra = {"checkpoint.every_steps": 3, "checkpoint.keep_last": 100, "data.backend": "torch"}
-    extra.update({"train.precision": "bf16" if ON_GPU else "fp32", "train.max_steps": 6})
+    extra.update({"engine.precision": "bf16" if ON_GPU else "fp32", "train.max_steps": 6})
     whole = run_python([*TRAIN, *tiny_overrides(shards, tmp_path / "whole", **extra)])
     assert whole.returncode == 0, whole.stderr[-3000:]
     run = tmp_path / "parts"

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from pose.config import CheckpointConfig, load_config
+from pose.distributed import BatchNormAverage, DistEnv, init_distributed
 from pose.engine.checkpoint import Checkpointer, RunState
-from pose.engine.distributed import BatchNormAverage, DistEnv, init_distributed
 from pose.engine.errors import TrainingError
 from pose.engine.schedule import StepPlan
 from pose.engine.step_metrics import StepMetrics
@@ -67,7 +67,7 @@ def test_evaluations_follow_their_epochs_and_best_names_a_scored_checkpoint(
     followed by a checkpoint; `best` names one of those steps, with the best AP."""
     val_ann = synthetic_dataset / "annotations" / "person_keypoints_val.json"
     extra = {"train.epochs": 3, "eval.every_epochs": 2, "data.val_ann": val_ann}
-    extra |= {"checkpoint.every_steps": 1000, "checkpoint.keep_last": 100, "log.panel_people": 0}
+    extra |= {"checkpoint.every_steps": 1000, "checkpoint.keep_last": 100, "eval.panel_people": 0}
     built = trainer(**extra)
     per_epoch = built.plan.steps_per_epoch
     result = built.train()
@@ -114,7 +114,7 @@ def test_the_checkpointer_saves_after_every_evaluation_and_marks_only_an_improve
 
 
 def test_a_nan_loss_stops_naming_the_step_and_keeps_no_checkpoint_of_it(trainer, tmp_path):
-    built = trainer(**{"train.lr": 1e30, "train.max_steps": 6})
+    built = trainer(**{"optimizer.lr": 1e30, "train.max_steps": 6})
     with pytest.raises(TrainingError, match="loss is not finite at step"):
         built.train()
     assert RunFolder(tmp_path / "run").checkpoint_tags() == []
@@ -175,7 +175,7 @@ def test_timm_backbones_train_resume_exactly_evaluate_export_and_predict(
     onnxruntime and torch run as the model (launch/export.py checks), and predicts."""
     from launch.export import main as export_main
     from launch.predict import main as predict_main
-    from pose.engine.deepspeed_adapter import MODEL_STATES_FILE
+    from pose.folders import MODEL_STATES_FILE
 
     val_ann = synthetic_dataset / "annotations" / "person_keypoints_val.json"
     backbone, _, head = backbone.partition("-")
@@ -183,7 +183,7 @@ def test_timm_backbones_train_resume_exactly_evaluate_export_and_predict(
     extra = {"model.backbone": backbone, "model.deconv_layers": layers, "model.drop_path": 0.1}
     extra |= {"model.head": head or "deconv"}
     extra |= {"model.attention": attention, "data.val_ann": val_ann, "eval.flip_test": False}
-    extra |= {"log.panel_people": 0}
+    extra |= {"eval.panel_people": 0}
     extra |= {"eval.every_epochs": 1000, "train.max_steps": 4}  # evaluated after step 4 only
     extra |= {"checkpoint.every_steps": 2, "checkpoint.keep_last": 10}
     whole = trainer(tmp_path / "whole", **extra).train()
@@ -207,4 +207,5 @@ def test_timm_backbones_train_resume_exactly_evaluate_export_and_predict(
     assert export_main(["--checkpoint", str(tmp_path / "whole"), "--out", str(out)]) == 0
     predicted = tmp_path / "predict"
     argv = ["--checkpoint", str(out), "--image", str(image), "--out", str(predicted)]
+    argv.append("--whole-image")
     assert predict_main(argv) == 0 and (predicted / "keypoints.json").is_file()

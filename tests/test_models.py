@@ -17,6 +17,7 @@ from pose.models import (
     register_backbone,
 )
 from pose.models.attention import MeanFieldAttention, PartAttention
+from pose.models.registry import Backbone, LayeredBackbone
 from pose.models.summary import main as summary_main
 from pose.models.summary import summarize
 from pose.models.weights import WeightsError, load_model_weights
@@ -45,8 +46,14 @@ def tiny(**overrides) -> ModelConfig:
 def test_every_registered_spec_states_its_backbones_channels_and_stride(backbone):
     spec = backbone_spec(backbone)
     with torch.device("meta"):
-        features = spec.builder(ModelConfig(backbone=backbone))(torch.empty(1, 3, 256, 192))
+        module = spec.builder(ModelConfig(backbone=backbone))
+        features = module(torch.empty(1, 3, 256, 192))
     assert features.shape == (1, spec.channels, 256 // spec.stride, 192 // spec.stride)
+    # the protocol the optimizer, checkpointing and weight loading rely on (registry.py)
+    assert isinstance(module, Backbone)
+    assert isinstance(module, LayeredBackbone) == (spec.layers > 0)
+    if spec.layers:
+        assert module.top_layer == spec.layers + 1
 
 
 def test_a_backbone_is_added_by_registering_it_and_the_config_follows_its_stride():

@@ -13,9 +13,8 @@ import pytest
 import torch
 from conftest import local_slurm
 
-from pose.engine.deepspeed_adapter import MODEL_STATES_FILE
-from pose.engine.distributed import free_port
-from pose.folders import RunFolder
+from pose.distributed import free_port
+from pose.folders import MODEL_STATES_FILE, RunFolder
 from pose.sweep.submit import read_manifest
 from pose.tracking import read_metrics
 
@@ -177,7 +176,7 @@ def test_a_sweep_whose_runs_ask_for_two_nodes_trains_across_both_hosts(
     done = sweep_cli(path, "--out", out, "--wait", env=two_hosts.conf)
     logs = "\n".join(p.read_text(errors="replace")[-2000:] for p in out.rglob("*_log.*"))
     assert done.returncode == 0, done.stdout + done.stderr + logs
-    run = Path(read_manifest(out)["runs"][0]["run_dir"])
+    run = Path(read_manifest(out).runs[0].run_dir)
     start = next(r for r in read_metrics(run) if r["split"] == "run")
     assert (start["launcher"], start["world_size"], start["hosts"]) == ("slurm", 2, ["h1", "h2"])
     assert_same_run(run, one_host_run)

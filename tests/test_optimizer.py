@@ -10,11 +10,11 @@ from pose.models import build_model
 
 
 def test_layer_decay_gives_each_vit_layer_its_lr_and_spares_norms_from_weight_decay():
-    overrides = ["model.backbone=vitpose_s", "model.deconv_layers=2", "train.optimizer=adamw"]
-    overrides += ["train.layer_decay=0.75", "train.weight_decay=0.1"]
+    overrides = ["model.backbone=vitpose_s", "model.deconv_layers=2", "optimizer.name=adamw"]
+    overrides += ["optimizer.layer_decay=0.75", "optimizer.weight_decay=0.1"]
     cfg = load_config(None, overrides)
     model = build_model(cfg.model, 17)
-    optimizer = build_optimizer(model, cfg.train, lr=5e-4)
+    optimizer = build_optimizer(model, cfg.optimizer, lr=5e-4)
     group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
     params = dict(model.named_parameters())
     assert sum(len(g["params"]) for g in optimizer.param_groups) == len(params)
@@ -46,18 +46,18 @@ def test_layer_decay_gives_each_vit_layer_its_lr_and_spares_norms_from_weight_de
 
 
 def test_one_group_without_layer_decay_and_none_for_a_backbone_without_layers():
-    cfg = load_config(None, ["model.backbone=resnet18", "train.weight_decay=0.01"])
-    optimizer = build_optimizer(build_model(cfg.model, 17), cfg.train, lr=1e-3)
+    cfg = load_config(None, ["model.backbone=resnet18", "optimizer.weight_decay=0.01"])
+    optimizer = build_optimizer(build_model(cfg.model, 17), cfg.optimizer, lr=1e-3)
     assert len(optimizer.param_groups) == 1 and optimizer.param_groups[0]["weight_decay"] == 0.01
-    with pytest.raises(ConfigError, match=r"train\.layer_decay.*'resnet18' has no layers"):
-        load_config(None, ["model.backbone=resnet18", "train.layer_decay=0.75"])
+    with pytest.raises(ConfigError, match=r"optimizer\.layer_decay.*'resnet18' has no layers"):
+        load_config(None, ["model.backbone=resnet18", "optimizer.layer_decay=0.75"])
 
 
 def test_activation_checkpointing_recomputes_blocks_to_the_same_gradients():
     """ViTPose-S with drop path: the same loss and gradients with the blocks' activations kept
     or recomputed (the RNG is replayed, so the recomputation draws the same masks)."""
     overrides = ["model.backbone=vitpose_s", "model.deconv_layers=2", "model.drop_path=0.2"]
-    cfg = load_config(None, [*overrides, "train.activation_checkpointing=true"])
+    cfg = load_config(None, [*overrides, "engine.activation_checkpointing=true"])
     torch.manual_seed(0)
     model = build_model(cfg.model, 5).train()
     x = torch.randn(2, 3, 64, 48)
@@ -73,5 +73,5 @@ def test_activation_checkpointing_recomputes_blocks_to_the_same_gradients():
     assert grads[0][qkv].abs().sum() > 0
     for name, grad in grads[0].items():
         torch.testing.assert_close(grads[1][name], grad, rtol=1e-5, atol=1e-8, msg=name)
-    with pytest.raises(ConfigError, match=r"train\.activation_checkpointing.*'resnet18'"):
-        load_config(None, ["model.backbone=resnet18", "train.activation_checkpointing=true"])
+    with pytest.raises(ConfigError, match=r"engine\.activation_checkpointing.*'resnet18'"):
+        load_config(None, ["model.backbone=resnet18", "engine.activation_checkpointing=true"])

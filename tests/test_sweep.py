@@ -34,10 +34,10 @@ def test_local_sweep_runs_and_compares_without_slurm(
     done = sweep_cli(path, "--local", "--out", out)
     assert done.returncode == 0, done.stdout + done.stderr
     manifest = read_manifest(out)
-    assert manifest["executor"] == "local" and len(manifest["runs"]) == 2
+    assert manifest.executor == "local" and len(manifest.runs) == 2
     assert "attention-holistic" in done.stdout and "done" in done.stdout
-    for run in manifest["runs"]:
-        records = read_metrics(run["run_dir"])
+    for run in manifest.runs:
+        records = read_metrics(run.run_dir)
         assert records[0]["split"] == "run" and records[0]["launcher"] == "single"
         assert [r["step"] for r in records if r["split"] == "train"][-1] == 6
         assert any(r["split"] == "val" and "AP" in r for r in records)
@@ -45,8 +45,8 @@ def test_local_sweep_runs_and_compares_without_slurm(
     assert again.returncode == 2 and "already holds a sweep" in again.stderr
     again = sweep_cli(path, "--local", "--out", out, "--resubmit")  # finished runs end at once
     assert again.returncode == 0, again.stdout + again.stderr
-    for run in read_manifest(out)["runs"]:
-        starts = [r for r in read_metrics(run["run_dir"]) if r["split"] == "run"]
+    for run in read_manifest(out).runs:
+        starts = [r for r in read_metrics(run.run_dir) if r["split"] == "run"]
         assert [(s["step"], s["resumed"]) for s in starts] == [(0, False), (6, True)]
     compared = run_python(["launch/compare.py", out])
     assert compared.returncode == 0, compared.stderr
@@ -121,15 +121,15 @@ def test_slurm_sweep_of_three_variants_completes_and_compares(
     done = sweep_cli(path, "--out", out, "--wait", env=slurm.conf)
     assert done.returncode == 0, done.stdout + done.stderr + job_log(out)
     manifest = read_manifest(out)
-    assert manifest["executor"] == "slurm"
-    array = {r["job_id"].split("_")[0] for r in manifest["runs"]}
+    assert manifest.executor == "slurm"
+    array = {r.job_id.split("_")[0] for r in manifest.runs}
     assert len(array) == 1, "one job array"
-    assert sorted(r["job_id"].split("_")[1] for r in manifest["runs"]) == ["0", "1", "2"]
+    assert sorted(r.job_id.split("_")[1] for r in manifest.runs) == ["0", "1", "2"]
     status = sweep_cli("status", out, env=slurm.conf)
     assert status.stdout.count(" done ") == 3, status.stdout
-    for run in manifest["runs"]:
-        cfg = yaml.safe_load((Path(run["run_dir"]) / "config.yaml").read_text())
-        assert cfg["log"]["group"] == "three" and cfg["model"]["attention"] in run["name"]
+    for run in manifest.runs:
+        cfg = yaml.safe_load((Path(run.run_dir) / "config.yaml").read_text())
+        assert cfg["log"]["group"] == "three" and cfg["model"]["attention"] in run.name
     compared = run_python(["launch/compare.py", out, "--by", "model.attention"])
     assert compared.returncode == 0, compared.stderr
     lines = compared.stdout.splitlines()
@@ -151,12 +151,12 @@ def test_slurm_job_with_two_tasks_trains_two_gloo_ranks(
         val_ann,
         {"seed": [0]},
         slurm={"tasks_per_node": 2},
-        **{"train.max_steps": 6, "train.zero_stage": 1},
+        **{"train.max_steps": 6, "engine.zero_stage": 1},
     )
     out = tmp_path / "sweep"
     done = sweep_cli(path, "--out", out, "--wait", env=slurm.conf)
     assert done.returncode == 0, done.stdout + done.stderr + job_log(out)
-    run_dir = Path(read_manifest(out)["runs"][0]["run_dir"])
+    run_dir = Path(read_manifest(out).runs[0].run_dir)
     start = read_metrics(run_dir)[0]
     assert (start["world_size"], start["launcher"]) == (2, "slurm")
     assert train_steps(run_dir)[-1] == 6
@@ -182,21 +182,19 @@ def test_requeued_and_timed_out_jobs_resume_from_their_checkpoints(
     out = tmp_path / "sweep"
     done = sweep_cli(path, "--out", out, env=slurm.conf)
     assert done.returncode == 0, done.stderr
-    runs = read_manifest(out)["runs"]
-    dirs = [Path(r["run_dir"]) for r in runs]
+    runs = read_manifest(out).runs
+    dirs = [Path(r.run_dir) for r in runs]
     for d in dirs:
         wait_until(lambda d=d: len(train_steps(d)) >= 3, 240, f"{d.name} to train")
-    slurm.run("scontrol", "requeue", runs[0]["job_id"])
-    slurm.run("scancel", "--signal=USR2", runs[1]["job_id"])
+    slurm.run("scontrol", "requeue", runs[0].job_id)
+    slurm.run("scancel", "--signal=USR2", runs[1].job_id)
     for run in runs:
         wait_until(
-            lambda r=run: status_of(out, slurm)[r["name"]] == "requeued",
+            lambda r=run: status_of(out, slurm)[r.name] == "requeued",
             120,
-            f"{run['name']} to be requeued\n{job_log(out)}",
+            f"{run.name} to be requeued\n{job_log(out)}",
         )
-        wait_until(
-            lambda r=run: slurm.start_requeued_now(r["job_id"]), 120, f"{run['name']} to start"
-        )
+        wait_until(lambda r=run: slurm.start_requeued_now(r.job_id), 120, f"{run.name} to start")
     for d in dirs:
         wait_until(
             lambda d=d: (
@@ -221,7 +219,7 @@ def test_requeued_and_timed_out_jobs_resume_from_their_checkpoints(
     # submitit checkpointed the timed-out job's callable with one more requeue counted.
     from submitit.core.utils import JobPaths
 
-    pickled = JobPaths(out / "submitit" / "%j", job_id=runs[1]["job_id"]).submitted_pickle
+    pickled = JobPaths(out / "submitit" / "%j", job_id=runs[1].job_id).submitted_pickle
     assert pickle.loads(pickled.read_bytes()).function.requeues == 1
     states = wait_until(
         lambda: (s := status_of(out, slurm)) and all(v == "cancelled" for v in s.values()) and s,
@@ -240,7 +238,7 @@ def test_sbatch_template_runs_torchrun_and_requeues_near_the_time_limit(
     job, and the requeued job resumes in the same run folder."""
     run_dir = tmp_path / "run"
     overrides = tiny_overrides(
-        shards, run_dir, **{"data.val_ann": val_ann, "train.epochs": 500, "train.zero_stage": 1}
+        shards, run_dir, **{"data.val_ann": val_ann, "train.epochs": 500, "engine.zero_stage": 1}
     )
     env = {
         **slurm.env,

@@ -19,7 +19,7 @@ def test_sweep_file_expands_grid_times_list_with_names_and_tags(tmp_path):
                 "base": "configs/demo.yaml",
                 "overrides": ["train.epochs=2"],
                 "grid": {"model.attention": ["none", "partwise"], "seed": [0, 1]},
-                "runs": [["train.lr=0.001"], ["train.lr=0.0005"]],
+                "runs": [["optimizer.lr=0.001"], ["optimizer.lr=0.0005"]],
             }
         )
     )
@@ -31,7 +31,7 @@ def test_sweep_file_expands_grid_times_list_with_names_and_tags(tmp_path):
     run = sweep.runs[-1]
     assert run.overrides[:2] == ("train.epochs=2", "train.batch_size=4")
     cfg = run_config(sweep, run, tmp_path / "runs" / run.name)
-    got = (cfg.model.attention, cfg.seed, cfg.train.lr, cfg.train.epochs)
+    got = (cfg.model.attention, cfg.seed, cfg.optimizer.lr, cfg.train.epochs)
     assert got == ("partwise", 1, 5e-4, 2)
     assert cfg.log.group == "s" and cfg.log.name == f"s/{run.name}"
     assert cfg.log.tags == ["attention=partwise", "seed=1", "lr=0.0005"]
@@ -56,8 +56,8 @@ def test_one_key_that_differs_names_runs_by_it_alone():
             "run 'attention-holstic': config key 'model.attention': 'holstic' is not allowed",
         ),
         (
-            {"base": "configs/demo.yaml", "grid": {"train.lr": []}},
-            "'grid.train.lr': needs at least",
+            {"base": "configs/demo.yaml", "grid": {"optimizer.lr": []}},
+            "'grid.optimizer.lr': needs at least",
         ),
         ({"base": "configs/nope.yaml"}, "base config 'configs/nope.yaml' not found"),
         ({"grid": {"seed": [0]}}, "'base': name the base config"),

@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pose.engine.deepspeed_adapter import MODEL_STATES_FILE
-from pose.folders import RunFolder
+from pose.folders import MODEL_STATES_FILE, RunFolder
 from pose.tracking import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,11 +33,11 @@ def train_records(run_dir: Path) -> list[dict]:
 
 @pytest.mark.slow
 def test_torchrun_two_ranks_zero1_fp32_then_bf16(shards, tmp_path, tiny_overrides, run_python):
-    from pose.engine.distributed import free_port
+    from pose.distributed import free_port
 
     run = tmp_path / "ddp"
     port = str(free_port())  # torchrun's --master_port 0 hangs DeepSpeed's CPU rendezvous
-    extra = {"train.zero_stage": 1, "train.max_steps": 24, "train.lr": 3e-3}
+    extra = {"engine.zero_stage": 1, "train.max_steps": 24, "optimizer.lr": 3e-3}
     torchrun = ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port]
     args = [*torchrun, *TRAIN, *tiny_overrides(shards, run, **extra)]
     done = run_python(args)
@@ -49,7 +48,7 @@ def test_torchrun_two_ranks_zero1_fp32_then_bf16(shards, tmp_path, tiny_override
     assert last < first, (first, last)
     assert records[-1]["images_per_s"] == pytest.approx(2 * records[-1]["images_per_s_per_device"])
     # bf16 autocast: a few steps continue the same run (resumes from step 24), finite losses
-    more = {**extra, "train.max_steps": 28, "train.precision": "bf16"}
+    more = {**extra, "train.max_steps": 28, "engine.precision": "bf16"}
     bf16 = run_python([*torchrun, *TRAIN, *tiny_overrides(shards, run, **more)])
     assert bf16.returncode == 0, bf16.stderr[-3000:]
     tail = train_records(run)[-2:]
@@ -211,7 +210,7 @@ def test_a_run_folder_in_use_is_refused_naming_its_holder(
 def test_ranks_die_with_their_killed_agent_and_free_the_folder(
     shards, tmp_path, tiny_overrides, run_python, clean_env
 ):
-    from pose.engine.distributed import free_port
+    from pose.distributed import free_port
 
     run = tmp_path / "run"
     torchrun = ["-m", "torch.distributed.run", "--nproc_per_node", "2"]
@@ -242,7 +241,7 @@ def test_a_hung_rank_is_reported_with_rank_and_host_within_the_timeout(
     inference only) is not compiled: the empty extensions folder stays empty."""
     import socket
 
-    from pose.engine.distributed import free_port
+    from pose.distributed import free_port
 
     run, timeout_s = tmp_path / "run", 20
     torchrun = ["-m", "torch.distributed.run", "--nproc_per_node", "2"]
@@ -296,7 +295,7 @@ def test_an_image_budget_ends_at_its_step_with_the_lr_at_its_floor(
     shards, tmp_path, tiny_overrides, run_python
 ):
     run = tmp_path / "run"
-    extra = {"train.budget_images": 100, "train.schedule": "cosine", "train.epochs": 1}
+    extra = {"train.budget_images": 100, "schedule.name": "cosine", "train.epochs": 1}
     result = run_python([*TRAIN, *tiny_overrides(shards, run, **extra)])
     assert result.returncode == 0, result.stderr[-3000:]
     assert "budget of 100 images = 13 steps of 8 images" in result.stdout  # ceil(100 / 8)
@@ -321,7 +320,7 @@ def test_a_wall_clock_budget_killed_after_calibration_resumes_to_its_recorded_le
     """The budget's step count is measured once and kept: the killed and resumed run ends at
     it with the weights of an uninterrupted run of that many steps."""
     calibration = 6
-    common = {"train.schedule": "cosine", "train.warmup_steps": calibration}
+    common = {"schedule.name": "cosine", "schedule.warmup_steps": calibration}
     budget = {"train.budget_minutes": 0.15, "train.budget_calibration_steps": calibration}
     run = tmp_path / "budget"
     command = [sys.executable, *TRAIN, *tiny_overrides(shards, run, **common, **budget)]
@@ -351,27 +350,29 @@ def test_a_wall_clock_budget_killed_after_calibration_resumes_to_its_recorded_le
 
 def test_channels_last_is_applied_after_the_engine_and_refused_with_zero():
     from pose.config import ConfigError, load_config
+    from pose.distributed import init_distributed
+    from pose.engine.build import apply_memory_format, build_training, prepare_model
     from pose.engine.deepspeed_adapter import build_engine
-    from pose.engine.distributed import init_distributed
-    from pose.engine.trainer import apply_memory_format, prepare_model
     from pose.models import build_model
 
-    cfg = load_config(None, ["train.memory_format=channels_last", "model.backbone=resnet18"])
-    init_distributed(cfg.launch)
-    model = prepare_model(build_model(cfg.model, 17), cfg.train, torch.device("cpu"))
+    cfg = load_config(None, ["engine.memory_format=channels_last", "model.backbone=resnet18"])
+    env = init_distributed(cfg.launch)
+    model = prepare_model(build_model(cfg.model, 17), cfg.engine, torch.device("cpu"))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    build_engine(model, optimizer, None, cfg.train, 1, "fp32")  # refuses channels_last weights
+    build_engine(model, optimizer, None, cfg.train, cfg.engine, 0.0, 1, "fp32")  # contiguous
     params = list(model.parameters())
-    apply_memory_format(model, cfg.train, torch.device("cpu"))
+    apply_memory_format(model, cfg.engine, torch.device("cpu"))
     assert all(a is b for a, b in zip(params, model.parameters()))  # the optimizer's still
     convs = [m.weight for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
     assert all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
-    auto = load_config(None, ["model.backbone=resnet18"]).train
+    auto = load_config(None, ["model.backbone=resnet18"]).engine
     plain = build_model(cfg.model, 17)
     apply_memory_format(plain, auto, torch.device("cpu"))  # auto: not on a CPU
     assert all(m.weight.is_contiguous() for m in plain.modules() if isinstance(m, torch.nn.Conv2d))
-    with pytest.raises(ConfigError, match=r"train\.memory_format.*zero_stage=0"):
-        load_config(None, ["train.memory_format=channels_last", "train.zero_stage=1"])
+    training = build_training(cfg, 17, env)  # the one function: in its order, no refusal
+    assert training.model.final_layer.weight.is_contiguous(memory_format=torch.channels_last)
+    with pytest.raises(ConfigError, match=r"engine\.memory_format.*zero_stage=0"):
+        load_config(None, ["engine.memory_format=channels_last", "engine.zero_stage=1"])
 
 
 @pytest.mark.slow
@@ -382,10 +383,10 @@ def test_zero3_two_ranks_resume_exactly_evaluate_and_leave_whole_weights(
     step-8 checkpoint resumes to the uninterrupted run's weights bit for bit; the evaluation
     after the last step runs on whole copies (the ranks evaluate different batches); each
     checkpoint carries the gathered weights, which load for inference."""
-    from pose.engine.distributed import free_port
-    from pose.engine.trained import load_trained_model
+    from pose.distributed import free_port
+    from pose.models.trained import load_trained_model
 
-    extra = {"train.zero_stage": 3, "train.max_steps": 12, "train.lr": 3e-3}
+    extra = {"engine.zero_stage": 3, "train.max_steps": 12, "optimizer.lr": 3e-3}
     extra |= {"data.val_ann": val_ann, "eval.every_epochs": 1000, "eval.flip_test": "false"}
 
     def command(run: Path) -> list[str]:

@@ -8,7 +8,10 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+import cv2
 import numpy as np
+
+from pose.data.coco import box_to_center_scale
 
 if TYPE_CHECKING:
     import torch
@@ -164,3 +167,18 @@ def half_body_box(
     w, h = chosen.max(axis=0) - chosen.min(axis=0)
     w, h = max(w, aspect_ratio * h), max(h, w / aspect_ratio)
     return center, np.array([w, h]) * 1.5
+
+
+def crop_boxes(
+    image_bgr: np.ndarray, boxes: Sequence, image_size: tuple[int, int]
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The model input of each box (x, y, w, h, ...), as the pipelines crop it, and the
+    input -> image affine of each."""
+    in_h, in_w = image_size
+    crops, inverses = [], []
+    for box in boxes:
+        center, scale = box_to_center_scale(tuple(box[:4]), in_w / in_h)
+        matrix = get_affine_transform(center, scale, 0.0, (in_w, in_h))
+        crops.append(cv2.warpAffine(image_bgr, matrix, (in_w, in_h), flags=cv2.INTER_LINEAR))
+        inverses.append(get_affine_transform(center, scale, 0.0, (in_w, in_h), inverse=True))
+    return crops, inverses

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from pose.config import TrainConfig
-from pose.engine.distributed import DistEnv, sum_over_ranks
+from pose.distributed import DistEnv, sum_over_ranks
 from pose.engine.errors import CheckpointError
 from pose.engine.schedule import StepPlan
 from pose.files import atomic_write

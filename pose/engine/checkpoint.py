@@ -1,5 +1,5 @@
-"""Checkpoints of a training run: when to save, what is saved, restoring the latest, pruning,
-marking the best, and finding the weights a `--checkpoint` argument means.
+"""Checkpoints of a training run: when to save, what is saved, restoring the latest, pruning and
+marking the best. (What a `--checkpoint` argument names for inference is pose.folders'.)
 
 The checkpointer decides when it acts (the loop only reports each step): every
 `checkpoint.every_steps` steps, at each epoch end, after each evaluation, at the last step and
@@ -19,20 +19,18 @@ from __future__ import annotations
 import random
 import shutil
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from pose.config import CheckpointConfig
-from pose.data.layout import KeypointLayout, load_layout
-from pose.engine.deepspeed_adapter import MODEL_STATES_FILE, TrainEngine
-from pose.engine.distributed import BatchNormAverage, DistEnv, any_rank, is_collective_failure
+from pose.distributed import BatchNormAverage, DistEnv, any_rank, is_collective_failure
+from pose.engine.deepspeed_adapter import TrainEngine
 from pose.engine.errors import CheckpointError, TrainingError
 from pose.engine.schedule import StepPlan
 from pose.engine.step_metrics import StepMetrics
 from pose.files import out_of_space, refused_pickle
-from pose.folders import ExportFolder, RunFolder
+from pose.folders import RunFolder
 
 CLIENT_KEY = "posescale"  # our state inside DeepSpeed's client state
 
@@ -199,61 +197,6 @@ def prune(run: RunFolder, keep_last: int) -> None:
     for tag in run.checkpoint_tags()[:-keep_last]:
         if tag not in pinned:
             shutil.rmtree(run.checkpoint(tag), ignore_errors=True)
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """The weights file a `--checkpoint` argument means: a run folder (its best checkpoint,
-    else its latest), a checkpoint folder, an export folder, or a state-dict file."""
-    path = Path(path)
-    if path.is_file():
-        return path
-    if (path / MODEL_STATES_FILE).is_file():
-        return path / MODEL_STATES_FILE
-    if ExportFolder(path).is_export():
-        return ExportFolder(path).weights
-    run = RunFolder(path)
-    for tag in (run.best_tag(), run.latest_tag()):
-        if tag and (run.checkpoint(tag) / MODEL_STATES_FILE).is_file():
-            return run.checkpoint(tag) / MODEL_STATES_FILE
-    raise CheckpointError(
-        f"'{path}' is neither a state-dict file, a checkpoint folder (with {MODEL_STATES_FILE}), "
-        "an export folder, nor a run folder with checkpoints/best or checkpoints/latest"
-    )
-
-
-def owning_folders(checkpoint: str | Path) -> list[Path]:
-    """The folders whose files describe a `--checkpoint`: its own folder (a run or export
-    folder, or the folder of a weights file), and the run when that folder is a checkpoint of
-    one."""
-    path = Path(checkpoint)
-    folder = path if path.is_dir() else path.parent
-    if folder.parent.name == RunFolder(folder.parent.parent).checkpoints.name:
-        return [folder, folder.parent.parent]
-    return [folder]
-
-
-def checkpoint_layout(path: str | Path) -> KeypointLayout | None:
-    """The keypoint layout a `--checkpoint` was trained for, from its run or export folder's
-    recorded layout; None when it has none (a plain state dict, or a run made before layouts were
-    recorded)."""
-    for folder in owning_folders(path):
-        if RunFolder(folder).layout.is_file():
-            return load_layout(str(RunFolder(folder).layout))
-    return None
-
-
-def layout_to_use(checkpoint: str | Path, override: str | None = None) -> KeypointLayout:
-    """The layout to predict or export with: `override` (a preset or file) when given, else the
-    checkpoint's own; an error for a checkpoint without one (a plain state dict)."""
-    if override:
-        return load_layout(override)
-    layout = checkpoint_layout(checkpoint)
-    if layout is None:
-        raise CheckpointError(
-            f"'{checkpoint}' has no keypoint layout in its run or export folder (a plain state "
-            "dict): name the joints its heatmaps are, --layout coco17 (a preset) or a file"
-        )
-    return layout
 
 
 def rng_state() -> dict:

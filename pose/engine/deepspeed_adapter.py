@@ -14,11 +14,8 @@ from pathlib import Path
 
 import torch
 
-from pose.config import ConfigError, TrainConfig
-
-# The model's weights in a checkpoint: DeepSpeed's model states file, or under ZeRO-3 (whose
-# own files hold each rank's slices) the consolidated weights under the same name
-MODEL_STATES_FILE = "mp_rank_00_model_states.pt"
+from pose.config import ConfigError, EngineConfig, TrainConfig
+from pose.folders import MODEL_STATES_FILE
 
 
 def resolve_precision(requested: str, device: torch.device) -> str:
@@ -29,25 +26,29 @@ def resolve_precision(requested: str, device: torch.device) -> str:
             return "bf16"
         return "fp32"
     if requested == "fp16" and device.type != "cuda":
-        raise ConfigError("config key 'train.precision': fp16 needs a GPU; use fp32 or bf16")
+        raise ConfigError("config key 'engine.precision': fp16 needs a GPU; use fp32 or bf16")
     return requested
 
 
-def deepspeed_config(cfg: TrainConfig, world_size: int, precision: str) -> dict:
-    if precision == "fp16" and cfg.zero_stage != 0:
+def deepspeed_config(
+    train: TrainConfig, engine: EngineConfig, grad_clip: float, world_size: int, precision: str
+) -> dict:
+    """DeepSpeed's config for the batch of `train`, the ZeRO stage of `engine`, gradient
+    clipping at `grad_clip` and the resolved `precision`."""
+    if precision == "fp16" and engine.zero_stage != 0:
         raise ConfigError(
-            "config key 'train.precision': fp16 takes its dynamic loss scaling from DeepSpeed's "
-            "autocast grad scaler, which exists for train.zero_stage=0 only; use bf16 with ZeRO"
+            "config key 'engine.precision': fp16 takes its dynamic loss scaling from DeepSpeed's "
+            "autocast grad scaler, which exists for engine.zero_stage=0 only; use bf16 with ZeRO"
         )
     config = {
-        "train_micro_batch_size_per_gpu": cfg.batch_size,
-        "gradient_accumulation_steps": cfg.grad_accum,
-        "train_batch_size": cfg.batch_size * cfg.grad_accum * world_size,
-        "zero_optimization": zero_config(cfg),
+        "train_micro_batch_size_per_gpu": train.batch_size,
+        "gradient_accumulation_steps": train.grad_accum,
+        "train_batch_size": train.batch_size * train.grad_accum * world_size,
+        "zero_optimization": zero_config(engine),
         "steps_per_print": 10**9,  # we log ourselves
         "wall_clock_breakdown": False,
         # Always written: DeepSpeed's default clips at norm 1.0, and 0 must mean no clipping.
-        "gradient_clipping": cfg.grad_clip,
+        "gradient_clipping": grad_clip,
     }
     if precision in ("bf16", "fp16"):
         config["torch_autocast"] = {
@@ -62,7 +63,7 @@ def deepspeed_config(cfg: TrainConfig, world_size: int, precision: str) -> dict:
     return config
 
 
-def zero_config(cfg: TrainConfig) -> dict:
+def zero_config(cfg: EngineConfig) -> dict:
     """DeepSpeed's zero_optimization section. At stages 1 to 3 it carries the overlap and the
     bucket size; at stage 0 DeepSpeed has no overlap of its own (`overlap_gradient_reduction`
     does it outside DeepSpeed)."""
@@ -175,7 +176,9 @@ def build_engine(
     model: torch.nn.Module,
     optimizer,
     scheduler,
-    cfg: TrainConfig,
+    train: TrainConfig,
+    cfg: EngineConfig,
+    grad_clip: float,
     world_size: int,
     precision: str,
     collective_timeout_s: float | None = None,
@@ -198,7 +201,7 @@ def build_engine(
         model=model,
         optimizer=optimizer,
         lr_scheduler=scheduler,
-        config=deepspeed_config(cfg, world_size, precision),
+        config=deepspeed_config(train, cfg, grad_clip, world_size, precision),
     )
     if world_size == 1 or overlap:  # nothing to reduce, or reduced during the backward pass
         engine.enable_backward_allreduce = False

@@ -10,9 +10,9 @@ from collections.abc import Callable
 
 import torch
 
-from pose.config import Config
+from pose.config import DataConfig, EvalConfig
 from pose.data.loader import Loader
-from pose.engine.distributed import BatchNormAverage, DistEnv
+from pose.distributed import BatchNormAverage, DistEnv
 from pose.engine.schedule import StepPlan
 from pose.eval.evaluate import evaluate, model_predictor, print_metrics
 from pose.folders import RunFolder
@@ -21,21 +21,24 @@ from pose.viz.panels import prediction_panel
 
 
 class Evaluator:
+    """`cfg`: its own section; `data`: the inputs' size and the heatmap codec's settings."""
+
     def __init__(
         self,
         loader: Loader,
-        cfg: Config,
+        cfg: EvalConfig,
+        data: DataConfig,
         plan: StepPlan,
         run: RunFolder,
         tracker: Tracker,
         env: DistEnv,
         batchnorm: BatchNormAverage,
     ):
-        self.loader, self.cfg, self.plan, self.run = loader, cfg, plan, run
+        self.loader, self.cfg, self.data, self.plan, self.run = loader, cfg, data, plan, run
         self.tracker, self.env, self.batchnorm = tracker, env, batchnorm
 
     def due(self, step: int, stopping: bool = False) -> bool:
-        every = self.cfg.eval.every_epochs
+        every = self.cfg.every_epochs
         if not every or stopping:
             return False
         ends = self.plan.ends_epoch(step) and self.plan.completed_epochs(step) % every == 0
@@ -54,7 +57,7 @@ class Evaluator:
 
     def evaluate(self, model: torch.nn.Module, step: int, autocast) -> dict:
         """Evaluate `model` after `step`; returns the metrics ({} when none were scored)."""
-        eval_cfg, data, log = self.cfg.eval, self.cfg.data, self.cfg.log
+        eval_cfg, data = self.cfg, self.data
         epoch = self.plan.completed_epochs(step)
         predict = model_predictor(model, eval_cfg, data, self.loader.layout.flip_permutation)
         metrics = evaluate(
@@ -67,7 +70,7 @@ class Evaluator:
             progress=False,
             env=self.env,
         )
-        if self.env.is_main and log.panel_people:  # ground truth, prediction, maps
+        if self.env.is_main and eval_cfg.panel_people:  # ground truth, prediction, maps
             self.tracker.log_images(step, {"val/predictions": self._picture(model, epoch)})
         model.train()
         if metrics is None:
@@ -83,14 +86,14 @@ class Evaluator:
         batches = self.loader.epoch(0)
         batch = next(batches)
         batches.close()
-        log = self.cfg.log
+        cfg = self.cfg
         return prediction_panel(
             model,
             batch,
             self.run.prediction_picture(epoch),
             self.loader.layout,
-            self.cfg.data,
-            log.panel_people,
-            self.cfg.eval.keypoint_thr,
-            log.panel_joints,
+            self.data,
+            cfg.panel_people,
+            cfg.keypoint_thr,
+            cfg.panel_joints,
         )

@@ -1,5 +1,5 @@
 """The optimizer of a training run: Adam or AdamW over the model's parameters, in one group, or
-with `train.layer_decay` < 1 in ViTPose's groups (Xu et al. 2022; its
+with `optimizer.layer_decay` < 1 in ViTPose's groups (Xu et al. 2022; its
 LayerDecayOptimizerConstructor): block i of D at lr x decay^(D - i), the embeddings at
 lr x decay^(D + 1), the final norm and the head at lr, and no weight decay for biases, norms
 and the position embedding."""
@@ -11,19 +11,19 @@ from collections import defaultdict
 import torch
 from torch import nn
 
-from pose.config import TrainConfig
+from pose.config import OptimizerConfig
 
 NO_WEIGHT_DECAY = ("pos_embed",)  # besides every 1-D parameter (biases, norms)
 
 
-def build_optimizer(model: nn.Module, train: TrainConfig, lr: float) -> torch.optim.Optimizer:
-    optimizer_cls = torch.optim.AdamW if train.optimizer == "adamw" else torch.optim.Adam
-    if train.layer_decay == 1:
-        return optimizer_cls(model.parameters(), lr=lr, weight_decay=train.weight_decay)
-    return optimizer_cls(layer_decay_groups(model, train, lr), lr=lr)
+def build_optimizer(model: nn.Module, cfg: OptimizerConfig, lr: float) -> torch.optim.Optimizer:
+    optimizer_cls = torch.optim.AdamW if cfg.name == "adamw" else torch.optim.Adam
+    if cfg.layer_decay == 1:
+        return optimizer_cls(model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
+    return optimizer_cls(layer_decay_groups(model, cfg, lr), lr=lr)
 
 
-def layer_decay_groups(model: nn.Module, train: TrainConfig, lr: float) -> list[dict]:
+def layer_decay_groups(model: nn.Module, cfg: OptimizerConfig, lr: float) -> list[dict]:
     """One group per (layer, weight decay or not), each with its own lr; the backbone tells each
     parameter's layer (`layer_of`, `top_layer`), everything after the backbone is the top."""
     backbone = model.backbone
@@ -39,8 +39,8 @@ def layer_decay_groups(model: nn.Module, train: TrainConfig, lr: float) -> list[
     return [
         {
             "params": params,
-            "lr": lr * train.layer_decay ** (top - layer),
-            "weight_decay": train.weight_decay if decays else 0.0,
+            "lr": lr * cfg.layer_decay ** (top - layer),
+            "weight_decay": cfg.weight_decay if decays else 0.0,
         }
         for (layer, decays), params in sorted(groups.items())
     ]

@@ -11,36 +11,42 @@ import time
 
 from tqdm import tqdm
 
-from pose.config import Config
+from pose.config import LogConfig, TrainConfig
 from pose.data.loader import Loader
+from pose.distributed import DistEnv, rank_hosts, sum_over_ranks
 from pose.engine.budget import BudgetClock, MeasuredBudget
-from pose.engine.distributed import DistEnv, rank_hosts, sum_over_ranks
 from pose.engine.errors import TrainingError
-from pose.engine.schedule import StepPlan
+from pose.engine.schedule import StepPlan, images_per_step
 from pose.engine.step_metrics import StepMetrics
 from pose.folders import RunFolder
 from pose.tracking import Tracker
 
 
 class Progress:
+    """`cfg`: its own section; `train`: the run's length and batch it reports against;
+    `max_bad_fraction`: data.max_bad_fraction, the share of undecodable samples that stops a
+    run."""
+
     def __init__(
         self,
-        cfg: Config,
+        cfg: LogConfig,
+        train: TrainConfig,
         run: RunFolder,
         plan: StepPlan,
         env: DistEnv,
         tracker: Tracker,
         loader: Loader,
-        images_per_step: int,
+        max_bad_fraction: float,
     ):
-        self.cfg, self.run, self.plan, self.env, self.tracker = cfg, run, plan, env, tracker
-        self.loader, self.images_per_step = loader, images_per_step
+        self.cfg, self.train, self.run, self.plan, self.env = cfg, train, run, plan, env
+        self.tracker, self.loader, self.max_bad_fraction = tracker, loader, max_bad_fraction
+        self.images_per_step = images_per_step(train, env.world_size)
         self.bar: tqdm | None = None
         self.bad_reported = 0
         self.last_line = 0.0
 
     def is_log_step(self, step: int) -> bool:
-        return step % self.cfg.log.every_steps == 0
+        return step % self.cfg.every_steps == 0
 
     def start(self, step: int, start_record: dict, clock: BudgetClock | None) -> None:
         """Say where the run starts (and what its budget is), log the start record (with the
@@ -85,7 +91,7 @@ class Progress:
 
     def _start_record(self, step: int, extra: dict) -> dict:
         """One record per (re)start: what compare and sweep status read besides the metrics."""
-        train, plan, env = self.cfg.train, self.plan, self.env
+        train, plan, env = self.train, self.plan, self.env
         return {
             "step": step,
             "epoch": plan.completed_epochs(step),
@@ -102,7 +108,7 @@ class Progress:
 
     def _budget_line(self, clock: BudgetClock | None) -> str:
         """What the run's budget is, at its start ("" without one)."""
-        train, plan = self.cfg.train, self.plan
+        train, plan = self.train, self.plan
         if train.budget_images:
             epochs = plan.total_steps / plan.steps_per_epoch
             return (
@@ -118,7 +124,7 @@ class Progress:
 
     def _with_budget(self, record: dict) -> dict:
         """Images seen so far (all ranks) and, with a budget, the part of it used."""
-        train, step = self.cfg.train, record["step"]
+        train, step = self.train, record["step"]
         record["images"] = step * self.images_per_step
         if (train.budget_images or train.budget_minutes) and self.plan.known:
             record["budget_used"] = step / self.plan.total_steps
@@ -134,7 +140,7 @@ class Progress:
         self.bad_reported = len(loader.bad_sample_names)
         bad, read = sum_over_ranks([loader.bad_samples, loader.samples_read], self.env)
         record["bad_samples"] = int(bad)
-        limit = self.cfg.data.max_bad_fraction
+        limit = self.max_bad_fraction
         if bad > limit * read:
             raise TrainingError(
                 f"{int(bad)} of {int(read)} samples read did not decode, more than "
@@ -158,12 +164,12 @@ class Progress:
     def _plain_line(self, record: dict, epoch: int) -> None:
         """Without a terminal: one plain line every `log.progress_every_s` seconds."""
         now, step, total = time.time(), record["step"], self.plan.total_steps
-        if now - self.last_line < self.cfg.log.progress_every_s and step != total:
+        if now - self.last_line < self.cfg.progress_every_s and step != total:
             return
         self.last_line = now
         of_total, eta = (f"/{total}", "") if total else ("", "")
         if total and record["step_time"] > 0:
-            seconds = (total - step) * record["step_time"] * self.cfg.train.grad_accum
+            seconds = (total - step) * record["step_time"] * self.train.grad_accum
             eta = f", eta {int(seconds // 60)} min {int(seconds % 60)} s"
         print(
             f"train: step {step}{of_total} (epoch {epoch}), loss {record['loss']:.4g}, "

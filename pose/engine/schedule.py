@@ -9,7 +9,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from pose.config import TrainConfig
+from pose.config import OptimizerConfig, ScheduleConfig, TrainConfig
 
 
 @dataclass
@@ -73,7 +73,7 @@ def images_per_step(cfg: TrainConfig, world_size: int) -> int:
     return cfg.batch_size * cfg.grad_accum * world_size
 
 
-def lr_factor(cfg: TrainConfig, plan: StepPlan) -> Callable[[int], float]:
+def lr_factor(cfg: ScheduleConfig, train: TrainConfig, plan: StepPlan) -> Callable[[int], float]:
     """Multiplier of the base lr after `step` optimizer steps: linear warmup over
     `warmup_steps`, then multistep (x lr_factor at each epoch of lr_steps) or cosine from 1 at
     the end of warmup (or at `cosine_start` of the run, when later) to 0 at the plan's last
@@ -83,20 +83,21 @@ def lr_factor(cfg: TrainConfig, plan: StepPlan) -> Callable[[int], float]:
     become the same fractions of the run (lr_steps / epochs), and with a wall-clock budget no
     decay starts before the calibration steps are over, so the factor of every step taken
     before the length is known does not depend on it."""
-    budgeted = bool(cfg.budget_images or cfg.budget_minutes)
-    calibration = cfg.budget_calibration_steps if cfg.budget_minutes else 0
+    budgeted = bool(train.budget_images or train.budget_minutes)
+    calibration = train.budget_calibration_steps if train.budget_minutes else 0
     flat_until = max(cfg.warmup_steps, calibration)
 
     def factor(step: int) -> float:
         warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
-        if cfg.schedule == "multistep":
+        if cfg.name == "multistep":
             if not budgeted:
                 epoch = step // plan.steps_per_epoch
                 return warm * cfg.lr_factor ** sum(epoch >= m for m in cfg.lr_steps)
             if not plan.known:
                 return warm
             at = [
-                max(calibration + 1, round(m / cfg.epochs * plan.total_steps)) for m in cfg.lr_steps
+                max(calibration + 1, round(m / train.epochs * plan.total_steps))
+                for m in cfg.lr_steps
             ]
             return warm * cfg.lr_factor ** sum(step >= m for m in at)
         if not plan.known:
@@ -110,7 +111,7 @@ def lr_factor(cfg: TrainConfig, plan: StepPlan) -> Callable[[int], float]:
     return factor
 
 
-def base_lr(cfg: TrainConfig, world_size: int) -> float:
-    """`train.lr`, or with `train.scale_lr` scaled linearly by the total batch relative to the
-    reference's 128 (32 per GPU x 4 GPUs)."""
-    return cfg.lr * images_per_step(cfg, world_size) / 128 if cfg.scale_lr else cfg.lr
+def base_lr(cfg: OptimizerConfig, train: TrainConfig, world_size: int) -> float:
+    """`optimizer.lr`, or with `optimizer.scale_lr` scaled linearly by the total batch relative
+    to the reference's 128 (32 per GPU x 4 GPUs)."""
+    return cfg.lr * images_per_step(train, world_size) / 128 if cfg.scale_lr else cfg.lr

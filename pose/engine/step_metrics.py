@@ -7,7 +7,7 @@ import time
 
 import torch
 
-from pose.engine.distributed import DistEnv
+from pose.distributed import DistEnv
 from pose.engine.errors import TrainingError
 
 

@@ -11,7 +11,7 @@ import sys
 
 import torch
 
-from pose.engine.distributed import DistEnv
+from pose.distributed import DistEnv
 
 
 class StopRequest:

@@ -9,44 +9,30 @@ import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from pose.config import Config, DataConfig, TrainConfig, save_config, to_dict
+from pose.config import Config, DataConfig, LossConfig, save_config
 from pose.data.backends import build_loader
 from pose.data.codec import HeatmapCodec
 from pose.data.layout import one_layout, save_layout
 from pose.data.loader import LoaderSpec
+from pose.distributed import BatchNormAverage, DistEnv, any_rank, barrier, init_distributed
 from pose.engine.budget import BudgetClock
-from pose.engine.checkpoint import Checkpointer, RunState, resolve_checkpoint
-from pose.engine.deepspeed_adapter import (
-    TrainEngine,
-    build_engine,
-    deepspeed_config,
-    resolve_precision,
-)
-from pose.engine.distributed import (
-    BatchNormAverage,
-    DistEnv,
-    any_rank,
-    barrier,
-    init_distributed,
-    use_sync_batchnorm,
-)
+from pose.engine.build import build_training
+from pose.engine.checkpoint import Checkpointer, RunState
+from pose.engine.deepspeed_adapter import TrainEngine, deepspeed_config
 from pose.engine.evaluator import Evaluator
 from pose.engine.loss import joints_mse_loss
-from pose.engine.optimizer import build_optimizer
 from pose.engine.progress import Progress
-from pose.engine.schedule import StepPlan, base_lr, images_per_step, lr_factor
+from pose.engine.schedule import StepPlan, images_per_step
 from pose.engine.step_metrics import StepMetrics
 from pose.engine.stop import StopRequest
 from pose.eval.evaluate import check_ground_truth
 from pose.files import atomic_write
 from pose.folders import RunFolder, RunFolderBusy, RunLock
-from pose.models import build_model, load_pretrained
-from pose.models.weights import is_timm_name
+from pose.models import build_model
 from pose.tracking import Tracker
 
 
@@ -70,7 +56,7 @@ class Trainer:
     written to the run folder, which rank 0 holds locked until the run ends."""
 
     def __init__(self, cfg: Config, run: RunFolder, env: DistEnv):
-        self.cfg, self.run, self.env = cfg, run, env
+        self.cfg, self.run, self.env = cfg, run, env  # the run's whole config: it builds all
         self.lock = _lock_run_folder(run, env)
         try:
             self._build()
@@ -81,7 +67,6 @@ class Trainer:
 
     def _build(self) -> None:
         cfg, run, env = self.cfg, self.run, self.env
-        self.precision = resolve_precision(cfg.train.precision, env.device)
         torch.manual_seed(cfg.seed + env.rank)
         np.random.seed(cfg.seed + env.rank)
         self.train_loader = build_loader(self._spec("train", cfg.train.batch_size))
@@ -98,20 +83,15 @@ class Trainer:
             cfg.data.layout,
         )
         self.joint_weights = None
-        if cfg.train.joint_weights:
+        if cfg.loss.joint_weights:
             self.joint_weights = torch.tensor(self.layout.weights, device=env.device)
         batches = self.train_loader.batches_per_epoch
         self.plan = StepPlan.of(cfg.train, batches, env.world_size)
         self.images_per_step = images_per_step(cfg.train, env.world_size)
-        model = build_model(cfg.model, self.layout.num_joints)
-        if cfg.train.activation_checkpointing:  # the config let only layered backbones ask
-            model.backbone.set_grad_checkpointing(True)
-        if cfg.model.pretrained and run.latest_tag() is None:  # a resumed run's are in its
-            load_pretrained(model, pretrained_source(cfg.model.pretrained))  # checkpoint
-        model = use_sync_batchnorm(model, cfg.model.sync_bn, env)
-        self.model = prepare_model(model, cfg.train, env.device)
-        self.engine = self._build_engine()
-        apply_memory_format(self.model, cfg.train, env.device)
+        fresh = run.latest_tag() is None  # a resumed run's weights are in its checkpoint
+        training = build_training(cfg, self.layout.num_joints, env, self.plan, pretrained=fresh)
+        self.model, self.optimizer = training.model, training.optimizer
+        self.engine, self.precision = training.engine, training.precision
         batchnorm = BatchNormAverage(self.model, env)
         self.checkpointer = Checkpointer(
             run, self.engine, cfg.checkpoint, self.plan, env, batchnorm, cfg.train.grad_accum
@@ -123,13 +103,24 @@ class Trainer:
         if env.is_main:  # the config is known to fit: now it may replace the folder's
             save_config(cfg, run.config)
             save_layout(self.layout, run.layout)
-            generated = deepspeed_config(cfg.train, env.world_size, self.precision)
+            generated = deepspeed_config(
+                cfg.train, cfg.engine, cfg.optimizer.grad_clip, env.world_size, self.precision
+            )
             atomic_write(run.deepspeed_config, json.dumps(generated, indent=1) + "\n")
         barrier()
-        self.tracker = Tracker(cfg.log, run, to_dict(cfg), env.is_main, resume_step)
-        self.evaluator = Evaluator(val_loader, cfg, self.plan, run, self.tracker, env, batchnorm)
+        self.tracker = Tracker(cfg.log, run, env.is_main, resume_step)
+        self.evaluator = Evaluator(
+            val_loader, cfg.eval, cfg.data, self.plan, run, self.tracker, env, batchnorm
+        )
         self.progress = Progress(
-            cfg, run, self.plan, env, self.tracker, self.train_loader, self.images_per_step
+            cfg.log,
+            cfg.train,
+            run,
+            self.plan,
+            env,
+            self.tracker,
+            self.train_loader,
+            cfg.data.max_bad_fraction,
         )
         self.step_metrics = StepMetrics(env)
         bf16 = self.precision == "bf16"
@@ -139,21 +130,6 @@ class Trainer:
         env = self.env
         return LoaderSpec(
             self.cfg.data, split, batch_size, env.rank, env.world_size, env.device, self.cfg.seed
-        )
-
-    def _build_engine(self) -> TrainEngine:
-        train = self.cfg.train
-        optimizer = build_optimizer(self.model, train, base_lr(train, self.env.world_size))
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(train, self.plan))
-        self.optimizer = optimizer
-        return build_engine(
-            self.model,
-            optimizer,
-            schedule,
-            train,
-            self.env.world_size,
-            self.precision,
-            self.cfg.launch.collective_timeout_s,
         )
 
     def train(self) -> TrainResult:
@@ -227,8 +203,8 @@ class Trainer:
             wait = time.perf_counter()
             batch = next(micro_batches)
             self.step_metrics.data_time += time.perf_counter() - wait
-            data, train = self.cfg.data, self.cfg.train
-            loss, skipped = train_step(self.engine, batch, data, train, self.joint_weights)
+            data, loss_cfg = self.cfg.data, self.cfg.loss
+            loss, skipped = train_step(self.engine, batch, data, loss_cfg, self.joint_weights)
             self.step_metrics.add(loss, skipped, batch["image"].shape[0], step)
 
     def _micro_batches(self) -> Iterator[dict]:
@@ -250,38 +226,11 @@ class Trainer:
         return max(group["lr"] for group in self.optimizer.param_groups)
 
 
-def pretrained_source(pretrained: str) -> str | Path:
-    """model.pretrained as `load_pretrained` takes it: timm:NAME as it is, a path resolved as
-    --checkpoint is (a run, checkpoint or export folder to its weights file)."""
-    return pretrained if is_timm_name(pretrained) else resolve_checkpoint(pretrained)
-
-
-def prepare_model(model: torch.nn.Module, train: TrainConfig, device: torch.device):
-    """The model on `device`, compiled when `train.compile` is set (on its first call)."""
-    model = model.to(device)
-    if train.compile:
-        model.compile()
-    return model
-
-
-def apply_memory_format(model: torch.nn.Module, train: TrainConfig, device: torch.device):
-    """channels_last weights as `train.memory_format` says (auto: on a GPU, without ZeRO), once
-    the engine is built: DeepSpeed broadcasts parameters viewed as bytes at its start, which a
-    channels_last weight refuses, and ZeRO flattens them into buffers that a conversion would
-    detach them from. The parameters stay the same objects, so the optimizer keeps them."""
-    wanted = train.memory_format == "channels_last" or (
-        train.memory_format == "auto" and device.type == "cuda" and train.zero_stage == 0
-    )
-    if wanted:
-        model.to(memory_format=torch.channels_last)
-    return model
-
-
 def train_step(
     engine: TrainEngine,
     batch: dict,
     data: DataConfig,
-    train: TrainConfig,
+    loss_cfg: LossConfig,
     joint_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward, JointsMSELoss on device-made targets at the model's output size (each joint's
@@ -292,7 +241,7 @@ def train_step(
     targets, weights = HeatmapCodec.of(data, heatmaps.shape[-2:]).encode(batch["keypoints"])
     if joint_weights is not None:
         weights = weights * joint_weights
-    loss = joints_mse_loss(heatmaps, targets, weights, train.ohkm_topk if train.ohkm else 0)
+    loss = joints_mse_loss(heatmaps, targets, weights, loss_cfg.ohkm_topk if loss_cfg.ohkm else 0)
     engine.backward(loss)
     scale_before = engine.loss_scale()
     engine.step()

@@ -32,8 +32,22 @@ class Prediction:
 
 def rescore(pred: Prediction, keypoint_thr: float) -> float:
     """Box score x mean of the joint confidences above `keypoint_thr` (the reference's)."""
-    confident = pred.keypoints[:, 2][pred.keypoints[:, 2] > keypoint_thr]
-    return (float(confident.mean()) if confident.size else 0.0) * pred.box_score
+    return person_score(pred.keypoints, pred.box_score, keypoint_thr)
+
+
+def person_score(keypoints: np.ndarray, box_score: float, keypoint_thr: float) -> float:
+    """The rescoring of one person, keypoints (K, 3) with their confidences: `box_score` x the
+    mean of the confidences above `keypoint_thr` (0 when none is)."""
+    confidence = keypoints[:, 2]
+    confident = confidence[confidence > keypoint_thr]
+    return (float(confident.mean()) if confident.size else 0.0) * box_score
+
+
+def result_record(image_id: int, keypoints: np.ndarray, score: float, **extra) -> dict:
+    """One person in COCO keypoint results format (what pycocotools' loadRes reads), with
+    `extra` fields (a box, a file name) after the standard ones."""
+    flat = [round(float(v), 3) for v in np.asarray(keypoints).reshape(-1)]
+    return {"image_id": int(image_id), "category_id": 1, "keypoints": flat, "score": score, **extra}
 
 
 def oks_iou(
@@ -121,15 +135,7 @@ def coco_results(
             keep, scores = soft_oks_nms(kpts, scores, areas, nms_thr, sigmas=sigmas)
         else:
             keep = oks_nms(kpts, scores, areas, nms_thr, sigmas)
-        for i in keep:
-            results.append(
-                {
-                    "image_id": int(image_id),
-                    "category_id": 1,
-                    "keypoints": [round(float(v), 3) for v in kpts[i].reshape(-1)],
-                    "score": float(scores[i]),
-                }
-            )
+        results += [result_record(image_id, kpts[i], float(scores[i])) for i in keep]
     return results
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -22,6 +21,7 @@ from pose.data.coco import CocoFormatError
 from pose.data.codec import HeatmapCodec, input_to_image
 from pose.data.loader import Loader
 from pose.data.shards import META
+from pose.distributed import DistEnv
 from pose.eval.coco_eval import (
     Prediction,
     coco_results,
@@ -30,9 +30,6 @@ from pose.eval.coco_eval import (
     score_results,
     write_json,
 )
-
-if TYPE_CHECKING:  # the engine imports this module; its DistEnv is only passed in
-    from pose.engine.distributed import DistEnv
 
 Predictor = Callable[[dict], torch.Tensor]  # a batch -> heatmaps (N, K, h, w)
 
@@ -77,16 +74,27 @@ def ground_truth_predictor(codec: HeatmapCodec) -> Predictor:
     return lambda batch: codec.encode(batch["keypoints"])[0]
 
 
+def image_keypoints(
+    heatmaps: torch.Tensor, to_image: torch.Tensor, decode: str, data: DataConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Heatmaps (N, K, h, w) of crops decoded and mapped back to image pixels through each
+    crop's input -> image affine `to_image` (N, 2, 3): keypoints (N, K, 3: x, y, confidence)
+    and the area in image pixels of each crop (for OKS), on the heatmaps' device."""
+    coords, scores = HeatmapCodec.of(data, heatmaps.shape[-2:]).decode(heatmaps, decode)
+    to_image = to_image.to(coords.device)
+    xy = input_to_image(coords, to_image)
+    in_h, in_w = data.image_size
+    areas = in_w * in_h * torch.linalg.det(to_image[:, :, :2].double()).abs()
+    return torch.cat([xy, scores.double().unsqueeze(-1)], dim=-1), areas
+
+
 def batch_predictions(
     heatmaps: torch.Tensor, batch: dict, decode: str, data: DataConfig
 ) -> list[Prediction]:
     """Decode a batch's heatmaps to image-pixel predictions (one host sync per batch)."""
-    coords, scores = HeatmapCodec.of(data, heatmaps.shape[-2:]).decode(heatmaps, decode)
-    xy = input_to_image(coords, batch["to_image"])
-    in_h, in_w = data.image_size
-    areas = in_w * in_h * torch.linalg.det(batch["to_image"][:, :, :2]).abs()
-    keypoints = torch.cat([xy, scores.double().unsqueeze(-1)], dim=-1).cpu().numpy()
-    meta, areas = batch["meta"].cpu().numpy(), areas.cpu().numpy()
+    keypoints, areas = image_keypoints(heatmaps, batch["to_image"], decode, data)
+    keypoints, areas = keypoints.cpu().numpy(), areas.cpu().numpy()
+    meta = batch["meta"].cpu().numpy()
     preds = []
     for i in range(len(meta)):
         ann, det = int(meta[i, META["ann_id"]]), int(meta[i, META["det_id"]])

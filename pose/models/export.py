@@ -10,13 +10,27 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import math
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from torch import nn
+
+from pose.config import save_config
+from pose.data.geometry import crop_boxes
+from pose.data.layout import save_layout
+from pose.data.loader import normalise
+from pose.files import atomic_write
+from pose.folders import ExportFolder
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 
 MAX_BATCH = 4096  # the dynamic batch dimension's upper bound in both programs
 ONNX_OPSET = 18
@@ -139,3 +153,84 @@ def _compare(program: str, batch: int, got: np.ndarray, expected: np.ndarray) ->
     return ExportCheck(
         program, batch, float(np.abs(got - expected).max()), float(np.abs(expected).max())
     )
+
+
+@dataclass
+class ExportReport:
+    folder: Path
+    input: str  # what the check ran on: the images given, or "random"
+    tolerance: float
+    checks: list[ExportCheck]
+
+    @property
+    def failed(self) -> list[ExportCheck]:
+        return [c for c in self.checks if not c.ok(self.tolerance)]
+
+    def record(self) -> dict:
+        checks = [c.__dict__ | {"relative": c.relative} for c in self.checks]
+        return {"input": self.input, "tolerance": self.tolerance, "checks": checks}
+
+
+def export_trained(
+    trained, out: str | Path, images: str | None, tolerance: float, check: bool = True
+) -> ExportReport:
+    """Write `trained` (a pose.models.trained.TrainedModel) as an export folder at `out`
+    (pose.folders.ExportFolder: weights, config, layout, ONNX, torch.export program and the
+    check's figures): built in a new folder beside it and swapped into place when complete, so
+    a failed export leaves `out` as it was. Checked on up to 4 of `images` (each whole image one
+    person's crop; None: fixed random inputs)."""
+    require_export_tools(check)
+    inputs = check_inputs(images, tuple(trained.cfg.data.image_size))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = ExportFolder(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    try:
+        save_layout(trained.layout, staging.layout)
+        save_config(trained.cfg, staging.config)
+        buffer = io.BytesIO()
+        torch.save(trained.model.state_dict(), buffer)
+        atomic_write(staging.weights, buffer.getvalue())
+        onnx_path = export_onnx(trained.model, inputs[:2], staging.onnx)
+        program_path = export_program(trained.model, inputs[:2], staging.program)
+        checks = check_exports(trained.model, inputs, onnx_path, program_path) if check else []
+        report = ExportReport(out, images or "random", tolerance, checks)
+        atomic_write(staging.check, json.dumps(report.record(), indent=1))
+        _swap_into_place(staging.path, out)
+    except BaseException:
+        shutil.rmtree(staging.path, ignore_errors=True)
+        raise
+    return report
+
+
+def check_inputs(images: str | None, image_size: tuple[int, int], count: int = 4) -> torch.Tensor:
+    """Normalised crops of up to `count` images (each whole image one box), else fixed noise."""
+    if not images:
+        generator = torch.Generator().manual_seed(0)
+        return torch.randn(count, 3, *image_size, generator=generator)
+    path = Path(images)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    else:
+        files = [path]
+    crops = []
+    for file in files[:count]:
+        bgr = cv2.imread(str(file), cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise FileNotFoundError(f"--image: '{file}' is not a readable image")
+        (crop,), _ = crop_boxes(bgr, [(0.0, 0.0, bgr.shape[1], bgr.shape[0])], image_size)
+        crops.append(crop[:, :, ::-1])
+    if not crops:
+        raise FileNotFoundError(f"--image: no JPEG or PNG at '{images}'")
+    return normalise(torch.from_numpy(np.stack(crops).copy()))
+
+
+def _swap_into_place(new: Path, out: Path) -> None:
+    """`new` becomes `out`; an `out` there before (an earlier export) is removed after."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.replaced")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(out, old)
+    os.replace(new, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

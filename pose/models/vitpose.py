@@ -43,7 +43,7 @@ class ViTBackbone(nn.Module):
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each block's activations in the backward pass
-        (`train.activation_checkpointing`)."""
+        (`engine.activation_checkpointing`)."""
         self.vit.set_grad_checkpointing(enable)
 
     @property

@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 
 from pose.caches import use_cache_folders
 from pose.config import load_config
-from pose.engine.distributed import init_distributed, shutdown
+from pose.distributed import init_distributed, shutdown
 from pose.engine.trainer import train
 
 

@@ -16,8 +16,8 @@ from pose.data.backends import build_loader
 from pose.data.codec import HeatmapCodec
 from pose.data.loader import LoaderSpec
 from pose.data.shards import ShardError
-from pose.engine.errors import CheckpointError
-from pose.engine.trained import TrainedModel, load_trained_model
+from pose.folders import TrainedModelError
+from pose.models.trained import TrainedModel, load_trained_model
 from pose.models.weights import WeightsError
 from pose.sweep.compare import RunRecord, Variant
 from pose.viz.panels import person_cells, stack_rows
@@ -35,7 +35,7 @@ def attention_comparison(variants: list[Variant], path: Path, people: int) -> li
         batch = next(batches)
         batches.close()
         columns = [_variant_cells(v.label, model, batch) for v, model in zip(variants, trained)]
-    except (ConfigError, CheckpointError, WeightsError, ShardError, OSError) as e:
+    except (ConfigError, TrainedModelError, WeightsError, ShardError, OSError) as e:
         print(f"compare: no attention picture: {e}", file=sys.stderr)
         return []
     truth = batch["keypoints"].float().numpy()
@@ -53,7 +53,7 @@ def attention_comparison(variants: list[Variant], path: Path, people: int) -> li
 def _first_run(variant: Variant) -> RunRecord:
     with_folders = [r for r in variant.runs if r.folder is not None]
     if not with_folders:
-        raise CheckpointError(f"variant '{variant.label}' has no run folder")
+        raise TrainedModelError(f"variant '{variant.label}' has no run folder")
     return min(with_folders, key=lambda r: str(r.config.get("seed")))
 
 

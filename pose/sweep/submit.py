@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pose.folders import SweepFolder
+from pose.folders import SweepFolder, SweepManifest, SweepRun
 from pose.sweep.job import TrainingJob
 from pose.sweep.spec import Sweep, run_overrides
 from pose.sweep.submitit_adapter import read_result, sbatch_script, submission_errors
@@ -85,7 +85,7 @@ def sbatch_preview(sweep: Sweep, folder: Path) -> str:
     return sbatch_script(executor_parameters(sweep, local=False), folder, len(sweep.runs))
 
 
-def submit(sweep: Sweep, out: Path, local: bool = False, resubmit: bool = False) -> dict:
+def submit(sweep: Sweep, out: Path, local: bool = False, resubmit: bool = False) -> SweepManifest:
     """Submit every run of `sweep` as one job array; writes and returns the manifest."""
     out = out.resolve()
     _check_submittable(sweep, out, local, resubmit)
@@ -99,7 +99,7 @@ def submit(sweep: Sweep, out: Path, local: bool = False, resubmit: bool = False)
         raise SweepError(f"submitting the sweep failed: {str(detail).strip()[:500]}") from None
 
 
-def _submit(sweep: Sweep, out: Path, local: bool) -> dict:
+def _submit(sweep: Sweep, out: Path, local: bool) -> SweepManifest:
     import submitit
 
     folder = SweepFolder(out)
@@ -120,22 +120,21 @@ def _submit(sweep: Sweep, out: Path, local: bool) -> dict:
         max_requeues = sweep.spec.slurm.max_requeues
         job = TrainingJob(str(sweep.base), overrides, os.getcwd(), max_requeues, threads=threads)
         jobs_to_run.append(job)
-        rows.append(
-            {"name": run.name, "overrides": list(overrides), "varying": run.varying}
-            | {"run_dir": str(run_dir)}
-        )
+        rows.append((run, overrides, run_dir))
     jobs = executor.submit_array(jobs_to_run)
-    for row, job in zip(rows, jobs):
-        row["job_id"] = str(job.job_id)
-    manifest = {
-        "name": sweep.name,
-        "sweep_file": str(sweep.path.resolve()),
-        "base": str(sweep.base),
-        "executor": "local" if local else "slurm",
-        "submitit_folder": str(folder.submitit),
-        "submitted": time.time(),
-        "runs": rows,
-    }
+    runs = [
+        SweepRun(run.name, list(overrides), run.varying, str(run_dir), str(job.job_id))
+        for (run, overrides, run_dir), job in zip(rows, jobs, strict=True)
+    ]
+    manifest = SweepManifest(
+        name=sweep.name,
+        sweep_file=str(sweep.path.resolve()),
+        base=str(sweep.base),
+        executor="local" if local else "slurm",
+        submitit_folder=str(folder.submitit),
+        submitted=time.time(),
+        runs=runs,
+    )
     folder.write_manifest(manifest)
     return manifest
 
@@ -167,7 +166,50 @@ def _check_submittable(sweep: Sweep, out: Path, local: bool, resubmit: bool) -> 
         )
 
 
-def read_manifest(sweep_dir: Path) -> dict:
+def dry_run(sweep: Sweep, out: Path) -> str:
+    """What `--dry-run` prints: the runs, and the sbatch lines of their job array."""
+    lines = [f"sweep '{sweep.name}': {len(sweep.runs)} runs from {sweep.base} into {out}"]
+    lines += [f"  {run.name}: {' '.join(run.overrides)}" for run in sweep.runs]
+    where = "Slurm" if slurm_available() else "Slurm (not on this machine: use --local here)"
+    lines += ["", f"{where} would get one job array:", ""]
+    return "\n".join(lines) + "\n" + sbatch_preview(sweep, SweepFolder(out.resolve()).job_pattern)
+
+
+def submit_and_follow(
+    sweep: Sweep, out: Path, local: bool, resubmit: bool, wait_for_end: bool
+) -> int:
+    """Submit (or run locally, which waits), say so, and with `wait_for_end` wait; the exit
+    code: 0, or 1 when a run did not end done."""
+    manifest = submit(sweep, out, local=local, resubmit=resubmit)
+    first = manifest.runs[0].job_id.split("_")[0]
+    print(
+        f"sweep '{sweep.name}': {len(manifest.runs)} runs submitted "
+        f"({manifest.executor}, job {first}) into {out}"
+    )
+    if wait_for_end or local:
+        rows = wait(out)
+        print(format_status(rows))
+        return 0 if all(r.state == "done" for r in rows) else 1
+    print(f"follow it with: python launch/sweep.py status {out}")
+    return 0
+
+
+def manage(command: str, sweep_dir: Path) -> int:
+    """`status`, `wait` or `cancel` a submitted sweep; the exit code."""
+    if command == "status":
+        print(format_status(sweep_status(sweep_dir)))
+    elif command == "wait":
+        rows = wait(sweep_dir)
+        print(format_status(rows))
+        return 0 if all(r.state == "done" for r in rows) else 1
+    else:
+        ids = cancel(sweep_dir)
+        done = f"cancelled {len(ids)} job(s): {' '.join(ids)}" if ids else "nothing left to cancel"
+        print(f"sweep: {done}")
+    return 0
+
+
+def read_manifest(sweep_dir: Path) -> SweepManifest:
     folder = SweepFolder(sweep_dir)
     if not folder.is_sweep():
         raise SweepError(
@@ -196,24 +238,20 @@ def sweep_status(sweep_dir: Path) -> list[RunStatus]:
     """Each run's state, from Slurm's accounting (or submitit's result files for local runs),
     and its progress from the run folder."""
     manifest = read_manifest(sweep_dir)
-    runs = manifest["runs"]
-    slurm_states = (
-        _slurm_states([r["job_id"] for r in runs]) if manifest["executor"] == "slurm" else {}
-    )
+    slurm = manifest.executor == "slurm"
+    slurm_states = _slurm_states([r.job_id for r in manifest.runs]) if slurm else {}
     out = []
-    for run in runs:
-        result = _result_state(Path(manifest["submitit_folder"]), run["job_id"])
-        state, detail = slurm_states.get(run["job_id"], (None, ""))
-        if state is None and manifest["executor"] == "slurm":
+    for run in manifest.runs:
+        result = _result_state(Path(manifest.submitit_folder), run.job_id)
+        state, detail = slurm_states.get(run.job_id, (None, ""))
+        if state is None and slurm:
             state, detail = result or ("unknown", "neither sacct nor squeue knows this job")
         elif state is None:
-            state, detail = result or _local_state(run["job_id"])
+            state, detail = result or _local_state(run.job_id)
         elif state == "done" and result and result[0] == "failed":
             state, detail = result
-        progress = _progress(Path(run["run_dir"]))
-        out.append(
-            RunStatus(run["name"], run["job_id"], state, detail, **progress, run_dir=run["run_dir"])
-        )
+        progress = _progress(Path(run.run_dir))
+        out.append(RunStatus(run.name, run.job_id, state, detail, **progress, run_dir=run.run_dir))
     return out
 
 
@@ -272,7 +310,7 @@ def cancel(sweep_dir: Path) -> list[str]:
     ids = [r.job_id for r in live]
     if not ids:
         return []
-    if manifest["executor"] == "slurm":
+    if manifest.executor == "slurm":
         subprocess.run(["scancel", *ids], check=True, capture_output=True, text=True, timeout=60)
     else:
         for job_id in ids:

@@ -34,6 +34,60 @@ def draw_skeleton(
     return out
 
 
+def draw_people(
+    image: np.ndarray,
+    people,
+    layout: KeypointLayout,
+    min_score: float,
+    unboxed: np.ndarray | None = None,
+) -> np.ndarray:
+    """A copy of a BGR image with each person's box (thin, with its score) and skeleton drawn,
+    and each annotated person no box found (`unboxed`, x, y, w, h) framed in red and labelled
+    "no box"; an image with nobody says so in its corner."""
+    out = image.copy()
+    thickness = max(1, round(max(image.shape[:2]) / 400))
+    for person in people:
+        x, y, w, h = (round(float(v)) for v in person.box)
+        cv2.rectangle(out, (x, y), (x + w, y + h), (200, 200, 200), 1, cv2.LINE_AA)
+        out = draw_skeleton(out, person.keypoints, min_score, thickness + 1, layout=layout)
+    for box in [] if unboxed is None else unboxed:
+        x, y, w, h = (round(float(v)) for v in box)
+        cv2.rectangle(out, (x, y), (x + w, y + h), (0, 0, 255), thickness, cv2.LINE_AA)
+        _label(out, "no box", (x, max(y, 12)))
+    if not len(people):
+        out = caption(out, "nobody found" if unboxed is None or not len(unboxed) else "no box")
+    return out
+
+
+def _label(image: np.ndarray, text: str, at: tuple[int, int]) -> None:
+    cv2.putText(
+        image,
+        text,
+        (at[0] + 2, at[1] - 3),
+        cv2.FONT_HERSHEY_SIMPLEX,
+        0.45,
+        (0, 0, 255),
+        1,
+        cv2.LINE_AA,
+    )
+
+
+def save_gif(frames: list[np.ndarray], path, fps: float = 2.0) -> None:
+    """BGR frames (any sizes: padded to the largest) as a looping GIF."""
+    from PIL import Image  # pillow comes with matplotlib and torchvision
+
+    height = max(f.shape[0] for f in frames)
+    width = max(f.shape[1] for f in frames)
+    padded = [
+        cv2.copyMakeBorder(f, 0, height - f.shape[0], 0, width - f.shape[1], cv2.BORDER_CONSTANT)
+        for f in frames
+    ]
+    pictures = [Image.fromarray(f[:, :, ::-1]) for f in padded]
+    pictures[0].save(
+        path, save_all=True, append_images=pictures[1:], duration=int(1000 / fps), loop=0
+    )
+
+
 def overlay_heatmap(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.5) -> np.ndarray:
     """A BGR image with a [0, 1] heatmap (any size) blended over it in the jet colour map."""
     h, w = image.shape[:2]

@@ -242,6 +242,17 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
+def leave_group(env: DistEnv | None, together: bool) -> None:
+    """Leave the process group a program started with several ranks; `together`: after a
+    barrier (a rank that exits while a peer's gloo threads still talk to it aborts with
+    "terminate called without an active exception"). One process starts none: a group there
+    is its caller's (DeepSpeed's, in a test) and is left as it is."""
+    if env is not None and env.world_size > 1:
+        if together:
+            barrier()
+        shutdown()
+
+
 COLLECTIVE_FAILURE_MARKS = ("gloo", "NCCL", "Connection reset", "Connection closed", "Timed out")
 
 

@@ -1,0 +1,398 @@
+"""The config tree: one dataclass per section, each the config of the component that acts on it
+(torchtitan's way), with the checks of its own values. Loading, overrides and saving are in
+`pose.config.loading`; every value is converted and checked when the tree is built, so a typo or
+a bad value fails before any work, with a message that names the key."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, NoReturn
+
+
+class ConfigError(ValueError):
+    """A config key is unknown or its value is invalid; the message names the key."""
+
+
+@dataclass
+class DataConfig:
+    train_shards: str = "data/demo/shards/train"
+    val_shards: str = "data/demo/shards/val"
+    val_ann: str = "data/demo/annotations/person_keypoints_val.json"
+    backend: Literal["auto", "dali", "torch"] = "auto"
+    image_size: tuple[int, int] = (256, 192)  # input (height, width); heatmaps: model.output_stride
+    layout: str = ""  # the keypoint layout: "" = the shards'; a preset or YAML file must match it
+    sigma: float = 2.0
+    target: Literal["gaussian", "udp"] = "gaussian"
+    scale_factor: float = 0.35
+    rotation_factor: float = 45.0
+    rotation_prob: float = 0.6
+    flip_prob: float = 0.5
+    half_body_prob: float = 0.0
+    num_workers: int = 2
+    bad_sample_policy: Literal["skip", "stop"] = "skip"  # a sample whose JPEG does not decode
+    max_bad_fraction: float = 0.01  # skipped samples beyond this share of those read stop a run
+
+    def check(self) -> None:
+        h, w = self.image_size
+        if h <= 0 or w <= 0 or h % 32 or w % 32:
+            fail_key("data.image_size", f"{list(self.image_size)} must be positive multiples of 32")
+        check_positive("data.sigma", self.sigma)
+        for key in ("rotation_prob", "flip_prob", "half_body_prob"):
+            check_probability(f"data.{key}", getattr(self, key))
+        if not 0 <= self.scale_factor < 1:
+            fail_key("data.scale_factor", f"{self.scale_factor} must lie in [0, 1)")
+        check_non_negative("data.num_workers", self.num_workers)
+        check_probability("data.max_bad_fraction", self.max_bad_fraction)
+
+
+def registered_backbones() -> list[str]:
+    """The one list of backbone names. The one import of the tree that reaches up: the registry
+    module imports nothing of the project, and importing it runs pose/models/__init__.py, which
+    fills it with the families (tests/test_layers.py holds both to that)."""
+    from pose.models.registry import backbone_names
+
+    return backbone_names()
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "resnet50"  # a name in the backbone registry (pose/models/registry.py)
+    attention: Literal["none", "holistic", "partwise"] = "none"
+    # deconv: Simple Baselines' head (`deconv_layers` deconvolutions, then a 1x1 convolution);
+    # simple: ViTPose's simple decoder (ReLU, bilinear upsampling of the backbone's features to
+    # stride 4, a 3x3 convolution), with deconv_layers 0
+    head: Literal["deconv", "simple"] = "deconv"
+    deconv_layers: int = 3
+    deconv_filters: int = 256
+    deconv_kernel: Literal[2, 3, 4] = 4
+    attention_kernel: int = 1  # k of the shared mean-field kernel
+    attention_steps: int = 3  # T mean-field iterations
+    # Stochastic depth of a transformer backbone: the drop rate of its last block, rising
+    # linearly from 0 (ViTPose: 0.1 for S, 0.3 for B, 0.5 for L and H); ResNets have none.
+    drop_path: float = 0.0
+    # Backbone weights: timm:NAME for timm's published weights (timm:vit_base_patch16_224.mae,
+    # downloaded and cached through the Hugging Face hub), or a local file of a classifier's
+    # weights (torchvision's or timm's format, .pth or .safetensors), or a trained pose model's
+    # (a weights file, or an export, run or checkpoint folder, resolved as --checkpoint is), of
+    # which only the backbone is taken; "" = random init.
+    pretrained: str = ""
+    # BatchNorm over the global batch (SyncBatchNorm) when several ranks train: for small
+    # per-device batches. Needs GPUs (torch's SyncBatchNorm has no CPU kernel).
+    sync_bn: bool = False
+
+    def check(self) -> None:
+        names = registered_backbones()
+        if self.backbone not in names:
+            fail_key(
+                "model.backbone",
+                f"'{self.backbone}' is not registered; known: {', '.join(map(repr, names))}",
+            )
+        stride = self.backbone_stride
+        if self.head == "simple":
+            if self.deconv_layers:
+                fail_key("model.deconv_layers", "the simple head has none: set it to 0")
+            if stride < 4:
+                fail_key(
+                    "model.head", f"simple upsamples to stride 4; {self.backbone} gives {stride}"
+                )
+            if self.attention == "partwise":
+                fail_key(
+                    "model.attention", "partwise needs the 1x1 final convolution of head deconv"
+                )
+        if not 0 <= self.deconv_layers <= 5 or stride >> self.deconv_layers == 0:
+            fail_key(
+                "model.deconv_layers",
+                f"{self.deconv_layers}: each deconvolution halves the stride of "
+                f"{self.backbone}'s features ({stride}), so at most "
+                f"{min(5, stride.bit_length() - 1)}",
+            )
+        check_positive("model.deconv_filters", self.deconv_filters)
+        if not 0 <= self.drop_path < 1:
+            fail_key("model.drop_path", f"{self.drop_path} must lie in [0, 1)")
+        if self.attention_kernel <= 0 or self.attention_kernel % 2 == 0:
+            fail_key(
+                "model.attention_kernel", f"{self.attention_kernel} must be a positive odd size"
+            )
+        check_positive("model.attention_steps", self.attention_steps)
+        if self.pretrained.startswith("timm:"):
+            from timm.models import get_pretrained_cfg  # imported only when named
+
+            name = self.pretrained.removeprefix("timm:")
+            if "." not in name or get_pretrained_cfg(name) is None:
+                fail_key(
+                    "model.pretrained",
+                    f"timm publishes no weights '{name}' "
+                    "(architecture.tag, as timm.list_pretrained() lists them)",
+                )
+        elif self.pretrained and not Path(self.pretrained).exists():
+            fail_key(
+                "model.pretrained",
+                f"nothing at '{self.pretrained}' (a weights file, an export, run or checkpoint "
+                "folder, or timm:NAME for timm's published weights)",
+            )
+
+    @property
+    def backbone_stride(self) -> int:
+        from pose.models.registry import backbone_spec  # as registered_backbones
+
+        return backbone_spec(self.backbone).stride
+
+    @property
+    def backbone_layers(self) -> int:
+        from pose.models.registry import backbone_spec  # as registered_backbones
+
+        return backbone_spec(self.backbone).layers
+
+    @property
+    def output_stride(self) -> int:
+        """Input pixels per heatmap pixel: the backbone's stride, halved by each deconvolution
+        (the simple head upsamples to 4)."""
+        if self.head == "simple":
+            return 4
+        return self.backbone_stride >> self.deconv_layers
+
+
+@dataclass
+class TrainConfig:
+    """The run's length and what one step trains on. A budget replaces `epochs` as the length,
+    and the lr schedule is laid over it (see pose/engine/budget.py); `max_steps` caps it."""
+
+    epochs: int = 140
+    max_steps: int = 0  # stop after this many optimizer steps; 0 = run all epochs
+    budget_images: int = 0  # train on this many images, all ranks together; 0 = no budget
+    budget_minutes: float = 0.0  # train for about this long (steps measured, then fixed)
+    budget_calibration_steps: int = 20  # with budget_minutes: the steps that measure speed
+    batch_size: int = 32  # micro-batch per device
+    grad_accum: int = 1
+
+    def check(self) -> None:
+        for key in ("epochs", "batch_size", "grad_accum"):
+            check_positive(f"train.{key}", getattr(self, key))
+        check_non_negative("train.max_steps", self.max_steps)
+        check_non_negative("train.budget_images", self.budget_images)
+        check_non_negative("train.budget_minutes", self.budget_minutes)
+        check_positive("train.budget_calibration_steps", self.budget_calibration_steps)
+        if self.budget_images and self.budget_minutes:
+            fail_key("train.budget_minutes", "set train.budget_images or this, not both")
+
+
+@dataclass
+class OptimizerConfig:
+    """The optimizer (pose/engine/optimizer.py) and what it does to the gradients."""
+
+    name: Literal["adam", "adamw"] = "adam"
+    lr: float = 1e-3  # for the micro-batch x ranks x accumulation the recipe names
+    # multiply lr by (micro-batch x ranks x accumulation) / 128, the reference's 4 GPUs x 32:
+    # the linear scaling rule, for a recipe's lr taken to another number of GPUs
+    scale_lr: bool = False
+    weight_decay: float = 0.0
+    # Layer-wise lr decay of a transformer backbone (ViTPose's): block i of D trains at
+    # lr x decay^(D - i), the embeddings at lr x decay^(D + 1), its final norm and the head at
+    # lr; biases, norms and the position embedding then get no weight decay. 1 = off.
+    layer_decay: float = 1.0
+    grad_clip: float = 0.0  # the gradients' global norm is clipped to this; 0 = off
+
+    def check(self) -> None:
+        check_positive("optimizer.lr", self.lr)
+        check_non_negative("optimizer.weight_decay", self.weight_decay)
+        check_non_negative("optimizer.grad_clip", self.grad_clip)
+        if not 0 < self.layer_decay <= 1:
+            fail_key("optimizer.layer_decay", f"{self.layer_decay} must lie in (0, 1]")
+
+
+@dataclass
+class ScheduleConfig:
+    """The lr schedule over the run's steps (pose/engine/schedule.py)."""
+
+    name: Literal["multistep", "cosine"] = "multistep"
+    warmup_steps: int = 500  # linear warmup from lr / warmup_steps
+    lr_steps: list[int] = field(default_factory=lambda: [90, 120])  # epochs of the x0.1 decays
+    lr_factor: float = 0.1
+    # cosine: the fraction of the run that holds the peak lr before the cosine decay starts
+    # (0: the decay starts after warmup; 0.5: a constant lr for half the run, then a cosine tail)
+    cosine_start: float = 0.0
+
+    def check(self) -> None:
+        check_non_negative("schedule.warmup_steps", self.warmup_steps)
+        if not 0 < self.lr_factor <= 1:
+            fail_key("schedule.lr_factor", f"{self.lr_factor} must lie in (0, 1]")
+        if self.lr_steps != sorted(self.lr_steps) or any(s <= 0 for s in self.lr_steps):
+            fail_key("schedule.lr_steps", f"{self.lr_steps} must be positive and increasing")
+        if not 0 <= self.cosine_start < 1:
+            fail_key("schedule.cosine_start", f"{self.cosine_start} must lie in [0, 1)")
+        if self.cosine_start and self.name != "cosine":
+            fail_key("schedule.cosine_start", "only schedule.name=cosine has a cosine to start")
+
+
+@dataclass
+class EngineConfig:
+    """How a step runs (pose/engine/build.py, the DeepSpeed adapter): precision, ZeRO and the
+    gradient reduction, memory layout, compilation, activation checkpointing."""
+
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    # DeepSpeed's ZeRO: 1 partitions the optimizer state over the ranks, 2 the gradients too,
+    # 3 the weights too (each rank holds 1/W of everything; checkpoints then carry a
+    # consolidated copy of the weights for evaluation, export and inference)
+    zero_stage: Literal[0, 1, 2, 3] = 0
+    # Reduce gradients while the backward pass still runs, bucket by bucket (gradients come
+    # last layer first), instead of all of them after it. At zero_stage 0, torch DDP's reducer
+    # (applied in place, names unchanged) does it; at 1 and 2, DeepSpeed's overlap_comm. Off:
+    # DeepSpeed reduces after the backward pass. One rank reduces nothing either way.
+    overlap_comm: bool = True
+    bucket_mb: int = 25  # MiB of gradients per reduction bucket
+    # auto: channels_last on a GPU (faster convolutions there), the default layout on a CPU
+    memory_format: Literal["auto", "channels_last", "contiguous"] = "auto"
+    compile: bool = False  # torch.compile the model (Module.compile: checkpoints keep their keys)
+    # Recompute each transformer block's activations in the backward pass instead of keeping
+    # them (torch.utils.checkpoint, through timm): less activation memory for about a third
+    # more compute; the RNG is replayed, so drop path draws the same masks.
+    activation_checkpointing: bool = False
+
+    def check(self) -> None:
+        check_positive("engine.bucket_mb", self.bucket_mb)
+        if self.memory_format == "channels_last" and self.zero_stage:
+            fail_key("engine.memory_format", "channels_last needs engine.zero_stage=0")
+        if self.compile and self.zero_stage == 3:
+            fail_key("engine.compile", "not with engine.zero_stage=3 (its weights move each step)")
+
+
+@dataclass
+class LossConfig:
+    """The heatmap loss (pose/engine/loss.py): JointsMSELoss, optionally over the hardest joints
+    or with the layout's per-joint weights."""
+
+    ohkm: bool = False  # online hard keypoint mining
+    ohkm_topk: int = 8
+    joint_weights: bool = False  # weigh each joint's loss by the layout's joint_weights
+
+    def check(self) -> None:
+        if self.ohkm and not self.ohkm_topk > 0:
+            fail_key("loss.ohkm_topk", f"{self.ohkm_topk} must be positive")
+
+
+@dataclass
+class CheckpointConfig:
+    """When the checkpointer saves (pose/engine/checkpoint.py): every `every_steps` steps, at
+    each epoch end, after each evaluation, at the last step and on a stop signal."""
+
+    every_steps: int = 1000
+    keep_last: int = 3  # older checkpoints are removed (never the latest or the best)
+
+    def check(self) -> None:
+        check_positive("checkpoint.every_steps", self.every_steps)
+        check_positive("checkpoint.keep_last", self.keep_last)
+
+
+@dataclass
+class EvalConfig:
+    # During training (pose/engine/evaluator.py): at the end of every `every_epochs`-th epoch
+    # and after the last step; 0 = never during training.
+    every_epochs: int = 10
+    batch_size: int = 64
+    flip_test: bool = True
+    decode: Literal["argmax", "dark"] = "argmax"
+    oks_nms_thr: float = 0.9
+    soft_nms: bool = False
+    keypoint_thr: float = 0.2  # rescoring: mean of joint scores above this
+    # The debug picture of each evaluation (pose/viz/panels.py): how many val people (0: no
+    # picture), and whether every joint's heatmap is drawn under each.
+    panel_people: int = 6
+    panel_joints: bool = False
+
+    def check(self) -> None:
+        check_non_negative("eval.every_epochs", self.every_epochs)
+        check_positive("eval.batch_size", self.batch_size)
+        check_probability("eval.oks_nms_thr", self.oks_nms_thr)
+        check_probability("eval.keypoint_thr", self.keypoint_thr)
+        check_non_negative("eval.panel_people", self.panel_people)
+
+
+@dataclass
+class LogConfig:
+    wandb: Literal["auto", "online", "offline", "off"] = "auto"  # auto: online iff credentials
+    project: str = "posescale"
+    entity: str = ""
+    group: str = ""
+    name: str = ""
+    tags: list[str] = field(default_factory=list)
+    every_steps: int = 20  # a train record (loss, lr, images/s) to metrics.jsonl and wandb
+    # Without a terminal (a Slurm log, a file) progress is one plain line at most this often
+    # instead of a progress bar's carriage returns.
+    progress_every_s: float = 30.0
+
+    def check(self) -> None:
+        check_positive("log.every_steps", self.every_steps)
+        check_positive("log.progress_every_s", self.progress_every_s)
+
+
+@dataclass
+class LaunchConfig:
+    dist_backend: Literal["auto", "nccl", "gloo"] = "auto"  # auto: nccl on GPUs, gloo on CPU
+    keep_freed_memory: bool = True  # glibc keeps freed memory for reuse (see distributed.py)
+    # How long a rank waits in one collective before it fails, naming itself and its host. The
+    # longest legitimate wait is the others waiting while rank 0 scores a full COCO val
+    # (pycocotools, 1-2 minutes) or writes a checkpoint: 10 minutes is five times that, and a
+    # lost host is reported after 10 minutes instead of torch's 30 (gloo).
+    collective_timeout_s: float = 600.0
+
+    def check(self) -> None:
+        check_positive("launch.collective_timeout_s", self.collective_timeout_s)
+
+
+@dataclass
+class RunConfig:
+    dir: str = ""  # run directory; "" = runs/<config name>
+
+
+@dataclass
+class Config:
+    seed: int = 0
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    launch: LaunchConfig = field(default_factory=LaunchConfig)
+
+    def check(self) -> None:
+        check_non_negative("seed", self.seed)
+        if self.engine.activation_checkpointing and not self.model.backbone_layers:
+            fail_key(
+                "engine.activation_checkpointing",
+                f"model.backbone '{self.model.backbone}' has no blocks to recompute (a "
+                "transformer backbone such as vitpose_b has)",
+            )
+        if self.optimizer.layer_decay < 1 and not self.model.backbone_layers:
+            fail_key(
+                "optimizer.layer_decay",
+                f"model.backbone '{self.model.backbone}' has no layers to decay (a "
+                "transformer backbone such as vitpose_b has)",
+            )
+        if self.seed >= 2**31:
+            fail_key("seed", f"{self.seed} must be below 2**31")
+
+
+def fail_key(key: str, message: str) -> NoReturn:
+    raise ConfigError(f"config key '{key}': {message}")
+
+
+def check_positive(key: str, value: float) -> None:
+    if not value > 0:
+        fail_key(key, f"{value} must be positive")
+
+
+def check_non_negative(key: str, value: float) -> None:
+    if value < 0:
+        fail_key(key, f"{value} must not be negative")
+
+
+def check_probability(key: str, value: float) -> None:
+    if not 0 <= value <= 1:
+        fail_key(key, f"{value} must lie in [0, 1]")
