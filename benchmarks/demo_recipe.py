@@ -24,22 +24,21 @@ from pathlib import Path
 
 from pose.files import atomic_write
 from pose.folders import RunFolder
-from pose.tracking import read_metrics
+from pose.tracking import read_run_metrics
 from pose.viz.curves import spread_plot
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def final_metrics(run: Path) -> dict | None:
-    """The val record of a run's last step when the run has finished, else None."""
+    """The last val record (step and metrics) of a finished run, else None."""
     if not RunFolder(run).has_started():
         return None
-    records = read_metrics(run)
-    train = [r for r in records if r["split"] == "train"]
-    val = [r for r in records if r["split"] == "val"]
-    if not train or not val or val[-1]["step"] != train[-1]["step"]:
+    metrics = read_run_metrics(run)
+    train, val = metrics.train, metrics.val
+    if not train or not val or val[-1].step != train[-1].step:
         return None
-    return val[-1]
+    return {"step": val[-1].step, **val[-1].metrics}
 
 
 def train(run: Path, seed: int, images: int, config: str, overrides: list[str]) -> float:

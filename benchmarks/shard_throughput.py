@@ -54,9 +54,9 @@ def main() -> None:
             rows.append(
                 {
                     "workers": workers,
-                    "instances": manifest["num_samples"],
+                    "instances": manifest.num_samples,
                     "seconds": round(seconds, 2),
-                    "instances_per_s": round(manifest["num_samples"] / seconds, 1),
+                    "instances_per_s": round(manifest.num_samples / seconds, 1),
                     "shard_bytes": folder_bytes(out, "*.tar"),
                 }
             )

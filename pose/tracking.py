@@ -1,18 +1,140 @@
 """Run logging behind one small interface: `metrics.jsonl` in the run directory (always; the
 source for local tools and tests) and wandb (online with credentials, else offline; never
-blocking; `log.wandb: off` disables it). Only rank 0 logs."""
+blocking; `log.wandb: off` disables it). Only rank 0 logs.
+
+metrics.jsonl holds one JSON record a line, each a typed record of this module: a
+`StartRecord` at each (re)start (split "run"), a `TrainRecord` every log.every_steps steps
+(split "train"), a `ValRecord` after each evaluation (split "val"). Writers build these; readers
+ask `read_run_metrics`, which gives them back typed."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import yaml
 
 from pose.config import LogConfig
 from pose.files import atomic_write
 from pose.folders import RunFolder
+
+
+@dataclass
+class MetricsRecord:
+    """One line of metrics.jsonl: the step it follows and the epochs complete by then."""
+
+    split: ClassVar[str] = ""
+    step: int
+    epoch: float
+
+    def to_json(self) -> dict:
+        fields = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        head = {"step": fields.pop("step"), "epoch": fields.pop("epoch"), "split": self.split}
+        return head | fields
+
+
+@dataclass
+class StartRecord(MetricsRecord):
+    """A (re)start: what compare and sweep status read besides the metrics."""
+
+    split: ClassVar[str] = "run"
+    params: int = 0
+    precision: str = ""
+    resumed: bool = False
+    steps_per_epoch: int = 0
+    total_steps: int = 0  # 0: a wall-clock budget not measured yet
+    budget_images: int = 0
+    budget_minutes: float = 0.0
+    world_size: int = 1
+    hosts: list[str] = field(default_factory=list)  # of each rank
+    launcher: str = ""
+
+
+@dataclass
+class TrainRecord(MetricsRecord):
+    """The log interval ending at `step`, all ranks together where a sum means something."""
+
+    split: ClassVar[str] = "train"
+    loss: float = float("nan")
+    lr: float = 0.0
+    images_per_s: float = 0.0
+    images_per_s_per_device: float = 0.0
+    data_wait: float = 0.0  # the share of the interval spent waiting for batches
+    step_time: float = 0.0  # seconds per micro-batch
+    memory_gb: float | None = None
+    skipped_steps: int = 0  # fp16 overflows skipped by the loss scaler
+    images: int | None = None  # seen so far, all ranks
+    budget_used: float | None = None  # of a budget, once its length is known
+    bad_samples: int | None = None  # skipped so far for not decoding, all ranks
+
+
+@dataclass
+class ValRecord(MetricsRecord):
+    """An evaluation after `step`: COCO metrics (AP, AP50, ...), instances and skips."""
+
+    split: ClassVar[str] = "val"
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {"step": self.step, "epoch": self.epoch, "split": self.split, **self.metrics}
+
+    @property
+    def ap(self) -> float | None:
+        return self.metrics.get("AP")
+
+
+RECORD_TYPES = {cls.split: cls for cls in (StartRecord, TrainRecord, ValRecord)}
+
+
+def parse_record(data: dict) -> MetricsRecord:
+    """A record from its JSON (a field it does not know, from another version, is left out;
+    a val record keeps every metric)."""
+    cls = RECORD_TYPES[data["split"]]
+    values = {k: v for k, v in data.items() if k != "split"}
+    if cls is ValRecord:
+        step, epoch = values.pop("step"), values.pop("epoch", 0)
+        return ValRecord(step, epoch, {k: v for k, v in values.items() if _is_number(v)})
+    known = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in values.items() if k in known})
+
+
+@dataclass
+class RunMetrics:
+    """A run's metrics.jsonl, typed: its starts, train and val records, in order."""
+
+    starts: list[StartRecord] = field(default_factory=list)
+    train: list[TrainRecord] = field(default_factory=list)
+    val: list[ValRecord] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, records: list[MetricsRecord]) -> RunMetrics:
+        found = cls()
+        for record in records:
+            {"run": found.starts, "train": found.train, "val": found.val}[record.split].append(
+                record
+            )
+        return found
+
+    @property
+    def scored(self) -> list[ValRecord]:
+        return [r for r in self.val if r.ap is not None]
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.starts[-1].steps_per_epoch if self.starts else 0
+
+
+def read_run_metrics(run_dir: str | Path) -> RunMetrics:
+    """The run's records, typed (each step once: see `read_metrics`)."""
+    return RunMetrics.of([parse_record(r) for r in read_metrics(run_dir)])
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def wandb_mode(setting: str, env: dict | None = None) -> str:
@@ -65,10 +187,11 @@ class Tracker:
                 settings=wandb.Settings(init_timeout=60, silent=True),
             )
 
-    def log(self, record: dict) -> None:
-        """Append one record (needs `step`, `epoch`, `split`) to metrics.jsonl and wandb."""
+    def log(self, record: MetricsRecord) -> None:
+        """Append one record to metrics.jsonl and wandb."""
         if not self.enabled:
             return
+        record = record.to_json()
         with open(self.path, "a") as f:  # a resumed run appends, never truncates
             f.write(json.dumps(record) + "\n")
         if self.run is not None:
@@ -115,21 +238,19 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
 def run_summary(run_dir: str | Path, metrics: dict | None = None) -> str:
     """One line on what a run trained and reached: steps, images (all ranks), epochs, the budget
     it used if it had one, and AP from `metrics` (an evaluation's) or its last val record."""
-    records = read_metrics(run_dir)
-    train = [r for r in records if r["split"] == "train"]
-    if not train:
+    run = read_run_metrics(run_dir)
+    if not run.train:
         return f"{run_dir}: no training step logged yet"
-    last, start = train[-1], [r for r in records if r["split"] == "run"][-1]
-    parts = [f"{last['step']} steps"]
-    if "images" in last:  # logged since budgets exist
-        parts.append(f"{last['images']:,} images")
-    parts.append(f"{last['step'] / start['steps_per_epoch']:.1f} epochs")
-    if start.get("budget_minutes"):
-        parts.append(f"budget {start['budget_minutes']:g} min")
-    elif start.get("budget_images"):
-        parts.append(f"budget {start['budget_images']:,} images")
+    last, start = run.train[-1], run.starts[-1]
+    parts = [f"{last.step} steps"]
+    if last.images is not None:
+        parts.append(f"{last.images:,} images")
+    parts.append(f"{last.step / start.steps_per_epoch:.1f} epochs")
+    if start.budget_minutes:
+        parts.append(f"budget {start.budget_minutes:g} min")
+    elif start.budget_images:
+        parts.append(f"budget {start.budget_images:,} images")
     if metrics is None:
-        val = [r for r in records if r["split"] == "val"]
-        metrics = val[-1] if val else {}
+        metrics = run.val[-1].metrics if run.val else {}
     ap = f"AP {metrics['AP']:.3f}" if "AP" in metrics else "not evaluated"
     return f"{run_dir}: trained {', '.join(parts)}; {ap}"

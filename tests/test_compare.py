@@ -18,6 +18,7 @@ from pose.sweep.compare import (
     pick_baseline,
     summarise,
 )
+from pose.tracking import RunMetrics, ValRecord
 
 
 def write_fake_runs(folder: Path) -> None:
@@ -134,7 +135,7 @@ def test_compare_reads_runs_back_from_the_wandb_api(monkeypatch):
     runs = wandb_runs("me/posescale/attention")
     assert asked == {"path": "me/posescale", "filters": {"group": "attention"}}
     assert [r.name for r in runs] == ["attention-none", "attention-partwise"]
-    assert runs[0].of("val") == [{"step": 20, "split": "val", "AP": 0.4, "AP50": 0.9, "epoch": 2}]
+    assert runs[0].metrics.val == [ValRecord(20, 2, {"AP": 0.4, "AP50": 0.9})]
     keys, variants = group_runs(runs, None)
     assert keys == ["model.attention"]
     summary = summarise(variants[1].runs[0])
@@ -150,9 +151,7 @@ def test_compare_reads_runs_back_from_the_wandb_api(monkeypatch):
 
 def _variant(label: str, aps: dict) -> Variant:
     runs = [
-        RunRecord(
-            f"{label}-{seed}", {"seed": seed}, [{"step": 9, "epoch": 1, "split": "val", "AP": ap}]
-        )
+        RunRecord(f"{label}-{seed}", {"seed": seed}, RunMetrics(val=[ValRecord(9, 1, {"AP": ap})]))
         for seed, ap in aps.items()
     ]
     return Variant(label, runs)

@@ -86,13 +86,13 @@ def overrides(root: Path, run: Path, **extra) -> list[str]:
 
 def test_the_manifest_records_the_layout_from_the_data(body13, coco_fixtures, tmp_path):
     manifest = read_manifest(body13 / "train")
-    assert manifest["layout"]["name"] == "body13" and len(manifest["layout"]["joints"]) == 13
-    assert ["l_shoulder", "r_shoulder"] in manifest["layout"]["flip_pairs"]
+    assert manifest.layout["name"] == "body13" and len(manifest.layout["joints"]) == 13
+    assert ["l_shoulder", "r_shoulder"] in manifest.layout["flip_pairs"]
     assert ShardSet.open(body13 / "train").layout.sigmas[0] == COCO_17.sigmas[0]
     auto = shard_dataset(ShardRequest(body13 / "ann.json", coco_fixtures, tmp_path / "auto"))
     assert any("no OKS sigmas of its own" in note for note in auto.notes)  # auto: the category's
-    assert auto.manifest["layout"]["name"] == "custom13"
-    assert not auto.manifest["layout"]["sigmas_known"]
+    assert auto.manifest.layout["name"] == "custom13"
+    assert not auto.manifest.layout["sigmas_known"]
     dets = coco_fixtures / "test_coco_det_AP_H_56.json"
     layout = str(body13 / "body13.yaml")
     request = ShardRequest(body13 / "ann.json", coco_fixtures, tmp_path / "dets", split="val")
@@ -144,7 +144,7 @@ def test_mismatched_layouts_are_errors_before_any_work(body13, coco_fixtures, ru
     mixed = tmp_path / "mixed"  # a manifest that lies about its shards
     shutil.copytree(body13 / "train", mixed)
     data = read_manifest(mixed)
-    (mixed / "manifest.json").write_text(json.dumps(data | {"layout": COCO_17.to_json()}))
+    (mixed / "manifest.json").write_text(json.dumps(data.to_json() | {"layout": COCO_17.to_json()}))
     with pytest.raises(ShardError, match="holds samples of 13 joints, its manifest's layout"):
         ShardSet.open(mixed)
 

@@ -26,8 +26,8 @@ def shard(ann, images, out, **options) -> ShardResult:
 
 def samples_of(out):
     manifest = read_manifest(out)
-    for entry in manifest["shards"]:
-        yield from iter_samples(out / entry["name"])
+    for entry in manifest.shards:
+        yield from iter_samples(out / entry.name)
 
 
 @pytest.fixture(scope="module")
@@ -44,9 +44,9 @@ def test_real_fixtures_keypoints_map_back_within_half_a_pixel(coco_fixtures, tmp
         shard(coco_fixtures / "test_coco.json", coco_fixtures, out, shard_size=5).num_samples == 12
     )
     manifest = read_manifest(out)
-    assert manifest["num_samples"] == 12
-    assert [s["num_samples"] for s in manifest["shards"]] == [5, 5, 2]
-    assert manifest["skipped"] == {"no_keypoints": 2}
+    assert manifest.num_samples == 12
+    assert [s.num_samples for s in manifest.shards] == [5, 5, 2]
+    assert manifest.skipped == {"no_keypoints": 2}
     coco = load_coco(coco_fixtures / "test_coco.json")
     seen, labelled = set(), 0
     for key, parts in samples_of(out):
@@ -82,8 +82,8 @@ def test_real_fixtures_detection_boxes(coco_fixtures, tmp_path):
     shard(ann, coco_fixtures, out, split="val", detections=dets_path, det_thr=0.3)
     manifest = read_manifest(out)
     expected = sum(d["score"] >= 0.3 for d in dets)
-    assert manifest["num_samples"] == expected
-    assert manifest["skipped"] == {"below_score_threshold": len(dets) - expected}
+    assert manifest.num_samples == expected
+    assert manifest.skipped == {"below_score_threshold": len(dets) - expected}
     det_ids = set()
     for _, parts in samples_of(out):
         record = json.loads(parts["json"])
@@ -100,12 +100,12 @@ def test_synthetic_end_to_end(synthetic_dataset, synthetic_train):
     coco = load_coco(synthetic_dataset / "annotations" / "person_keypoints_train.json")
     instances, skipped = training_instances(coco)
     manifest = read_manifest(synthetic_train)
-    assert manifest["num_samples"] == len(instances)
-    assert manifest["skipped"] == dict(skipped)
-    assert manifest["params"]["detail"] == [128, 96]
-    assert manifest["params"]["annotations_sha256"]
-    for entry in manifest["shards"]:
-        assert entry["bytes"] == (synthetic_train / entry["name"]).stat().st_size
+    assert manifest.num_samples == len(instances)
+    assert manifest.skipped == dict(skipped)
+    assert manifest.params["detail"] == [128, 96]
+    assert manifest.params["annotations_sha256"]
+    for entry in manifest.shards:
+        assert entry.bytes == (synthetic_train / entry.name).stat().st_size
     images = [json.loads(p["json"])["image_id"] for _, p in samples_of(synthetic_train)]
     assert images != sorted(images)  # shuffled across shards, not runs of one image
     assert verify(synthetic_train) == []
@@ -117,11 +117,11 @@ def test_synthetic_end_to_end(synthetic_dataset, synthetic_train):
 
 def test_each_shard_index_is_the_one_dalis_wds2idx_writes(synthetic_train, tmp_path):
     index_creator = import_extra("wds2idx", "dali-cuda13").IndexCreator
-    for entry in read_manifest(synthetic_train)["shards"]:
+    for entry in read_manifest(synthetic_train).shards:
         reference_index = tmp_path / "reference.idx"
-        with index_creator(str(synthetic_train / entry["name"]), str(reference_index), False) as ic:
+        with index_creator(str(synthetic_train / entry.name), str(reference_index), False) as ic:
             ic.create_index()
-        assert reference_index.read_text() == (synthetic_train / entry["index"]).read_text()
+        assert reference_index.read_text() == (synthetic_train / entry.index).read_text()
 
 
 def test_same_input_same_shards_any_worker_count(synthetic_dataset, synthetic_train, tmp_path):
@@ -129,10 +129,10 @@ def test_same_input_same_shards_any_worker_count(synthetic_dataset, synthetic_tr
     images = synthetic_dataset / "images" / "train"
     shard(ann, images, tmp_path / "again", shard_size=16, detail=(128, 96), workers=2)
     first, again = read_manifest(synthetic_train), read_manifest(tmp_path / "again")
-    assert [s["sha256"] for s in first["shards"]] == [s["sha256"] for s in again["shards"]]
+    assert [s.sha256 for s in first.shards] == [s.sha256 for s in again.shards]
     shard(ann, images, tmp_path / "seed1", shard_size=16, detail=(128, 96), seed=1)
     other = read_manifest(tmp_path / "seed1")
-    assert [s["sha256"] for s in other["shards"]] != [s["sha256"] for s in first["shards"]]
+    assert [s.sha256 for s in other.shards] != [s.sha256 for s in first.shards]
 
 
 def test_interrupted_run_resumes_to_the_same_result(
@@ -160,10 +160,10 @@ def test_interrupted_run_resumes_to_the_same_result(
     result = shard(ann, images, tmp_path / "out", **options)
     assert result.resumed_shards == 2 and result.cropped < result.num_samples
     resumed, clean = read_manifest(tmp_path / "out"), read_manifest(synthetic_train)
-    assert resumed["shards"] == clean["shards"] and resumed["num_samples"] == clean["num_samples"]
+    assert resumed.shards == clean.shards and resumed.num_samples == clean.num_samples
     assert verify(tmp_path / "out") == []
     again = shard(ann, images, tmp_path / "out", **options)  # finished: nothing to do
-    assert (again.cropped, again.resumed_shards, again.num_samples) == (0, 0, clean["num_samples"])
+    assert (again.cropped, again.resumed_shards, again.num_samples) == (0, 0, clean.num_samples)
 
 
 def test_cli_reports_what_it_did(synthetic_dataset, synthetic_train, tmp_path, capsys):
@@ -215,7 +215,7 @@ def _corrupted_copy(synthetic_dataset, tmp_path):
 def test_bad_input_is_skipped_and_counted(synthetic_dataset, tmp_path, capsys):
     ann, images, expected, _ = _corrupted_copy(synthetic_dataset, tmp_path)
     assert shard_cli(ann, images, tmp_path / "out", "--detail", "128x96") == 0
-    skipped = read_manifest(tmp_path / "out")["skipped"]
+    skipped = read_manifest(tmp_path / "out").skipped
     assert {k: skipped.get(k) for k in expected} == expected
     assert "skipped" in capsys.readouterr().out
     assert verify(tmp_path / "out") == []
@@ -262,18 +262,18 @@ def test_verify_reports_damage_with_shard_and_key(synthetic_train, tmp_path, cap
     copy = tmp_path / "copy"
     shutil.copytree(synthetic_train, copy)
     manifest = read_manifest(copy)
-    victim = copy / manifest["shards"][1]["name"]
+    victim = copy / manifest.shards[1].name
     data = bytearray(victim.read_bytes())
     first_key, _ = next(iter_samples(victim))
     start = data.index(b"\xff\xd8\xff")  # the first JPEG's data
     data[start : start + 64] = b"\x00" * 64
     victim.write_bytes(bytes(data))
-    (copy / manifest["shards"][2]["name"]).unlink()
+    (copy / manifest.shards[2].name).unlink()
     assert verify_main([str(copy)]) == 1
     out = capsys.readouterr().out
     assert f"{victim.name}: size or sha256 differs" in out
     assert f"{victim.name} {first_key}: jpg does not decode" in out
-    assert f"{manifest['shards'][2]['name']}: missing" in out
+    assert f"{manifest.shards[2].name}: missing" in out
 
 
 def test_a_wrong_image_folder_leaves_nothing_to_resume(synthetic_dataset, tmp_path, capsys):
@@ -288,7 +288,7 @@ def test_a_wrong_image_folder_leaves_nothing_to_resume(synthetic_dataset, tmp_pa
     images = synthetic_dataset / "images" / "train"
     assert shard_cli(ann, images, out, "--detail", "128x96") == 0
     manifest = read_manifest(out)
-    assert manifest["num_samples"] > 0 and manifest["params"]["images"] == str(images.resolve())
+    assert manifest.num_samples > 0 and manifest.params["images"] == str(images.resolve())
     copy = tmp_path / "copy"
     shutil.copytree(images, copy)
     assert shard_cli(ann, copy, out, "--detail", "128x96") == 2
@@ -338,7 +338,7 @@ def test_damaged_index_or_counts_are_named_when_a_loader_opens_the_shards(
     copy = tmp_path / "copy"
     shutil.copytree(synthetic_train, copy)
     manifest = read_manifest(copy)
-    index = copy / manifest["shards"][0]["index"]
+    index = copy / manifest.shards[0].index
     lines = index.read_text().splitlines()
     index.write_text("\n".join([lines[0], "jpg 1536 x"] + lines[2:]) + "\n")
     with pytest.raises(ShardError, match=rf"index '.*{index.name}' is damaged"):

@@ -12,10 +12,8 @@ skipping finished shards.
 
 from __future__ import annotations
 
-import json
 import multiprocessing as mp
 import queue
-import shutil
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
@@ -47,18 +45,13 @@ from pose.data.shards import (
     FORMAT_VERSION,
     Sample,
     ShardEntry,
-    manifest_path,
+    ShardFolder,
+    ShardManifest,
     meta_vector,
-    read_manifest,
-    shard_files,
     shard_name,
-    write_manifest,
     write_shard,
 )
-from pose.files import atomic_write, sha256_file
-
-PROGRESS = ".progress.json"  # the parameters of an unfinished run, for resuming
-META_DIR = ".meta"  # one record per finished shard
+from pose.files import sha256_file
 
 
 class ShardingError(RuntimeError):
@@ -99,7 +92,7 @@ class ShardResult:
     cropped: int  # instances cropped by this call (0: the folder already held the result)
     resumed_shards: int  # shards an interrupted earlier call had finished
     seconds: float
-    manifest: dict = field(repr=False)
+    manifest: ShardManifest = field(repr=False)
     layout: KeypointLayout | None = None  # the layout chosen, for the summary
     notes: tuple[str, ...] = ()  # what the user should know about that choice
 
@@ -151,12 +144,12 @@ def shard_dataset(request: ShardRequest) -> ShardResult:
         params = replace(params, shard_size=size)
     out = Path(request.out)
     if prepare_output(out, params, request.overwrite):
-        manifest = read_manifest(out)
+        manifest = ShardFolder(out).read_manifest()
         return _result(out, manifest, 0, 0, time.perf_counter() - start, **chosen)
     chunks = [
         instances[i : i + params.shard_size] for i in range(0, len(instances), params.shard_size)
     ]
-    done = finished_shards(out)
+    done = ShardFolder(out).finished_records()
     jobs = [
         ShardJob(i, chunk, params, str(request.images), str(out), request.strict)
         for i, chunk in enumerate(chunks)
@@ -174,14 +167,14 @@ def shard_dataset(request: ShardRequest) -> ShardResult:
 
 
 def _result(
-    out: Path, manifest: dict, cropped: int, resumed: int, seconds: float, **chosen
+    out: Path, manifest: ShardManifest, cropped: int, resumed: int, seconds: float, **chosen
 ) -> ShardResult:
     return ShardResult(
         **chosen,
         out=out,
-        num_samples=manifest["num_samples"],
-        num_shards=len(manifest["shards"]),
-        skipped=dict(manifest["skipped"]),
+        num_samples=manifest.num_samples,
+        num_shards=len(manifest.shards),
+        skipped=dict(manifest.skipped),
         cropped=cropped,
         resumed_shards=resumed,
         seconds=seconds,
@@ -358,7 +351,7 @@ def crop_shard(job: ShardJob) -> dict:
     record = {"entry": None, "skipped": dict(skipped)}
     if ordered:
         record["entry"] = write_shard(Path(job.out), job.name, ordered).as_json()
-    atomic_write(Path(job.out) / META_DIR / f"{job.name}.json", json.dumps(record))
+    ShardFolder(job.out).write_record(job.name, record)
     return record
 
 
@@ -413,14 +406,15 @@ def prepare_output(out: Path, params: ShardParams, overwrite: bool) -> bool:
     parameters; else, with `overwrite`, clears what a sharding run left there, or resumes an
     unfinished run with the same parameters, and refuses anything else."""
     now = params.as_json()
-    recorded, finished = _recorded_params(out)
+    folder = ShardFolder(out)
+    recorded, finished = folder.recorded_params()
     if recorded == now and finished:
         return True  # the same result: nothing to redo, with or without --overwrite
     if overwrite:
-        _clear(out)
+        folder.clear()
     elif recorded == now:
         pass  # resume the unfinished run
-    elif recorded is not None or (out.is_dir() and shard_files(out)):
+    elif recorded is not None or (out.is_dir() and folder.shard_files()):
         what = "shards made" if finished else "an unfinished run"
         detail = (
             f"differences: {_diff(recorded, now)}" if recorded else "tar files of unknown origin"
@@ -429,44 +423,13 @@ def prepare_output(out: Path, params: ShardParams, overwrite: bool) -> bool:
             f"'{out}' holds {what} with other parameters; use a new --out folder or "
             f"--overwrite ({detail})"
         )
-    (out / META_DIR).mkdir(parents=True, exist_ok=True)
-    atomic_write(out / PROGRESS, json.dumps(now))
+    folder.start(now)
     return False
-
-
-def _recorded_params(out: Path) -> tuple[dict | None, bool]:
-    """The parameters an earlier run recorded in `out`, and whether that run finished."""
-    for path, finished in ((manifest_path(out), True), (out / PROGRESS, False)):
-        if path.is_file():
-            try:
-                data = json.loads(path.read_text())
-            except json.JSONDecodeError:
-                return {"unreadable": path.name}, finished
-            return (data.get("params") if finished else data), finished
-    return None, False
 
 
 def _diff(previous: dict, now: dict) -> str:
     keys = sorted(k for k in set(previous) | set(now) if previous.get(k) != now.get(k))
     return ", ".join(f"{k}: {previous.get(k)!r} -> {now.get(k)!r}" for k in keys)
-
-
-def finished_shards(out: Path) -> dict[int, dict]:
-    """Records of shards completed by an earlier run whose files are intact."""
-    done = {}
-    for meta in (out / META_DIR).glob("*.json"):
-        record = json.loads(meta.read_text())
-        if "entry" not in record:  # written by an older version: crop that shard again
-            continue
-        index = int(meta.stem.rsplit("-", 1)[1])
-        entry = record["entry"]
-        if entry is None or _intact(out / entry["name"], entry["bytes"]):
-            done[index] = record
-    return done
-
-
-def _intact(path: Path, size: int) -> bool:
-    return path.is_file() and path.stat().st_size == size
 
 
 def estimate_shard_size(
@@ -525,24 +488,15 @@ def _drain(progress, bar: tqdm) -> None:
 
 def _finish(
     out: Path, params: ShardParams, records: list[dict], skipped: Counter, layout: KeypointLayout
-) -> dict:
+) -> ShardManifest:
     """The manifest over the shard records, and the run's resume state removed (also when
     nothing could be written: a failed run leaves nothing to resume)."""
     total_skipped = Counter(skipped)
     for record in records:
         total_skipped.update(record["skipped"])
     entries = [ShardEntry(**r["entry"]) for r in records if r["entry"]]
+    folder = ShardFolder(out)
     if not entries:
-        _clear(out)
+        folder.clear()
         raise ShardingError(f"every instance was skipped ({dict(total_skipped)}); nothing written")
-    manifest = write_manifest(out, entries, dict(total_skipped), params.as_json(), layout)
-    (out / PROGRESS).unlink(missing_ok=True)
-    shutil.rmtree(out / META_DIR, ignore_errors=True)
-    return manifest
-
-
-def _clear(out: Path) -> None:
-    """Remove everything a sharding run writes into `out` (nothing else)."""
-    for path in [*shard_files(out), manifest_path(out), out / PROGRESS]:
-        path.unlink(missing_ok=True)
-    shutil.rmtree(out / META_DIR, ignore_errors=True)
+    return folder.write_manifest(entries, dict(total_skipped), params.as_json(), layout)

@@ -18,9 +18,10 @@ from __future__ import annotations
 import io
 import json
 import math
+import shutil
 import tarfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -136,25 +137,143 @@ def write_shard(folder: Path, name: str, samples: list[Sample]) -> ShardEntry:
     )
 
 
-def write_manifest(
-    folder: Path,
-    entries: list[ShardEntry],
-    skipped: dict[str, int],
-    params: dict,
-    layout: KeypointLayout,
-) -> dict:
-    """The manifest of a finished shard folder, written last (its presence means finished)."""
-    manifest = {
-        "num_samples": sum(e.num_samples for e in entries),
-        "layout": layout.to_json(),
-        "shards": [e.as_json() for e in entries],
-        "skipped": dict(sorted(skipped.items())),
-        "params": {**params, "version": FORMAT_VERSION},
-        "components": list(COMPONENTS),
-        "meta_fields": list(META_FIELDS),
-    }
-    atomic_write(folder / MANIFEST, json.dumps(manifest, indent=1), durable=True)
-    return manifest
+@dataclass
+class ShardManifest:
+    """What manifest.json holds: the sample count, the keypoint layout, each shard, what was
+    skipped and why, the parameters the samples were made with (with the format version), and
+    the components and meta fields of a sample."""
+
+    num_samples: int
+    shards: list[ShardEntry]
+    skipped: dict[str, int]
+    params: dict
+    layout: dict | None = None  # KeypointLayout.to_json(); older folders have none
+    components: list[str] = field(default_factory=lambda: list(COMPONENTS))
+    meta_fields: list[str] = field(default_factory=lambda: list(META_FIELDS))
+
+    def to_json(self) -> dict:
+        data = {
+            "num_samples": self.num_samples,
+            "layout": self.layout,
+            "shards": [e.as_json() for e in self.shards],
+            "skipped": dict(sorted(self.skipped.items())),
+            "params": self.params,
+            "components": self.components,
+            "meta_fields": self.meta_fields,
+        }
+        return {k: v for k, v in data.items() if v is not None}
+
+    @classmethod
+    def from_json(cls, data: dict, path: Path) -> ShardManifest:
+        try:
+            shards = [ShardEntry(**entry) for entry in data["shards"]]
+            return cls(**{**data, "shards": shards})
+        except (KeyError, TypeError) as e:
+            raise ShardError(f"'{path}' is not a shard manifest ({e})") from None
+
+
+class ShardFolder:
+    """A shard folder's files, in one place: the manifest (written last: its presence means
+    finished), the shards and their indices, and while a sharding run is unfinished its
+    progress file (the parameters, for resuming) and one record per finished shard (.meta/)."""
+
+    PROGRESS = ".progress.json"
+    RECORDS = ".meta"
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    @property
+    def manifest(self) -> Path:
+        return self.path / MANIFEST
+
+    @property
+    def progress(self) -> Path:
+        return self.path / self.PROGRESS
+
+    def is_finished(self) -> bool:
+        return self.manifest.is_file()
+
+    def shard_files(self) -> list[Path]:
+        """Every shard and index file, listed by the manifest or not."""
+        return sorted([*self.path.glob("*.tar"), *self.path.glob("*.idx")])
+
+    def read_manifest(self) -> ShardManifest:
+        """The manifest, with a clear error when there is none or it is of another version."""
+        if not self.manifest.is_file():
+            raise ShardError(f"'{self.path}' has no {MANIFEST}: not a finished shard folder")
+        try:
+            data = json.loads(self.manifest.read_text())
+        except json.JSONDecodeError as e:
+            raise ShardError(f"'{self.manifest}' is not valid JSON: {e}") from None
+        manifest = ShardManifest.from_json(data, self.manifest)
+        version = manifest.params.get("version")
+        if version != FORMAT_VERSION:
+            raise ShardError(
+                f"shards in '{self.path}' have format version {version}, this code reads "
+                f"version {FORMAT_VERSION}: shard them again (data_prep.shard_coco ... "
+                "--overwrite)"
+            )
+        return manifest
+
+    def write_manifest(
+        self,
+        entries: list[ShardEntry],
+        skipped: dict[str, int],
+        params: dict,
+        layout: KeypointLayout,
+    ) -> ShardManifest:
+        """The manifest of the finished folder, written last; the run's resume state goes."""
+        manifest = ShardManifest(
+            num_samples=sum(e.num_samples for e in entries),
+            shards=entries,
+            skipped=dict(skipped),
+            params={**params, "version": FORMAT_VERSION},
+            layout=layout.to_json(),
+        )
+        atomic_write(self.manifest, json.dumps(manifest.to_json(), indent=1), durable=True)
+        self.progress.unlink(missing_ok=True)
+        shutil.rmtree(self.path / self.RECORDS, ignore_errors=True)
+        return manifest
+
+    def recorded_params(self) -> tuple[dict | None, bool]:
+        """The parameters an earlier run recorded here, and whether that run finished."""
+        for path, finished in ((self.manifest, True), (self.progress, False)):
+            if path.is_file():
+                try:
+                    data = json.loads(path.read_text())
+                except json.JSONDecodeError:
+                    return {"unreadable": path.name}, finished
+                return (data.get("params") if finished else data), finished
+        return None, False
+
+    def start(self, params: dict) -> None:
+        """A sharding run begins (or resumes): its parameters recorded for resuming."""
+        (self.path / self.RECORDS).mkdir(parents=True, exist_ok=True)
+        atomic_write(self.progress, json.dumps(params))
+
+    def write_record(self, name: str, record: dict) -> None:
+        """What a finished shard `name` contributes (its entry, its skips), for resuming."""
+        atomic_write(self.path / self.RECORDS / f"{name}.json", json.dumps(record))
+
+    def finished_records(self) -> dict[int, dict]:
+        """The records of shards an earlier run finished whose files are intact, by index."""
+        done = {}
+        for path in (self.path / self.RECORDS).glob("*.json"):
+            record = json.loads(path.read_text())
+            if "entry" not in record:  # written by an older version: crop that shard again
+                continue
+            entry = record["entry"]
+            tar = None if entry is None else self.path / entry["name"]
+            if entry is None or (tar.is_file() and tar.stat().st_size == entry["bytes"]):
+                done[int(path.stem.rsplit("-", 1)[1])] = record
+        return done
+
+    def clear(self) -> None:
+        """Remove everything a sharding run writes here (nothing else)."""
+        for path in [*self.shard_files(), self.manifest, self.progress]:
+            path.unlink(missing_ok=True)
+        shutil.rmtree(self.path / self.RECORDS, ignore_errors=True)
 
 
 # ------------------------------------------------------------------------------------------
@@ -167,41 +286,14 @@ def shard_name(split: str, index: int) -> str:
     return f"{split}-{index:06d}"
 
 
-def shard_files(folder: str | Path) -> list[Path]:
-    """Every shard and index file in `folder`, listed or not (what a sharding run writes besides
-    the manifest)."""
-    folder = Path(folder)
-    return sorted([*folder.glob("*.tar"), *folder.glob("*.idx")])
-
-
-def manifest_path(folder: str | Path) -> Path:
-    return Path(folder) / MANIFEST
-
-
 def is_shard_folder(folder: str | Path) -> bool:
     """Whether `folder` holds finished shards (a manifest; `read_manifest` checks it)."""
-    return manifest_path(folder).is_file()
+    return ShardFolder(folder).is_finished()
 
 
-def read_manifest(folder: str | Path) -> dict:
+def read_manifest(folder: str | Path) -> ShardManifest:
     """The manifest of a shard folder, with a clear error when there is none."""
-    path = Path(folder) / MANIFEST
-    if not path.is_file():
-        raise ShardError(f"'{folder}' has no {MANIFEST}: not a finished shard folder")
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ShardError(f"'{path}' is not valid JSON: {e}") from None
-    for key in ("num_samples", "shards", "params"):
-        if key not in manifest:
-            raise ShardError(f"'{path}' has no '{key}'")
-    version = manifest["params"].get("version")
-    if version != FORMAT_VERSION:
-        raise ShardError(
-            f"shards in '{folder}' have format version {version}, this code reads version "
-            f"{FORMAT_VERSION}: shard them again (data_prep.shard_coco ... --overwrite)"
-        )
-    return manifest
+    return ShardFolder(folder).read_manifest()
 
 
 @dataclass(frozen=True)
@@ -220,28 +312,28 @@ class ShardSet:
         headers, each shard's first sample sized by the layout); `check_shards` reads all."""
         folder = Path(folder)
         manifest = read_manifest(folder)
-        shards = manifest["shards"]
-        tars = [folder / s["name"] for s in shards]
+        shards = manifest.shards
+        tars = [folder / s.name for s in shards]
         missing = [str(p) for p in tars if not p.is_file()]
         if missing:
             raise ShardError(f"shards listed in {folder}/{MANIFEST} are missing: {missing}")
-        layout = manifest_layout(manifest, folder, tars[0], folder / shards[0]["index"])
+        layout = manifest_layout(manifest, folder, tars[0], folder / shards[0].index)
         for tar, shard in zip(tars, shards):
-            if tar.stat().st_size != shard["bytes"]:
+            if tar.stat().st_size != shard.bytes:
                 raise ShardError(
                     f"shard '{tar}' has {tar.stat().st_size} bytes, {folder}/{MANIFEST} says "
-                    f"{shard['bytes']} (a damaged or replaced file: data_prep.verify checks all)"
+                    f"{shard.bytes} (a damaged or replaced file: data_prep.verify checks all)"
                 )
-            index = folder / shard["index"]
-            _check_index_header(index, shard["num_samples"])
+            index = folder / shard.index
+            _check_index_header(index, shard.num_samples)
             joints = first_sample_joints(tar, index)
             if joints != layout.num_joints:
                 raise ShardError(
                     f"shard '{tar}' holds samples of {joints} joints, its manifest's layout "
                     f"'{layout.name}' {layout.num_joints}: shards of two layouts in one folder"
                 )
-        indices = [folder / s["index"] for s in shards]
-        return cls(folder, tars, indices, [s["num_samples"] for s in shards], layout)
+        indices = [folder / s.index for s in shards]
+        return cls(folder, tars, indices, [s.num_samples for s in shards], layout)
 
     @property
     def num_samples(self) -> int:
@@ -280,10 +372,12 @@ class ShardSet:
         return segments
 
 
-def manifest_layout(manifest: dict, folder: Path, tar: Path, index: Path) -> KeypointLayout:
+def manifest_layout(
+    manifest: ShardManifest, folder: Path, tar: Path, index: Path
+) -> KeypointLayout:
     """The manifest's keypoint layout; an error naming the fix when it records none (shards made
     before layouts were recorded): what each joint is is never guessed from a count."""
-    if "layout" not in manifest:
+    if manifest.layout is None:
         joints = first_sample_joints(tar, index)
         raise ShardError(
             f"{folder}/{MANIFEST} records no keypoint layout (its samples have {joints} joints; "
@@ -291,7 +385,7 @@ def manifest_layout(manifest: dict, folder: Path, tar: Path, index: Path) -> Key
             "--overwrite, with --layout when the annotations do not say which joints they hold)"
         )
     try:
-        return KeypointLayout.from_json(manifest["layout"], f"{folder}/{MANIFEST}")
+        return KeypointLayout.from_json(manifest.layout, f"{folder}/{MANIFEST}")
     except LayoutError as e:
         raise ShardError(str(e)) from None
 
@@ -410,13 +504,13 @@ def check_shards(
     except ShardError as e:
         return [str(e)]
     problems, total = [], 0
-    num_joints = len(manifest["layout"]["joints"]) if "layout" in manifest else None
-    for shard in tqdm(manifest["shards"], desc="verify", unit="shard", disable=not progress):
-        count, found = _check_shard(folder, shard, decode_images, num_joints)
+    num_joints = len(manifest.layout["joints"]) if manifest.layout else None
+    for shard in tqdm(manifest.shards, desc="verify", unit="shard", disable=not progress):
+        count, found = _check_shard(folder, shard.as_json(), decode_images, num_joints)
         total += count
         problems += found
-    if total != manifest["num_samples"]:
-        problems.append(f"{total} samples in all, manifest says {manifest['num_samples']}")
+    if total != manifest.num_samples:
+        problems.append(f"{total} samples in all, manifest says {manifest.num_samples}")
     return problems
 
 

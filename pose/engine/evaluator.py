@@ -16,7 +16,7 @@ from pose.distributed import BatchNormAverage, DistEnv
 from pose.engine.schedule import StepPlan
 from pose.eval.evaluate import evaluate, model_predictor, print_metrics
 from pose.folders import RunFolder
-from pose.tracking import Tracker
+from pose.tracking import Tracker, ValRecord
 from pose.viz.panels import prediction_panel
 
 
@@ -76,7 +76,7 @@ class Evaluator:
         if metrics is None:
             return {}
         finite = {k: v for k, v in metrics.items() if not math.isnan(v)}
-        self.tracker.log({"step": step, "epoch": epoch, "split": "val", **finite})
+        self.tracker.log(ValRecord(step, epoch, finite))
         if self.env.is_main:
             print(f"\neval after step {step} (epoch {epoch}):", flush=True)
             print_metrics(metrics)

@@ -19,7 +19,7 @@ from pose.engine.errors import TrainingError
 from pose.engine.schedule import StepPlan, images_per_step
 from pose.engine.step_metrics import StepMetrics
 from pose.folders import RunFolder
-from pose.tracking import Tracker
+from pose.tracking import StartRecord, Tracker, TrainRecord
 
 
 class Progress:
@@ -89,22 +89,21 @@ class Progress:
         if self.bar is not None:
             self.bar.close()
 
-    def _start_record(self, step: int, extra: dict) -> dict:
+    def _start_record(self, step: int, extra: dict) -> StartRecord:
         """One record per (re)start: what compare and sweep status read besides the metrics."""
         train, plan, env = self.train, self.plan, self.env
-        return {
-            "step": step,
-            "epoch": plan.completed_epochs(step),
-            "split": "run",
+        return StartRecord(
+            step,
+            plan.completed_epochs(step),
             **extra,
-            "steps_per_epoch": plan.steps_per_epoch,
-            "total_steps": plan.total_steps,  # 0: a wall-clock budget not measured yet
-            "budget_images": train.budget_images,
-            "budget_minutes": train.budget_minutes,
-            "world_size": env.world_size,
-            "hosts": rank_hosts(env),  # of each rank
-            "launcher": env.source,
-        }
+            steps_per_epoch=plan.steps_per_epoch,
+            total_steps=plan.total_steps,
+            budget_images=train.budget_images,
+            budget_minutes=train.budget_minutes,
+            world_size=env.world_size,
+            hosts=rank_hosts(env),
+            launcher=env.source,
+        )
 
     def _budget_line(self, clock: BudgetClock | None) -> str:
         """What the run's budget is, at its start ("" without one)."""
@@ -122,15 +121,15 @@ class Progress:
             )
         return ""
 
-    def _with_budget(self, record: dict) -> dict:
+    def _with_budget(self, record: TrainRecord) -> TrainRecord:
         """Images seen so far (all ranks) and, with a budget, the part of it used."""
-        train, step = self.train, record["step"]
-        record["images"] = step * self.images_per_step
+        train, step = self.train, record.step
+        record.images = step * self.images_per_step
         if (train.budget_images or train.budget_minutes) and self.plan.known:
-            record["budget_used"] = step / self.plan.total_steps
+            record.budget_used = step / self.plan.total_steps
         return record
 
-    def _count_bad_samples(self, record: dict) -> dict:
+    def _count_bad_samples(self, record: TrainRecord) -> TrainRecord:
         """Samples skipped because they do not decode: named in the log as they appear,
         counted in the record, and the run stopped once they are more than
         `data.max_bad_fraction` of those read (on all ranks together)."""
@@ -139,7 +138,7 @@ class Progress:
             print(f"train: skipped a sample that does not decode: {name}", flush=True)
         self.bad_reported = len(loader.bad_sample_names)
         bad, read = sum_over_ranks([loader.bad_samples, loader.samples_read], self.env)
-        record["bad_samples"] = int(bad)
+        record.bad_samples = int(bad)
         limit = self.max_bad_fraction
         if bad > limit * read:
             raise TrainingError(
@@ -149,31 +148,31 @@ class Progress:
             )
         return record
 
-    def _log(self, record: dict) -> None:
+    def _log(self, record: TrainRecord) -> None:
         self.tracker.log(record)
-        epoch = self.plan.epoch_of(record["step"])
+        epoch = self.plan.epoch_of(record.step)
         self.bar.set_postfix(
             epoch=epoch,
-            loss=f"{record['loss']:.3g}",
-            lr=f"{record['lr']:.2e}",
-            img_s=f"{record['images_per_s']:.0f}",
+            loss=f"{record.loss:.3g}",
+            lr=f"{record.lr:.2e}",
+            img_s=f"{record.images_per_s:.0f}",
         )
         if self.bar.disable and self.env.is_main:
             self._plain_line(record, epoch)
 
-    def _plain_line(self, record: dict, epoch: int) -> None:
+    def _plain_line(self, record: TrainRecord, epoch: int) -> None:
         """Without a terminal: one plain line every `log.progress_every_s` seconds."""
-        now, step, total = time.time(), record["step"], self.plan.total_steps
+        now, step, total = time.time(), record.step, self.plan.total_steps
         if now - self.last_line < self.cfg.progress_every_s and step != total:
             return
         self.last_line = now
         of_total, eta = (f"/{total}", "") if total else ("", "")
-        if total and record["step_time"] > 0:
-            seconds = (total - step) * record["step_time"] * self.train.grad_accum
+        if total and record.step_time > 0:
+            seconds = (total - step) * record.step_time * self.train.grad_accum
             eta = f", eta {int(seconds // 60)} min {int(seconds % 60)} s"
         print(
-            f"train: step {step}{of_total} (epoch {epoch}), loss {record['loss']:.4g}, "
-            f"lr {record['lr']:.3g}, {record['images_per_s']:.1f} images/s{eta}",
+            f"train: step {step}{of_total} (epoch {epoch}), loss {record.loss:.4g}, "
+            f"lr {record.lr:.3g}, {record.images_per_s:.1f} images/s{eta}",
             flush=True,
         )
 

@@ -9,6 +9,7 @@ import torch
 
 from pose.distributed import DistEnv
 from pose.engine.errors import TrainingError
+from pose.tracking import TrainRecord
 
 
 class StepMetrics:
@@ -35,7 +36,7 @@ class StepMetrics:
         self.batches += 1
         self.images += images
 
-    def flush(self, step: int, epoch: int, lr: float) -> dict:
+    def flush(self, step: int, epoch: int, lr: float) -> TrainRecord:
         """The record of the interval ending at `step`; raises TrainingError on a bad loss."""
         first_bad = int(self.first_bad)  # the host sync of this log interval
         if first_bad >= 0:
@@ -44,19 +45,18 @@ class StepMetrics:
                 "(checkpoints/latest in the run folder)"
             )
         seconds = max(time.perf_counter() - self.start, 1e-9)
-        record = {
-            "step": step,
-            "epoch": epoch,
-            "split": "train",
-            "loss": float(self.loss_sum) / max(self.batches, 1),
-            "lr": lr,
-            "images_per_s": self.images * self.env.world_size / seconds,
-            "images_per_s_per_device": self.images / seconds,
-            "data_wait": min(1.0, self.data_time / seconds),
-            "step_time": seconds / max(self.batches, 1),
-            "memory_gb": memory_gb(self.env.device),
-            "skipped_steps": int(self.skipped),  # fp16 overflows skipped by the loss scaler
-        }
+        record = TrainRecord(
+            step,
+            epoch,
+            loss=float(self.loss_sum) / max(self.batches, 1),
+            lr=lr,
+            images_per_s=self.images * self.env.world_size / seconds,
+            images_per_s_per_device=self.images / seconds,
+            data_wait=min(1.0, self.data_time / seconds),
+            step_time=seconds / max(self.batches, 1),
+            memory_gb=memory_gb(self.env.device),
+            skipped_steps=int(self.skipped),
+        )
         self.reset()
         return record
 

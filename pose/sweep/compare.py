@@ -16,7 +16,7 @@ from scipy import stats
 from pose.config import read_yaml_mapping
 from pose.eval.coco_eval import METRIC_NAMES
 from pose.folders import RunFolder, SweepFolder
-from pose.tracking import read_metrics
+from pose.tracking import MetricsRecord, RunMetrics, parse_record, read_run_metrics
 from pose.viz.curves import spread_plot
 
 TABLE_METRICS = ("AP", "AP50", "AP75", "APm", "APl", "AR")
@@ -31,7 +31,7 @@ class CompareError(RuntimeError):
 class RunRecord:
     name: str
     config: dict[str, Any]  # the resolved config, nested
-    records: list[dict] = field(default_factory=list)  # the run's metrics records (pose.tracking)
+    metrics: RunMetrics = field(default_factory=RunMetrics)  # its metrics.jsonl, typed
     folder: Path | None = None  # the run folder (None: read from wandb)
 
     def value(self, dotted: str) -> Any:
@@ -42,17 +42,9 @@ class RunRecord:
             node = node[part]
         return node
 
-    def of(self, split: str) -> list[dict]:
-        return [r for r in self.records if r.get("split") == split]
-
-    @property
-    def steps_per_epoch(self) -> int:
-        starts = self.of("run")
-        return int(starts[-1].get("steps_per_epoch", 0)) if starts else 0
-
-    def epoch_of(self, record: dict) -> float:
-        spe = self.steps_per_epoch
-        return record["step"] / spe if spe else float(record["epoch"])
+    def epoch_of(self, record: MetricsRecord) -> float:
+        spe = self.metrics.steps_per_epoch
+        return record.step / spe if spe else float(record.epoch)
 
 
 def local_runs(sweep_dir: Path) -> list[RunRecord]:
@@ -68,7 +60,7 @@ def local_runs(sweep_dir: Path) -> list[RunRecord]:
         if not run.has_started():
             continue
         config = read_yaml_mapping(run.config)
-        runs.append(RunRecord(run.path.name, config, read_metrics(run.path), run.path))
+        runs.append(RunRecord(run.path.name, config, read_run_metrics(run.path), run.path))
     if not runs:
         raise CompareError(f"no run under {sweep_dir} has started (written metrics) yet")
     return runs
@@ -95,8 +87,11 @@ def wandb_runs(path: str) -> list[RunRecord]:
                     if k.startswith(f"{split}/") and v is not None
                 }
                 if values:
-                    records.append({"step": row.get("_step", 0), "split": split, **values})
-        runs.append(RunRecord(run.name.rsplit("/", 1)[-1], dict(run.config), records))
+                    step, epoch = row.get("_step", 0), values.pop("epoch", 0)
+                    values = {"step": step, "epoch": epoch, "split": split, **values}
+                    records.append(parse_record(values))
+        metrics = RunMetrics.of(records)
+        runs.append(RunRecord(run.name.rsplit("/", 1)[-1], dict(run.config), metrics))
     if not runs:
         raise CompareError(f"wandb group '{path}' has no runs")
     return runs
@@ -140,16 +135,17 @@ def group_runs(runs: list[RunRecord], by: list[str] | None) -> tuple[list[str], 
 
 def summarise(run: RunRecord) -> dict[str, float]:
     """Final metrics (the last evaluation), best AP, parameters and training images/s."""
-    evals = [r for r in run.of("val") if "AP" in r]
+    evals = run.metrics.scored
     out: dict[str, float] = {}
     if evals:
-        out |= {m: float(evals[-1][m]) for m in METRIC_NAMES if m in evals[-1]}
-        out["best AP"] = max(float(r["AP"]) for r in evals)
+        last = evals[-1].metrics
+        out |= {m: float(last[m]) for m in METRIC_NAMES if m in last}
+        out["best AP"] = max(float(r.ap) for r in evals)
         out["epochs"] = max(run.epoch_of(r) for r in evals)
-    starts = run.of("run")
-    if starts and "params" in starts[-1]:
-        out["params"] = float(starts[-1]["params"])
-    speeds = [r["images_per_s"] for r in run.of("train")[1:] if "images_per_s" in r]
+    starts = run.metrics.starts
+    if starts and starts[-1].params:
+        out["params"] = float(starts[-1].params)
+    speeds = [r.images_per_s for r in run.metrics.train[1:] if r.images_per_s]
     if speeds:
         out["images/s"] = float(np.median(speeds))
     return out
@@ -284,8 +280,8 @@ def comparison_plots(variants: list[Variant], out: Path) -> list[Path]:
     ap = {
         v.label: [
             (
-                [v_run.epoch_of(r) for r in v_run.of("val") if "AP" in r],
-                [r["AP"] for r in v_run.of("val") if "AP" in r],
+                [v_run.epoch_of(r) for r in v_run.metrics.scored],
+                [r.ap for r in v_run.metrics.scored],
             )
             for v_run in v.runs
         ]
@@ -293,7 +289,10 @@ def comparison_plots(variants: list[Variant], out: Path) -> list[Path]:
     }
     loss = {
         v.label: [
-            ([v_run.epoch_of(r) for r in v_run.of("train")], [r["loss"] for r in v_run.of("train")])
+            (
+                [v_run.epoch_of(r) for r in v_run.metrics.train],
+                [r.loss for r in v_run.metrics.train],
+            )
             for v_run in v.runs
         ]
         for v in variants

@@ -20,7 +20,7 @@ from pose.folders import SweepFolder, SweepManifest, SweepRun
 from pose.sweep.job import TrainingJob
 from pose.sweep.spec import Sweep, run_overrides
 from pose.sweep.submitit_adapter import read_result, sbatch_script, submission_errors
-from pose.tracking import read_metrics
+from pose.tracking import read_run_metrics
 
 FINAL_STATES = ("done", "failed", "cancelled")
 
@@ -442,16 +442,15 @@ def _local_state(job_id: str) -> tuple[str, str]:
 
 def _progress(run_dir: Path) -> dict[str, Any]:
     try:
-        records = read_metrics(run_dir)
-    except (OSError, json.JSONDecodeError):
+        run = read_run_metrics(run_dir)
+    except (OSError, json.JSONDecodeError, KeyError, TypeError):
         return {"restarts": 0, "epoch": None, "step": None, "best_ap": None}
-    starts = [r for r in records if r["split"] == "run"]
-    progress = [r for r in records if r["split"] in ("train", "val")]
-    aps = [r["AP"] for r in records if r["split"] == "val" and "AP" in r]
+    last = max([*run.train, *run.val], key=lambda r: r.step, default=None)
+    aps = [r.ap for r in run.scored]
     return {
-        "restarts": max(len(starts) - 1, 0),
-        "epoch": progress[-1]["epoch"] if progress else None,
-        "step": progress[-1]["step"] if progress else None,
+        "restarts": max(len(run.starts) - 1, 0),
+        "epoch": None if last is None else last.epoch,
+        "step": None if last is None else last.step,
         "best_ap": max(aps) if aps else None,
     }
 
