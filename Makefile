@@ -54,8 +54,9 @@ demo: demo-shards
 	train_s=$$(( $$(date +%s) - train_start )) && \
 	$(VENV_PYTHON) launch/eval.py --config configs/demo.yaml --checkpoint runs/demo \
 	  --out runs/demo/metrics.json --pictures runs/demo/pictures/val_people.png && \
-	$(VENV_PYTHON) launch/predict.py --checkpoint runs/demo --image $(DEMO_DATA)/images/val \
-	  --boxes $(DEMO_DATA)/annotations/person_detections_val.json --box-thr 0.5 \
+	$(VENV_PYTHON) launch/predict.py --checkpoint runs/demo --input $(DEMO_DATA)/images/val \
+	  --boxes $(DEMO_DATA)/annotations/person_detections_val.json \
+	  --ann $(DEMO_DATA)/annotations/person_keypoints_val.json \
 	  --out runs/demo/pictures/predict --limit 6 && \
 	$(VENV_PYTHON) launch/export.py --checkpoint runs/demo --out runs/demo/export \
 	  --image $(DEMO_DATA)/images/val && \

@@ -17,6 +17,9 @@ Rows, in the default order (the most telling first; --rows picks and orders them
   torch-B           end to end: the torch backend with one worker per core, the same step
   ...-compiled      the same with torch.compile
   ...@MODEL         the same for another recipe's model (vitpose_b, hrnet_w32; RECIPES)
+  predict-B         inference's whole path on B images a call: a torchvision person detector
+                    (Faster R-CNN ResNet-50 FPN v2; SSDlite with --quick), random weights, then
+                    the pose model on the crops, decoded to image pixels (fp32)
 bf16 (fp32 on a CPU), channels_last, one device. Every end-to-end row reads a fresh epoch of
 shards holding enough samples for its warm-up and timed steps, so the timed steps run in steady
 state (no epoch start, no new DALI pipeline or worker start among them; each row records its
@@ -81,7 +84,7 @@ RECIPES = {
 
 @dataclass(frozen=True)
 class Row:
-    source: str  # device, dali or torch
+    source: str  # device, dali, torch, or predict
     batch: int
     compile: bool = False
     model: str = "resnet50"  # a key of RECIPES
@@ -96,10 +99,10 @@ def default_rows(quick: bool) -> list[str]:
     """Row names in order of importance: the tests, then the largest batch (device, both
     pipelines, compiled), then the smaller batches."""
     if quick:  # the code paths, a compiled one included, not the numbers
-        return ["tests", "device-2", "dali-2", "torch-2", "device-2-compiled"] + [
+        return ["tests", "device-2", "dali-2", "torch-2", "device-2-compiled", "predict-2"] + [
             f"device-2@{m}" for m in RECIPES if m != "resnet50"
         ]
-    names = ["tests", "device-128", "dali-128", "torch-128", "device-128-compiled"]
+    names = ["tests", "device-128", "dali-128", "torch-128", "device-128-compiled", "predict-8"]
     names += ["device-64@vitpose_b", "device-32@hrnet_w32"]  # the recipes' batches per GPU
     names += ["dali-128-compiled", "torch-128-compiled"]
     names += [f"{s}-{b}" for b in (64, 32) for s in ("device", "dali", "torch")]
@@ -107,12 +110,14 @@ def default_rows(quick: bool) -> list[str]:
 
 
 def parse_row(name: str) -> Row:
-    match = re.fullmatch(r"(device|dali|torch)-(\d+)(-compiled)?(?:@(\w+))?", name)
-    if not match or (match[4] or "resnet50") not in RECIPES:
+    match = re.fullmatch(r"(device|dali|torch|predict)-(\d+)(-compiled)?(?:@(\w+))?", name)
+    predict_compiled = match is not None and match[1] == "predict" and match[3]
+    if not match or (match[4] or "resnet50") not in RECIPES or predict_compiled:
         raise ValueError(
-            f"--rows: '{name}' is not a row (tests, or SOURCE-BATCH[-compiled][@MODEL] with "
-            f"SOURCE one of device, dali, torch and MODEL one of {', '.join(RECIPES)}: e.g. "
-            "device-128, dali-64-compiled, device-64@vitpose_b)"
+            f"--rows: '{name}' is not a row (tests, predict-BATCH[@MODEL], or "
+            "SOURCE-BATCH[-compiled][@MODEL] with SOURCE one of device, dali, torch and MODEL "
+            f"one of {', '.join(RECIPES)}: e.g. device-128, dali-64-compiled, "
+            "device-64@vitpose_b, predict-8)"
         )
     return Row(match[1], int(match[2]), bool(match[3]), match[4] or "resnet50")
 
@@ -364,6 +369,43 @@ def measure(cfg, row: Row, env, steps: int, shards: Path | None) -> dict:
     return record
 
 
+def measure_predict(cfg, row: Row, env, args) -> dict:
+    """images/s of inference's whole path (detector, crops, pose model, decoding) on `row.batch`
+    images of COCO's typical size a call; random weights (the cost does not depend on them)."""
+    import numpy as np
+    import torchvision
+
+    from pose.inference import PersonDetector, PosePredictor
+    from pose.models.trained import TrainedModel
+
+    name = "ssdlite320_mobilenet_v3_large" if args.quick else "fasterrcnn_resnet50_fpn_v2"
+    weights = args.out / f"detector-{name}-random.pth"
+    if not weights.is_file():
+        model = torchvision.models.get_model(name, weights=None, weights_backbone=None)
+        torch.save(model.state_dict(), weights)
+    detector = PersonDetector(name, weights, env.device, score_thr=0.0, nms_thr=1.0)
+    torch.manual_seed(0)
+    trained = TrainedModel(cfg, LAYOUT, build_model(cfg.model, LAYOUT.num_joints), None)
+    predictor = PosePredictor(trained, detector, env.device)
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (427, 640, 3), dtype=np.uint8) for _ in range(row.batch)]
+    people = sum(len(p) for p in predictor(images))  # the warm-up call
+    if env.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(env.device)
+    seconds = timed(lambda: predictor(images), args.steps)
+    memory = torch.cuda.max_memory_allocated() / 2**30 if env.device.type == "cuda" else None
+    return {
+        "source": "predict",
+        "batch": row.batch,
+        "compile": False,
+        "model": f"{name} + {cfg.model.backbone} " + "x".join(map(str, cfg.data.image_size)),
+        "steps": args.steps,
+        "people_per_call": people,
+        "images_per_s": round(row.batch / seconds, 1),
+        "peak_memory_gb": None if memory is None else round(memory, 2),
+    }
+
+
 def device_batch(batch: int, image_size, device: torch.device, joints: int) -> dict:
     """A batch as the loaders deliver it (normalised images, keypoints in input pixels with
     visibility), made on the device from random pixels: no shards needed."""
@@ -441,6 +483,8 @@ class Throughput:
     def _measure(self, row: Row) -> dict:
         if row.model not in self.cfgs:
             self._setup(row.model)
+        if row.source == "predict":
+            return measure_predict(self.cfgs[row.model], row, self.env, self.args)
         if row.source != "device" and self.shards is None:
             self.shards = make_shards(self.args.out, samples_needed(self.rows, self.args.steps))
         record = measure(self.cfgs[row.model], row, self.env, self.args.steps, self.shards)

@@ -39,8 +39,13 @@ echo "install-check: Python $py, the environment's own torch $torch_version"
 "$venv_python" -m pip install -q "torch==$torch_version" torchvision
 torch_before=$("$venv_python" -c 'import torch, torchvision; print(torch.__version__, torchvision.__version__)')
 if [ -n "$wheelhouse" ]; then
-  echo "install-check: posescale from the wheelhouse $wheelhouse, offline"
-  "$venv_python" -m pip install -q --no-index --find-links "$wheelhouse" \
+  echo "install-check: posescale from the wheelhouse $wheelhouse, offline, wheels only"
+  carried=$(find "$wheelhouse" -name '*.whl' -printf '%f\n' | grep -i -E '^(torch|torchvision|triton|setuptools)-|_cu12-' || true)
+  if [ -n "$carried" ]; then
+    echo "install-check: FAILED: the wheelhouse carries what the node brings or a build tool: $carried" >&2
+    exit 1
+  fi
+  "$venv_python" -m pip install -q --no-index --only-binary=:all: --find-links "$wheelhouse" \
     "posescale[dali-cuda$cuda,export,test]"
   "$venv_python" -c 'import nvidia.dali; print("install-check: DALI", nvidia.dali.__version__)'
 else
@@ -71,7 +76,8 @@ overrides=(data.train_shards=shards/train data.val_shards=shards/val
   train.budget_minutes=0 train.max_steps=3 train.batch_size=4 eval.every_epochs=1 run.dir=run)
 "$bin/posescale-train" --config demo "${overrides[@]}"
 "$bin/posescale-eval" --config demo --checkpoint run --out run/metrics.json "${overrides[@]}"
-"$bin/posescale-predict" --checkpoint run --image data/images/val --out pictures --limit 2
+"$bin/posescale-predict" --checkpoint run --input data/images/val --out pictures --limit 2 \
+  --boxes data/annotations/person_detections_val.json --ann data/annotations/person_keypoints_val.json
 "$bin/posescale-summary" run --eval run/metrics.json
 "$bin/posescale-export" --checkpoint run --out export --image data/images/val
 test -s export/model.onnx || { echo "install-check: FAILED: no export/model.onnx" >&2; exit 1; }

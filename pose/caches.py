@@ -19,7 +19,8 @@ CACHE_VARIABLES = {
     "MPLCONFIGDIR": "matplotlib",
     "TRITON_CACHE_DIR": "triton",
     "HF_HUB_CACHE": "huggingface/hub",  # timm's published weights (model.pretrained=timm:NAME)
-    "TORCH_HOME": "torch",  # torch.hub's downloads (timm weights published by URL only)
+    # torch.hub's downloads: timm weights published by URL only, torchvision's detector weights
+    "TORCH_HOME": "torch",
 }
 
 

@@ -14,8 +14,9 @@ from pose.config import Config
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", ROOT / "slurm" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-SECTIONS = [f.name for f in dataclasses.fields(Config) if dataclasses.is_dataclass(f.type)]
-SECTIONS = SECTIONS or ["run", "data", "model", "train", "checkpoint", "eval", "log", "launch"]
+SECTIONS = [
+    name for name, t in typing.get_type_hints(Config).items() if dataclasses.is_dataclass(t)
+]
 # `section.key` in backticks (alone, or as key=value / key: value), or key=value in a command
 KEY_IN_BACKTICKS = re.compile(rf"`((?:{'|'.join(SECTIONS)})\.[a-z_0-9]+)(?:[=:][^`]*)?`")
 KEY_OVERRIDE = re.compile(rf"(?<![\w./-])((?:{'|'.join(SECTIONS)})\.[a-z_0-9]+)=")

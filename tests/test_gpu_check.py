@@ -3,7 +3,6 @@ with --cpu --quick it goes through every path the GPU run takes (the gpu-marked 
 made here, the device batch, DALI and the torch backend end to end, a compiled row, FLOPs, the
 report files); a row that raises is recorded and the rest still runs; a deadline skips rows."""
 
-import importlib
 import json
 import sys
 from pathlib import Path
@@ -15,10 +14,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture()
-def gpu_check(monkeypatch):
-    """benchmarks/gpu_check.py as a module (it imports its sibling train_step.py)."""
-    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
-    return importlib.import_module("gpu_check")
+def gpu_check():
+    """benchmarks/gpu_check.py as a module."""
+    from benchmarks import gpu_check
+
+    return gpu_check
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
@@ -42,18 +42,22 @@ def test_the_whole_check_runs_on_a_cpu_tests_and_a_compiled_row_included(run_pyt
     nccl = outcomes["test_nccl_reduces_through_the_projects_distributed_setup"]
     assert nccl == {**nccl, "outcome": "skipped", "reason": "needs a CUDA GPU"}
     assert report["tests"]["exit_code"] == 0
-    rows = report["rows"]
-    names = ["device-2", "dali-2", "torch-2", "device-2-compiled"]
-    assert [r["name"] for r in rows] == [*names, "device-2@vitpose_b", "device-2@hrnet_w32"]
-    assert all(r["images_per_s"] > 0 and "error" not in r for r in rows)
-    assert rows[3]["compile"] is True
-    assert rows[0]["model"] == "resnet18 128x96" and rows[4]["model"] == "vitpose_b 128x96"
+    rows = {r["name"]: r for r in report["rows"]}
+    names = ["device-2", "dali-2", "torch-2", "device-2-compiled", "predict-2"]
+    assert list(rows) == [*names, "device-2@vitpose_b", "device-2@hrnet_w32"]
+    assert all(r["images_per_s"] > 0 and "error" not in r for r in rows.values())
+    assert rows["device-2-compiled"]["compile"] is True
+    assert rows["device-2"]["model"] == "resnet18 128x96"
+    assert rows["device-2@vitpose_b"]["model"] == "vitpose_b 128x96"
     # each model's own FLOPs: at 128x96 ViTPose-B trains on ~6x ResNet-18's
-    assert rows[4]["training_gflops_per_image"] > 5 * rows[0]["training_gflops_per_image"]
-    for row in rows[1:3]:  # end to end: the timed steps inside one epoch, counted
+    vit, resnet = rows["device-2@vitpose_b"], rows["device-2"]
+    assert vit["training_gflops_per_image"] > 5 * resnet["training_gflops_per_image"]
+    for row in (rows["dali-2"], rows["torch-2"]):  # end to end: the timed steps in one epoch
         assert row["epoch_starts_in_timed_steps"] == 0 and 0 <= row["data_wait"] <= 1
         assert row["samples"] >= (row["warmup_steps"] + row["steps"]) * row["batch"]
-    assert rows[0]["training_gflops_per_image"] > 1  # resnet18 at 128x96
+    assert resnet["training_gflops_per_image"] > 1  # resnet18 at 128x96
+    predict = rows["predict-2"]  # the whole inference path: a detector, then the pose model
+    assert predict["model"].startswith("ssdlite320_mobilenet_v3_large + resnet18")
     markdown = (out / "report.md").read_text()
     assert "| dali-2 |" in markdown and "needs a CUDA GPU" in markdown
     assert "| device-2@hrnet_w32 | hrnet_w32 128x96 |" in markdown

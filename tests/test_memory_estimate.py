@@ -1,17 +1,8 @@
 """The training-memory estimate of benchmarks/memory_estimate.py on values worked by hand."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
-spec = importlib.util.spec_from_file_location(
-    "memory_estimate", Path(__file__).resolve().parents[1] / "benchmarks" / "memory_estimate.py"
-)
-memory = importlib.util.module_from_spec(spec)
-sys.modules["memory_estimate"] = memory
-spec.loader.exec_module(memory)
+from benchmarks import memory_estimate as memory
 
 
 def test_zero_partitions_moments_then_gradients_then_weights():

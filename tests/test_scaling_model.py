@@ -1,18 +1,10 @@
 """The scaling model of benchmarks/scaling.py: its formulas on values worked by hand."""
 
-import importlib.util
 import itertools
-import sys
-from pathlib import Path
 
 import pytest
 
-spec = importlib.util.spec_from_file_location(
-    "scaling", Path(__file__).resolve().parents[1] / "benchmarks" / "scaling.py"
-)
-scaling = importlib.util.module_from_spec(spec)
-sys.modules["scaling"] = scaling  # dataclasses look their module up there
-spec.loader.exec_module(scaling)
+from benchmarks import scaling
 
 
 def test_ring_allreduce_moves_two_w_minus_one_over_w_of_the_buffer():
