@@ -1,1 +1,2 @@
-"""Evaluation: decoding to image coordinates, rescoring, OKS NMS, COCO AP, gathering."""
+"""Evaluation: decoding to image coordinates, rescoring, OKS NMS, COCO AP, gathering, and
+evaluating a checkpoint as the eval program does."""
