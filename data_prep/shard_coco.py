@@ -134,6 +134,9 @@ def report(result: ShardResult) -> None:
     )
     if result.skipped:
         print("shard_coco: skipped " + ", ".join(f"{k}: {v}" for k, v in result.skipped.items()))
+    for reason, files in result.skipped_images.items():
+        count = result.skipped.get(reason, 0)
+        print(f"shard_coco: {reason} ({count} instances), e.g. " + ", ".join(files))
 
 
 def main(argv: list[str] | None = None) -> int:

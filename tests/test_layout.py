@@ -75,7 +75,10 @@ def test_a_custom_layout_needs_only_joint_names(tmp_path):
         ({"joints": "nose"}, "'joints' must be a list"),
         ({"joints": ["a", "b"], "sigma": [1, 2]}, "unknown keys ['sigma']"),
         ({"joints": ["a", "b"], "skeleton": [["a", "c"]]}, "'c' is not one of its joints"),
-        ({"joints": ["a", "b"], "sigmas": [0.1]}, "1 positive sigmas are needed"),
+        (
+            {"joints": ["a", "b"], "sigmas": [0.1]},
+            "2 positive sigmas are needed, one per joint; 1 given",
+        ),
         ({"joints": ["a", "a"]}, "distinct"),
         ({"joints": ["a", "b", "c"], "flip_pairs": [["a", "b"], ["b", "c"]]}, "two flip pairs"),
     ],

@@ -459,3 +459,44 @@ def test_timm_weights_by_name_come_from_the_hub_cache(tmp_path, monkeypatch):
         _pretrained(cfg)  # ViT-S weights into ViT-B
     with pytest.raises(ConfigError, match=r"model\.pretrained.*no weights 'vit_small_patch16_9'"):
         load_config(None, ["model.pretrained=timm:vit_small_patch16_9"])
+
+
+def test_fetch_weights_fills_the_cache_a_run_reads_and_is_one_line_offline(
+    tmp_path, monkeypatch, capsys
+):
+    """`posescale-fetch-weights timm:NAME` downloads through the hub (here a stand-in that fails
+    as offline, then one that writes the file where the hub's cache keeps it); a run then finds
+    the weights without the network."""
+    import huggingface_hub
+    import huggingface_hub.constants as hub
+
+    from launch.fetch_weights import main as fetch_main
+    from pose.models.weights import cached_timm_file, timm_weights
+
+    name = "vit_small_patch16_224.augreg_in1k"
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "hub"))
+
+    def offline(repo_id, filename):
+        raise OSError("Temporary failure in name resolution")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
+    with pytest.raises(WeightsError, match=r"not in the local cache.*posescale-fetch-weights"):
+        timm_weights(name)
+    assert fetch_main([f"timm:{name}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "could not be downloaded" in err and "online" in err
+
+    def download(repo_id, filename):
+        revision = "1" * 40
+        repo = tmp_path / "hub" / f"models--{repo_id.replace('/', '--')}"
+        (repo / "snapshots" / revision).mkdir(parents=True)
+        (repo / "refs").mkdir()
+        (repo / "refs" / "main").write_text(revision)
+        path = repo / "snapshots" / revision / filename
+        _timm_classifier("vit_small_patch16_224", path)
+        return str(path)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    assert fetch_main([f"timm:{name}"]) == 0
+    assert cached_timm_file(name).name == "model.safetensors"
+    assert "blocks.0.attn.qkv.weight" in timm_weights(name)

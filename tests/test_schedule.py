@@ -42,6 +42,10 @@ def test_lr_scales_with_the_total_batch_over_the_reference_128():
     assert base_lr(cfg.optimizer, cfg.train, world_size=4) == pytest.approx(1e-3 * 64 * 4 / 128)
     default = load_config(None)
     assert base_lr(default.optimizer, default.train, world_size=4) == 1e-3
+    vitpose = load_config("configs/coco_vitpose_b_256x192.yaml", ["optimizer.scale_lr=true"])
+    # its lr is for 8 GPUs x 64: on 8 GPUs it stays, on 4 it halves
+    assert base_lr(vitpose.optimizer, vitpose.train, world_size=8) == pytest.approx(5e-4)
+    assert base_lr(vitpose.optimizer, vitpose.train, world_size=4) == pytest.approx(2.5e-4)
 
 
 def test_an_image_budget_sets_the_length_over_all_ranks_and_max_steps_caps_it():

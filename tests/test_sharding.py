@@ -217,7 +217,10 @@ def test_bad_input_is_skipped_and_counted(synthetic_dataset, tmp_path, capsys):
     assert shard_cli(ann, images, tmp_path / "out", "--detail", "128x96") == 0
     skipped = read_manifest(tmp_path / "out").skipped
     assert {k: skipped.get(k) for k in expected} == expected
-    assert "skipped" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "skipped" in out
+    missing = [ln for ln in out.splitlines() if ln.startswith("shard_coco: missing_image")]
+    assert len(missing) == 1 and str(images) in missing[0]  # the image named, with its path
     assert verify(tmp_path / "out") == []
 
 

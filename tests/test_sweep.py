@@ -231,34 +231,22 @@ def test_requeued_and_timed_out_jobs_resume_from_their_checkpoints(
 
 @pytest.mark.slow
 def test_sbatch_template_runs_torchrun_and_requeues_near_the_time_limit(
-    slurm, shards, val_ann, tmp_path, tiny_overrides
+    slurm, shards, val_ann, tmp_path, tiny_overrides, request
 ):
-    """slurm/train.sbatch without submitit: srun starts torchrun with two processes; the
-    time-limit signal (USR1 to the batch shell) makes them checkpoint, the script requeues the
-    job, and the requeued job resumes in the same run folder."""
+    """slurm/train.sbatch without submitit, submitted as README says (`CONFIG=... sbatch ...
+    slurm/train.sbatch run.dir=...`, the log where the script puts it): srun starts torchrun
+    with two processes; the time-limit signal (USR1 to the batch shell) makes them checkpoint,
+    the script requeues the job, and the requeued job resumes in the same run folder."""
     run_dir = tmp_path / "run"
     overrides = tiny_overrides(
         shards, run_dir, **{"data.val_ann": val_ann, "train.epochs": 500, "engine.zero_stage": 1}
     )
-    env = {
-        **slurm.env,
-        "CONFIG": "configs/demo.yaml",
-        "PROCS_PER_NODE": "2",
-        "RUN_DIR": str(run_dir),
-    }
-    log = tmp_path / "job.out"
+    assert f"run.dir={run_dir}" in overrides  # the run folder as README gives it
+    env = {**slurm.env, "CONFIG": "configs/demo.yaml", "PROCS_PER_NODE": "2"}
+    env.pop("RUN_DIR", None)
+    resources = ["--nodes=1", "--gpus-per-node=0", "--cpus-per-task=2", "--mem=4G"]
     submitted = subprocess.run(
-        [
-            "sbatch",
-            "--parsable",
-            "--nodes=1",
-            "--gpus-per-node=0",
-            "--cpus-per-task=2",
-            "--mem=4G",
-            f"--output={log}",
-            "slurm/train.sbatch",
-            *overrides,
-        ],
+        ["sbatch", "--parsable", *resources, "slurm/train.sbatch", *overrides],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -267,6 +255,8 @@ def test_sbatch_template_runs_torchrun_and_requeues_near_the_time_limit(
     )
     assert submitted.returncode == 0, submitted.stderr
     job = submitted.stdout.strip()
+    log = ROOT / f"posescale-{job}.out"  # the script's --output, in the submission folder
+    request.addfinalizer(lambda: log.unlink(missing_ok=True))
     wait_until(lambda: len(train_steps(run_dir)) >= 2, 240, f"training to start\n{_tail(log)}")
     slurm.run("scancel", "--batch", "--signal=USR1", job)
     wait_until(lambda: "requeueing job" in _tail(log), 120, f"the requeue\n{_tail(log)}")
@@ -294,6 +284,7 @@ def test_sbatch_template_runs_torchrun_and_requeues_near_the_time_limit(
     steps = train_steps(run_dir)
     assert steps == sorted(set(steps))
     assert "(restart 1)" in _tail(log)
+    assert f"run folder {run_dir}" in _tail(log)
 
 
 def _tail(path: Path) -> str:

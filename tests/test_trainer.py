@@ -418,3 +418,47 @@ def test_zero3_two_ranks_resume_exactly_evaluate_and_leave_whole_weights(
     assert torch.equal(reference["final_layer.weight"], a["final_layer.weight"])
     evaluations = [r for r in read_metrics(tmp_path / "whole") if r["split"] == "val"]
     assert len(evaluations) == 1 and evaluations[0]["step"] == 12 and "AP" in evaluations[0]
+
+
+def test_a_run_does_not_resume_on_data_of_another_layout_with_as_many_joints(
+    shards, tmp_path, tiny_overrides, run_python
+):
+    """A run folder trained on one 17-joint order (here: its layout.yaml with two joints
+    swapped, as a CrowdPose run meeting AIC shards of 14 joints each would be) refuses to
+    resume on shards of another order: exit 2 naming the joint, and its layout.yaml kept."""
+    import yaml
+
+    run = tmp_path / "run"
+    first = run_python([*TRAIN, *tiny_overrides(shards, run, **{"train.max_steps": 2})])
+    assert first.returncode == 0, first.stderr[-3000:]
+    layout = yaml.safe_load(RunFolder(run).layout.read_text())
+    joints = layout["joints"]
+    joints[1], joints[2] = joints[2], joints[1]
+    recorded = yaml.safe_dump(layout, sort_keys=False)
+    RunFolder(run).layout.write_text(recorded)
+    again = run_python([*TRAIN, *tiny_overrides(shards, run, **{"train.max_steps": 4})])
+    assert again.returncode == 2, again.stderr[-3000:]
+    assert "the run being resumed" in again.stderr
+    assert "joint 1 is 'left_eye' in one, 'right_eye' in the other" in again.stderr
+    assert RunFolder(run).layout.read_text() == recorded and "resuming" not in again.stdout
+
+
+@pytest.mark.parametrize("what", ["a text file", "another architecture's classifier"])
+def test_unusable_pretrained_weights_stop_the_start_in_one_line(
+    shards, tmp_path, tiny_overrides, run_python, what
+):
+    import torchvision
+
+    path = tmp_path / "weights.pth"
+    if what == "a text file":
+        path.write_text("these are not weights\n")
+    else:
+        torch.save(torchvision.models.mobilenet_v2().state_dict(), path)
+    run = tmp_path / "run"
+    extra = {"model.pretrained": path, "train.max_steps": 1}
+    done = run_python([*TRAIN, *tiny_overrides(shards, run, **extra)])
+    assert done.returncode == 2, done.stderr[-3000:]
+    lines = [ln for ln in done.stderr.splitlines() if ln.startswith("train:")]
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert str(path) in lines[0] and not lines[0].rstrip().endswith(": 101")
+    assert not RunFolder(run).config.exists() and not RunFolder(run).checkpoints.exists()

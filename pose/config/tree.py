@@ -182,9 +182,10 @@ class OptimizerConfig:
     """The optimizer (pose/engine/optimizer.py) and what it does to the gradients."""
 
     name: Literal["adam", "adamw"] = "adam"
-    lr: float = 1e-3  # for the micro-batch x ranks x accumulation the recipe names
-    # multiply lr by (micro-batch x ranks x accumulation) / 128, the reference's 4 GPUs x 32:
-    # the linear scaling rule, for a recipe's lr taken to another number of GPUs
+    lr: float = 1e-3  # for a global batch (micro-batch x ranks x accumulation) of lr_batch
+    lr_batch: int = 128  # the global batch lr is for (Simple Baselines: 4 GPUs x 32)
+    # multiply lr by the global batch / lr_batch: the linear scaling rule, for a recipe's lr
+    # taken to another number of GPUs
     scale_lr: bool = False
     weight_decay: float = 0.0
     # Layer-wise lr decay of a transformer backbone (ViTPose's): block i of D trains at
@@ -195,6 +196,7 @@ class OptimizerConfig:
 
     def check(self) -> None:
         check_positive("optimizer.lr", self.lr)
+        check_positive("optimizer.lr_batch", self.lr_batch)
         check_non_negative("optimizer.weight_decay", self.weight_decay)
         check_non_negative("optimizer.grad_clip", self.grad_clip)
         if not 0 < self.layer_decay <= 1:

@@ -87,7 +87,10 @@ class KeypointLayout:
         if n == 0 or len(set(self.joints)) != n:
             problems.append("joint names must be given and distinct")
         if len(self.sigmas) != n or not all(s > 0 for s in self.sigmas):
-            problems.append(f"{len(self.sigmas)} positive sigmas are needed, one per joint ({n})")
+            problems.append(
+                f"{n} positive sigmas are needed, one per joint; {len(self.sigmas)} given"
+                + ("" if all(s > 0 for s in self.sigmas) else ", not all positive")
+            )
         if self.joint_weights and len(self.joint_weights) != n:
             problems.append(f"{len(self.joint_weights)} joint weights for {n} joints")
         paired = [j for pair in self.flip_pairs for j in pair]
@@ -319,9 +322,18 @@ def one_layout(found: dict[str, KeypointLayout], configured: str = "") -> Keypoi
     (first_where, first), *others = found.items()
     for where, other in others:
         if other.joints != first.joints:
+            differ = next(
+                (i for i, (a, b) in enumerate(zip(first.joints, other.joints)) if a != b), None
+            )
+            detail = (
+                f"; joint {differ} is '{first.joints[differ]}' in one, '{other.joints[differ]}' "
+                "in the other"
+                if differ is not None
+                else ""
+            )
             raise LayoutError(
                 f"{first_where} has keypoint layout '{first.name}' ({first.num_joints} joints), "
-                f"{where} '{other.name}' ({other.num_joints}): they must be the same"
+                f"{where} '{other.name}' ({other.num_joints}){detail}: they must be the same"
             )
         for what in ("sigmas", "flip_pairs", "skeleton"):
             if getattr(other, what) != getattr(first, what):

@@ -95,6 +95,8 @@ class ShardResult:
     manifest: ShardManifest = field(repr=False)
     layout: KeypointLayout | None = None  # the layout chosen, for the summary
     notes: tuple[str, ...] = ()  # what the user should know about that choice
+    # the first few image files skipped for each image reason (missing, truncated, ...), named
+    skipped_images: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -163,7 +165,9 @@ def shard_dataset(request: ShardRequest) -> ShardResult:
             records[index] = record
     ordered = [records[i] for i in range(len(chunks))]
     manifest = _finish(out, params, ordered, skipped, layout)
-    return _result(out, manifest, todo, len(done), time.perf_counter() - start, **chosen)
+    named = named_skips(ordered, Path(request.images))
+    seconds = time.perf_counter() - start
+    return _result(out, manifest, todo, len(done), seconds, skipped_images=named, **chosen)
 
 
 def _result(
@@ -337,6 +341,7 @@ def crop_shard(job: ShardJob) -> dict:
         by_image[inst.file_name].append(inst)
     samples: dict[str, Sample] = {}
     skipped: Counter = Counter()
+    images: dict[str, list[str]] = defaultdict(list)  # a few file names for each reason
     for file_name, people in by_image.items():
         image, reason = read_image(Path(job.images_dir) / file_name, people[0].image_wh)
         if reason and job.strict:
@@ -344,15 +349,29 @@ def crop_shard(job: ShardJob) -> dict:
             raise ShardingError(f"{reason}: image '{file_name}' (annotation ids {ids})")
         if reason:
             skipped[reason] += len(people)
+            if len(images[reason]) < NAMED_SKIPS:
+                images[reason].append(file_name)
         else:
             samples |= {inst.key: crop_sample(image, inst, job.params) for inst in people}
         _report(len(people))
     ordered = [samples[inst.key] for inst in job.instances if inst.key in samples]
-    record = {"entry": None, "skipped": dict(skipped)}
+    record = {"entry": None, "skipped": dict(skipped), "skipped_images": dict(images)}
     if ordered:
         record["entry"] = write_shard(Path(job.out), job.name, ordered).as_json()
     ShardFolder(job.out).write_record(job.name, record)
     return record
+
+
+NAMED_SKIPS = 3  # image files named per reason of a skip
+
+
+def named_skips(records: list[dict], images_dir: Path) -> dict[str, list[str]]:
+    """The first NAMED_SKIPS image paths skipped for each reason, over the shards' records."""
+    named: dict[str, list[str]] = defaultdict(list)
+    for record in records:
+        for reason, files in record.get("skipped_images", {}).items():
+            named[reason] += [str(images_dir / f) for f in files]
+    return {reason: files[:NAMED_SKIPS] for reason, files in named.items()}
 
 
 def _report(count: int) -> None:

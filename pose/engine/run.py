@@ -30,9 +30,17 @@ from pose.engine.errors import CheckpointError, TrainingError
 from pose.engine.trainer import TrainResult, train
 from pose.eval.evaluate import print_metrics
 from pose.folders import RunFolder, RunFolderBusy
+from pose.models.weights import WeightsError
 
 EXIT_FAILED, EXIT_NOT_STARTED, EXIT_STOPPED, EXIT_INTERRUPTED = 1, 2, 75, 130
-NOT_STARTED = (ConfigError, ShardError, DistributedSetupError, CheckpointError, RunFolderBusy)
+NOT_STARTED = (
+    ConfigError,
+    ShardError,
+    DistributedSetupError,
+    CheckpointError,
+    RunFolderBusy,
+    WeightsError,  # model.pretrained that cannot be read or does not fit
+)
 
 
 def run_training(config: str, overrides: list[str], print_config: bool = False) -> int:

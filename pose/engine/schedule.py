@@ -112,6 +112,8 @@ def lr_factor(cfg: ScheduleConfig, train: TrainConfig, plan: StepPlan) -> Callab
 
 
 def base_lr(cfg: OptimizerConfig, train: TrainConfig, world_size: int) -> float:
-    """`optimizer.lr`, or with `optimizer.scale_lr` scaled linearly by the total batch relative
-    to the reference's 128 (32 per GPU x 4 GPUs)."""
-    return cfg.lr * images_per_step(train, world_size) / 128 if cfg.scale_lr else cfg.lr
+    """`optimizer.lr`, or with `optimizer.scale_lr` scaled linearly by the global batch over
+    `optimizer.lr_batch`, the batch the lr is for."""
+    if not cfg.scale_lr:
+        return cfg.lr
+    return cfg.lr * images_per_step(train, world_size) / cfg.lr_batch

@@ -16,7 +16,7 @@ import torch
 from pose.config import Config, DataConfig, LossConfig, save_config
 from pose.data.backends import build_loader
 from pose.data.codec import HeatmapCodec
-from pose.data.layout import one_layout, save_layout
+from pose.data.layout import load_layout, one_layout, save_layout
 from pose.data.loader import LoaderSpec
 from pose.distributed import BatchNormAverage, DistEnv, any_rank, barrier, init_distributed
 from pose.engine.budget import BudgetClock
@@ -75,13 +75,13 @@ class Trainer:
             for note in check_ground_truth(cfg.data.val_ann, val_loader.shards):
                 if env.is_main:
                     print(f"train: {note}", flush=True)
-        self.layout = one_layout(
-            {
-                f"{cfg.data.train_shards}": self.train_loader.layout,
-                cfg.data.val_shards: val_loader.layout,
-            },
-            cfg.data.layout,
-        )
+        layouts = {
+            f"{cfg.data.train_shards}": self.train_loader.layout,
+            cfg.data.val_shards: val_loader.layout,
+        }
+        if run.latest_tag() is not None and run.layout.is_file():  # resuming: the same joints
+            layouts[f"the run being resumed ({run.layout})"] = load_layout(str(run.layout))
+        self.layout = one_layout(layouts, cfg.data.layout)
         self.joint_weights = None
         if cfg.loss.joint_weights:
             self.joint_weights = torch.tensor(self.layout.weights, device=env.device)

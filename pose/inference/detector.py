@@ -88,9 +88,25 @@ def read_weights(path: Path, name: str) -> dict[str, torch.Tensor]:
     return state
 
 
+def fetch_detector_weights(name: str) -> Path:
+    """Download a detector's published weights into torchvision's cache (once; the
+    `posescale-fetch-weights --detector NAME` command), and return the file."""
+    if name not in detector_names():
+        raise DetectorError(
+            f"no torchvision detector '{name}'; known: {', '.join(detector_names())}"
+        )
+    published = _weights(name)
+    download_weights(published)
+    return cached_file(published)
+
+
+def cached_file(published) -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(published.url).name
+
+
 def download_weights(published) -> dict[str, torch.Tensor]:
     """torchvision's published weights, from its cache or downloaded into it."""
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(published.url).name
+    cached = cached_file(published)
     try:
         return published.get_state_dict(progress=False, check_hash=True)
     except (urllib.error.URLError, OSError, RuntimeError) as e:

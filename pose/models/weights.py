@@ -31,6 +31,14 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"weights file '{path}' does not exist")
+    if path.suffix != ".safetensors":
+        with open(path, "rb") as f:
+            head = f.read(4)
+        if not head.startswith((b"PK\x03\x04", b"\x80")):  # torch's zip archive, legacy pickle
+            raise WeightsError(
+                f"weights file '{path}' is not a torch weights file (nor named .safetensors): "
+                f"it begins {head!r}"
+            )
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -55,35 +63,87 @@ def is_timm_name(pretrained: str | Path) -> bool:
     return str(pretrained).startswith(TIMM_PREFIX)
 
 
-def timm_weights(name: str) -> dict[str, torch.Tensor]:
-    """timm's published weights `name` in timm's naming: from the Hugging Face hub's cache
-    (`HF_HUB_CACHE`), downloaded into it first when they are not there and the machine is
-    online. Offline without them, the error names the two ways out."""
-    from timm.models import get_pretrained_cfg, load_state_dict_from_hf
+def timm_source(name: str):
+    """timm's pretrained config of `name` (architecture.tag): where its weights are published."""
+    from timm.models import get_pretrained_cfg
 
     source = get_pretrained_cfg(name) if "." in name else None
-    if source is None:
+    if source is None or not (source.hf_hub_id or source.url):
         raise WeightsError(
             f"'{TIMM_PREFIX}{name}': timm publishes no such weights (names are architecture.tag, "
             "as timm.list_pretrained() lists them, e.g. timm:vit_base_patch16_224.mae)"
         )
+    return source
+
+
+HUB_FILES = ("model.safetensors", "pytorch_model.bin")  # what timm's hub repositories hold
+
+
+def cached_timm_file(name: str) -> Path | None:
+    """The local file of timm's weights `name`: in the Hugging Face hub's cache
+    (`HF_HUB_CACHE`) or, for weights published by URL only, torch.hub's (`TORCH_HOME`); None
+    when they are not there. Never touches the network."""
+    source = timm_source(name)
+    if source.hf_hub_id:
+        from huggingface_hub import try_to_load_from_cache
+
+        for filename in HUB_FILES:
+            found = try_to_load_from_cache(source.hf_hub_id, filename)
+            if isinstance(found, str):
+                return Path(found)
+        return None
+    path = _url_cache_path(source.url)
+    return path if path.is_file() else None
+
+
+def fetch_timm_weights(name: str) -> Path:
+    """Download timm's weights `name` into its cache (once; `posescale-fetch-weights`), and
+    return the file. WeightsError, naming where they come from, when that fails."""
+    found = cached_timm_file(name)
+    if found is not None:
+        return found
+    source = timm_source(name)
     try:
         if source.hf_hub_id:
-            state = load_state_dict_from_hf(source.hf_hub_id, weights_only=True)
-        else:
-            state = torch.hub.load_state_dict_from_url(
-                source.url, map_location="cpu", weights_only=True
-            )
+            from huggingface_hub import hf_hub_download
+            from huggingface_hub.errors import EntryNotFoundError
+
+            try:
+                return Path(hf_hub_download(source.hf_hub_id, HUB_FILES[0]))
+            except EntryNotFoundError:
+                return Path(hf_hub_download(source.hf_hub_id, HUB_FILES[1]))
+        path = _url_cache_path(source.url)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(source.url, str(path), progress=False)
+        return path
     except Exception as e:  # the hub's and urllib's errors for offline, missing, refused
         where = source.hf_hub_id or source.url
+        first = str(e).splitlines()[0] if str(e) else ""
         raise WeightsError(
-            f"'{TIMM_PREFIX}{name}': timm's weights ({where}) are neither in the local cache "
-            f"nor downloadable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})."
-            " Either run once on a machine that is online (timm downloads them into the "
-            "Hugging Face cache, HF_HUB_CACHE, which can then be copied here), or give "
-            "model.pretrained a local file in timm's format (.safetensors or .pth)"
+            f"'{TIMM_PREFIX}{name}': timm's weights ({where}) could not be downloaded "
+            f"({type(e).__name__}: {first}); this needs a machine that is online"
         ) from None
-    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def timm_weights(name: str) -> dict[str, torch.Tensor]:
+    """timm's published weights `name` in timm's naming, from the local cache only: a run never
+    downloads. Not there, the error names the two ways in."""
+    path = cached_timm_file(name)
+    if path is None:
+        source = timm_source(name)
+        raise WeightsError(
+            f"'{TIMM_PREFIX}{name}': timm's weights ({source.hf_hub_id or source.url}) are not in "
+            f"the local cache: fetch them once on a machine that is online, `posescale-fetch-"
+            f"weights {TIMM_PREFIX}{name}` (the cache can then be copied), or give "
+            "model.pretrained a local file in timm's format (.safetensors or .pth)"
+        )
+    return read_state_dict(path)
+
+
+def _url_cache_path(url: str) -> Path:
+    from urllib.parse import urlparse
+
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name
 
 
 def load_backbone_weights(backbone: nn.Module, source: str | Path) -> None:
