@@ -99,3 +99,15 @@ def test_the_checks_find_a_renamed_key_and_a_renamed_flag():
     assert unknown_flags("`launch/export.py --checkpoint R --out O --no-chek`") == {
         "export --no-chek"
     }
+
+
+def test_the_config_reference_is_the_codes_and_every_key_has_a_meaning():
+    """docs/config.md is `python -m pose.config.reference > docs/config.md`; a key added without
+    a comment saying what it does, or a reference not regenerated, fails here."""
+    from pose.config.reference import config_reference, missing_meanings
+
+    assert missing_meanings() == []
+    assert (ROOT / "docs" / "config.md").read_text() == config_reference(), (
+        "regenerate: python -m pose.config.reference > docs/config.md"
+    )
+    assert named_keys((ROOT / "docs" / "config.md").read_text()) == config_keys()

@@ -16,20 +16,25 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
-    train_shards: str = "data/demo/shards/train"
-    val_shards: str = "data/demo/shards/val"
-    val_ann: str = "data/demo/annotations/person_keypoints_val.json"
+    """The data: shard folders, the val annotations scored against, the input pipeline, the
+    input size and the heatmap targets, augmentation, and what a bad sample does."""
+
+    train_shards: str = "data/demo/shards/train"  # the training split's shard folder
+    val_shards: str = "data/demo/shards/val"  # the val split's shard folder (crops of boxes)
+    val_ann: str = "data/demo/annotations/person_keypoints_val.json"  # scored against
+    # the input pipeline: dali (GPU decoding on a GPU), torch, or auto (DALI when installed)
     backend: Literal["auto", "dali", "torch"] = "auto"
     image_size: tuple[int, int] = (256, 192)  # input (height, width); heatmaps: model.output_stride
     layout: str = ""  # the keypoint layout: "" = the shards'; a preset or YAML file must match it
-    sigma: float = 2.0
+    sigma: float = 2.0  # of the Gaussian targets, in heatmap pixels
+    # gaussian: the reference's (centre rounded to a heatmap pixel); udp: unbiased (Huang 2020)
     target: Literal["gaussian", "udp"] = "gaussian"
-    scale_factor: float = 0.35
-    rotation_factor: float = 45.0
-    rotation_prob: float = 0.6
-    flip_prob: float = 0.5
-    half_body_prob: float = 0.0
-    num_workers: int = 2
+    scale_factor: float = 0.35  # training's random scale: N(1, this), clipped to 1 +- this
+    rotation_factor: float = 45.0  # random rotation: N(0, this) degrees, clipped at +- 2x this
+    rotation_prob: float = 0.6  # the share of training samples rotated
+    flip_prob: float = 0.5  # the share of training samples mirrored (pairs swapped)
+    half_body_prob: float = 0.0  # the share cropped to the upper or lower body (Simple Baselines)
+    num_workers: int = 2  # loader processes (torch) or threads (DALI) per rank
     bad_sample_policy: Literal["skip", "stop"] = "skip"  # a sample whose JPEG does not decode
     max_bad_fraction: float = 0.01  # skipped samples beyond this share of those read stop a run
 
@@ -57,15 +62,20 @@ def registered_backbones() -> list[str]:
 
 @dataclass
 class ModelConfig:
+    """The model (pose/models): backbone, head, attention, and the weights a fresh run starts
+    from."""
+
     backbone: str = "resnet50"  # a name in the backbone registry (pose/models/registry.py)
+    # multi-context attention (Chu et al. 2017) on the head's features: none, holistic (one map
+    # per stage, summed over resolutions), or partwise (holistic, then one map per joint)
     attention: Literal["none", "holistic", "partwise"] = "none"
     # deconv: Simple Baselines' head (`deconv_layers` deconvolutions, then a 1x1 convolution);
     # simple: ViTPose's simple decoder (ReLU, bilinear upsampling of the backbone's features to
     # stride 4, a 3x3 convolution), with deconv_layers 0
     head: Literal["deconv", "simple"] = "deconv"
-    deconv_layers: int = 3
-    deconv_filters: int = 256
-    deconv_kernel: Literal[2, 3, 4] = 4
+    deconv_layers: int = 3  # deconvolutions of the head, each doubling the resolution
+    deconv_filters: int = 256  # channels of each deconvolution
+    deconv_kernel: Literal[2, 3, 4] = 4  # kernel size of each deconvolution
     attention_kernel: int = 1  # k of the shared mean-field kernel
     attention_steps: int = 3  # T mean-field iterations
     # Stochastic depth of a transformer backbone: the drop rate of its last block, rising
@@ -158,13 +168,13 @@ class TrainConfig:
     """The run's length and what one step trains on. A budget replaces `epochs` as the length,
     and the lr schedule is laid over it (see pose/engine/budget.py); `max_steps` caps it."""
 
-    epochs: int = 140
+    epochs: int = 140  # the run's length in epochs, without a budget
     max_steps: int = 0  # stop after this many optimizer steps; 0 = run all epochs
     budget_images: int = 0  # train on this many images, all ranks together; 0 = no budget
     budget_minutes: float = 0.0  # train for about this long (steps measured, then fixed)
     budget_calibration_steps: int = 20  # with budget_minutes: the steps that measure speed
     batch_size: int = 32  # micro-batch per device
-    grad_accum: int = 1
+    grad_accum: int = 1  # micro-batches per optimizer step
 
     def check(self) -> None:
         for key in ("epochs", "batch_size", "grad_accum"):
@@ -181,13 +191,13 @@ class TrainConfig:
 class OptimizerConfig:
     """The optimizer (pose/engine/optimizer.py) and what it does to the gradients."""
 
-    name: Literal["adam", "adamw"] = "adam"
+    name: Literal["adam", "adamw"] = "adam"  # torch's Adam or AdamW
     lr: float = 1e-3  # for a global batch (micro-batch x ranks x accumulation) of lr_batch
     lr_batch: int = 128  # the global batch lr is for (Simple Baselines: 4 GPUs x 32)
     # multiply lr by the global batch / lr_batch: the linear scaling rule, for a recipe's lr
     # taken to another number of GPUs
     scale_lr: bool = False
-    weight_decay: float = 0.0
+    weight_decay: float = 0.0  # Adam's L2 term, or AdamW's decoupled decay
     # Layer-wise lr decay of a transformer backbone (ViTPose's): block i of D trains at
     # lr x decay^(D - i), the embeddings at lr x decay^(D + 1), its final norm and the head at
     # lr; biases, norms and the position embedding then get no weight decay. 1 = off.
@@ -207,10 +217,10 @@ class OptimizerConfig:
 class ScheduleConfig:
     """The lr schedule over the run's steps (pose/engine/schedule.py)."""
 
-    name: Literal["multistep", "cosine"] = "multistep"
+    name: Literal["multistep", "cosine"] = "multistep"  # decays at lr_steps, or a cosine to 0
     warmup_steps: int = 500  # linear warmup from lr / warmup_steps
     lr_steps: list[int] = field(default_factory=lambda: [90, 120])  # epochs of the x0.1 decays
-    lr_factor: float = 0.1
+    lr_factor: float = 0.1  # multistep: the lr's factor at each of lr_steps
     # cosine: the fraction of the run that holds the peak lr before the cosine decay starts
     # (0: the decay starts after warmup; 0.5: a constant lr for half the run, then a cosine tail)
     cosine_start: float = 0.0
@@ -232,6 +242,8 @@ class EngineConfig:
     """How a step runs (pose/engine/build.py, the DeepSpeed adapter): precision, ZeRO and the
     gradient reduction, memory layout, compilation, activation checkpointing."""
 
+    # auto: bf16 on a GPU that has it, else fp32; bf16 and fp16 autocast the convolutions and
+    # linear layers, weights and BatchNorm stay fp32; fp16 (GPU, zero_stage 0) scales the loss
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     # DeepSpeed's ZeRO: 1 partitions the optimizer state over the ranks, 2 the gradients too,
     # 3 the weights too (each rank holds 1/W of everything; checkpoints then carry a
@@ -265,7 +277,7 @@ class LossConfig:
     or with the layout's per-joint weights."""
 
     ohkm: bool = False  # online hard keypoint mining
-    ohkm_topk: int = 8
+    ohkm_topk: int = 8  # with ohkm: the joints of each person whose loss counts
     joint_weights: bool = False  # weigh each joint's loss by the layout's joint_weights
 
     def check(self) -> None:
@@ -278,7 +290,7 @@ class CheckpointConfig:
     """When the checkpointer saves (pose/engine/checkpoint.py): every `every_steps` steps, at
     each epoch end, after each evaluation, at the last step and on a stop signal."""
 
-    every_steps: int = 1000
+    every_steps: int = 1000  # and at each epoch end, evaluation, last step and stop signal
     keep_last: int = 3  # older checkpoints are removed (never the latest or the best)
 
     def check(self) -> None:
@@ -288,19 +300,23 @@ class CheckpointConfig:
 
 @dataclass
 class EvalConfig:
+    """Evaluation (pose/eval; during training, pose/engine/evaluator.py): when, how people are
+    decoded and rescored, and the debug picture."""
+
     # During training (pose/engine/evaluator.py): at the end of every `every_epochs`-th epoch
     # and after the last step; 0 = never during training.
     every_epochs: int = 10
-    batch_size: int = 64
-    flip_test: bool = True
+    batch_size: int = 64  # crops per forward pass per rank
+    flip_test: bool = True  # average with the mirrored crop's heatmaps
+    # argmax with the quarter-pixel shift (the reference's), or DARK's Taylor refinement
     decode: Literal["argmax", "dark"] = "argmax"
-    oks_nms_thr: float = 0.9
-    soft_nms: bool = False
+    oks_nms_thr: float = 0.9  # of people overlapping by more OKS, the best only
+    soft_nms: bool = False  # decay overlapping people's scores instead of dropping them
     keypoint_thr: float = 0.2  # rescoring: mean of joint scores above this
     # The debug picture of each evaluation (pose/viz/panels.py): how many val people (0: no
     # picture), and whether every joint's heatmap is drawn under each.
     panel_people: int = 6
-    panel_joints: bool = False
+    panel_joints: bool = False  # every joint's heatmap under each person of the panel
 
     def check(self) -> None:
         check_non_negative("eval.every_epochs", self.every_epochs)
@@ -312,12 +328,15 @@ class EvalConfig:
 
 @dataclass
 class LogConfig:
+    """Logging (pose/tracking.py, pose/engine/progress.py): wandb, metrics.jsonl records, and
+    progress lines."""
+
     wandb: Literal["auto", "online", "offline", "off"] = "auto"  # auto: online iff credentials
-    project: str = "posescale"
-    entity: str = ""
-    group: str = ""
-    name: str = ""
-    tags: list[str] = field(default_factory=list)
+    project: str = "posescale"  # the wandb project
+    entity: str = ""  # the wandb entity (user or team); "": wandb's default
+    group: str = ""  # the wandb group (a sweep sets it); "": none
+    name: str = ""  # the wandb run name; "": the run folder's name
+    tags: list[str] = field(default_factory=list)  # wandb tags
     every_steps: int = 20  # a train record (loss, lr, images/s) to metrics.jsonl and wandb
     # Without a terminal (a Slurm log, a file) progress is one plain line at most this often
     # instead of a progress bar's carriage returns.
@@ -330,6 +349,8 @@ class LogConfig:
 
 @dataclass
 class LaunchConfig:
+    """How the processes talk (pose/distributed.py)."""
+
     dist_backend: Literal["auto", "nccl", "gloo"] = "auto"  # auto: nccl on GPUs, gloo on CPU
     keep_freed_memory: bool = True  # glibc keeps freed memory for reuse (see distributed.py)
     # How long a rank waits in one collective before it fails, naming itself and its host. The
@@ -344,12 +365,16 @@ class LaunchConfig:
 
 @dataclass
 class RunConfig:
+    """Where the run folder is."""
+
     dir: str = ""  # run directory; "" = runs/<config name>
 
 
 @dataclass
 class Config:
-    seed: int = 0
+    """The whole tree: one section per component."""
+
+    seed: int = 0  # of the model's initialisation, data order and augmentation
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
