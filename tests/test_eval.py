@@ -241,7 +241,17 @@ def test_eval_cli_gt_as_predictions_and_a_state_dict(coco_fixtures, tmp_path, ca
         )
         == 0
     )
-    assert json.loads((tmp_path / "m.json").read_text())["instances"] == 12
+    model_metrics = json.loads((tmp_path / "m.json").read_text())
+    assert model_metrics["instances"] == 12
+    # the codec's ceiling, from the same batches: the ground truth's AP through the codec
+    assert model_metrics["AP_ceiling"] == pytest.approx(metrics["AP"])
+    said = capsys.readouterr().out
+    assert ("no model can score above that" in said) == (metrics["AP"] < 0.9)
+    small = [*common, "data.image_size=[64,32]", "--checkpoint", str(tmp_path / "weights.pth")]
+    assert eval_main([*small, "--out", str(tmp_path / "small.json")]) == 0
+    ceiling = json.loads((tmp_path / "small.json").read_text())["AP_ceiling"]
+    said = capsys.readouterr().out
+    assert ceiling < 0.9 and f"scores AP {ceiling:.3f} here" in said and "16x8 heatmaps" in said
     assert eval_main([*common, "--checkpoint", str(tmp_path)]) == 2
     assert "neither a state-dict file" in capsys.readouterr().err
 

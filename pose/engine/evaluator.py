@@ -14,7 +14,7 @@ from pose.config import DataConfig, EvalConfig
 from pose.data.loader import Loader
 from pose.distributed import BatchNormAverage, DistEnv
 from pose.engine.schedule import StepPlan
-from pose.eval.evaluate import evaluate, model_predictor, print_metrics
+from pose.eval.evaluate import ceiling_note, evaluate, model_predictor, print_metrics
 from pose.folders import RunFolder
 from pose.tracking import Tracker, ValRecord
 from pose.viz.panels import prediction_panel
@@ -36,6 +36,7 @@ class Evaluator:
     ):
         self.loader, self.cfg, self.data, self.plan, self.run = loader, cfg, data, plan, run
         self.tracker, self.env, self.batchnorm = tracker, env, batchnorm
+        self.ceiling_known = False
 
     def due(self, step: int, stopping: bool = False) -> bool:
         every = self.cfg.every_epochs
@@ -60,6 +61,7 @@ class Evaluator:
         eval_cfg, data = self.cfg, self.data
         epoch = self.plan.completed_epochs(step)
         predict = model_predictor(model, eval_cfg, data, self.loader.layout.flip_permutation)
+        first = not self.ceiling_known  # once a run: the codec's ceiling at this input size
         metrics = evaluate(
             predict,
             self.loader,
@@ -69,7 +71,9 @@ class Evaluator:
             autocast,
             progress=False,
             env=self.env,
+            ceiling=first,
         )
+        self.ceiling_known = True
         if self.env.is_main and eval_cfg.panel_people:  # ground truth, prediction, maps
             self.tracker.log_images(step, {"val/predictions": self._picture(model, epoch)})
         model.train()
@@ -80,6 +84,9 @@ class Evaluator:
         if self.env.is_main:
             print(f"\neval after step {step} (epoch {epoch}):", flush=True)
             print_metrics(metrics)
+            note = ceiling_note(metrics, data)
+            if note:
+                print(f"train: note: {note}", flush=True)
         return metrics
 
     def _picture(self, model: torch.nn.Module, epoch: int):

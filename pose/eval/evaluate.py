@@ -119,30 +119,64 @@ def evaluate(
     autocast=None,
     progress: bool = True,
     env: DistEnv | None = None,
+    ceiling: bool = False,
 ) -> dict | None:
     """COCO keypoint metrics of `predict` on the loader's split, scored against `data.val_ann`
     on rank 0 and sent to every rank of `env` (the loader reads this rank's part; None: one
-    process). The COCO results (the detections scored) go to `results_path` when given."""
+    process). The COCO results (the detections scored) go to `results_path` when given. With
+    `ceiling`, also `AP_ceiling`: the AP of the ground truth pushed through the heatmap codec at
+    this input size (no model can score above it), from the same batches."""
     distributed = env is not None and env.world_size > 1
     rank = env.rank if env is not None else 0
     preds: list[Prediction] = []
+    truth: list[Prediction] = []
     with torch.no_grad(), autocast or contextlib.nullcontext():
         quiet = rank != 0 or not progress
         batches = tqdm(loader.epoch(0), total=loader.batches_per_epoch, desc="eval", disable=quiet)
         for batch in batches:
-            preds += batch_predictions(predict(batch), batch, cfg.decode, data)
+            heatmaps = predict(batch)
+            preds += batch_predictions(heatmaps, batch, cfg.decode, data)
+            if ceiling:
+                codec = HeatmapCodec.of(data, heatmaps.shape[-2:])
+                encoded = codec.encode(batch["keypoints"])[0]
+                truth += batch_predictions(encoded, batch, cfg.decode, data)
     gathered, bad = _gather(preds, loader.bad_samples, env if distributed else None)
+    if ceiling:
+        truth, _ = _gather(truth, 0, env if distributed else None)
     metrics = None
     if rank == 0:
         check_predictions(gathered, loader.shards.num_samples - bad, loader.shards.folder)
         sigmas = np.asarray(loader.layout.sigmas)
         metrics = score_predictions(gathered, cfg, data.val_ann, results_path, sigmas)
         metrics["skipped"] = bad  # samples that do not decode, on every rank
+        if ceiling:
+            metrics["AP_ceiling"] = score_predictions(truth, cfg, data.val_ann, None, sigmas)["AP"]
     if distributed:
         box = [metrics]
         dist.broadcast_object_list(box, src=0)
         metrics = box[0]
     return metrics
+
+
+LOW_CEILING = 0.9  # below it, the codec costs a model more AP than users expect
+
+
+def ceiling_note(
+    metrics: dict, data: DataConfig, heatmap_pixels: tuple[int, int] | None = None
+) -> str | None:
+    """What to say when the ground truth through the codec scores low: the heatmaps are coarse
+    for the layout's OKS sigmas at this input size."""
+    ceiling = metrics.get("AP_ceiling")
+    if ceiling is None or ceiling >= LOW_CEILING:
+        return None
+    size = "x".join(map(str, data.image_size))
+    heat = f"the {'x'.join(map(str, heatmap_pixels))} heatmaps" if heatmap_pixels else "heatmaps"
+    return (
+        f"the ground truth itself, pushed through the heatmap codec, scores AP {ceiling:.3f} "
+        f"here: {heat} of {size} inputs are coarse for this layout's OKS sigmas, and no model can "
+        "score above that; a larger data.image_size (or data.target=udp with eval.decode=dark) "
+        "raises it"
+    )
 
 
 def check_ground_truth(ann_file: str | Path, shards) -> list[str]:

@@ -18,6 +18,7 @@ from pose.data.loader import Loader, LoaderSpec
 from pose.distributed import DistEnv, init_distributed, leave_group
 from pose.eval.coco_eval import write_json
 from pose.eval.evaluate import (
+    ceiling_note,
     check_ground_truth,
     evaluate,
     ground_truth_predictor,
@@ -60,7 +61,15 @@ def evaluate_checkpoint(request: EvalRequest) -> dict | None:
             size = heatmap_size(cfg.data.image_size, cfg.model.output_stride)
             predict = ground_truth_predictor(HeatmapCodec.of(cfg.data, size))
         with torch.no_grad():
-            metrics = evaluate(predict, loader, cfg.eval, cfg.data, request.results, env=env)
+            metrics = evaluate(
+                predict,
+                loader,
+                cfg.eval,
+                cfg.data,
+                request.results,
+                env=env,
+                ceiling=model is not None,
+            )
     except BaseException:
         leave_group(env, together=False)
         raise
@@ -97,6 +106,10 @@ def _model(cfg: Config, checkpoint: str, loader: Loader, env: DistEnv) -> torch.
 
 def _report(metrics: dict, cfg: Config, request: EvalRequest, model, loader: Loader) -> None:
     print_metrics(metrics)
+    size = heatmap_size(cfg.data.image_size, cfg.model.output_stride)
+    note = ceiling_note(metrics, cfg.data, size)
+    if note:
+        print(f"eval: note: {note}")
     if request.out:
         write_json(request.out, metrics)
     if request.pictures and model is not None and cfg.eval.panel_people:
