@@ -392,21 +392,26 @@ def _timm_classifier(arch: str, path):
 
 def test_timm_vit_weights_load_as_vitpose_starts_from_them(tmp_path):
     """A ViT-S/16 at 224 (class token, 14x14 position grid, 1000-way head) into vitpose_s:
-    blocks as they are, class token and head dropped, the grid resampled to 16 x 12."""
-    from timm.layers import resample_abs_pos_embed
-
+    blocks as they are, class token and head dropped (and said), the grid resampled to 16 x 12
+    as ViTPose does: bicubic, corners not aligned, no antialiasing."""
     path = tmp_path / "vit_small.safetensors"
     state = _timm_classifier("vit_small_patch16_224", path)
     cfg = load_config(
         None, ["model.backbone=vitpose_s", "model.deconv_layers=2", f"model.pretrained={path}"]
     ).model
-    vit = _pretrained(cfg).backbone.vit
+    model = build_model(cfg, 17)
+    loaded = load_pretrained(model, cfg.pretrained)
+    assert loaded.dropped == ["cls_token", "head.bias", "head.weight"]
+    assert "left out 3: cls_token, head.bias, head.weight" in loaded.describe()
+    vit = model.backbone.vit
     torch.testing.assert_close(vit.blocks[7].mlp.fc2.weight, state["blocks.7.mlp.fc2.weight"])
     torch.testing.assert_close(vit.patch_embed.proj.weight, state["patch_embed.proj.weight"])
     torch.testing.assert_close(vit.norm.bias, state["norm.bias"])
     grid = state["pos_embed"][:, 1:]  # the class token's embedding dropped
     assert vit.pos_embed.shape == (1, 16 * 12, 384)
-    expected = resample_abs_pos_embed(grid, new_size=[16, 12], num_prefix_tokens=0)
+    square = grid.reshape(1, 14, 14, 384).permute(0, 3, 1, 2)
+    resized = F.interpolate(square, size=(16, 12), mode="bicubic", align_corners=False)
+    expected = resized.permute(0, 2, 3, 1).reshape(1, 16 * 12, 384)
     torch.testing.assert_close(vit.pos_embed, expected)
     # the patch under the image's top-left corner keeps the corner's embedding, near enough
     assert torch.nn.functional.cosine_similarity(vit.pos_embed[0, 0], grid[0, 0], dim=0) > 0.9
@@ -427,25 +432,33 @@ def test_timm_hrnet_weights_load_without_the_classification_head(tmp_path):
 
 def test_timm_weights_by_name_come_from_the_hub_cache(tmp_path, monkeypatch):
     """timm:NAME resolves through timm and the Hugging Face hub's cache, offline here: a cached
-    file loads, and a missing one is an error naming the two ways out."""
+    file loads, and a missing one is an error naming the two ways out. By name, the number of
+    attention heads is checked too: timm's ViT-S (6 heads) does not fit ViTPose-S (12), though
+    every shape agrees."""
     import huggingface_hub.constants as hub
 
-    name = "vit_small_patch16_224.augreg_in21k_ft_in1k"
-    revision = "0" * 40
-    repo = tmp_path / "hub" / f"models--timm--{name}"
-    (repo / "snapshots" / revision).mkdir(parents=True)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(revision)
-    state = _timm_classifier(
-        "vit_small_patch16_224", repo / "snapshots" / revision / "model.safetensors"
-    )
+    def cache(name: str, architecture: str) -> dict:
+        revision = "0" * 40
+        repo = tmp_path / "hub" / f"models--timm--{name}"
+        (repo / "snapshots" / revision).mkdir(parents=True)
+        (repo / "refs").mkdir()
+        (repo / "refs" / "main").write_text(revision)
+        return _timm_classifier(architecture, repo / "snapshots" / revision / "model.safetensors")
+
     monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
+    base = "vit_base_patch16_224.augreg_in21k_ft_in1k"
+    state = cache(base, "vit_base_patch16_224")
     cfg = load_config(
-        None, ["model.backbone=vitpose_s", "model.deconv_layers=2", f"model.pretrained=timm:{name}"]
+        None, ["model.backbone=vitpose_b", "model.deconv_layers=2", f"model.pretrained=timm:{base}"]
     ).model
     vit = _pretrained(cfg).backbone.vit
     torch.testing.assert_close(vit.blocks[3].attn.qkv.weight, state["blocks.3.attn.qkv.weight"])
+    name = "vit_small_patch16_224.augreg_in21k_ft_in1k"
+    cache(name, "vit_small_patch16_224")
+    cfg = ModelConfig(backbone="vitpose_s", deconv_layers=2, pretrained=f"timm:{name}")
+    with pytest.raises(WeightsError, match=r"has 6 attention heads, this ViT 12"):
+        _pretrained(cfg)
 
     uncached = "vit_small_patch16_224.augreg_in1k"
     cfg = ModelConfig(backbone="vitpose_s", deconv_layers=2, pretrained=f"timm:{uncached}")

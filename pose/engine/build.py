@@ -59,7 +59,9 @@ def build_training(
     if cfg.engine.activation_checkpointing:  # the config lets only layered backbones ask
         model.backbone.set_grad_checkpointing(True)
     if pretrained and cfg.model.pretrained:
-        load_pretrained(model, pretrained_source(cfg.model.pretrained))
+        loaded = load_pretrained(model, pretrained_source(cfg.model.pretrained))
+        if env.is_main:
+            print(f"train: {loaded.describe()}", flush=True)
     model = use_sync_batchnorm(model, cfg.model.sync_bn, env)
     model = prepare_model(model, cfg.engine, env.device)
     lr = base_lr(cfg.optimizer, cfg.train, env.world_size)

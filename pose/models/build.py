@@ -9,7 +9,7 @@ from torch import nn
 from pose.config import ModelConfig
 from pose.models.registry import backbone_spec
 from pose.models.simple_baseline import SimpleBaseline
-from pose.models.weights import load_backbone_weights
+from pose.models.weights import LoadedWeights, load_backbone_weights
 
 
 def build_model(cfg: ModelConfig, num_joints: int) -> nn.Module:
@@ -23,7 +23,7 @@ def build_model(cfg: ModelConfig, num_joints: int) -> nn.Module:
     return SimpleBaseline(cfg, num_joints, spec.builder(cfg), spec.channels)
 
 
-def load_pretrained(model: nn.Module, weights: str | Path) -> None:
+def load_pretrained(model: nn.Module, weights: str | Path) -> LoadedWeights:
     """The backbone weights `weights` (timm:NAME, or a file of ImageNet weights or of a pose
-    model) into the backbone of a model `build_model` made."""
-    load_backbone_weights(model.backbone, weights)
+    model) into the backbone of a model `build_model` made; what was loaded and left out."""
+    return load_backbone_weights(model.backbone, weights)

@@ -64,7 +64,8 @@ class ViTBackbone(nn.Module):
     def from_classifier_naming(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """timm's ViT weights (`timm:vit_base_patch16_224.mae`, or such a file) as ViTPose starts
         from them: the classifier and the class (and register) tokens dropped, the position
-        embedding's patch grid resampled (bicubic, timm's) to this model's 16 x 12."""
+        embedding's patch grid resampled to this model's 16 x 12 as ViTPose does (bicubic,
+        corners not aligned, no antialiasing)."""
         from timm.layers import resample_abs_pos_embed
 
         state = dict(state)
@@ -85,9 +86,27 @@ class ViTBackbone(nn.Module):
                 new_size=list(self.vit.patch_embed.grid_size),
                 old_size=[grid, grid],
                 num_prefix_tokens=0,
+                antialias=False,
+                align_corners=False,
             )
         state = drop_unused(state, self.vit, ("head.", "fc_norm.", "attn_pool."))
         return {f"vit.{k}": v for k, v in state.items()}
+
+    def check_timm_architecture(self, architecture: str) -> None:
+        """timm's weights of `architecture` fit this ViT only with as many attention heads, which
+        the weights' shapes cannot tell (a 384-wide ViT-S has 6 heads in timm, 12 in ViTPose)."""
+        import timm
+
+        with torch.device("meta"):
+            source = timm.create_model(architecture, pretrained=False)
+        blocks = getattr(source, "blocks", None)
+        heads = blocks[0].attn.num_heads if blocks else None
+        ours = self.vit.blocks[0].attn.num_heads
+        if heads is not None and heads != ours:
+            raise WeightsError(
+                f"timm's '{architecture}' has {heads} attention heads, this ViT {ours}: its "
+                "weights would load (the shapes agree) but compute something else"
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tokens = self.vit.forward_features(x)  # (N, h*w, width), the last norm applied

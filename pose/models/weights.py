@@ -10,6 +10,7 @@ the result must then fit exactly."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -146,16 +147,33 @@ def _url_cache_path(url: str) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name
 
 
-def load_backbone_weights(backbone: nn.Module, source: str | Path) -> None:
+@dataclass
+class LoadedWeights:
+    """What a backbone took from its weights: how many tensors, and the source's tensors it had
+    no use for (a classifier's head, the class token, a pose model's head)."""
+
+    source: str
+    loaded: int
+    dropped: list[str]
+
+    def describe(self) -> str:
+        shown = ", ".join(self.dropped[:6]) + (", ..." if len(self.dropped) > 6 else "")
+        left = f"; left out {len(self.dropped)}: {shown}" if self.dropped else ""
+        return f"backbone weights from {self.source}: {self.loaded} tensors{left}"
+
+
+def load_backbone_weights(backbone: nn.Module, source: str | Path) -> LoadedWeights:
     """A backbone's weights from `source`: `timm:NAME`, or a file of a classifier's weights
     (torchvision's or timm's naming: the backbone's `from_classifier_naming` maps them) or of a
     whole pose model (a checkpoint's model states, an export's weights, or the reference
-    `pose_resnet` naming), of which the backbone is taken and the head and attention dropped."""
+    `pose_resnet` naming), of which the backbone is taken and the head and attention dropped.
+    Returns what was loaded and what was left out."""
     if is_timm_name(source):
         name = str(source).removeprefix(TIMM_PREFIX)
         state, what = timm_weights(name), f"timm weights '{name}'"
     else:
         state, what = read_state_dict(source), f"backbone weights '{source}'"
+    original = list(state)
     if "conv1.weight" in state and "final_layer.weight" in state:
         state = from_reference_naming(state)
     if any(k.startswith("backbone.") for k in state):
@@ -165,6 +183,12 @@ def load_backbone_weights(backbone: nn.Module, source: str | Path) -> None:
     else:
         state = backbone.from_classifier_naming(state)
     load_checked(backbone, state, what)
+    check = getattr(backbone, "check_timm_architecture", None)
+    if is_timm_name(source) and check is not None:
+        check(str(source).removeprefix(TIMM_PREFIX).split(".")[0])
+    kept = list(state)
+    dropped = [k for k in original if not any(key.endswith(k) for key in kept)]
+    return LoadedWeights(str(source), len(state), sorted(dropped))
 
 
 def drop_unused(
