@@ -71,7 +71,10 @@ demo: demo-shards
 DEMO_EXPORT := runs/demo/export
 demo-sweep: demo-shards
 	@$(VENV_PYTHON) -m pose.folders --is-export $(DEMO_EXPORT) || $(MAKE) demo
-	@start=$$(date +%s); rm -rf runs/sweeps/demo-attention; \
+	@start=$$(date +%s); \
+	if [ -d runs/sweeps/demo-attention ]; then \
+	  echo "demo-sweep: removing the previous sweep, runs/sweeps/demo-attention"; fi; \
+	rm -rf runs/sweeps/demo-attention; \
 	if command -v sinfo >/dev/null && sinfo -h >/dev/null 2>&1; then mode=--wait; \
 	  echo "demo-sweep: submitting to Slurm ($$(sinfo -h -o '%P %D node(s)' | head -n 1))"; \
 	else mode=--local; echo "demo-sweep: no Slurm cluster answers; running with --local"; fi; \

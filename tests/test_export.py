@@ -2,6 +2,7 @@
 program with a dynamic batch, checked by onnxruntime against the PyTorch model on real images."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from pose.models.trained import load_trained_model
 from pose.models.weights import load_model_weights
 
 onnxruntime = import_extra("onnxruntime", "export")
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_export_a_trained_run_to_all_three_forms(shards, tmp_path, tiny_overrides, run_python):
@@ -108,3 +110,51 @@ def test_export_without_the_onnx_tools_says_which_and_writes_nothing(monkeypatch
     err = capsys.readouterr().err
     assert "export needs onnxscript" in err and "install posescale[export]" in err
     assert not out.exists()
+
+
+def test_the_docs_onnx_example_finds_what_posescale_finds(coco_fixtures, tmp_path):
+    """docs/evaluation.md's example (crop, normalise, run, decode, map back) on an exported
+    model and a real image gives posescale's keypoints without its refinement and flip test:
+    within a quarter heatmap pixel, the quarter-pixel move posescale's argmax adds."""
+    import re
+
+    import cv2
+
+    from launch.export import main as export_main
+    from pose.inference.predictor import PosePredictor
+
+    text = (ROOT / "docs" / "evaluation.md").read_text()
+    example = re.search(r"```python\n(import cv2\nimport numpy.*?)```", text, re.S)[1]
+    namespace: dict = {}
+    exec(example, namespace)  # our own docs' code
+    cfg = load_config("configs/demo.yaml", ["eval.flip_test=false", "eval.decode=argmax"])
+    torch.manual_seed(0)
+    model = build_model(cfg.model, 17).eval()
+    for name, p in model.named_parameters():  # heatmaps with clear, positive maxima
+        if name.startswith("final_layer"):
+            torch.nn.init.normal_(p, std=0.5)
+    torch.nn.init.constant_(model.final_layer.bias, 5.0)
+    weights = tmp_path / "w.pth"
+    torch.save(model.state_dict(), weights)
+    out = tmp_path / "export"
+    argv = [
+        "--checkpoint",
+        str(weights),
+        "--config",
+        "demo",
+        "--layout",
+        "coco17",
+        "--out",
+        str(out),
+    ]
+    assert export_main([*argv, "--no-check"]) == 0
+    image = cv2.imread(str(coco_fixtures / "000000000785.jpg"))
+    box = (280.79, 44.73, 218.7, 346.68)
+    ours = namespace["keypoints_from_onnx"](out / "model.onnx", image, box, (128, 96))
+    trained = load_trained_model(out, "demo", ["eval.flip_test=false", "eval.decode=argmax"])
+    (person,) = PosePredictor(trained, None, "cpu")([image], [[box]])[0]
+    image_per_heatmap_pixel = 346.68 * 1.25 / 32  # the box's padded height over 32 rows
+    np.testing.assert_allclose(ours[:, 2], person.keypoints[:, 2], rtol=1e-4)
+    assert (ours[:, 2] > 0).all()
+    error = np.abs(ours[:, :2] - person.keypoints[:, :2]).max()
+    assert error <= 0.25 * image_per_heatmap_pixel + 1e-3, error
