@@ -191,6 +191,9 @@ class Tracker:
         """Append one record to metrics.jsonl and wandb."""
         if not self.enabled:
             return
+        if isinstance(record, ValRecord) and record.ap is not None and self.run is not None:
+            best = max(record.ap, self.run.summary.get("val/best_AP", -1.0))
+            self.run.summary["val/best_AP"] = best  # a run's best, for wandb's run table
         record = record.to_json()
         with open(self.path, "a") as f:  # a resumed run appends, never truncates
             f.write(json.dumps(record) + "\n")

@@ -88,6 +88,15 @@ def test_compare_logs_a_summary_run_to_wandb_offline(tmp_path, run_python):
     assert len(offline) == 1 and offline[0].stat().st_size > 0
     images = list((out / "wandb").glob("offline-run-*/files/media/images/plots/*.png"))
     assert len(images) == 2, "ap.png and loss.png logged"
+    tables = {
+        p.name.split("_")[0]: json.loads(p.read_text())
+        for p in (out / "wandb").glob("offline-run-*/files/media/table/*.table.json")
+    }
+    comparison = tables["comparison"]
+    column = comparison["columns"].index("final AP mean")
+    assert all(isinstance(row[column], float) for row in comparison["data"])  # numbers
+    paired = tables["paired"]
+    assert "interval low" in paired["columns"] and "verdict" in paired["columns"]
 
 
 def test_compare_reads_runs_back_from_the_wandb_api(monkeypatch):

@@ -167,6 +167,25 @@ def comparison_rows(variants: list[Variant]) -> tuple[list[str], list[list[str]]
     return ["variant", "runs", *columns], rows
 
 
+def comparison_numbers(variants: list[Variant]) -> tuple[list[str], list[list]]:
+    """The same table with numbers (a mean and a std column for each, None where no run has
+    the value), for wandb: its tables sort and plot numbers, not "0.540 ± 0.001" strings."""
+    columns = ["final AP", "best AP", *TABLE_METRICS[1:], "params (M)", "images/s"]
+    source = {"final AP": "AP", "params (M)": "params"}
+    header = ["variant", "runs"] + [f"{c} {part}" for c in columns for part in ("mean", "std")]
+    rows = []
+    for variant in variants:
+        summaries = [summarise(r) for r in variant.runs]
+        row: list = [variant.label, len(variant.runs)]
+        for column in columns:
+            key, scale = source.get(column, column), 1e-6 if column == "params (M)" else 1.0
+            values = [s[key] * scale for s in summaries if key in s]
+            spread = float(np.std(values, ddof=1)) if len(values) > 1 else None
+            row += [float(np.mean(values)) if values else None, spread]
+        rows.append(row)
+    return header, rows
+
+
 def comparison_table(variants: list[Variant]) -> str:
     """The rows as a markdown table."""
     header, rows = comparison_rows(variants)
@@ -313,18 +332,27 @@ def comparison_plots(variants: list[Variant], out: Path) -> list[Path]:
 def log_to_wandb(
     plots: list[Path],
     variants: list[Variant],
+    differences: list[PairedDifference],
     mode: str,
     project: str,
     entity: str,
     group: str,
     folder: Path,
 ) -> str | None:
-    """The table and plots as one summary run in the sweep's wandb group; returns its folder."""
+    """The tables (the variants, and the paired differences with their intervals and verdicts)
+    and plots as one summary run in the sweep's wandb group; returns its folder."""
     if mode == "off":
         return None
     import wandb
 
-    header, rows = comparison_rows(variants)
+    header, rows = comparison_numbers(variants)
+    paired_header = ["variant", "baseline", "metric", "seeds", "mean difference"]
+    paired_header += ["interval low", "interval high", "level", "verdict"]
+    paired = [
+        [d.variant, d.baseline, d.metric, len(d.seeds), _number(d.mean), *map(_number, d.interval)]
+        + [d.level, d.verdict]
+        for d in differences
+    ]
     run = wandb.init(
         project=project,
         entity=entity or None,
@@ -339,11 +367,16 @@ def log_to_wandb(
     run.log(
         {
             "comparison": wandb.Table(columns=header, data=rows),
+            "paired_differences": wandb.Table(columns=paired_header, data=paired),
             **{f"plots/{p.stem}": wandb.Image(str(p)) for p in plots},
         }
     )
     run.finish()
     return str(Path(run.dir).parent)
+
+
+def _number(value: float) -> float | None:
+    return None if value is None or math.isnan(value) else float(value)
 
 
 def _mean_std(values: list[float], column: str) -> str:

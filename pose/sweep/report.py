@@ -42,7 +42,8 @@ def compare_runs(
     out = out or SweepFolder(sweep_dir or ".").compare
     out.mkdir(parents=True, exist_ok=True)
     table = comparison_table(variants)
-    differences = differences_table(paired_differences(variants, reference))
+    paired = paired_differences(variants, reference)
+    differences = differences_table(paired)
     plots = comparison_plots(variants, out)
     if people and not wandb_path:
         plots += attention_comparison(variants, out / "attention.png", people)
@@ -57,7 +58,7 @@ def compare_runs(
     log = runs[0].config.get("log", {})
     mode = wandb_mode(log.get("wandb", "off") if log_wandb == "runs" else log_wandb)
     project, entity, group = log.get("project", ""), log.get("entity", ""), log.get("group", "")
-    folder = log_to_wandb(plots, variants, mode, project, entity, group, out)
+    folder = log_to_wandb(plots, variants, paired, mode, project, entity, group, out)
     if folder:
         print(f"compare: logged to wandb ({mode}) in {folder}")
     return out / "comparison.md"
