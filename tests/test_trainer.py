@@ -171,6 +171,43 @@ def test_ctrl_c_checkpoints_and_exits_75_without_a_traceback(
     assert RunFolder(run).latest_tag() == f"step-{step:09d}"
 
 
+def test_the_agreement_on_a_stop_is_paced_by_time_not_by_log_steps():
+    from pose.engine.stop import steps_within
+
+    assert steps_within(10.0, 0.3) == 33 and steps_within(10.0, 25.0) == 1
+    assert steps_within(10.0, 0.0) == 1
+
+
+@pytest.mark.slow
+def test_a_stop_under_torchrun_checkpoints_within_the_agents_grace(
+    shards, tmp_path, tiny_overrides, clean_env
+):
+    """Two ranks whose log steps are 10,000 steps apart: SIGTERM to torchrun's agent, which
+    gives its workers 20 s here before it kills them. The ranks agree on stopping within
+    launch.stop_agree_s (2 s) and write a checkpoint of the step they stop at."""
+    from pose.distributed import free_port
+
+    run = tmp_path / "run"
+    extra = {"train.epochs": 1000, "log.every_steps": 10_000, "checkpoint.every_steps": 4}
+    extra |= {"launch.stop_agree_s": 2}
+    torchrun = ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--shutdown-timeout", "20"]
+    torchrun += ["--master_port", str(free_port())]
+    command = [sys.executable, *torchrun, *TRAIN, *tiny_overrides(shards, run, **extra)]
+    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+    proc = subprocess.Popen(command, cwd=ROOT, env=clean_env(), start_new_session=True, **pipes)
+    folder = RunFolder(run)
+    wait_for(lambda: folder.latest_tag() is not None or proc.poll() is not None)
+    first = folder.latest_tag()
+    assert first is not None, proc.communicate()[1].decode()[-3000:]
+    time.sleep(3)  # a few more steps, none of them a log or checkpoint step for sure
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    err = err.decode()
+    assert "after writing a checkpoint at step" in err, err[-3000:]
+    stopped = int(err.split("after writing a checkpoint at step ")[1].split(";")[0])
+    assert folder.latest_tag() == f"step-{stopped:09d}" and stopped > int(first.split("-")[1])
+
+
 def test_a_second_ctrl_c_exits_at_once(monkeypatch, capsys):
     from pose.engine import stop
 

@@ -358,9 +358,14 @@ class LaunchConfig:
     # (pycocotools, 1-2 minutes) or writes a checkpoint: 10 minutes is five times that, and a
     # lost host is reported after 10 minutes instead of torch's 30 (gloo).
     collective_timeout_s: float = 600.0
+    # With several ranks, a stop signal (Ctrl-C, SIGTERM, Slurm's) is agreed on about this
+    # often, so its checkpoint starts within this time however far apart log steps are:
+    # torchrun's agent kills its workers 30 s after the signal (--shutdown-timeout).
+    stop_agree_s: float = 10.0
 
     def check(self) -> None:
         check_positive("launch.collective_timeout_s", self.collective_timeout_s)
+        check_positive("launch.stop_agree_s", self.stop_agree_s)
 
 
 @dataclass

@@ -136,7 +136,8 @@ class Trainer:
         """Run from the current step to the plan's last (or until a stop signal). Each step's
         end is reported to the components, which decide whether to act."""
         state, plan, env = self.state, self.plan, self.env
-        stop, micro_batches = StopRequest(), self._micro_batches()
+        stop = StopRequest(self.cfg.launch.stop_agree_s)
+        micro_batches = self._micro_batches()
         self.progress.start(state.step, self._start_record(), self.budget_clock)
         if self.budget_clock is not None:
             self.budget_clock.begin()
@@ -146,7 +147,7 @@ class Trainer:
                 self._optimizer_step(micro_batches, state.step + 1)
                 state.step += 1
                 self._measure_budget(state.step)
-                stopping = stop.agreed(env, self.progress.is_log_step(state.step))
+                stopping = stop.agreed(env, state.step)
                 self.progress.after_step(state.step, stopping, self.step_metrics, self._lr())
                 evaluation = self.evaluator.after_step(
                     self._model_to_evaluate, state.step, stopping, self.autocast
