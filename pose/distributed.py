@@ -4,11 +4,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
 import subprocess
 import sys
+import threading
+import time
 from dataclasses import dataclass
 
 import torch
@@ -278,6 +281,88 @@ def use_sync_batchnorm(model: torch.nn.Module, wanted: bool, env: DistEnv) -> to
             "are averaged over ranks at every evaluation and checkpoint"
         )
     return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
+class Heartbeat:
+    """Each rank beats in the rendezvous store (a counter, its host and its step) from a thread,
+    every `every_s` seconds, so that when a collective fails the ranks that stopped beating (a
+    frozen or hung process, a host gone) can be named: `silent()` reads every rank's beat, waits
+    two periods, reads again, and names those whose counter did not move. Counters, not clocks:
+    the hosts' clocks need not agree. The store is torchrun's agent's (or rank 0's), reached
+    over TCP apart from the process group, so it answers when a collective does not."""
+
+    PREFIX = "posescale/heartbeat"
+
+    def __init__(self, env: DistEnv, every_s: float = 2.0):
+        self.env, self.every_s, self.step = env, every_s, 0
+        self.store = _default_store()
+        self._stopped = threading.Event()
+        self._thread = None
+        if self.store is not None and env.world_size > 1:
+            self._thread = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
+            self._thread.start()
+
+    def _beat(self) -> None:
+        count, host = 0, socket.gethostname()
+        while not self._stopped.is_set():
+            count += 1
+            beat = f"{count} {host} {self.step}"
+            with contextlib.suppress(Exception):  # a store gone: nothing left to tell
+                self.store.set(f"{self.PREFIX}/{self.env.rank}", beat)
+            self._stopped.wait(self.every_s)
+
+    def _read(self) -> dict[int, tuple[int, str, str]]:
+        beats = {}
+        for rank in range(self.env.world_size):
+            try:
+                count, host, step = self.store.get(f"{self.PREFIX}/{rank}").decode().split()
+                beats[rank] = (int(count), host, step)
+            except Exception:  # never beat, or the store does not answer
+                beats[rank] = (-1, "an unknown host", "?")
+        return beats
+
+    def silent(self) -> list[str]:
+        """'rank R on HOST (last heard at step S)' for each rank that stopped beating."""
+        if self.store is None:
+            return []
+        before = self._read()
+        time.sleep(2 * self.every_s + 0.5)
+        after = self._read()
+        return [
+            f"rank {r} on {after[r][1]} (its last step {after[r][2]})"
+            for r in sorted(after)
+            if after[r][0] <= before[r][0] and r != self.env.rank
+        ]
+
+    def stop(self) -> None:
+        global _heartbeat
+        self._stopped.set()
+        if _heartbeat is self:
+            _heartbeat = None
+
+
+_heartbeat: Heartbeat | None = None
+
+
+def start_heartbeat(env: DistEnv) -> Heartbeat | None:
+    """The process's heartbeat (with several ranks), started once until stopped."""
+    global _heartbeat
+    if _heartbeat is None and env.world_size > 1:
+        _heartbeat = Heartbeat(env)
+    return _heartbeat
+
+
+def silent_ranks() -> list[str]:
+    """The ranks that stopped beating, as `Heartbeat.silent` names them ([] without one)."""
+    return _heartbeat.silent() if _heartbeat is not None else []
+
+
+def _default_store():
+    """The default process group's store (torch keeps it privately), or None."""
+    try:
+        return dist.distributed_c10d._get_default_store()
+    except Exception:  # no group, or a torch without it
+        return None
 
 
 def where_am_i() -> str:

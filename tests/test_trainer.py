@@ -316,6 +316,8 @@ def test_a_hung_rank_is_reported_with_rank_and_host_within_the_timeout(
     assert agent.returncode != 0
     host = socket.gethostname()
     assert f"train: error: a collective failed on rank 0 of 2 on {host}" in stderr, stderr[-3000:]
+    # the rank that hung is named: its heartbeat stopped (rank 0's went on)
+    assert f"not heard from: rank 1 on {host} (its last step" in stderr, stderr[-3000:]
     assert timeout_s <= waited < timeout_s + 45  # the timeout, then torchrun's teardown
     assert not extensions.exists() or not any(extensions.iterdir())
 

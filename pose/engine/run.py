@@ -24,6 +24,7 @@ from pose.distributed import (
     init_distributed,
     is_collective_failure,
     shutdown,
+    silent_ranks,
     where_am_i,
 )
 from pose.engine.errors import CheckpointError, TrainingError
@@ -88,10 +89,16 @@ def report(result: TrainResult) -> None:
 
 
 def collective_failure(error: RuntimeError) -> str:
+    silent = silent_ranks()
+    culprit = (
+        f"not heard from: {'; '.join(silent)}"
+        if silent
+        else "another rank has died, hung or lost its link"
+    )
     return (
         f"train: error: a collective failed on {where_am_i()}: {str(error).splitlines()[0]}\n"
-        "train: another rank has died, hung or lost its link (launch.collective_timeout_s "
-        "bounds the wait); run the same command again to resume from the last checkpoint"
+        f"train: {culprit} (launch.collective_timeout_s bounds the wait); run the same command "
+        "again to resume from the last checkpoint"
     )
 
 

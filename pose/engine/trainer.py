@@ -18,7 +18,14 @@ from pose.data.backends import build_loader
 from pose.data.codec import HeatmapCodec
 from pose.data.layout import load_layout, one_layout, save_layout
 from pose.data.loader import LoaderSpec
-from pose.distributed import BatchNormAverage, DistEnv, any_rank, barrier, init_distributed
+from pose.distributed import (
+    BatchNormAverage,
+    DistEnv,
+    any_rank,
+    barrier,
+    init_distributed,
+    start_heartbeat,
+)
 from pose.engine.budget import BudgetClock
 from pose.engine.build import build_training
 from pose.engine.checkpoint import Checkpointer, RunState
@@ -137,6 +144,7 @@ class Trainer:
         end is reported to the components, which decide whether to act."""
         state, plan, env = self.state, self.plan, self.env
         stop = StopRequest(self.cfg.launch.stop_agree_s)
+        heartbeat = start_heartbeat(env)  # names a rank that hangs, when a collective fails
         micro_batches = self._micro_batches()
         self.progress.start(state.step, self._start_record(), self.budget_clock)
         if self.budget_clock is not None:
@@ -146,6 +154,8 @@ class Trainer:
             while not plan.is_last(state.step) and not stopping:
                 self._optimizer_step(micro_batches, state.step + 1)
                 state.step += 1
+                if heartbeat is not None:
+                    heartbeat.step = state.step
                 self._measure_budget(state.step)
                 stopping = stop.agreed(env, state.step)
                 self.progress.after_step(state.step, stopping, self.step_metrics, self._lr())
@@ -155,6 +165,8 @@ class Trainer:
                 self.checkpointer.after_step(state, stopping, evaluation, self.step_metrics)
                 last_eval = last_eval if evaluation is None else evaluation
         finally:
+            if heartbeat is not None:
+                heartbeat.stop()
             micro_batches.close()
             self.progress.close()
             self.tracker.finish()
