@@ -253,3 +253,10 @@ def test_a_video_goes_in_and_a_drawn_video_and_json_come_out(demo_weights, coco_
     args = ["--checkpoint", demo_weights, "--input", frames_dir, "--out", tmp_path / "as_video"]
     assert predict(*args, "--whole-image", "--as-video", "--fps", "5") == 0
     assert (tmp_path / "as_video" / "frames_pose.mp4").stat().st_size > 0
+
+
+def test_a_missing_checkpoint_is_said_to_be_missing(coco_fixtures, tmp_path, capsys):
+    args = ["--checkpoint", tmp_path / "nowhere", "--input", coco_fixtures / CROWD]
+    assert predict(*args, "--out", tmp_path / "o", "--whole-image") == 2
+    err = capsys.readouterr().err
+    assert "nowhere' (does not exist)" in err and "no config" not in err
