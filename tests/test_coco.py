@@ -132,3 +132,38 @@ def test_files_pycocotools_cannot_index_are_named_errors(tmp_path, document, wor
     with pytest.raises(CocoFormatError) as err:
         load_coco(path)
     assert str(path) in str(err.value) and words in str(err.value)
+
+
+def test_sharding_streams_the_annotations_and_counts_a_duplicate_id(tmp_path):
+    """index_coco keeps the images and categories and streams the annotations (held only for
+    a file with NaN, which streaming readers refuse); an annotation id given twice is a counted
+    skip, not a silent replacement."""
+    import json
+
+    from pose.data.coco import index_coco
+
+    image = {"id": 1, "file_name": "a.jpg", "width": 100, "height": 100}
+    person = {
+        "id": 1,
+        "image_id": 1,
+        "category_id": 1,
+        "bbox": [10, 10, 50, 80],
+        "num_keypoints": 1,
+        "keypoints": [30, 30, 2] + [0, 0, 0] * 16,
+    }
+    data = {
+        "images": [image],
+        "annotations": [person, dict(person)],
+        "categories": [PERSON_CATEGORY],
+    }
+    path = tmp_path / "ann.json"
+    path.write_text(json.dumps(data))
+    index = index_coco(path)
+    assert index.held is None and index.imgs == {
+        1: {"file_name": "a.jpg", "width": 100, "height": 100}
+    }
+    instances, skipped = training_instances(index)
+    assert len(instances) == 1 and skipped == {"duplicate_annotation_id": 1}
+    person["keypoints"][1] = float("nan")
+    path.write_text(json.dumps(data))  # Python writes NaN: read whole, said so
+    assert index_coco(path).held is not None

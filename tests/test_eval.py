@@ -425,3 +425,45 @@ def test_two_rank_evaluation_counts_a_bad_sample_outside_rank_0(
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert metrics["instances"] == total - 1 and metrics["skipped"] == 1
     assert "1 skipped: their crops do not decode" in done.stdout
+
+
+@pytest.mark.parametrize("which", ["fixtures", "synthetic"])
+def test_faster_coco_eval_gives_pycocotools_metrics_to_1e_6(
+    which, coco_fixtures, synthetic_dataset
+):
+    """eval.scorer=faster_coco_eval against the reference on real and held-out sets: noisy
+    copies of the annotated people (some twice, some left out), scored with the layout's
+    sigmas; every one of the ten metrics the same to 1e-6."""
+    from conftest import import_extra
+
+    from pose.eval.coco_eval import METRIC_NAMES, score_results
+
+    import_extra("faster_coco_eval", "fast-eval")
+    ann = (
+        coco_fixtures / "test_coco.json"
+        if which == "fixtures"
+        else synthetic_dataset / "annotations" / "person_keypoints_val.json"
+    )
+    rng = np.random.default_rng(3)
+    results = []
+    for a in json.loads(ann.read_text())["annotations"]:
+        if not a.get("num_keypoints") or rng.random() < 0.1:
+            continue
+        for copy in range(1 + (rng.random() < 0.3)):
+            kpts = np.asarray(a["keypoints"], float).reshape(-1, 3)
+            kpts[:, :2] += rng.normal(0, 3 + 10 * copy, (len(kpts), 2))
+            kpts[:, 2] = rng.uniform(0.1, 1.0, len(kpts))
+            results.append(
+                {
+                    "image_id": a["image_id"],
+                    "category_id": 1,
+                    "keypoints": kpts.ravel().round(2).tolist(),
+                    "score": float(rng.random()),
+                }
+            )
+    sigmas = np.asarray(COCO_17.sigmas)
+    reference = score_results(ann, results, sigmas, "pycocotools")
+    faster = score_results(ann, results, sigmas, "faster_coco_eval")
+    assert 0.2 < reference["AP"] < 0.99
+    for name in METRIC_NAMES:
+        assert faster[name] == pytest.approx(reference[name], abs=1e-6), name

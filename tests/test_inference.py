@@ -210,10 +210,21 @@ def test_predict_with_a_detector_file_writes_pictures_and_coco_results(
     out = tmp_path / "out"
     images = coco_fixtures / "*.jpg"
     code = predict(
-        "--checkpoint", demo_weights, "--input", images, "--out", out,
-        "--detector", SMALL_DETECTOR, "--detector-weights", detector_file, "--box-thr", "0.0",
-        "--ann", coco_fixtures / "test_coco.json",
-    )  # fmt: skip
+        "--checkpoint",
+        demo_weights,
+        "--input",
+        images,
+        "--out",
+        out,
+        "--detector",
+        SMALL_DETECTOR,
+        "--detector-weights",
+        detector_file,
+        "--box-thr",
+        "0.0",
+        "--ann",
+        coco_fixtures / "test_coco.json",
+    )
     assert code == 0, capsys.readouterr().err
     assert len(list(out.glob("*_pose.png"))) == 4
     results = json.loads((out / "keypoints.json").read_text())

@@ -1,13 +1,19 @@
 """COCO person keypoints: the person category, reading annotation files, choosing training
-instances, and box -> (center, scale) as the reference Simple Baselines code does it."""
+instances, and box -> (center, scale) as the reference Simple Baselines code does it.
+
+Sharding reads an annotation file as a `CocoIndex` (`index_coco`): its images and categories,
+and its annotations streamed one at a time (ijson), never all held at once, so its memory does
+not grow with the file's annotations but only with the instances kept. Scoring reads the whole
+file with pycocotools (`load_coco`), as COCOeval needs."""
 
 from __future__ import annotations
 
 import contextlib
 import io
 import json
+import sys
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +36,7 @@ class CocoFormatError(ValueError):
     """An annotation file is missing, unreadable or not in COCO person-keypoints format."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PersonInstance:
     """One annotated person, ready to crop: cleaned box and keypoints in image pixels."""
 
@@ -63,6 +69,85 @@ def read_json(path: Path, what: str):
         raise CocoFormatError(f"{what} '{path}' is not valid JSON: {e}") from None
 
 
+@dataclass
+class CocoIndex:
+    """An annotation file as sharding reads it: its images (id -> file name, width, height)
+    and categories in memory, its annotations streamed from the file on each pass (or, for a
+    file with NaN or Infinity, which only Python's own JSON reader takes, held in memory)."""
+
+    path: Path
+    imgs: dict[int, dict]
+    categories: list[dict]
+    held: list | None = None  # the annotations of a file that could not be streamed
+
+    def annotations(self) -> Iterator[dict]:
+        """The annotations, one at a time, in the file's order (checked as `load_coco` checks
+        them: an integer id and an image id)."""
+        for i, ann in enumerate(self._stream() if self.held is None else self.held):
+            if not isinstance(ann, dict) or not isinstance(ann.get("id"), int):
+                _bad_annotation(self.path, i)
+            if "image_id" not in ann:
+                _bad_annotation(self.path, i)
+            yield ann
+
+    def _stream(self) -> Iterator[dict]:
+        import ijson
+
+        with open(self.path, "rb") as f:
+            try:
+                yield from ijson.items(f, "annotations.item", use_float=True)
+            except ijson.JSONError as e:
+                raise CocoFormatError(
+                    f"annotation file '{self.path}' is not valid JSON: {e}"
+                ) from None
+
+
+def index_coco(path: str | Path) -> CocoIndex:
+    """A `CocoIndex` of the file at `path`: its images and categories read (streaming passes),
+    with the errors `load_coco` gives for a missing file, bad JSON or missing lists."""
+    import ijson
+
+    path = Path(path)
+    if not path.is_file():
+        raise CocoFormatError(f"annotation file '{path}' does not exist")
+    imgs: dict[int, dict] = {}
+    try:
+        with open(path, "rb") as f:
+            for i, image in enumerate(ijson.items(f, "images.item", use_float=True)):
+                _check_image(image, i, path)
+                imgs[image["id"]] = {k: image[k] for k in ("file_name", "width", "height")}
+        with open(path, "rb") as f:
+            categories = list(ijson.items(f, "categories.item", use_float=True))
+    except ijson.JSONError:
+        return _held_index(path)  # NaN or Infinity (Python writes them), or not JSON at all
+    for key, found in (("images", imgs), ("categories", categories)):
+        if not found:
+            raise CocoFormatError(f"annotation file '{path}' has no '{key}' list (or it is empty)")
+    index = CocoIndex(path, imgs, categories)
+    person_category(index, path)
+    return index
+
+
+def _held_index(path: Path) -> CocoIndex:
+    """The index of a file only Python's JSON reader takes (NaN, Infinity), read whole."""
+    data = read_json(path, "annotation file")  # the error for a file that is not JSON at all
+    _check_structure(data, path)
+    print(
+        f"coco: '{path}' holds NaN or Infinity, which streaming JSON readers refuse: read "
+        "whole (memory grows with the file)",
+        file=sys.stderr,
+    )
+    imgs = {i["id"]: {k: i[k] for k in ("file_name", "width", "height")} for i in data["images"]}
+    return CocoIndex(path, imgs, data["categories"], data["annotations"])
+
+
+def annotations_of(coco) -> Iterator[dict]:
+    """The annotations of a `CocoIndex` (streamed) or of a pycocotools COCO (in memory)."""
+    if isinstance(coco, CocoIndex):
+        return coco.annotations()
+    return iter(coco.dataset["annotations"])
+
+
 def load_coco(path: str | Path):
     """Load a COCO keypoints annotation file with pycocotools, with clear errors."""
     from pycocotools.coco import COCO
@@ -84,21 +169,26 @@ def _check_structure(data, path: Path) -> None:
         if not isinstance(data, dict) or not isinstance(data.get(key), list):
             raise CocoFormatError(f"annotation file '{path}' has no '{key}' list")
     for i, image in enumerate(data["images"]):
-        fields = {"id": int, "width": int, "height": int, "file_name": str}
-        for key, kind in fields.items():
-            if not isinstance(image, dict) or not isinstance(image.get(key), kind):
-                raise CocoFormatError(
-                    f"annotation file '{path}': images[{i}] needs '{key}' ({kind.__name__})"
-                )
+        _check_image(image, i, path)
     for i, ann in enumerate(data["annotations"]):
         if not isinstance(ann, dict) or not isinstance(ann.get("id"), int) or "image_id" not in ann:
+            _bad_annotation(path, i)
+    person_category(data["categories"], path)
+
+
+def _check_image(image, i: int, path: Path) -> None:
+    fields = {"id": int, "width": int, "height": int, "file_name": str}
+    for key, kind in fields.items():
+        if not isinstance(image, dict) or not isinstance(image.get(key), kind):
             raise CocoFormatError(
-                f"annotation file '{path}': annotations[{i}] needs an integer 'id' and an "
-                "'image_id'"
+                f"annotation file '{path}': images[{i}] needs '{key}' ({kind.__name__})"
             )
-    people = [c for c in data["categories"] if isinstance(c, dict) and c.get("id") == 1]
-    if not people or not isinstance(people[0].get("keypoints"), list):
-        raise CocoFormatError(f"annotation file '{path}' has no person category with keypoints")
+
+
+def _bad_annotation(path: Path, i: int):
+    raise CocoFormatError(
+        f"annotation file '{path}': annotations[{i}] needs an integer 'id' and an 'image_id'"
+    )
 
 
 def clean_bbox(
@@ -143,9 +233,13 @@ def training_instances(
     skipped: Counter = Counter()
     instances = []
     num_joints = num_joints or len(person_category(coco)["keypoints"])
-    for ann_id in sorted(coco.anns):
-        ann = coco.anns[ann_id]
-        reason = _skip_reason(coco, ann, num_joints)
+    seen: set[int] = set()
+    for ann in annotations_of(coco):
+        ann_id = ann["id"]
+        reason = (
+            "duplicate_annotation_id" if ann_id in seen else _skip_reason(coco, ann, num_joints)
+        )
+        seen.add(ann_id)
         if reason:
             if on_skip and reason not in ("crowd", "no_keypoints", "not_person"):
                 on_skip(reason, f"annotation {ann_id}")
@@ -166,11 +260,23 @@ def training_instances(
                 num_keypoints=int(ann["num_keypoints"]),
             )
         )
+    instances.sort(key=lambda inst: inst.ann_id)  # the file's order does not matter
     return instances, skipped
 
 
-def person_category(coco) -> dict:
-    return next(c for c in coco.dataset["categories"] if c.get("id") == 1 and "keypoints" in c)
+def person_category(source, path: Path | str | None = None) -> dict:
+    """The person category (id 1, with keypoints) of a `CocoIndex`, a pycocotools COCO or a
+    list of categories; a CocoFormatError naming the file without one."""
+    if isinstance(source, list):
+        categories = source
+    elif isinstance(source, CocoIndex):
+        categories, path = source.categories, path or source.path
+    else:
+        categories = source.dataset["categories"]
+    people = [c for c in categories if isinstance(c, dict) and c.get("id") == 1]
+    if not people or not isinstance(people[0].get("keypoints"), list):
+        raise CocoFormatError(f"annotation file '{path}' has no person category with keypoints")
+    return people[0]
 
 
 def numbers(value, length: int | None = None) -> np.ndarray | None:

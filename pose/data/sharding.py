@@ -28,7 +28,7 @@ from pose.data.coco import (
     PersonInstance,
     box_to_center_scale,
     detection_instances,
-    load_coco,
+    index_coco,
     person_category,
     training_instances,
 )
@@ -389,7 +389,7 @@ def select_instances(
 ) -> tuple[list[PersonInstance], Counter, KeypointLayout, list[str]]:
     """Instances to crop (ground-truth boxes or detections), shuffled, skips by reason, the
     keypoint layout and notes on its choice."""
-    coco = load_coco(request.annotations)
+    coco = index_coco(request.annotations)  # annotations streamed, never all in memory
     layout, notes = dataset_layout(coco, request)
     source = request.detections or request.annotations
 
@@ -479,9 +479,16 @@ def _run_jobs(jobs: list[ShardJob], workers: int, bar: tqdm) -> Iterator[tuple[i
         return
     context = mp.get_context("spawn")
     progress = context.Queue()
+    waiting = iter(jobs)
     with context.Pool(workers, initializer=_init_worker, initargs=(progress,)) as pool:
-        pending = {job.index: pool.apply_async(crop_shard, (job,)) for job in jobs}
-        while pending:
+        # a few jobs queued a worker, not all of them: each queued job is a pickled copy of
+        # its instances, so queueing all would double the instances' memory
+        pending = {}
+        while True:
+            while len(pending) < 2 * workers and (job := next(waiting, None)) is not None:
+                pending[job.index] = pool.apply_async(crop_shard, (job,))
+            if not pending:
+                break
             _drain(progress, bar)
             for index in [i for i, r in pending.items() if r.ready()]:
                 yield index, pending.pop(index).get()  # re-raises a worker's error here

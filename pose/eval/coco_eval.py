@@ -7,12 +7,12 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from pose.config import ConfigError
 from pose.data.coco import load_coco
 from pose.files import atomic_write
 
@@ -38,9 +38,7 @@ def rescore(pred: Prediction, keypoint_thr: float) -> float:
 def person_score(keypoints: np.ndarray, box_score: float, keypoint_thr: float) -> float:
     """The rescoring of one person, keypoints (K, 3) with their confidences: `box_score` x the
     mean of the confidences above `keypoint_thr` (0 when none is)."""
-    confidence = keypoints[:, 2]
-    confident = confidence[confidence > keypoint_thr]
-    return (float(confident.mean()) if confident.size else 0.0) * box_score
+    return float(person_scores(keypoints[None], np.array([box_score]), keypoint_thr)[0])
 
 
 def result_record(image_id: int, keypoints: np.ndarray, score: float, **extra) -> dict:
@@ -68,6 +66,16 @@ def oks_iou(
     return np.exp(-e).mean(axis=1)
 
 
+def oks_matrix(keypoints: np.ndarray, areas: np.ndarray, sigmas: np.ndarray) -> np.ndarray:
+    """OKS of every pair of one image's people (M, K, 3), as `oks_iou` computes each row, at
+    once: (M, M)."""
+    variances = (np.asarray(sigmas) * 2) ** 2
+    xy = keypoints[:, :, :2]
+    squared = ((xy[:, None] - xy[None]) ** 2).sum(-1)  # (M, M, K)
+    scale = (areas[:, None] + areas[None]) / 2 + np.spacing(1)
+    return np.exp(-squared / variances / scale[:, :, None] / 2).mean(-1)
+
+
 def oks_nms(
     keypoints: np.ndarray,
     scores: np.ndarray,
@@ -75,15 +83,17 @@ def oks_nms(
     threshold: float,
     sigmas: np.ndarray,
 ) -> list[int]:
-    """Greedy NMS by OKS (with the layout's `sigmas`): indices kept, best first."""
+    """Greedy NMS by OKS (with the layout's `sigmas`): indices kept, best first. The pairwise
+    OKS is computed once for the image; the greedy pass only reads it."""
     order = np.argsort(-scores, kind="stable")
+    overlap = oks_matrix(keypoints, np.asarray(areas, dtype=np.float64), sigmas)
+    suppressed = np.zeros(len(order), dtype=bool)
     keep = []
-    while order.size:
-        i = order[0]
+    for i in order:
+        if suppressed[i]:
+            continue
         keep.append(int(i))
-        rest = order[1:]
-        overlap = oks_iou(keypoints[i], keypoints[rest], areas[i], areas[rest], sigmas)
-        order = order[1:][overlap <= threshold]
+        suppressed |= overlap[i] > threshold
     return keep
 
 
@@ -122,21 +132,47 @@ def coco_results(
     *,
     sigmas: np.ndarray,
 ) -> list[dict]:
-    """Rescored, NMS-filtered (OKS with `sigmas`) predictions in COCO results format."""
-    by_image: dict[int, list[Prediction]] = defaultdict(list)
-    for pred in predictions:
-        by_image[pred.image_id].append(pred)
+    """Rescored, NMS-filtered (OKS with `sigmas`) predictions in COCO results format. The
+    rescoring is one array operation over all predictions; NMS is per image."""
+    if not predictions:
+        return []
+    keypoints = np.stack([p.keypoints for p in predictions])
+    box_scores = np.array([p.box_score for p in predictions])
+    areas = np.array([p.area for p in predictions], dtype=np.float64)
+    image_ids = np.array([p.image_id for p in predictions])
+    scores = person_scores(keypoints, box_scores, keypoint_thr)
+    order = np.argsort(image_ids, kind="stable")
+    starts = np.flatnonzero(np.r_[True, image_ids[order][1:] != image_ids[order][:-1]])
+    rounded = np.round(keypoints, 3)
     results = []
-    for image_id, preds in sorted(by_image.items()):
-        kpts = np.stack([p.keypoints for p in preds])
-        scores = np.array([rescore(p, keypoint_thr) for p in preds])
-        areas = np.array([p.area for p in preds])
+    for members in np.split(order, starts[1:]):
+        kpts, image_scores = keypoints[members], scores[members]
         if soft:
-            keep, scores = soft_oks_nms(kpts, scores, areas, nms_thr, sigmas=sigmas)
+            keep, image_scores = soft_oks_nms(
+                kpts, image_scores, areas[members], nms_thr, sigmas=sigmas
+            )
         else:
-            keep = oks_nms(kpts, scores, areas, nms_thr, sigmas)
-        results += [result_record(image_id, kpts[i], float(scores[i])) for i in keep]
+            keep = oks_nms(kpts, image_scores, areas[members], nms_thr, sigmas)
+        image_id = int(image_ids[members[0]])
+        results += [
+            {
+                "image_id": image_id,
+                "category_id": 1,
+                "keypoints": rounded[members[i]].ravel().tolist(),
+                "score": float(image_scores[i]),
+            }
+            for i in keep
+        ]
     return results
+
+
+def person_scores(keypoints: np.ndarray, box_scores: np.ndarray, keypoint_thr: float):
+    """`person_score` of many people at once: keypoints (N, K, 3), box scores (N,)."""
+    confidence = keypoints[..., 2]
+    confident = confidence > keypoint_thr
+    count = confident.sum(-1)
+    mean = np.where(count > 0, (confidence * confident).sum(-1) / np.maximum(count, 1), 0.0)
+    return mean * box_scores
 
 
 def load_ground_truth(ann_file: str | Path):
@@ -173,20 +209,47 @@ def _is_number(value) -> bool:
 
 
 def score_results(
-    ann_file: str | Path, results: list[dict], sigmas: np.ndarray
+    ann_file: str | Path, results: list[dict], sigmas: np.ndarray, scorer: str = "pycocotools"
 ) -> dict[str, float]:
-    """pycocotools keypoint metrics of `results` against an annotation file, with the layout's
-    OKS `sigmas`."""
-    from pycocotools.cocoeval import COCOeval
-
+    """COCO keypoint metrics of `results` against an annotation file, with the layout's OKS
+    `sigmas`: by pycocotools (the reference), or by faster-coco-eval (the same metrics to 1e-6,
+    tested; about twice as fast at COCO val's size: BENCHMARKS.md), the `fast-eval` extra."""
     gt, _ = load_ground_truth(ann_file)
     if not results:
         return dict.fromkeys(METRIC_NAMES, 0.0)
+    if scorer == "faster_coco_eval":
+        return _faster_coco_eval(gt, results, sigmas)
+    from pycocotools.cocoeval import COCOeval
+
     with contextlib.redirect_stdout(io.StringIO()):
         dt = gt.loadRes(results)
         evaluator = COCOeval(gt, dt, "keypoints")
         evaluator.params.useSegm = None
         evaluator.params.kpt_oks_sigmas = np.asarray(sigmas)
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return {name: float(v) for name, v in zip(METRIC_NAMES, evaluator.stats)}
+
+
+def _faster_coco_eval(gt, results: list[dict], sigmas: np.ndarray) -> dict[str, float]:
+    """The same scoring by faster-coco-eval's C++ COCOeval, on the same ground truth (the one
+    `load_ground_truth` filled in)."""
+    try:
+        from faster_coco_eval import COCO, COCOeval_faster
+    except ImportError:
+        raise ConfigError(
+            "config key 'eval.scorer': faster_coco_eval is not installed (pip install "
+            "'posescale[fast-eval]'), or use pycocotools"
+        ) from None
+    truth = COCO()
+    truth.dataset = gt.dataset
+    with contextlib.redirect_stdout(io.StringIO()):
+        truth.createIndex()
+        dt = truth.loadRes(results)
+        evaluator = COCOeval_faster(
+            truth, dt, "keypoints", kpt_oks_sigmas=list(map(float, sigmas)), print_function=print
+        )
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
@@ -200,5 +263,8 @@ def format_table(metrics: dict[str, float]) -> str:
     return f"| {head} |\n|{'|'.join('-' * 8 for _ in names)}|\n| {row} |"
 
 
-def write_json(path: str | Path, data) -> None:
-    atomic_write(path, json.dumps(data, indent=1))
+def write_json(path: str | Path, data, compact: bool = False) -> None:
+    """`data` as JSON, atomically; `compact`: no indentation (large result lists)."""
+    atomic_write(
+        path, json.dumps(data, separators=(",", ":")) if compact else json.dumps(data, indent=1)
+    )

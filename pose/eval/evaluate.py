@@ -231,10 +231,10 @@ def score_predictions(
     """Rescoring, OKS NMS and pycocotools' metrics (OKS with the layout's `sigmas`), with the
     instance count; the COCO results go to `results_path` when given."""
     results = coco_results(preds, cfg.keypoint_thr, cfg.oks_nms_thr, cfg.soft_nms, sigmas=sigmas)
-    metrics = score_results(ann_file, results, sigmas)
+    metrics = score_results(ann_file, results, sigmas, cfg.scorer)
     metrics["instances"] = len(preds)
     if results_path is not None:
-        write_json(results_path, results)
+        write_json(results_path, results, compact=True)
     return metrics
 
 
