@@ -16,7 +16,7 @@ export MPLCONFIGDIR ?= $(CURDIR)/.cache/matplotlib
 export TRITON_CACHE_DIR ?= $(CURDIR)/.cache/triton
 export PIP_CACHE_DIR ?= $(CURDIR)/.cache/pip
 
-.PHONY: install demo demo-data demo-shards demo-sweep test lint docs format clean lock wheelhouse gpu-check install-check
+.PHONY: install demo demo-data demo-shards demo-sweep test lint docs format clean lock wheelhouse gpu-check install-check scale-check
 
 install:
 	bash launch/install.sh
@@ -97,6 +97,11 @@ install-check:
 GPU_PYTHON ?= $(if $(wildcard $(VENV_PYTHON)),$(VENV_PYTHON),python3)
 gpu-check:
 	$(GPU_PYTHON) benchmarks/gpu_check.py --out runs/gpu-check
+
+# Cost as the data grows (benchmarks/scale.py) at small sizes; the full run and its table are in
+# BENCHMARKS.md. The test suite runs the same quick mode (tests/test_scale_benchmark.py).
+scale-check: install
+	$(VENV_PYTHON) benchmarks/scale.py --quick --json runs/scale-quick.json
 
 lint: install
 	.venv/bin/ruff check .

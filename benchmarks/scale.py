@@ -149,6 +149,7 @@ def shard_stage(ann: Path, images: Path, out: Path, workers: int) -> dict:
     seconds, peak, _ = peak_of(command)
     count = json.loads((out / "manifest.json").read_text())["num_samples"]
     return {
+        "samples": count,
         "seconds": round(seconds, 2),
         "instances_per_s": round(count / seconds, 1),
         "us_per_instance": round(1e6 * seconds / count, 1),
@@ -313,6 +314,7 @@ def main(argv: list[str] | None = None) -> dict:
     result["machine"]["load_after"] = os.getloadavg()
     print(json.dumps(result["exponents"]))
     if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=1) + "\n")
     return result
 
