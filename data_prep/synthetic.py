@@ -8,7 +8,12 @@ point where the body faces. Several people per image overlap and get truncated a
 visibility flags 0, 1 and 2 all occur. Every image is drawn from its own seeded generator: the
 output depends only on the seed and the sizes.
 
+`--layout aic14` annotates the same kind of people in AI Challenger's 14 joints (its order and
+names): the 12 body joints, the neck (the base of the drawn neck) and the head top (the top of
+the drawn head): a second dataset of another layout, for training on several at once.
+
     python -m data_prep.synthetic --out data/demo --seed 0 --train-images 1500 --val-images 300
+    python -m data_prep.synthetic --out data/demo_aic --seed 1 --layout aic14
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import numpy as np
 from tqdm import tqdm
 
 from pose.data.coco import PERSON_CATEGORY
-from pose.data.layout import COCO_17
+from pose.data.layout import COCO_17, preset
 from pose.files import atomic_write
 
 SPLITS = {"train": 0, "val": 1}  # split -> index in the seed sequence and image id block
@@ -33,6 +38,7 @@ IMAGE_ID_BLOCK = 1_000_000
 MIN_KEYPOINT_HEIGHT = 48  # people smaller than this (px) get no keypoints, as in COCO
 KEYPOINT_NAMES = COCO_17.joints
 J = {name: i for i, name in enumerate(KEYPOINT_NAMES)}
+FACE = KEYPOINT_NAMES[:5]  # hidden when the head is turned away
 
 # Body parts, in body-frame units of the person's height. Each part lists the joints whose
 # keypoints it may cover while they still count as visible.
@@ -148,7 +154,7 @@ def sample_person(rng: np.random.Generator, height_px: float, center: np.ndarray
     }
     for name, point in face.items():
         k[J[name]] = point
-    extra = {"head": head, "neck": neck}
+    extra = {"head": head, "neck": neck, "head_top": head + (0.0, -r, 0.0)}
     k[upper_body] = k[upper_body] @ pitch.T
     extra = {name: point @ pitch.T for name, point in extra.items()}
     for name in ("left", "right"):
@@ -478,26 +484,64 @@ def _stripe(canvas, owner, index: int, person: Person, rng: np.random.Generator)
     canvas[ys[on], xs[on]] = canvas[ys[on], xs[on]] * 0.4 + person.colors["stripes"] * 0.6
 
 
-def annotate(person: Person, index: int, owner: np.ndarray) -> dict | None:
-    """COCO annotation of one drawn person, or None if nothing of it is visible."""
+# The layouts a synthetic dataset may be annotated in: per joint, the body-frame point it is
+# (a COCO joint's name, or one of the person's other points) and the parts that may cover it
+# while it still counts as visible.
+AIC_POINTS = {
+    **{name: (name, KEYPOINT_PARTS[name]) for name in KEYPOINT_NAMES[5:]},
+    "neck": ("neck", ("neck", "torso", "collar", "head")),
+    "head_top": ("head_top", ("head",)),
+}
+LAYOUTS = ("coco17", "aic14")
+
+
+def layout_joints(layout: str) -> tuple[str, ...]:
+    return KEYPOINT_NAMES if layout == "coco17" else preset(layout).joints
+
+
+def person_category(layout: str) -> dict:
+    """The COCO person category of `layout`: its joint names and 1-based skeleton."""
+    if layout == "coco17":
+        return PERSON_CATEGORY
+    chosen = preset(layout)
+    skeleton = [[a + 1, b + 1] for a, b in chosen.skeleton]
+    return {**PERSON_CATEGORY, "keypoints": list(chosen.joints), "skeleton": skeleton}
+
+
+def _points(person: Person, layout: str) -> tuple[np.ndarray, list[tuple[str, ...]]]:
+    """Body-frame points of `layout`'s joints and the parts that may cover each."""
+    if layout == "coco17":
+        return person.joints3d, [KEYPOINT_PARTS[name] for name in KEYPOINT_NAMES]
+    points, parts = [], []
+    for name in preset(layout).joints:
+        point, covering = AIC_POINTS[name]
+        points.append(person.joints3d[J[point]] if point in J else person.extra3d[point])
+        parts.append(covering)
+    return np.stack(points), parts
+
+
+def annotate(person: Person, index: int, owner: np.ndarray, layout: str = "coco17") -> dict | None:
+    """COCO annotation of one drawn person in `layout`'s joints, or None if nothing of it is
+    visible."""
     height, width = owner.shape
     mask = (owner // OWNER_STRIDE == index) & (owner >= 0)
     ys, xs = np.nonzero(mask)
     if ys.size < 30:
         return None
     x0, y0, x1, y1 = xs.min(), ys.min(), xs.max(), ys.max()
-    keypoints = np.zeros((17, 3))
+    points, covering = _points(person, layout)
+    keypoints = np.zeros((len(points), 3))
     if person.height_px >= MIN_KEYPOINT_HEIGHT:
-        xy, _ = project(person, person.joints3d)
-        for j, name in enumerate(KEYPOINT_NAMES):
+        xy, _ = project(person, points)
+        for j, name in enumerate(layout_joints(layout)):
             x, y = xy[j]
             if not (0 <= x < width and 0 <= y < height):
                 continue  # outside the image: not labelled
             own = owner[int(y), int(x)]
             covered_by_own = (
-                own // OWNER_STRIDE == index and PARTS[own % OWNER_STRIDE] in (KEYPOINT_PARTS[name])
+                own // OWNER_STRIDE == index and PARTS[own % OWNER_STRIDE] in covering[j]
             )
-            face_hidden = j < 5 and not _on_front(person, name)
+            face_hidden = name in FACE and not _on_front(person, name)
             visible = own >= 0 and covered_by_own and not face_hidden
             keypoints[j] = (round(x, 2), round(y, 2), 2 if visible else 1)
     contours, _ = cv2.findContours(
@@ -555,8 +599,16 @@ def _det(image_id: int, box: list[float], score: float) -> dict:
 # ------------------------------------------------------------------------------------------
 
 
-def generate_split(out: Path, split: str, num_images: int, seed: int, progress: bool = True):
-    """Write `num_images` images of one split; return (coco dict, detections list)."""
+def generate_split(
+    out: Path,
+    split: str,
+    num_images: int,
+    seed: int,
+    progress: bool = True,
+    layout: str = "coco17",
+):
+    """Write `num_images` images of one split, its people annotated in `layout`; return (coco
+    dict, detections list)."""
     image_dir = out / "images" / split
     image_dir.mkdir(parents=True, exist_ok=True)
     images, annotations, detections = [], [], []
@@ -574,7 +626,7 @@ def generate_split(out: Path, split: str, num_images: int, seed: int, progress: 
         images.append({"id": image_id, "file_name": file_name, "width": width, "height": height})
         anns = []
         for index, person in enumerate(people):
-            ann = annotate(person, index, owner)
+            ann = annotate(person, index, owner, layout)
             if ann is not None:
                 ann_id += 1
                 anns.append({"id": ann_id, "image_id": image_id, **ann})
@@ -586,19 +638,27 @@ def generate_split(out: Path, split: str, num_images: int, seed: int, progress: 
         "licenses": [],
         "images": images,
         "annotations": annotations,
-        "categories": [PERSON_CATEGORY],
+        "categories": [person_category(layout)],
     }
     return coco, detections
 
 
-def generate(out: Path, seed: int, train_images: int, val_images: int, progress: bool = True):
-    """Write the whole dataset under `out`; returns the paths of the annotation files."""
+def generate(
+    out: Path,
+    seed: int,
+    train_images: int,
+    val_images: int,
+    progress: bool = True,
+    layout: str = "coco17",
+):
+    """Write the whole dataset under `out`, annotated in `layout` (LAYOUTS); returns the paths
+    of the annotation files."""
     out = Path(out)
     written = {}
     for split, count in (("train", train_images), ("val", val_images)):
         if count <= 0:
             continue
-        coco, dets = generate_split(out, split, count, seed, progress)
+        coco, dets = generate_split(out, split, count, seed, progress, layout)
         path = out / "annotations" / f"person_keypoints_{split}.json"
         atomic_write(path, json.dumps(coco))
         written[split] = path
@@ -615,11 +675,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--train-images", type=int, default=1500)
     parser.add_argument("--val-images", type=int, default=300)
+    parser.add_argument(
+        "--layout", choices=LAYOUTS, default="coco17", help="the joints annotated (default: COCO's)"
+    )
     args = parser.parse_args(argv)
     if args.train_images < 0 or args.val_images < 0:
         parser.error("image counts must not be negative")
     start = time.perf_counter()
-    written = generate(args.out, args.seed, args.train_images, args.val_images)
+    written = generate(args.out, args.seed, args.train_images, args.val_images, layout=args.layout)
     seconds = time.perf_counter() - start
     for split, path in written.items():
         if split == "val_dets":

@@ -72,6 +72,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--nms-thr", type=float, default=DEFAULT_NMS_THR, help="box NMS IoU")
     p.add_argument("--ann", help="COCO annotations: image ids, and the people no box found")
     p.add_argument("--layout", help="keypoint layout of a plain state dict (coco17, a file)")
+    p.add_argument(
+        "--dataset", default="", help="a model of several datasets: predict one's joints"
+    )
     p.add_argument("--config", help="config file or shipped name (default: the run's own)")
     p.add_argument("--device", default="auto", help="auto (a GPU if any), cpu, cuda or cuda:N")
     p.add_argument("--batch-size", type=int, default=32, help="people per forward pass")

@@ -6,6 +6,8 @@ run folder:
 
     config.yaml         the resolved config (pose.config)
     layout.yaml         the keypoint layout the model was trained for (pose.data.layout)
+    union.yaml          with several datasets: each one's layout and its joints' channels in
+                        the union layout.yaml is (pose.data.union)
     metrics.jsonl       one JSON record per line (pose.tracking)
     wandb_id.txt        the wandb run id, so that a resumed run continues the same wandb run
     budget.json         the step count a wall-clock budget was measured to (pose.engine.budget)
@@ -60,6 +62,10 @@ class _ModelFolder(_Folder):
     def layout(self) -> Path:
         return self.path / "layout.yaml"
 
+    @property
+    def union(self) -> Path:
+        return self.path / "union.yaml"
+
 
 class ExportFolder(_ModelFolder):
     """The layout of an export folder (launch/export.py), in one place:
@@ -67,6 +73,7 @@ class ExportFolder(_ModelFolder):
     model_state_dict.pth  the model's weights, a plain state dict
     config.yaml           the config the model was trained with (pretrained weights left out)
     layout.yaml           what each heatmap channel is
+    union.yaml            a model of several datasets: each one's joints among them
     model.onnx, model.pt2 the ONNX model and the torch.export program
     export_check.json     how far each export's heatmaps lie from the model's
     """
@@ -336,6 +343,7 @@ class TrainedFiles:
     weights: Path
     config: Path | None
     layout: Path | None
+    union: Path | None = None  # a model trained on several datasets: pose.data.union
 
 
 def resolve_trained(checkpoint: str | os.PathLike) -> TrainedFiles:
@@ -368,7 +376,8 @@ def resolve_trained(checkpoint: str | os.PathLike) -> TrainedFiles:
     described = [_ModelFolder(f) for f in owners]
     config = next((m.config for m in described if m.config.is_file()), None)
     layout = next((m.layout for m in described if m.layout.is_file()), None)
-    return TrainedFiles(path, weights, config, layout)
+    union = next((m.union for m in described if m.union.is_file()), None)
+    return TrainedFiles(path, weights, config, layout, union)
 
 
 _held: set[Path] = set()  # lock files this process holds (see RunFolder.lock)

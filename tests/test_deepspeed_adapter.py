@@ -139,7 +139,7 @@ def test_fp16_overflow_steps_are_counted_not_fatal():
     metrics = StepMetrics(env)
     metrics.add(torch.tensor(float("inf")), torch.tensor(1.0), 2, 6)  # skipped: counted
     metrics.add(torch.tensor(0.5), torch.tensor(0.0), 2, 7)
-    assert metrics.flush(7, 0, 1e-3)["skipped_steps"] == 1
+    assert metrics.flush(7, 0, 1e-3).skipped_steps == 1
     metrics.add(torch.tensor(float("nan")), torch.tensor(0.0), 2, 9)  # not skipped: fatal
     with pytest.raises(TrainingError, match="not finite at step 9"):
         metrics.flush(9, 0, 1e-3)

@@ -320,8 +320,24 @@ def test_status_reads_results_processes_and_progress(tmp_path, monkeypatch):
             job_folder = folder / job_id
             job_folder.mkdir(parents=True)
             (job_folder / f"{job_id}_0_result.pkl").write_bytes(cloudpickle.dumps(result))
-        runs.append({"name": name, "job_id": job_id, "run_dir": str(run_dir), "overrides": []})
-    manifest = {"executor": "local", "submitit_folder": str(folder), "runs": runs}
+        runs.append(
+            {
+                "name": name,
+                "job_id": job_id,
+                "run_dir": str(run_dir),
+                "overrides": [],
+                "varying": {},
+            }
+        )
+    manifest = {
+        "name": "status",
+        "sweep_file": "sweep.yaml",
+        "base": "configs/demo.yaml",
+        "executor": "local",
+        "submitit_folder": str(folder),
+        "submitted": 0.0,
+        "runs": runs,
+    }
     (tmp_path / "sweep.json").write_text(json.dumps(manifest))
     rows = sweep_status(tmp_path)
     assert [(r.state, r.detail) for r in rows] == [

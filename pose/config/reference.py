@@ -57,7 +57,20 @@ def config_reference() -> str:
         if dataclasses.is_dataclass(cls):
             fields = dataclasses.fields(cls)
             parts.append(_table(f"`{f.name}`", cls, fields, defaults[f.name], f"{f.name}."))
+            parts += _item_tables(cls, f"{f.name}.")
     return "\n".join(parts)
+
+
+def _item_tables(cls: type, prefix: str) -> list[str]:
+    """A table for the items of each list-of-sections key of `cls` (data.datasets)."""
+    tables = []
+    for f in dataclasses.fields(cls):
+        args = typing.get_args(typing.get_type_hints(cls)[f.name])
+        if args and dataclasses.is_dataclass(args[0]):
+            item = args[0]
+            title = f"each item of `{prefix}{f.name}`"
+            tables.append(_table(title, item, dataclasses.fields(item), to_dict(item()), ""))
+    return tables
 
 
 def missing_meanings() -> list[str]:
@@ -75,6 +88,15 @@ def missing_meanings() -> list[str]:
             missing += [
                 f"{f.name}.{g.name}" for g in dataclasses.fields(cls) if not meanings.get(g.name)
             ]
+            for g in dataclasses.fields(cls):
+                args = typing.get_args(typing.get_type_hints(cls)[g.name])
+                if args and dataclasses.is_dataclass(args[0]):
+                    inner = field_meanings(args[0])
+                    missing += [
+                        f"{f.name}.{g.name}[].{h.name}"
+                        for h in dataclasses.fields(args[0])
+                        if not inner.get(h.name)
+                    ]
     return missing
 
 
@@ -99,7 +121,11 @@ def _type_name(kind) -> str:
     if origin is typing.Literal:
         return " \\| ".join(f"`{a}`" for a in args)
     if origin in (list, tuple):
-        inner = ", ".join(_type_name(a) for a in args if a is not Ellipsis)
+        inner = ", ".join(
+            "section" if dataclasses.is_dataclass(a) else _type_name(a)
+            for a in args
+            if a is not Ellipsis
+        )
         return f"{origin.__name__}[{inner}]"
     return getattr(kind, "__name__", str(kind))
 

@@ -5,13 +5,25 @@ a bad value fails before any work, with a message that names the key."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal, NoReturn
 
 
 class ConfigError(ValueError):
     """A config key is unknown or its value is invalid; the message names the key."""
+
+
+@dataclass
+class DatasetConfig:
+    """One dataset of a run that trains on several (`data.datasets`)."""
+
+    name: str = ""  # its name in metrics, tables, eval.best_by and matching files (required)
+    train_shards: str = ""  # its training split's shard folder
+    val_shards: str = ""  # its val split's shard folder ("" = not evaluated)
+    val_ann: str = ""  # the annotations its val split is scored against
+    weight: float = 1.0  # with data.mix=weights: its share of the training batches
 
 
 @dataclass
@@ -26,6 +38,17 @@ class DataConfig:
     backend: Literal["auto", "dali", "torch"] = "auto"
     image_size: tuple[int, int] = (256, 192)  # input (height, width); heatmaps: model.output_stride
     layout: str = ""  # the keypoint layout: "" = the shards'; a preset or YAML file must match it
+    # Several datasets in one run (docs/data.md): each with its shards, val annotations and
+    # weight, replacing train_shards, val_shards and val_ann above; the model is trained over
+    # the union of their layouts and each val set is scored in its own.
+    datasets: list[DatasetConfig] = field(default_factory=list)
+    # How the training batches are shared out among data.datasets (each batch is of one):
+    # by_size, in proportion to their sizes (every sample once an epoch), or weights, in
+    # proportion to their `weight`s (an epoch is as many batches as by_size's)
+    mix: Literal["by_size", "weights"] = "by_size"
+    # With data.datasets: a YAML file saying which joints are the same where their names do
+    # not (pose/data/union.py); "" = by names
+    joint_matching: str = ""
     sigma: float = 2.0  # of the Gaussian targets, in heatmap pixels
     # gaussian: the reference's (centre rounded to a heatmap pixel); udp: unbiased (Huang 2020)
     target: Literal["gaussian", "udp"] = "gaussian"
@@ -49,6 +72,56 @@ class DataConfig:
             fail_key("data.scale_factor", f"{self.scale_factor} must lie in [0, 1)")
         check_non_negative("data.num_workers", self.num_workers)
         check_probability("data.max_bad_fraction", self.max_bad_fraction)
+        self._check_datasets()
+
+    def _check_datasets(self) -> None:
+        if not self.datasets:
+            for key in ("mix", "joint_matching"):
+                if getattr(self, key) != getattr(DataConfig, key):
+                    fail_key(f"data.{key}", "applies to data.datasets, which is empty")
+            return
+        defaults = DataConfig()
+        for key in ("train_shards", "val_shards", "val_ann"):
+            if getattr(self, key) != getattr(defaults, key):
+                fail_key(
+                    f"data.{key}",
+                    "with data.datasets each dataset names its own; leave this key out",
+                )
+        names = []
+        for i, dataset in enumerate(self.datasets):
+            key = f"data.datasets[{i}]"
+            if not dataset.train_shards:
+                fail_key(f"{key}.train_shards", "every dataset needs its training shards")
+            if bool(dataset.val_shards) != bool(dataset.val_ann):
+                fail_key(f"{key}.val_ann", "val_shards and val_ann come together (or neither)")
+            if not dataset.weight > 0:
+                fail_key(f"{key}.weight", f"{dataset.weight} must be positive")
+            if not re.fullmatch(r"[A-Za-z][\w\-]*", dataset.name):
+                fail_key(
+                    f"{key}.name",
+                    f"{dataset.name!r}: every dataset needs a name (a letter, then letters, "
+                    "digits, _ or -)",
+                )
+            names.append(dataset.name)
+        if len(set(names)) != len(names):
+            fail_key("data.datasets", f"dataset names must differ: {names}")
+        if self.joint_matching and not Path(self.joint_matching).is_file():
+            fail_key("data.joint_matching", f"no file '{self.joint_matching}'")
+
+    def dataset_names(self) -> list[str]:
+        return [dataset.name for dataset in self.datasets]
+
+    def single(self, dataset: DatasetConfig) -> DataConfig:
+        """This config as if `dataset` were the run's only one."""
+        return replace(
+            self,
+            train_shards=dataset.train_shards,
+            val_shards=dataset.val_shards,
+            val_ann=dataset.val_ann,
+            datasets=[],
+            mix=DataConfig.mix,
+            joint_matching="",
+        )
 
 
 def registered_backbones() -> list[str]:
@@ -74,6 +147,10 @@ class ModelConfig:
     # stride 4, a 3x3 convolution), with deconv_layers 0
     head: Literal["deconv", "simple"] = "deconv"
     deconv_layers: int = 3  # deconvolutions of the head, each doubling the resolution
+    # With several datasets (data.datasets): one final layer over the union of their joints
+    # (shared), or one per dataset, each over its own joints, on the shared backbone and
+    # deconvolutions (per_dataset: ViTPose+'s idea in its simplest form)
+    heads: Literal["shared", "per_dataset"] = "shared"
     deconv_filters: int = 256  # channels of each deconvolution
     deconv_kernel: Literal[2, 3, 4] = 4  # kernel size of each deconvolution
     attention_kernel: int = 1  # k of the shared mean-field kernel
@@ -110,6 +187,8 @@ class ModelConfig:
                 fail_key(
                     "model.attention", "partwise needs the 1x1 final convolution of head deconv"
                 )
+        if self.heads == "per_dataset" and self.attention == "partwise":
+            fail_key("model.heads", "per_dataset heads do not combine with partwise attention")
         if not 0 <= self.deconv_layers <= 5 or stride >> self.deconv_layers == 0:
             fail_key(
                 "model.deconv_layers",
@@ -316,6 +395,9 @@ class EvalConfig:
     # as fast at COCO val's size; the fast-eval extra)
     scorer: Literal["pycocotools", "faster_coco_eval"] = "pycocotools"
     keypoint_thr: float = 0.2  # rescoring: mean of joint scores above this
+    # With several datasets: the one whose AP is the run's AP (the best checkpoint, sweeps,
+    # comparisons); "" = the first that has a val set
+    best_by: str = ""
     # The debug picture of each evaluation (pose/viz/panels.py): how many val people (0: no
     # picture), and whether every joint's heatmap is drawn under each.
     panel_people: int = 6
@@ -412,6 +494,17 @@ class Config:
             )
         if self.seed >= 2**31:
             fail_key("seed", f"{self.seed} must be below 2**31")
+        names = self.data.dataset_names()
+        if self.eval.best_by and self.eval.best_by not in names:
+            fail_key("eval.best_by", f"'{self.eval.best_by}' is not a dataset's name: {names}")
+        evaluated = any(dataset.val_shards for dataset in self.data.datasets)
+        if self.data.datasets and self.eval.every_epochs and not evaluated:
+            fail_key(
+                "eval.every_epochs",
+                "no dataset of data.datasets has val_shards to evaluate on: give one, or 0",
+            )
+        if self.model.heads == "per_dataset" and len(self.data.datasets) < 2:
+            fail_key("model.heads", "per_dataset needs several datasets in data.datasets")
 
 
 def fail_key(key: str, message: str) -> NoReturn:

@@ -91,6 +91,11 @@ class Loader(ABC):
                 spec.rank, spec.world, spec.batch_size
             )
 
+    @property
+    def folders(self) -> list[Path]:
+        """The shard folders it reads."""
+        return [self.spec.folder]
+
     @abstractmethod
     def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[dict]: ...
 

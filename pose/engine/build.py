@@ -49,13 +49,15 @@ def build_training(
     env: DistEnv,
     plan: StepPlan | None = None,
     pretrained: bool = False,
+    dataset_channels: tuple[tuple[int, ...], ...] = (),
 ) -> Training:
     """The model of `cfg.model` for `num_joints` joints trained as `cfg` says on `env`'s device
     and ranks, in the order above. `plan`: the run's steps, over which the lr schedule is laid
     (None: the base lr throughout, as the benchmarks train); `pretrained`: load
-    `model.pretrained` (a run that starts fresh)."""
+    `model.pretrained` (a run that starts fresh); `dataset_channels`: each dataset's joints
+    in the union, for one head per dataset (model.heads=per_dataset)."""
     precision = resolve_precision(cfg.engine.precision, env.device)
-    model = build_model(cfg.model, num_joints)
+    model = build_model(cfg.model, num_joints, dataset_channels)
     if cfg.engine.activation_checkpointing:  # the config lets only layered backbones ask
         model.backbone.set_grad_checkpointing(True)
     if pretrained and cfg.model.pretrained:

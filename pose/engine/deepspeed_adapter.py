@@ -132,11 +132,12 @@ class TrainEngine:
                 return None
             return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, **kwargs) -> torch.Tensor:
+        """The model's forward pass (`kwargs`: the model's own, such as `dataset`)."""
         sync = getattr(self._engine.module, "set_requires_gradient_sync", None)
         if sync is not None:  # the overlapped reduction runs at accumulation boundaries only
             sync(self._engine.is_gradient_accumulation_boundary())
-        return self._engine(images)
+        return self._engine(images, **kwargs)
 
     def backward(self, loss: torch.Tensor) -> None:
         self._engine.backward(loss)

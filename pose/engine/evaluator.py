@@ -11,9 +11,9 @@ from collections.abc import Callable
 import torch
 
 from pose.config import DataConfig, EvalConfig
-from pose.data.loader import Loader
 from pose.distributed import BatchNormAverage, DistEnv
 from pose.engine.schedule import StepPlan
+from pose.eval.datasets import ValSet, best_set, combined_metrics, datasets_table
 from pose.eval.evaluate import ceiling_note, evaluate, model_predictor, print_metrics
 from pose.folders import RunFolder
 from pose.tracking import Tracker, ValRecord
@@ -21,11 +21,12 @@ from pose.viz.panels import prediction_panel
 
 
 class Evaluator:
-    """`cfg`: its own section; `data`: the inputs' size and the heatmap codec's settings."""
+    """`val_sets`: the run's val sets (one per dataset that has one; pose/eval/datasets.py);
+    `cfg`: its own section; `data`: the inputs' size and the heatmap codec's settings."""
 
     def __init__(
         self,
-        loader: Loader,
+        val_sets: list[ValSet],
         cfg: EvalConfig,
         data: DataConfig,
         plan: StepPlan,
@@ -34,13 +35,13 @@ class Evaluator:
         env: DistEnv,
         batchnorm: BatchNormAverage,
     ):
-        self.loader, self.cfg, self.data, self.plan, self.run = loader, cfg, data, plan, run
+        self.val_sets, self.cfg, self.data, self.plan, self.run = val_sets, cfg, data, plan, run
         self.tracker, self.env, self.batchnorm = tracker, env, batchnorm
         self.ceiling_known = False
 
     def due(self, step: int, stopping: bool = False) -> bool:
         every = self.cfg.every_epochs
-        if not every or stopping:
+        if not every or stopping or not self.val_sets:
             return False
         ends = self.plan.ends_epoch(step) and self.plan.completed_epochs(step) % every == 0
         return ends or self.plan.is_last(step)
@@ -57,49 +58,64 @@ class Evaluator:
         return self.evaluate(model(), step, autocast)
 
     def evaluate(self, model: torch.nn.Module, step: int, autocast) -> dict:
-        """Evaluate `model` after `step`; returns the metrics ({} when none were scored)."""
-        eval_cfg, data = self.cfg, self.data
+        """Evaluate `model` on every val set after `step`; returns the metrics ({} when none
+        were scored), those of several datasets combined (pose/eval/datasets.py)."""
+        eval_cfg = self.cfg
         epoch = self.plan.completed_epochs(step)
-        predict = model_predictor(model, eval_cfg, data, self.loader.layout.flip_permutation)
         first = not self.ceiling_known  # once a run: the codec's ceiling at this input size
-        metrics = evaluate(
-            predict,
-            self.loader,
-            eval_cfg,
-            data,
-            self.run.eval_results,
-            autocast,
-            progress=False,
-            env=self.env,
-            ceiling=first,
-        )
+        per_set = {}
+        for val_set in self.val_sets:
+            view = val_set.view(model)
+            flips = val_set.layout.flip_permutation
+            metrics = evaluate(
+                model_predictor(view, eval_cfg, val_set.data, flips),
+                val_set.loader,
+                eval_cfg,
+                val_set.data,
+                val_set.results_path(self.run.eval_results),
+                autocast,
+                progress=False,
+                env=self.env,
+                ceiling=first,
+            )
+            if metrics is not None:
+                per_set[val_set.name] = metrics
         self.ceiling_known = True
         if self.env.is_main and eval_cfg.panel_people:  # ground truth, prediction, maps
             self.tracker.log_images(step, {"val/predictions": self._picture(model, epoch)})
         model.train()
-        if metrics is None:
+        if not per_set:
             return {}
+        metrics = combined_metrics(per_set, eval_cfg.best_by)
         finite = {k: v for k, v in metrics.items() if not math.isnan(v)}
         self.tracker.log(ValRecord(step, epoch, finite))
         if self.env.is_main:
             print(f"\neval after step {step} (epoch {epoch}):", flush=True)
-            print_metrics(metrics)
-            note = ceiling_note(metrics, data)
-            if note:
-                print(f"train: note: {note}", flush=True)
+            for name, one in per_set.items():
+                if name:
+                    print(f"dataset {name}:")
+                print_metrics(one)
+                note = ceiling_note(one, self.data)
+                if note:
+                    print(f"train: note: {note}", flush=True)
+            if len(per_set) > 1:
+                best = best_set(self.val_sets, eval_cfg.best_by).name
+                print(f"{datasets_table(per_set)}\n(the run's AP: {best}'s)", flush=True)
         return metrics
 
     def _picture(self, model: torch.nn.Module, epoch: int):
-        batches = self.loader.epoch(0)
+        """Val people of the dataset whose AP is the run's."""
+        val_set = best_set(self.val_sets, self.cfg.best_by)
+        batches = val_set.loader.epoch(0)
         batch = next(batches)
         batches.close()
         cfg = self.cfg
         return prediction_panel(
-            model,
+            val_set.view(model),
             batch,
             self.run.prediction_picture(epoch),
-            self.loader.layout,
-            self.data,
+            val_set.layout,
+            val_set.data,
             cfg.panel_people,
             cfg.keypoint_thr,
             cfg.panel_joints,

@@ -144,7 +144,7 @@ class Progress:
             raise TrainingError(
                 f"{int(bad)} of {int(read)} samples read did not decode, more than "
                 f"data.max_bad_fraction={limit}; check the shards with "
-                f"data_prep.verify {loader.spec.folder}"
+                f"data_prep.verify {' '.join(map(str, loader.folders))}"
             )
         return record
 

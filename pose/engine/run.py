@@ -29,6 +29,7 @@ from pose.distributed import (
 )
 from pose.engine.errors import CheckpointError, TrainingError
 from pose.engine.trainer import TrainResult, train
+from pose.eval.datasets import datasets_table, split_metrics
 from pose.eval.evaluate import print_metrics
 from pose.folders import RunFolder, RunFolderBusy
 from pose.models.weights import WeightsError
@@ -84,7 +85,10 @@ def report(result: TrainResult) -> None:
         f"train: {result.step} steps ({result.images} images), {result.epochs} epochs, "
         f"precision {result.precision}"
     )
-    if result.metrics:
+    per_dataset = split_metrics(result.metrics)
+    if len(per_dataset) > 1:
+        print(datasets_table(per_dataset))
+    elif result.metrics:
         print_metrics(result.metrics)
 
 

@@ -16,8 +16,10 @@ import torch
 from pose.config import Config, DataConfig, LossConfig, save_config
 from pose.data.backends import build_loader
 from pose.data.codec import HeatmapCodec
-from pose.data.layout import load_layout, one_layout, save_layout
-from pose.data.loader import LoaderSpec
+from pose.data.layout import KeypointLayout, LayoutError, load_layout, one_layout, save_layout
+from pose.data.loader import Loader, LoaderSpec
+from pose.data.mixing import MixedLoader
+from pose.data.union import UnionLayout, load_union, save_union, union_of_datasets
 from pose.distributed import (
     BatchNormAverage,
     DistEnv,
@@ -36,10 +38,12 @@ from pose.engine.progress import Progress
 from pose.engine.schedule import StepPlan, images_per_step
 from pose.engine.step_metrics import StepMetrics
 from pose.engine.stop import StopRequest
+from pose.eval.datasets import ValSet
 from pose.eval.evaluate import check_ground_truth
 from pose.files import atomic_write
 from pose.folders import RunFolder, RunFolderBusy, RunLock
 from pose.models import build_model
+from pose.models.trained import dataset_channels
 from pose.tracking import Tracker
 
 
@@ -76,19 +80,7 @@ class Trainer:
         cfg, run, env = self.cfg, self.run, self.env
         torch.manual_seed(cfg.seed + env.rank)
         np.random.seed(cfg.seed + env.rank)
-        self.train_loader = build_loader(self._spec("train", cfg.train.batch_size))
-        val_loader = build_loader(self._spec("val", cfg.eval.batch_size))
-        if cfg.eval.every_epochs:  # a val file that cannot be scored fails now, not hours later
-            for note in check_ground_truth(cfg.data.val_ann, val_loader.shards):
-                if env.is_main:
-                    print(f"train: {note}", flush=True)
-        layouts = {
-            f"{cfg.data.train_shards}": self.train_loader.layout,
-            cfg.data.val_shards: val_loader.layout,
-        }
-        if run.latest_tag() is not None and run.layout.is_file():  # resuming: the same joints
-            layouts[f"the run being resumed ({run.layout})"] = load_layout(str(run.layout))
-        self.layout = one_layout(layouts, cfg.data.layout)
+        self.train_loader, val_sets, self.layout, self.union = self._open_data()
         self.joint_weights = None
         if cfg.loss.joint_weights:
             self.joint_weights = torch.tensor(self.layout.weights, device=env.device)
@@ -96,7 +88,10 @@ class Trainer:
         self.plan = StepPlan.of(cfg.train, batches, env.world_size)
         self.images_per_step = images_per_step(cfg.train, env.world_size)
         fresh = run.latest_tag() is None  # a resumed run's weights are in its checkpoint
-        training = build_training(cfg, self.layout.num_joints, env, self.plan, pretrained=fresh)
+        channels = dataset_channels(self.union)
+        training = build_training(
+            cfg, self.layout.num_joints, env, self.plan, pretrained=fresh, dataset_channels=channels
+        )
         self.model, self.optimizer = training.model, training.optimizer
         self.engine, self.precision = training.engine, training.precision
         batchnorm = BatchNormAverage(self.model, env)
@@ -110,6 +105,8 @@ class Trainer:
         if env.is_main:  # the config is known to fit: now it may replace the folder's
             save_config(cfg, run.config)
             save_layout(self.layout, run.layout)
+            if self.union is not None:
+                save_union(self.union, run.union)
             generated = deepspeed_config(
                 cfg.train, cfg.engine, cfg.optimizer.grad_clip, env.world_size, self.precision
             )
@@ -117,7 +114,7 @@ class Trainer:
         barrier()
         self.tracker = Tracker(cfg.log, run, env.is_main, resume_step)
         self.evaluator = Evaluator(
-            val_loader, cfg.eval, cfg.data, self.plan, run, self.tracker, env, batchnorm
+            val_sets, cfg.eval, cfg.data, self.plan, run, self.tracker, env, batchnorm
         )
         self.progress = Progress(
             cfg.log,
@@ -133,11 +130,56 @@ class Trainer:
         bf16 = self.precision == "bf16"
         self.autocast = torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=bf16)
 
-    def _spec(self, split: str, batch_size: int) -> LoaderSpec:
+    def _spec(self, data: DataConfig, split: str, batch_size: int) -> LoaderSpec:
         env = self.env
         return LoaderSpec(
-            self.cfg.data, split, batch_size, env.rank, env.world_size, env.device, self.cfg.seed
+            data, split, batch_size, env.rank, env.world_size, env.device, self.cfg.seed
         )
+
+    def _open_data(self) -> tuple[Loader, list[ValSet], KeypointLayout, UnionLayout | None]:
+        """The training loader, the val sets, the model's keypoint layout and, with several
+        datasets, their union; every layout checked against the others (and a resumed run's)."""
+        cfg, run, env = self.cfg, self.run, self.env
+        train_batch, eval_batch = cfg.train.batch_size, cfg.eval.batch_size
+        if not cfg.data.datasets:
+            train = build_loader(self._spec(cfg.data, "train", train_batch))
+            val = build_loader(self._spec(cfg.data, "val", eval_batch))
+            self._check_val(cfg.data, val)
+            layouts = {cfg.data.train_shards: train.layout, cfg.data.val_shards: val.layout}
+            union, val_sets = None, [ValSet("", 0, val, cfg.data)]
+        else:
+            loaders, own, vals = [], {}, []
+            for index, dataset in enumerate(cfg.data.datasets):
+                data = cfg.data.single(dataset)
+                loaders.append(build_loader(self._spec(data, "train", train_batch)))
+                found = {f"dataset '{dataset.name}' ({dataset.train_shards})": loaders[-1].layout}
+                if dataset.val_shards:
+                    val = build_loader(self._spec(data, "val", eval_batch))
+                    self._check_val(data, val)
+                    found[f"dataset '{dataset.name}' ({dataset.val_shards})"] = val.layout
+                    vals.append((index, dataset.name, val, data))
+                own[dataset.name] = one_layout(found)
+            union = union_of_datasets(cfg.data, own)
+            _check_resumed_union(run, union)
+            if env.is_main:
+                print(f"train: the union of {len(own)} datasets' joints:\n{union.table()}")
+            weights = [dataset.weight for dataset in cfg.data.datasets]
+            train = MixedLoader(loaders, union, cfg.data.mix, weights, cfg.seed)
+            val_sets = [
+                ValSet(name, i, val, data, union.parts[i].to_union) for i, name, val, data in vals
+            ]
+            layouts = {f"the union of data.datasets ({union.layout.name})": union.layout}
+        if run.latest_tag() is not None and run.layout.is_file():  # resuming: the same joints
+            layouts[f"the run being resumed ({run.layout})"] = load_layout(str(run.layout))
+        return train, val_sets, one_layout(layouts, cfg.data.layout), union
+
+    def _check_val(self, data: DataConfig, val: Loader) -> None:
+        """A val file that cannot be scored fails now, not hours later."""
+        if not self.cfg.eval.every_epochs:
+            return
+        for note in check_ground_truth(data.val_ann, val.shards):
+            if self.env.is_main:
+                print(f"train: {note}", flush=True)
 
     def train(self) -> TrainResult:
         """Run from the current step to the plan's last (or until a stop signal). Each step's
@@ -188,7 +230,9 @@ class Trainer:
         rank."""
         if not self.engine.partitions_weights:
             return self.model
-        whole = build_model(self.cfg.model, self.layout.num_joints).to(self.env.device)
+        channels = dataset_channels(self.union)
+        whole = build_model(self.cfg.model, self.layout.num_joints, channels)
+        whole = whole.to(self.env.device)
         whole.load_state_dict(self.engine.full_state_dict())
         return whole
 
@@ -247,11 +291,15 @@ def train_step(
     joint_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward, JointsMSELoss on device-made targets at the model's output size (each joint's
-    term weighed by `joint_weights` when given), backward, optimizer step (DeepSpeed applies it
+    term weighed by `joint_weights` when given, and 0 for joints the sample's dataset does not
+    annotate), backward, optimizer step (DeepSpeed applies it
     at the gradient-accumulation boundary). Returns the loss and whether fp16 loss scaling
     skipped the step (1) or not (0), both on the device."""
-    heatmaps = engine(batch["image"])
+    extra = {"dataset": batch["dataset"]} if "dataset" in batch else {}
+    heatmaps = engine(batch["image"], **extra)
     targets, weights = HeatmapCodec.of(data, heatmaps.shape[-2:]).encode(batch["keypoints"])
+    if "known" in batch:  # several datasets: the joints a sample's dataset does not annotate
+        weights = weights * batch["known"]
     if joint_weights is not None:
         weights = weights * joint_weights
     loss = joints_mse_loss(heatmaps, targets, weights, loss_cfg.ohkm_topk if loss_cfg.ohkm else 0)
@@ -262,6 +310,20 @@ def train_step(
     if scale_before is not None:  # the scaler halves its scale when it skips an overflow
         skipped = (engine.loss_scale() < scale_before).float()
     return loss.detach(), skipped
+
+
+def _check_resumed_union(run: RunFolder, union: UnionLayout) -> None:
+    """A resumed run of several datasets must have the same datasets and joints."""
+    if run.latest_tag() is None or not run.union.is_file():
+        return
+    recorded = load_union(run.union)
+    if recorded.to_json() != union.to_json():
+        raise LayoutError(
+            f"the run being resumed ({run.union}) was trained on the union of "
+            f"{recorded.names} ('{recorded.layout.name}'), this config's datasets make "
+            f"{union.names} ('{union.layout.name}'): resume with the same data.datasets, or "
+            "start a new run folder"
+        )
 
 
 def _lock_run_folder(run: RunFolder, env: DistEnv) -> RunLock | None:

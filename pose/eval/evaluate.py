@@ -69,9 +69,25 @@ def model_predictor(
     return lambda batch: predict_heatmaps(model, batch["image"], flip, data)
 
 
-def ground_truth_predictor(codec: HeatmapCodec) -> Predictor:
-    """The batch's own keypoints encoded as targets: scoring these checks the geometry."""
-    return lambda batch: codec.encode(batch["keypoints"])[0]
+def ground_truth_predictor(
+    codec: HeatmapCodec, through_union: tuple[int, tuple[int, ...]] | None = None
+) -> Predictor:
+    """The batch's own keypoints encoded as targets: scoring these checks the geometry. With
+    `through_union` (the union's joint count, this dataset's channels in it), the keypoints are
+    placed in the union's joints, encoded there, and the dataset's channels taken back out, as
+    a union model's heatmaps are."""
+    if through_union is None:
+        return lambda batch: codec.encode(batch["keypoints"])[0]
+    count, channels = through_union
+
+    def predict(batch: dict) -> torch.Tensor:
+        keypoints = batch["keypoints"]
+        index = torch.as_tensor(channels, device=keypoints.device)
+        union = keypoints.new_zeros((keypoints.shape[0], count, keypoints.shape[2]))
+        union[:, index] = keypoints
+        return codec.encode(union)[0].index_select(1, index)
+
+    return predict
 
 
 def image_keypoints(

@@ -65,11 +65,13 @@ class PosePredictor:
         checkpoint: str | Path,
         detector: str | PersonFinder | None = None,
         device: str | torch.device = "auto",
+        dataset: str = "",
         **options,
     ) -> PosePredictor:
         """From a run, checkpoint or export folder (its config and layout) and a detector: a
-        torchvision detector's name (its weights from torchvision's cache), or any finder."""
-        trained = load_trained_model(checkpoint)
+        torchvision detector's name (its weights from torchvision's cache), or any finder.
+        `dataset`: of a model trained on several, predict that one's joints ("": the union's)."""
+        trained = load_trained_model(checkpoint).as_dataset(dataset)
         device = pick_device(device) if isinstance(device, str) else device
         if isinstance(detector, str):
             from pose.inference.detector import PersonDetector

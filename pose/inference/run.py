@@ -50,6 +50,7 @@ class PredictRequest:
     annotations: str | None = None  # COCO file: image ids, and the people no box found
     config: str | None = None
     layout: str | None = None
+    dataset: str = ""  # a model of several datasets: that one's joints ("": the union's)
     overrides: list[str] = field(default_factory=list)
     device: str = "auto"
     batch_size: int = 32  # people per forward pass of the pose model
@@ -78,7 +79,7 @@ def predict_files(request: PredictRequest) -> PredictResult:
         raise PredictError("give one of --detector, --boxes and --whole-image")
     trained = load_trained_model(
         request.checkpoint, request.config, request.overrides, request.layout
-    )
+    ).as_dataset(request.dataset)
     device = pick_device(request.device)
     sources = open_inputs(request.inputs, request.as_video, request.fps)
     finder = _finder(request, sources, device)

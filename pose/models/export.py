@@ -27,6 +27,7 @@ from pose.config import save_config
 from pose.data.geometry import crop_boxes
 from pose.data.layout import save_layout
 from pose.data.loader import normalise
+from pose.data.union import save_union
 from pose.files import atomic_write
 from pose.folders import ExportFolder
 
@@ -186,6 +187,8 @@ def export_trained(
     staging = ExportFolder(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
     try:
         save_layout(trained.layout, staging.layout)
+        if trained.union is not None:
+            save_union(trained.union, staging.union)
         save_config(trained.cfg, staging.config)
         buffer = io.BytesIO()
         torch.save(trained.model.state_dict(), buffer)

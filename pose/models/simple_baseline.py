@@ -9,6 +9,7 @@ from torch import nn
 
 from pose.config import ModelConfig
 from pose.models.attention import HolisticAttention, PartAttention
+from pose.models.dataset_heads import DatasetHeads
 
 # kernel -> (padding, output_padding) so that every deconvolution doubles the resolution.
 DECONV_PADDING = {4: (1, 0), 3: (1, 1), 2: (0, 0)}
@@ -19,9 +20,19 @@ class SimpleBaseline(nn.Module):
 
     `forward(x)` returns heatmaps (N, joints, H/4, W/4); `forward(x, return_attention=True)`
     also returns a dict of named attention maps (empty without attention), from the same pass.
+    With `dataset_channels` (model.heads=per_dataset: each dataset's union channels) the final
+    layer is one per dataset (pose/models/dataset_heads.py), and `forward(x, dataset=...)` (the
+    dataset index of each sample) takes each sample's from its own; a shared head ignores it.
     """
 
-    def __init__(self, cfg: ModelConfig, num_joints: int, backbone: nn.Module, channels: int):
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        num_joints: int,
+        backbone: nn.Module,
+        channels: int,
+        dataset_channels: tuple[tuple[int, ...], ...] = (),
+    ):
         super().__init__()
         self.backbone = backbone
         padding, output_padding = DECONV_PADDING[cfg.deconv_kernel]
@@ -47,7 +58,10 @@ class SimpleBaseline(nn.Module):
         # ViTPose's simple decoder: ReLU, bilinear upsampling to stride 4, a 3x3 convolution
         self.upsample = cfg.backbone_stride // 4 if cfg.head == "simple" else 1
         kernel = 3 if cfg.head == "simple" else 1
-        self.final_layer = nn.Conv2d(channels, num_joints, kernel, padding=kernel // 2)
+        if dataset_channels:
+            self.final_layer = DatasetHeads(channels, dataset_channels, num_joints, kernel)
+        else:
+            self.final_layer = nn.Conv2d(channels, num_joints, kernel, padding=kernel // 2)
         # attention attends over each deconvolution's output, or the backbone's without any
         stage_channels = [cfg.deconv_filters] * cfg.deconv_layers or [channels]
         self.holistic = (
@@ -74,7 +88,9 @@ class SimpleBaseline(nn.Module):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
 
-    def forward(self, x: torch.Tensor, return_attention: bool = False):
+    def forward(
+        self, x: torch.Tensor, return_attention: bool = False, dataset: torch.Tensor | None = None
+    ):
         features = self.backbone(x)
         if self.upsample > 1:
             features = F.interpolate(
@@ -92,6 +108,8 @@ class SimpleBaseline(nn.Module):
             features, maps = self.holistic(stages)
         if self.parts is not None:
             heatmaps, maps["parts"] = self.parts(features, self.final_layer)
+        elif isinstance(self.final_layer, DatasetHeads):
+            heatmaps = self.final_layer(features, dataset)
         else:
             heatmaps = self.final_layer(features)
         return (heatmaps, maps) if return_attention else heatmaps

@@ -17,8 +17,10 @@ from torch import nn
 
 from pose.config import Config, load_config
 from pose.data.layout import KeypointLayout, load_layout
+from pose.data.union import UnionLayout, load_union
 from pose.folders import TrainedFiles, TrainedModelError, resolve_trained
 from pose.models.build import build_model
+from pose.models.dataset_heads import DatasetView
 from pose.models.weights import load_model_weights
 
 
@@ -28,11 +30,33 @@ class TrainedModel:
     layout: KeypointLayout
     model: nn.Module  # in eval mode, on the CPU
     files: TrainedFiles  # what the checkpoint resolved to
+    union: UnionLayout | None = None  # trained on several datasets: each one's joints in layout
 
     @property
     def weights(self) -> Path:
         """The file the weights came from."""
         return self.files.weights
+
+    def as_dataset(self, name: str) -> TrainedModel:
+        """A model trained on several datasets as dataset `name`'s: its joints, its layout, its
+        head (with model.heads=per_dataset); without a name, the union (each joint the mean of
+        the heads that predict it)."""
+        if not name:
+            return self
+        if self.union is None:
+            raise TrainedModelError(
+                f"'{self.files.given}' was trained on one dataset: there is no dataset '{name}' "
+                "to choose"
+            )
+        names = self.union.names
+        if name not in names:
+            raise TrainedModelError(
+                f"'{self.files.given}' was trained on the datasets {names}; '{name}' is not one"
+            )
+        index = names.index(name)
+        part = self.union.parts[index]
+        view = DatasetView(self.model, index, part.to_union).eval()
+        return TrainedModel(self.cfg, part.layout, view, self.files, None)
 
 
 def load_trained_model(
@@ -48,9 +72,25 @@ def load_trained_model(
     cfg = trained_config(files, config, overrides)
     if not isinstance(layout, KeypointLayout):
         layout = trained_layout(files, layout)
-    model = build_model(cfg.model, layout.num_joints)
+    union = load_union(files.union) if files.union is not None else None
+    if union is not None and union.layout.joints != layout.joints:
+        raise TrainedModelError(
+            f"'{files.given}': its union of datasets ({files.union}) is not over the joints of "
+            f"the layout it is used with, '{layout.name}' ({layout.num_joints} joints)"
+        )
+    if cfg.model.heads == "per_dataset" and union is None:
+        raise TrainedModelError(
+            f"'{files.given}' has one head per dataset (model.heads=per_dataset) but no union "
+            "layout in its run or export folder (union.yaml) saying which joints each predicts"
+        )
+    model = build_model(cfg.model, layout.num_joints, dataset_channels(union))
     load_model_weights(model, files.weights)
-    return TrainedModel(cfg, layout, model.eval(), files)
+    return TrainedModel(cfg, layout, model.eval(), files, union)
+
+
+def dataset_channels(union: UnionLayout | None) -> tuple[tuple[int, ...], ...]:
+    """Each dataset's channels in a union model (what per-dataset heads are built from)."""
+    return () if union is None else tuple(part.to_union for part in union.parts)
 
 
 def trained_config(

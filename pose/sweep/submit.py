@@ -445,7 +445,9 @@ def _progress(run_dir: Path) -> dict[str, Any]:
         run = read_run_metrics(run_dir)
     except (OSError, json.JSONDecodeError, KeyError, TypeError):
         return {"restarts": 0, "epoch": None, "step": None, "best_ap": None}
-    last = max([*run.train, *run.val], key=lambda r: r.step, default=None)
+    # an evaluation at an epoch's last step counts that epoch as completed; its train record
+    # at the same step, as still under way
+    last = max([*run.train, *run.val], key=lambda r: (r.step, r.epoch), default=None)
     aps = [r.ap for r in run.scored]
     return {
         "restarts": max(len(run.starts) - 1, 0),
