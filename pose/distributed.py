@@ -293,9 +293,9 @@ class Heartbeat:
 
     PREFIX = "posescale/heartbeat"
 
-    def __init__(self, env: DistEnv, every_s: float = 2.0):
+    def __init__(self, env: DistEnv, every_s: float = 2.0, store=None):
         self.env, self.every_s, self.step = env, every_s, 0
-        self.store = _default_store()
+        self.store = store if store is not None else _default_store()
         self._stopped = threading.Event()
         self._thread = None
         if self.store is not None and env.world_size > 1:
@@ -334,26 +334,30 @@ class Heartbeat:
             if after[r][0] <= before[r][0] and r != self.env.rank
         ]
 
+    @property
+    def beating(self) -> bool:
+        return not self._stopped.is_set()
+
     def stop(self) -> None:
-        global _heartbeat
+        """Stop this rank's beat. The others' beats stay readable: a collective that failed
+        inside the training loop is explained after the loop has stopped its heartbeat."""
         self._stopped.set()
-        if _heartbeat is self:
-            _heartbeat = None
 
 
 _heartbeat: Heartbeat | None = None
 
 
 def start_heartbeat(env: DistEnv) -> Heartbeat | None:
-    """The process's heartbeat (with several ranks), started once until stopped."""
+    """The process's heartbeat (with several ranks): the one beating, or a new one."""
     global _heartbeat
-    if _heartbeat is None and env.world_size > 1:
+    if env.world_size > 1 and (_heartbeat is None or not _heartbeat.beating):
         _heartbeat = Heartbeat(env)
-    return _heartbeat
+    return _heartbeat if env.world_size > 1 else None
 
 
 def silent_ranks() -> list[str]:
-    """The ranks that stopped beating, as `Heartbeat.silent` names them ([] without one)."""
+    """The ranks that stopped beating, as the last heartbeat started in this process names
+    them, beating or stopped ([] without one)."""
     return _heartbeat.silent() if _heartbeat is not None else []
 
 

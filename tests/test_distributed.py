@@ -3,6 +3,7 @@ setting training processes use."""
 
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -165,3 +166,36 @@ def test_torchrun_restarts_over_a_shared_store_are_warned_about():
         is None
     )
     assert restarts_may_meet_stale_addresses({}) is None
+
+
+def test_heartbeat_names_the_rank_that_stopped_even_after_the_loop_stopped_its_own():
+    """Two ranks beat in one store; rank 1 falls silent. Rank 0 names it (host and last step),
+    and still does after its own beat stopped: the training loop stops its heartbeat on the way
+    out, before the failed collective is explained."""
+    import socket
+
+    import torch
+    import torch.distributed as dist
+
+    from pose import distributed
+    from pose.distributed import DistEnv, Heartbeat, free_port
+
+    store = dist.TCPStore("127.0.0.1", free_port(), 2, True, wait_for_workers=False)
+    cpu = torch.device("cpu")
+    envs = [DistEnv(r, 2, r, cpu, "gloo", "torchrun") for r in (0, 1)]
+    rank0, rank1 = (Heartbeat(env, every_s=0.1, store=store) for env in envs)
+    try:
+        rank0.step, rank1.step = 12, 7
+        time.sleep(0.3)
+        assert rank0.silent() == []
+        rank1.stop()
+        assert rank0.silent() == [f"rank 1 on {socket.gethostname()} (its last step 7)"]
+        distributed._heartbeat = rank0
+        rank0.stop()
+        assert distributed.silent_ranks() == [f"rank 1 on {socket.gethostname()} (its last step 7)"]
+        assert distributed.start_heartbeat(envs[0]) is not rank0  # a stopped one is not reused
+    finally:
+        for beat in (rank0, rank1, distributed._heartbeat):
+            if beat is not None:
+                beat.stop()
+        distributed._heartbeat = None
