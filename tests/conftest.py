@@ -1,5 +1,5 @@
 """Shared test fixtures: the real COCO fixtures (outside the project), a small synthetic set,
-and the local Slurm cluster (one node, or several namespace hosts)."""
+and the local Slurm cluster (one node, or several namespace hosts); helpers for killed runs."""
 
 from __future__ import annotations
 
@@ -7,15 +7,19 @@ import contextlib
 import importlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from pose.caches import use_cache_folders
+from pose.folders import MODEL_STATES_FILE, RunFolder
 
 use_cache_folders()  # as the entry points do: tools write their caches under the project
 
@@ -109,13 +113,19 @@ def shards(synthetic_dataset, tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_overrides():
     """A function: the overrides of a seconds-long training run on `shards` into `run_dir`
-    (a tiny ResNet-18 at 96x64, fp32, no wandb), updated by `extra`."""
+    (a tiny ResNet-18 at 96x64, fp32, no wandb), updated by `extra`. `shards` None: no data
+    paths (a run over several datasets names them in data.datasets)."""
 
-    def overrides(shards: Path, run_dir: Path, **extra) -> list[str]:
+    def overrides(shards: Path | None, run_dir: Path, **extra) -> list[str]:
+        data = {}
+        if shards is not None:
+            data = {
+                "data.train_shards": shards / "train",
+                "data.val_shards": shards / "val",
+                "data.val_ann": shards.parent.parent / "dummy",
+            }
         values = {
-            "data.train_shards": shards / "train",
-            "data.val_shards": shards / "val",
-            "data.val_ann": shards.parent.parent / "dummy",
+            **data,
             "data.image_size": "[96,64]",
             "data.num_workers": 0,
             "model.backbone": "resnet18",
@@ -309,3 +319,23 @@ def local_slurm(state: Path, clean_env, hosts: int = 0):
         )
     finally:
         subprocess.run([*script, "stop"], env=env, capture_output=True, timeout=120)
+
+
+def final_weights(run_dir: Path) -> dict:
+    """The model weights of a run's latest checkpoint."""
+    run = RunFolder(run_dir)
+    path = run.checkpoint(run.latest_tag()) / MODEL_STATES_FILE
+    return torch.load(path, map_location="cpu", weights_only=True)["module"]
+
+
+def kill_at_checkpoint(args: list[str], run_dir: Path, tag: str, env: dict) -> None:
+    """Run `python ARGS` from the repository root and SIGKILL it as soon as checkpoint `tag` is
+    the latest in `run_dir` (within 300 s); asserts it was killed there."""
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, **quiet)
+    folder, deadline = RunFolder(run_dir), time.time() + 300
+    while time.time() < deadline and folder.latest_tag() != tag and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert folder.latest_tag() == tag

@@ -11,10 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import local_slurm
+from conftest import final_weights, local_slurm
 
 from pose.distributed import free_port
-from pose.folders import MODEL_STATES_FILE, RunFolder
 from pose.sweep.submit import read_manifest
 from pose.tracking import read_metrics
 
@@ -73,12 +72,6 @@ def assert_resumed_to_the_uninterrupted_run(run: Path, reference: Path) -> None:
     mine, theirs = final_weights(run), final_weights(reference)
     for key in mine:
         torch.testing.assert_close(mine[key], theirs[key], rtol=0, atol=1e-6, msg=key)
-
-
-def final_weights(run_dir: Path) -> dict:
-    run = RunFolder(run_dir)
-    path = run.checkpoint(run.latest_tag()) / MODEL_STATES_FILE
-    return torch.load(path, map_location="cpu", weights_only=True)["module"]
 
 
 def assert_same_run(run: Path, reference: Path) -> None:

@@ -6,23 +6,19 @@ COCO fixtures with a 14-joint copy of them."""
 
 import json
 import re
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import final_weights, kill_at_checkpoint
 
 from pose.config import ConfigError, load_config
 from pose.data.layout import LayoutError, preset
 from pose.data.loader import LoaderSpec
 from pose.data.mixing import MixedLoader, batch_counts
 from pose.data.union import union_of
-from pose.folders import MODEL_STATES_FILE, RunFolder
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ["launch/train.py", "--config", "configs/demo.yaml"]
@@ -249,53 +245,28 @@ def test_per_dataset_heads_take_each_samples_own_and_every_head_learns():
 # ------------------------------------------------------------------------------------------
 
 
-def run_overrides(shards, val_ann, aic, run: Path, **extra) -> list[str]:
-    values = {
-        "data.image_size": "[96,64]",
-        "data.num_workers": 0,
-        "model.backbone": "resnet18",
-        "model.deconv_filters": 32,
-        "train.batch_size": 8,
-        "train.budget_images": 0,
-        "schedule.warmup_steps": 2,
-        "log.every_steps": 2,
-        "checkpoint.every_steps": 4,
-        "eval.every_epochs": 0,
-        "engine.precision": "fp32",
-        "log.wandb": "off",
-        "run.dir": run,
-        **extra,
-    }
-    return [two_datasets(shards, val_ann, aic), *(f"{k}={v}" for k, v in values.items())]
+@pytest.fixture
+def run_overrides(tiny_overrides, shards, val_ann, aic_dataset):
+    """A function: the tiny training run's overrides into `run`, over the two datasets."""
 
+    def overrides(run: Path, **extra) -> list[str]:
+        return [two_datasets(shards, val_ann, aic_dataset), *tiny_overrides(None, run, **extra)]
 
-def final_weights(run_dir: Path) -> dict:
-    run = RunFolder(run_dir)
-    path = run.checkpoint(run.latest_tag()) / MODEL_STATES_FILE
-    return torch.load(path, map_location="cpu", weights_only=True)["module"]
+    return overrides
 
 
 @pytest.mark.slow
 def test_two_layouts_train_with_a_head_each_resume_bitwise_and_score_each(
-    shards, val_ann, aic_dataset, tmp_path, run_python, clean_env
+    shards, aic_dataset, tmp_path, run_python, run_overrides, clean_env
 ):
     extra = {"train.max_steps": 12, "model.heads": "per_dataset", "data.mix": "weights"}
     whole_dir = tmp_path / "whole"
-    whole = run_python([*TRAIN, *run_overrides(shards, val_ann, aic_dataset, whole_dir, **extra)])
+    whole = run_python([*TRAIN, *run_overrides(whole_dir, **extra)])
     assert whole.returncode == 0, whole.stderr[-3000:]
     assert "the union of 2 datasets' joints" in whole.stdout and "head_top" in whole.stdout
     run = tmp_path / "killed"
-    command = [sys.executable, *TRAIN, *run_overrides(shards, val_ann, aic_dataset, run, **extra)]
-    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
-    proc = subprocess.Popen(command, cwd=ROOT, env=clean_env(), **quiet)
-    folder = RunFolder(run)
-    deadline = time.time() + 300
-    while time.time() < deadline and folder.latest_tag() != "step-000000008":
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert folder.latest_tag() == "step-000000008"
-    resumed = run_python([*TRAIN, *run_overrides(shards, val_ann, aic_dataset, run, **extra)])
+    kill_at_checkpoint([*TRAIN, *run_overrides(run, **extra)], run, "step-000000008", clean_env())
+    resumed = run_python([*TRAIN, *run_overrides(run, **extra)])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     a, b = final_weights(whole_dir), final_weights(run)
     assert a.keys() == b.keys() and "final_layer.heads.1.weight" in a
@@ -306,9 +277,6 @@ def test_two_layouts_train_with_a_head_each_resume_bitwise_and_score_each(
         [
             *TRAIN,
             *run_overrides(
-                shards,
-                val_ann,
-                aic_dataset,
                 run,
                 **{**extra, "train.max_steps": 14, "data.joint_matching": write_apart(tmp_path)},
             ),
@@ -359,13 +327,13 @@ def samples(folder: Path) -> int:
 
 @pytest.mark.slow
 def test_ground_truth_of_each_dataset_through_the_union_scores_ap_1(
-    shards, val_ann, aic_dataset, tmp_path, run_python
+    aic_dataset, tmp_path, run_python, run_overrides
 ):
     """Each val set's keypoints placed in the union's joints, encoded there and taken back out
     score AP 1.0 in their own layout (at 512x384 with UDP and DARK: AIC's OKS sigmas are about a
     third of COCO's, and coarser heatmaps cap it below 1)."""
     out = tmp_path / "gt.json"
-    overrides = run_overrides(shards, val_ann, aic_dataset, tmp_path / "unused")
+    overrides = run_overrides(tmp_path / "unused")
     overrides = [o for o in overrides if not o.startswith("data.image_size")]
     args = ["launch/eval.py", *TRAIN[1:], "--gt-as-predictions", "--out", str(out), *overrides]
     args += ["data.image_size=[512,384]", "data.target=udp", "eval.decode=dark"]

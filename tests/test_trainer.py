@@ -13,18 +13,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import final_weights, kill_at_checkpoint
 
-from pose.folders import MODEL_STATES_FILE, RunFolder
+from pose.folders import RunFolder
 from pose.tracking import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ["launch/train.py", "--config", "configs/demo.yaml"]
-
-
-def final_weights(run_dir: Path) -> dict:
-    run = RunFolder(run_dir)
-    path = run.checkpoint(run.latest_tag()) / MODEL_STATES_FILE
-    return torch.load(path, map_location="cpu", weights_only=True)["module"]
 
 
 def train_records(run_dir: Path) -> list[dict]:
@@ -63,16 +58,8 @@ def test_killed_run_resumes_to_the_same_weights(
     whole = run_python([*TRAIN, *tiny_overrides(shards, tmp_path / "whole", **steps)])
     assert whole.returncode == 0, whole.stderr[-3000:]
     run = tmp_path / "killed"
-    command = [sys.executable, *TRAIN, *tiny_overrides(shards, run, **steps)]
-    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
-    proc = subprocess.Popen(command, cwd=ROOT, env=clean_env(), **quiet)
-    latest = RunFolder(run)
-    deadline = time.time() + 300
-    while time.time() < deadline and latest.latest_tag() != "step-000000008":
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert latest.latest_tag() == "step-000000008"  # killed after step 8, mid-epoch
+    args = [*TRAIN, *tiny_overrides(shards, run, **steps)]
+    kill_at_checkpoint(args, run, "step-000000008", clean_env())  # mid-epoch
     resumed = run_python([*TRAIN, *tiny_overrides(shards, run, **steps)])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     a, b = final_weights(tmp_path / "whole"), final_weights(run)
