@@ -13,8 +13,8 @@ import torch
 from pose.config import DataConfig, EvalConfig
 from pose.distributed import BatchNormAverage, DistEnv
 from pose.engine.schedule import StepPlan
-from pose.eval.datasets import ValSet, best_set, combined_metrics, datasets_table
-from pose.eval.evaluate import ceiling_note, evaluate, model_predictor, print_metrics
+from pose.eval.datasets import ValSet, best_set, combined_metrics, print_per_dataset
+from pose.eval.evaluate import evaluate, model_predictor
 from pose.folders import RunFolder
 from pose.tracking import Tracker, ValRecord
 from pose.viz.panels import prediction_panel
@@ -91,16 +91,8 @@ class Evaluator:
         self.tracker.log(ValRecord(step, epoch, finite))
         if self.env.is_main:
             print(f"\neval after step {step} (epoch {epoch}):", flush=True)
-            for name, one in per_set.items():
-                if name:
-                    print(f"dataset {name}:")
-                print_metrics(one)
-                note = ceiling_note(one, self.data)
-                if note:
-                    print(f"train: note: {note}", flush=True)
-            if len(per_set) > 1:
-                best = best_set(self.val_sets, eval_cfg.best_by).name
-                print(f"{datasets_table(per_set)}\n(the run's AP: {best}'s)", flush=True)
+            best = best_set(self.val_sets, eval_cfg.best_by).name
+            print_per_dataset(per_set, self.data, best, "train")
         return metrics
 
     def _picture(self, model: torch.nn.Module, epoch: int):

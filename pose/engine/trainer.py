@@ -292,9 +292,9 @@ def train_step(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward, JointsMSELoss on device-made targets at the model's output size (each joint's
     term weighed by `joint_weights` when given, and 0 for joints the sample's dataset does not
-    annotate), backward, optimizer step (DeepSpeed applies it
-    at the gradient-accumulation boundary). Returns the loss and whether fp16 loss scaling
-    skipped the step (1) or not (0), both on the device."""
+    annotate), backward, optimizer step (DeepSpeed applies it at the gradient-accumulation
+    boundary). Returns the loss and whether fp16 loss scaling skipped the step (1) or not (0),
+    both on the device."""
     extra = {"dataset": batch["dataset"]} if "dataset" in batch else {}
     heatmaps = engine(batch["image"], **extra)
     targets, weights = HeatmapCodec.of(data, heatmaps.shape[-2:]).encode(batch["keypoints"])

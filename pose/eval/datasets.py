@@ -16,6 +16,7 @@ from pose.config import DataConfig
 from pose.data.layout import KeypointLayout
 from pose.data.loader import Loader
 from pose.eval.coco_eval import METRIC_NAMES
+from pose.eval.evaluate import ceiling_note, print_metrics
 from pose.models.dataset_heads import DatasetView
 
 
@@ -91,3 +92,23 @@ def datasets_table(per_set: dict[str, dict]) -> str:
         for name, m in per_set.items()
     ]
     return "\n".join([head, rule, *rows])
+
+
+def print_per_dataset(
+    per_set: dict[str, dict],
+    data: DataConfig,
+    best: str,
+    program: str,
+    heatmap_pixels: tuple[int, int] | None = None,
+) -> None:
+    """Each val set's metrics (named, with several) and its ceiling note, then, with several,
+    the table and which dataset's AP is the run's (`best`)."""
+    for name, metrics in per_set.items():
+        if name:
+            print(f"dataset {name}:")
+        print_metrics(metrics)
+        note = ceiling_note(metrics, data, heatmap_pixels)
+        if note:
+            print(f"{program}: note: {note}", flush=True)
+    if len(per_set) > 1:
+        print(f"{datasets_table(per_set)}\n(the run's AP: {best}'s)", flush=True)

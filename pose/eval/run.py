@@ -19,14 +19,12 @@ from pose.data.shards import ShardSet
 from pose.data.union import UnionLayout, load_union, union_of_datasets
 from pose.distributed import DistEnv, init_distributed, leave_group
 from pose.eval.coco_eval import write_json
-from pose.eval.datasets import ValSet, best_set, combined_metrics, datasets_table
+from pose.eval.datasets import ValSet, best_set, combined_metrics, print_per_dataset
 from pose.eval.evaluate import (
-    ceiling_note,
     check_ground_truth,
     evaluate,
     ground_truth_predictor,
     model_predictor,
-    print_metrics,
 )
 from pose.folders import TrainedModelError, resolve_trained
 from pose.models.trained import load_trained_model
@@ -168,15 +166,7 @@ def _report(
     per_set: dict, metrics: dict, cfg: Config, request: EvalRequest, model, pictured: ValSet
 ) -> None:
     size = heatmap_size(cfg.data.image_size, cfg.model.output_stride)
-    for name, one in per_set.items():
-        if name:
-            print(f"dataset {name}:")
-        print_metrics(one)
-        note = ceiling_note(one, cfg.data, size)
-        if note:
-            print(f"eval: note: {note}")
-    if len(per_set) > 1:
-        print(f"{datasets_table(per_set)}\n(AP: {pictured.name}'s, as eval.best_by says)")
+    print_per_dataset(per_set, cfg.data, pictured.name, "eval", size)
     if request.out:
         write_json(request.out, metrics)
     if request.pictures and model is not None and cfg.eval.panel_people:
